@@ -1,0 +1,100 @@
+"""The S3 artifact store: model files and update files, addressed by key, checked by sha256.
+
+Large payloads never ride Kafka; events carry the key, size and sha256 (claim check).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import IO, Any
+
+import boto3
+from botocore.config import Config
+from botocore.exceptions import ClientError
+
+from core.settings import Settings
+
+CHUNK = 1024 * 1024
+
+
+def s3_client(settings: Settings) -> Any:
+    return boto3.client(
+        "s3",
+        endpoint_url=settings.s3_endpoint_url,
+        aws_access_key_id=settings.s3_access_key,
+        aws_secret_access_key=settings.s3_secret_key.get_secret_value(),
+        region_name=settings.s3_region,
+        config=Config(
+            signature_version="s3v4",
+            s3={"addressing_style": "path"},
+            retries={"max_attempts": 3, "mode": "standard"},
+            connect_timeout=3,
+            read_timeout=30,
+        ),
+    )
+
+
+class ArtifactNotFound(LookupError):
+    pass
+
+
+class ArtifactStoreUnavailable(ConnectionError):
+    """S3 did not answer; callers turn this into 503, never into a lost write."""
+
+
+@dataclass(frozen=True)
+class StoredArtifact:
+    key: str
+    size: int
+    sha256: str
+
+
+class ArtifactStore:
+    def __init__(self, settings: Settings, client: Any | None = None) -> None:
+        self.bucket = settings.s3_bucket
+        self.client = client or s3_client(settings)
+
+    def put(self, key: str, data: bytes | IO[bytes], content_type: str = "application/octet-stream") -> StoredArtifact:
+        """Store an object and return its size and sha256 (also saved as object metadata)."""
+        body = data if isinstance(data, bytes) else data.read()
+        digest = hashlib.sha256(body).hexdigest()
+        try:
+            self.client.put_object(
+                Bucket=self.bucket, Key=key, Body=body, ContentType=content_type, Metadata={"sha256": digest}
+            )
+        except ClientError:
+            raise
+        except Exception as exc:  # connection refused, timeouts
+            raise ArtifactStoreUnavailable(str(exc)) from exc
+        return StoredArtifact(key=key, size=len(body), sha256=digest)
+
+    def head(self, key: str) -> StoredArtifact:
+        try:
+            meta = self.client.head_object(Bucket=self.bucket, Key=key)
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                raise ArtifactNotFound(key) from exc
+            raise
+        except Exception as exc:
+            raise ArtifactStoreUnavailable(str(exc)) from exc
+        return StoredArtifact(key=key, size=int(meta["ContentLength"]), sha256=meta["Metadata"].get("sha256", ""))
+
+    def stream(self, key: str, chunk_size: int = CHUNK) -> Iterator[bytes]:
+        """Yield the object in chunks without holding it in memory."""
+        try:
+            obj = self.client.get_object(Bucket=self.bucket, Key=key)
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                raise ArtifactNotFound(key) from exc
+            raise
+        except Exception as exc:
+            raise ArtifactStoreUnavailable(str(exc)) from exc
+        yield from obj["Body"].iter_chunks(chunk_size)
+
+    def get(self, key: str) -> bytes:
+        return b"".join(self.stream(key))
+
+    def delete(self, key: str) -> None:
+        self.client.delete_object(Bucket=self.bucket, Key=key)

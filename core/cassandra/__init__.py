@@ -1,0 +1,1 @@
+"""Cassandra: sessions, versioned schema migrations and the repositories over them."""

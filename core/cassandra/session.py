@@ -1,0 +1,29 @@
+"""One Cassandra session per process, configured from settings."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from cassandra.auth import PlainTextAuthProvider
+from cassandra.cluster import Cluster, Session
+from cassandra.policies import DCAwareRoundRobinPolicy
+
+from core.settings import Settings
+
+
+def connect(settings: Settings, keyspace: str | None = None, connect_timeout: float = 10.0) -> Session:
+    """Open a session; ``keyspace`` None means no keyspace (for migrations that create it)."""
+    kwargs: dict[str, Any] = {
+        "contact_points": settings.cassandra_contact_points,
+        "port": settings.cassandra_port,
+        "load_balancing_policy": DCAwareRoundRobinPolicy(),
+        "connect_timeout": connect_timeout,
+    }
+    if settings.effective_cassandra_protocol_version is not None:
+        kwargs["protocol_version"] = settings.effective_cassandra_protocol_version
+    if settings.cassandra_username:
+        kwargs["auth_provider"] = PlainTextAuthProvider(
+            settings.cassandra_username, settings.cassandra_password.get_secret_value()
+        )
+    cluster = Cluster(**kwargs)
+    return cluster.connect(keyspace)

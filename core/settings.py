@@ -1,0 +1,102 @@
+"""The one typed settings object, read from ``TRIBUTARY_*`` environment variables.
+
+Every service (ingress, processors, workers, CLI) reads its configuration from here;
+each field is documented in the README's settings table.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="TRIBUTARY_", extra="ignore", frozen=True)
+
+    # --- where the servers are -------------------------------------------------------
+    # Empty means "start the local one from infra/"; set to use an existing server.
+    kafka_bootstrap: str = Field("", description="Kafka bootstrap servers; empty = local Tansu broker")
+    cassandra_hosts: str = Field("", description="Comma-separated Cassandra contact points; empty = local")
+    s3_endpoint: str = Field("", description="S3 endpoint URL; empty = local SeaweedFS")
+
+    # --- local stack -----------------------------------------------------------------
+    data_dir: Path = Field(REPO_ROOT / ".local", description="Data, logs and pid files of the local stack")
+    kafka_port: int = 9092
+    cassandra_port: int = 9042
+    s3_port: int = 8333
+    broker_storage: Literal["memory", "s3"] = Field(
+        "memory", description="Tansu storage engine: memory (fast, lost on restart) or s3 (durable)"
+    )
+    broker_storage_bucket: str = "tributary-broker"
+    cassandra_heap_mb: int = 512
+    startup_timeout_s: float = 90.0
+
+    # --- Kafka clients -------------------------------------------------------------------
+    topic_prefix: str = Field("", description="Prefix for every topic name, so environments can share a cluster")
+    session_timeout_ms: int = Field(6000, ge=1000, description="Consumer group session timeout")
+    fetch_max_wait_ms: int = Field(5, ge=0, description="Fetch max wait; small values cut latency on Tansu")
+    producer_max_in_flight: int = Field(10_000, ge=1, description="Unacknowledged messages before back-pressure")
+    delivery_timeout_ms: int = Field(10_000, ge=1000, description="Give up on a message after this long")
+    max_processing_attempts: int = Field(3, ge=1, description="Processing failures before dead-lettering")
+    default_replication_factor: int = Field(1, ge=1)
+    default_min_insync_replicas: int = Field(1, ge=1)
+
+    # --- Cassandra -------------------------------------------------------------------
+    cassandra_keyspace: str = "tributary"
+    cassandra_replication: str = Field(
+        "{'class': 'SimpleStrategy', 'replication_factor': 1}",
+        description="Keyspace replication map in CQL syntax",
+    )
+    cassandra_protocol_version: int | None = Field(
+        None, description="CQL protocol version; unset = 3 for the local 2.1 server, negotiated otherwise"
+    )
+    cassandra_username: str = ""
+    cassandra_password: SecretStr = SecretStr("")
+
+    # --- S3 --------------------------------------------------------------------------
+    s3_bucket: str = "tributary-artifacts"
+    s3_access_key: str = "tributary"
+    s3_secret_key: SecretStr = SecretStr("tributary-secret")
+    s3_region: str = "us-east-1"
+
+    # --- API -------------------------------------------------------------------------
+    api_host: str = "127.0.0.1"
+    api_port: int = 8000
+    admin_api_key: SecretStr = SecretStr("")
+    audit_hmac_key: SecretStr = SecretStr("")
+
+    # --- derived ---------------------------------------------------------------------
+    @property
+    def kafka_bootstrap_servers(self) -> str:
+        return self.kafka_bootstrap or f"127.0.0.1:{self.kafka_port}"
+
+    @property
+    def cassandra_contact_points(self) -> list[str]:
+        if self.cassandra_hosts:
+            return [h.strip() for h in self.cassandra_hosts.split(",") if h.strip()]
+        return ["127.0.0.1"]
+
+    @property
+    def s3_endpoint_url(self) -> str:
+        return self.s3_endpoint or f"http://127.0.0.1:{self.s3_port}"
+
+    @property
+    def effective_cassandra_protocol_version(self) -> int | None:
+        if self.cassandra_protocol_version is not None:
+            return self.cassandra_protocol_version
+        # The bundled Cassandra 2.1 fails protocol negotiation; real clusters negotiate.
+        return None if self.cassandra_hosts else 3
+
+    def topic(self, name: str) -> str:
+        return f"{self.topic_prefix}{name}"
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()
