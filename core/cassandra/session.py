@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from cassandra.auth import PlainTextAuthProvider
-from cassandra.cluster import Cluster, Session
+from cassandra.cluster import EXEC_PROFILE_DEFAULT, Cluster, ExecutionProfile, Session
 from cassandra.policies import DCAwareRoundRobinPolicy
 
 from core.settings import Settings
@@ -16,7 +16,9 @@ def connect(settings: Settings, keyspace: str | None = None, connect_timeout: fl
     kwargs: dict[str, Any] = {
         "contact_points": settings.cassandra_contact_points,
         "port": settings.cassandra_port,
-        "load_balancing_policy": DCAwareRoundRobinPolicy(),
+        "execution_profiles": {
+            EXEC_PROFILE_DEFAULT: ExecutionProfile(load_balancing_policy=DCAwareRoundRobinPolicy(), request_timeout=15)
+        },
         "connect_timeout": connect_timeout,
     }
     if settings.effective_cassandra_protocol_version is not None:
