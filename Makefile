@@ -1,0 +1,49 @@
+# The two commands that matter: `make run` and `make test` (see README.md).
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PYTHON ?= python3
+STAMP := $(VENV)/.installed
+
+.PHONY: install run test lint unit integration e2e up down status clean
+
+install: $(STAMP)
+
+# Reinstall when the dependency declaration changes; pip shows progress for the slow first install.
+$(STAMP): pyproject.toml
+	@test -x $(PY) || { echo ">> creating virtual environment in $(VENV)"; $(PYTHON) -m venv $(VENV); }
+	@echo ">> installing Tributary and its dependencies (first time: a few minutes)"
+	$(PY) -m pip install --disable-pip-version-check --progress-bar on -q --upgrade pip
+	$(PY) -m pip install --disable-pip-version-check --progress-bar on -e '.[dev,ml]'
+	@touch $(STAMP)
+
+run: install
+	$(VENV)/bin/tributary run
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
+
+test: install lint
+	$(PY) -m pytest
+
+unit: install
+	$(PY) -m pytest -m unit
+
+integration: install
+	$(PY) -m pytest -m integration
+
+e2e: install
+	$(PY) -m pytest -m e2e
+
+up: install
+	$(VENV)/bin/tributary up
+
+down:
+	$(VENV)/bin/tributary down
+
+status:
+	$(VENV)/bin/tributary status
+
+clean: down
+	rm -rf .local

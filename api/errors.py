@@ -1,0 +1,117 @@
+"""The one error envelope every endpoint answers with (seeds 000, 003, 004 and DESIGN.md):
+
+``{"error": "not_found", "error_code": "MODEL_NOT_FOUND", "message": ..., "status_code": 404,
+"details": {...}, "trace_id": ..., "hint": ..., "timestamp": ...}``
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from http import HTTPStatus
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+# Seed 000's machine-readable `error` values are the snake_case HTTP reason.
+_ERROR_BY_STATUS = {s.value: s.phrase.lower().replace(" ", "_").replace("-", "_") for s in HTTPStatus}
+
+
+class ErrorEnvelope(BaseModel):
+    error: str = Field(description="Machine-readable error class, e.g. bad_request, not_found")
+    error_code: str = Field(description="Specific code, e.g. DEVICE_NOT_FOUND, INVALID_CONFIG")
+    message: str
+    status_code: int
+    details: dict[str, Any] | None = None
+    hint: str | None = None
+    trace_id: str | None = None
+    timestamp: str
+
+
+class ApiError(Exception):
+    """Raised by domain-facing code; rendered as the error envelope."""
+
+    def __init__(
+        self,
+        status_code: int,
+        error_code: str,
+        message: str,
+        *,
+        details: dict[str, Any] | None = None,
+        hint: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+        self.error_code = error_code
+        self.message = message
+        self.details = details
+        self.hint = hint
+        self.headers = headers or {}
+
+
+def envelope(
+    status_code: int,
+    error_code: str,
+    message: str,
+    *,
+    details: dict[str, Any] | None = None,
+    hint: str | None = None,
+    trace_id: str | None = None,
+) -> dict[str, Any]:
+    return ErrorEnvelope(
+        error=_ERROR_BY_STATUS.get(status_code, "error"),
+        error_code=error_code,
+        message=message,
+        status_code=status_code,
+        details=details,
+        hint=hint,
+        trace_id=trace_id,
+        timestamp=datetime.now(UTC).isoformat().replace("+00:00", "Z"),
+    ).model_dump()
+
+
+def _trace_id(request: Request) -> str | None:
+    value = getattr(request.state, "trace_id", None)
+    return value if isinstance(value, str) else None
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ApiError)
+    async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
+        body = envelope(
+            exc.status_code, exc.error_code, exc.message, details=exc.details, hint=exc.hint,
+            trace_id=_trace_id(request),
+        )
+        return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+        # Client mistakes are 400 with every field error, never a 500.
+        fields = [
+            {"field": ".".join(str(p) for p in err.get("loc", ()) if p != "body"), "message": err.get("msg", "")}
+            for err in exc.errors()
+        ]
+        first = fields[0] if fields else {"field": "", "message": "invalid request"}
+        body = envelope(
+            400, "VALIDATION_ERROR", f"Validation failed: '{first['field']}' {first['message']}",
+            details={"errors": fields}, hint="Fix the listed fields and retry.", trace_id=_trace_id(request),
+        )
+        return JSONResponse(body, status_code=400)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = _ERROR_BY_STATUS.get(exc.status_code, "error").upper()
+        body = envelope(exc.status_code, code, str(exc.detail), trace_id=_trace_id(request))
+        return JSONResponse(body, status_code=exc.status_code, headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        body = envelope(
+            500, "INTERNAL_SERVER_ERROR", "Unexpected server error", trace_id=_trace_id(request),
+            hint="Retry later; report the trace_id if it persists.",
+        )
+        return JSONResponse(body, status_code=500)

@@ -1,0 +1,187 @@
+"""``tributary``: the operator's command line (local stack, topology, migrations, running)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from core.settings import get_settings
+from infra.local_stack import LocalStack, StackError
+
+console = Console()
+
+
+def _progress(line: str) -> None:
+    console.print(f"[cyan]•[/cyan] {line}")
+
+
+@click.group()
+def main() -> None:
+    """Tributary: event-driven ML platform for device fleets."""
+
+
+@main.command()
+def up() -> None:
+    """Install what is missing and start the local broker, Cassandra and S3 (idempotent)."""
+    try:
+        started = LocalStack(get_settings()).up(_progress)
+    except StackError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        sys.exit(1)
+    console.print(f"started: {', '.join(started) or 'nothing (all running)'}")
+
+
+@main.command()
+def down() -> None:
+    """Stop exactly the local servers that `up` started (by pid)."""
+    stopped = LocalStack(get_settings()).down(_progress)
+    console.print(f"stopped: {', '.join(stopped) or 'nothing'}")
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def status(as_json: bool) -> None:
+    """Say what runs where: pid, endpoint, health."""
+    rows = LocalStack(get_settings()).status()
+    if as_json:
+        click.echo(json.dumps([r.__dict__ for r in rows], indent=2))
+        return
+    table = Table(title="Tributary local stack")
+    for col in ("server", "endpoint", "managed", "pid", "running", "healthy"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(
+            r.name, r.endpoint, "local" if r.managed else "external", str(r.pid or "-"),
+            _yes(r.running), _yes(r.healthy),
+        )
+    console.print(table)
+    if not all(r.healthy for r in rows):
+        sys.exit(1)
+
+
+def _yes(flag: bool) -> str:
+    return "[green]yes[/green]" if flag else "[red]no[/red]"
+
+
+@main.group()
+def db() -> None:
+    """Cassandra schema."""
+
+
+@db.command()
+def migrate() -> None:
+    """Create the keyspace and apply pending CQL migrations (idempotent)."""
+    from core.cassandra.migrate import current_version
+    from core.cassandra.migrate import migrate as run_migrations
+    from core.cassandra.session import connect
+
+    settings = get_settings()
+    session = connect(settings)
+    try:
+        applied = run_migrations(session, settings)
+        for m in applied:
+            _progress(f"applied {m.version:04d}_{m.name}")
+        console.print(
+            f"keyspace {settings.cassandra_keyspace} at version {current_version(session, settings)}"
+            f" ({len(applied)} applied)"
+        )
+    finally:
+        session.cluster.shutdown()
+
+
+@main.group()
+def topology() -> None:
+    """Kafka topics: apply and verify the declared topology."""
+
+
+@topology.command("apply")
+def topology_apply() -> None:
+    """Create missing topics, raise low partition counts, report drift that cannot be fixed."""
+    from topology.admin import apply
+
+    report = apply(get_settings())
+    _print_rows("topology apply", report.rows())
+    if report.unfixable:
+        sys.exit(2)
+
+
+@topology.command("verify")
+def topology_verify() -> None:
+    """Exit non-zero on any drift between the declared and the actual topics."""
+    from topology.admin import verify
+
+    drift = verify(get_settings())
+    if drift:
+        _print_rows("topology drift", [d.row() for d in drift])
+        sys.exit(1)
+    console.print("[green]topology matches the declaration[/green]")
+
+
+def _print_rows(title: str, rows: list[dict[str, Any]]) -> None:
+    if not rows:
+        console.print(f"{title}: nothing to do")
+        return
+    table = Table(title=title)
+    for col in rows[0]:
+        table.add_column(col)
+    for row in rows:
+        table.add_row(*(str(v) for v in row.values()))
+    console.print(table)
+
+
+@main.command()
+def run() -> None:
+    """Start the local stack, apply topology and migrations, run the API and one of each consumer.
+
+    Ctrl-C stops the services and the servers this command started.
+    """
+    import os
+
+    from rich.panel import Panel
+
+    from core.api_keys import new_api_key
+    from core.services import system_services
+    from core.supervisor import Supervisor
+
+    settings = get_settings()
+    stack = LocalStack(settings)
+    try:
+        started = stack.up(_progress)
+    except StackError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        sys.exit(1)
+    try:
+        ctx = click.get_current_context()
+        ctx.invoke(migrate)
+        ctx.invoke(topology_apply)
+        admin_key = settings.admin_api_key.get_secret_value()
+        env: dict[str, str] = {}
+        if not admin_key:
+            admin_key = new_api_key()
+            env["TRIBUTARY_ADMIN_API_KEY"] = admin_key
+            os.environ["TRIBUTARY_ADMIN_API_KEY"] = admin_key
+        supervisor = Supervisor(system_services(settings, env), settings.data_dir / "logs", progress=_progress)
+        rows = "\n".join(f"{s.name:10} {s.endpoint}" for s in stack.status())
+        console.print(
+            Panel(
+                f"API        http://{settings.api_host}:{settings.api_port}  (docs: /docs)\n{rows}\n"
+                f"logs       {settings.data_dir / 'logs'}\n"
+                f"operator API key: [bold]{admin_key}[/bold]\n\nCtrl-C stops everything.",
+                title="Tributary is running",
+            )
+        )
+        supervisor.run_forever()
+    finally:
+        for server in stack:
+            if server.name in started:
+                server.stop()
+                _progress(f"{server.name}: stopped")
+
+
+if __name__ == "__main__":
+    main()
