@@ -1,0 +1,90 @@
+"""Dead letters: a message that cannot be decoded, is invalid, or keeps failing goes to the group's
+dead-letter topic with the reason in headers; the consumer then commits past it and keeps going.
+
+Shared by the faust processors and the confluent-kafka workers: both hand over the raw
+message fields, so the original key, value and headers are kept byte for byte.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import traceback
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from core.settings import Settings
+from producers.publisher import Publisher
+from schemas.codec import DecodeError, SchemaValidationError
+from topology.topics import dead_letter_topic
+
+log = logging.getLogger(__name__)
+Headers = Sequence[tuple[str, bytes]]
+DLQ_PREFIX = "dlq-"
+
+# Failures that no retry can fix: dead-letter on the first attempt.
+PERMANENT: tuple[type[Exception], ...] = (DecodeError, SchemaValidationError, LookupError, KeyError, TypeError)
+
+
+@dataclass(frozen=True)
+class RawMessage:
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    headers: Headers
+
+
+class DeadLetterRouter:
+    def __init__(self, settings: Settings, publisher: Publisher, group_id: str) -> None:
+        self.settings = settings
+        self.publisher = publisher
+        self.group_id = group_id
+        self.topic = dead_letter_topic(group_id).full_name(settings)
+        self.max_attempts = settings.max_processing_attempts
+        self.dead_lettered = 0
+
+    def headers_for(self, message: RawMessage, error: BaseException, attempts: int) -> list[tuple[str, bytes]]:
+        kept = [(k, v) for k, v in message.headers if not k.startswith(DLQ_PREFIX)]
+        return [
+            *kept,
+            ("dlq-error-class", type(error).__name__.encode()),
+            ("dlq-error-message", str(error)[:1000].encode()),
+            ("dlq-origin-topic", message.topic.encode()),
+            ("dlq-origin-partition", str(message.partition).encode()),
+            ("dlq-origin-offset", str(message.offset).encode()),
+            ("dlq-attempts", str(attempts).encode()),
+            ("dlq-group", self.group_id.encode()),
+            ("dlq-failed-at", datetime.now(UTC).isoformat().encode()),
+        ]
+
+    async def send(self, message: RawMessage, error: BaseException, attempts: int) -> None:
+        log.error("dead-lettering %s[%d]@%d after %d attempt(s): %s: %s", message.topic, message.partition,
+                  message.offset, attempts, type(error).__name__, error)
+        await self.publisher.publish(self.topic, message.value or b"", key=message.key,
+                                     headers=self.headers_for(message, error, attempts))
+        self.dead_lettered += 1
+
+    async def process(self, message: RawMessage, handler: Callable[[RawMessage], Awaitable[None]],
+                      backoff_s: float = 0.2) -> bool:
+        """Run the handler with bounded retries; returns False when the message was dead-lettered.
+
+        Returns only when the message is handled or safely in the dead-letter topic, so the
+        caller may commit its offset either way.
+        """
+        for attempt in range(1, self.max_attempts + 1):
+            try:
+                await handler(message)
+                return True
+            except PERMANENT as exc:
+                await self.send(message, exc, attempt)
+                return False
+            except Exception as exc:
+                if attempt == self.max_attempts:
+                    log.debug("final failure: %s", traceback.format_exc())
+                    await self.send(message, exc, attempt)
+                    return False
+                await asyncio.sleep(backoff_s * 2 ** (attempt - 1))
+        return False
