@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 
 from fastapi import FastAPI, Request, Response
 from pydantic import BaseModel
 
+from api.context import AppContext
 from api.errors import install_error_handlers
+from api.routers import fleet
 from core.settings import Settings, get_settings
 
 API_VERSION = "1.0.0"
@@ -21,9 +24,30 @@ class HealthResponse(BaseModel):
     timestamp: str
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+def create_app(settings: Settings | None = None, context: AppContext | None = None) -> FastAPI:
+    """Build the app; without ``context`` it wires itself to Kafka, Cassandra and S3 on start-up."""
     settings = settings or get_settings()
-    app = FastAPI(title="Tributary", version=API_VERSION, docs_url="/docs")
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if context is None:
+            from api.wiring import build_context
+
+            app.state.context = await build_context(settings)
+        else:
+            app.state.context = context
+        try:
+            yield
+        finally:
+            for close in reversed(app.state.context.closers):
+                result = close()
+                if hasattr(result, "__await__"):
+                    await result
+
+    app = FastAPI(
+        title="Tributary", version=API_VERSION, docs_url="/docs", lifespan=lifespan,
+        description="Event-driven ML platform for device fleets: fleet, federated learning and model serving.",
+    )
     app.state.settings = settings
     install_error_handlers(app)
 
@@ -34,14 +58,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         response.headers["X-Trace-Id"] = request.state.trace_id
         return response
 
-    @app.get("/api/v1/health", response_model=HealthResponse, tags=["Health"])
+    @app.get("/api/v1/health", response_model=HealthResponse, tags=["Health"], openapi_extra={"security": []})
     async def health() -> HealthResponse:
         return HealthResponse(
             status="healthy", version=API_VERSION, timestamp=datetime.now(UTC).isoformat().replace("+00:00", "Z")
         )
 
-    @app.get("/health/live", tags=["Health"])
+    @app.get("/health/live", tags=["Health"], openapi_extra={"security": []})
     async def live() -> dict[str, str]:
         return {"status": "alive"}
 
+    app.include_router(fleet.router)
     return app

@@ -16,6 +16,8 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from core.errors import HTTP_STATUS, DomainError
+
 # Seed 000's machine-readable `error` values are the snake_case HTTP reason.
 _ERROR_BY_STATUS = {s.value: s.phrase.lower().replace(" ", "_").replace("-", "_") for s in HTTPStatus}
 
@@ -87,6 +89,17 @@ def install_error_handlers(app: FastAPI) -> None:
             trace_id=_trace_id(request),
         )
         return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
+
+    @app.exception_handler(DomainError)
+    async def _domain_error(request: Request, exc: DomainError) -> JSONResponse:
+        status = HTTP_STATUS[exc.kind]
+        headers = {}
+        if exc.retry_after_s is not None:
+            headers["Retry-After"] = str(max(1, round(exc.retry_after_s)))
+        body = envelope(
+            status, exc.code, exc.message, details=exc.details, hint=exc.hint, trace_id=_trace_id(request)
+        )
+        return JSONResponse(body, status_code=status, headers=headers)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -6,6 +6,7 @@ Large payloads never ride Kafka; events carry the key, size and sha256 (claim ch
 from __future__ import annotations
 
 import hashlib
+from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import IO, Any
@@ -51,7 +52,65 @@ class StoredArtifact:
     sha256: str
 
 
-class ArtifactStore:
+class ArtifactStore(ABC):
+    """Where large payloads live; S3 in every environment, memory in unit tests."""
+
+    @abstractmethod
+    def put(
+        self, key: str, data: bytes | IO[bytes], content_type: str = "application/octet-stream"
+    ) -> StoredArtifact: ...
+
+    @abstractmethod
+    def head(self, key: str) -> StoredArtifact: ...
+
+    @abstractmethod
+    def stream(self, key: str, chunk_size: int = CHUNK) -> Iterator[bytes]: ...
+
+    @abstractmethod
+    def delete(self, key: str) -> None: ...
+
+    def get(self, key: str) -> bytes:
+        return b"".join(self.stream(key))
+
+
+class MemoryArtifactStore(ArtifactStore):
+    def __init__(self) -> None:
+        self.objects: dict[str, bytes] = {}
+        self.available = True  # flip to simulate an outage in unit tests
+
+    def _check(self) -> None:
+        if not self.available:
+            raise ArtifactStoreUnavailable("memory store switched off")
+
+    def put(
+        self, key: str, data: bytes | IO[bytes], content_type: str = "application/octet-stream"
+    ) -> StoredArtifact:
+        self._check()
+        body = data if isinstance(data, bytes) else data.read()
+        self.objects[key] = body
+        return StoredArtifact(key, len(body), hashlib.sha256(body).hexdigest())
+
+    def head(self, key: str) -> StoredArtifact:
+        self._check()
+        if key not in self.objects:
+            raise ArtifactNotFound(key)
+        body = self.objects[key]
+        return StoredArtifact(key, len(body), hashlib.sha256(body).hexdigest())
+
+    def stream(self, key: str, chunk_size: int = CHUNK) -> Iterator[bytes]:
+        self._check()
+        if key not in self.objects:
+            raise ArtifactNotFound(key)
+        body = self.objects[key]
+        for start in range(0, len(body), chunk_size):
+            yield body[start : start + chunk_size]
+
+    def delete(self, key: str) -> None:
+        self._check()
+        self.objects.pop(key, None)
+
+
+class S3ArtifactStore(ArtifactStore):
     def __init__(self, settings: Settings, client: Any | None = None) -> None:
         self.bucket = settings.s3_bucket
         self.client = client or s3_client(settings)
@@ -92,9 +151,6 @@ class ArtifactStore:
         except Exception as exc:
             raise ArtifactStoreUnavailable(str(exc)) from exc
         yield from obj["Body"].iter_chunks(chunk_size)
-
-    def get(self, key: str) -> bytes:
-        return b"".join(self.stream(key))
 
     def delete(self, key: str) -> None:
         self.client.delete_object(Bucket=self.bucket, Key=key)

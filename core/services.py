@@ -8,5 +8,8 @@ from core.supervisor import ServiceSpec, python_module
 
 def system_services(settings: Settings, extra_env: dict[str, str] | None = None) -> list[ServiceSpec]:
     env = extra_env or {}
-    services = [ServiceSpec("api", python_module("api"), env)]
-    return services
+    return [
+        ServiceSpec("api", python_module("api"), env),
+        ServiceSpec("device-processor", python_module("consumers.processors.fleet", "devices"), env),
+        ServiceSpec("round-processor", python_module("consumers.processors.fleet", "rounds"), env),
+    ]

@@ -71,6 +71,17 @@ class Settings(BaseSettings):
     admin_api_key: SecretStr = SecretStr("")
     audit_hmac_key: SecretStr = SecretStr("")
 
+    # --- fleet and federated learning -----------------------------------------------
+    heartbeat_interval_s: float = Field(30.0, gt=0, description="Expected heartbeat interval of devices")
+    active_device_window_s: float = Field(300.0, gt=0, description="active_devices = heartbeat within this")
+    freshness_sweep_s: float = Field(5.0, gt=0, description="How often the device processor re-checks freshness")
+    straggler_grace_s: float = Field(10.0, ge=0, description="Wait after min_devices completed before aggregating")
+    rate_limit_per_minute: int = Field(100, ge=1, description="Requests per minute per API key")
+    max_upload_bytes: int = Field(100 * 1024 * 1024, ge=1024, description="Largest model or update upload")
+    learning_graph_threshold: int = Field(1000, ge=1, description="Pending graphs that trigger retraining")
+    learning_graph_hmac_key: SecretStr = SecretStr("")
+    learning_graph_aes_key: SecretStr = Field(SecretStr(""), description="Hex AES-256 key (64 hex chars)")
+
     # --- derived ---------------------------------------------------------------------
     @property
     def kafka_bootstrap_servers(self) -> str:

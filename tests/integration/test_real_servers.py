@@ -13,7 +13,7 @@ from cassandra.cluster import Session
 from confluent_kafka import Consumer, Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from core.artifacts import ArtifactNotFound, ArtifactStore
+from core.artifacts import ArtifactNotFound, S3ArtifactStore
 from core.cassandra.migrate import current_version, load_migrations, migrate
 from core.cassandra.session import connect
 from core.settings import Settings
@@ -93,7 +93,7 @@ def test_migrate_twice_is_a_no_op(cql: Session, settings: Settings) -> None:
 
 
 def test_object_round_trips_through_s3_with_sha256(settings: Settings) -> None:
-    store = ArtifactStore(settings)
+    store = S3ArtifactStore(settings)
     payload = os.urandom(3 * 1024 * 1024 + 17)
     key = f"tests/{uuid.uuid4()}.bin"
     stored = store.put(key, payload)

@@ -1,0 +1,54 @@
+"""What the ingress is wired with: one object built at start-up and shared by every request."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from fastapi import Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from core.artifacts import ArtifactStore
+from core.auth import Authenticator, Principal, RateLimiter
+from core.events import EventSink
+from core.fleet.service import FleetService
+from core.fleet.store import FleetStore
+from core.settings import Settings
+
+
+@dataclass
+class AppContext:
+    settings: Settings
+    store: FleetStore
+    artifacts: ArtifactStore
+    events: EventSink
+    fleet: FleetService = field(init=False)
+    authenticator: Authenticator = field(init=False)
+    limiter: RateLimiter = field(init=False)
+    closers: list[Any] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.fleet = FleetService(self.settings, self.store, self.artifacts, self.events)
+        self.authenticator = Authenticator(self.store, self.settings)
+        self.limiter = RateLimiter(self.store, self.settings)
+
+
+def context(request: Request) -> AppContext:
+    ctx: AppContext = request.app.state.context
+    return ctx
+
+
+bearer = HTTPBearer(auto_error=False, bearerFormat="sk_live_*", description="Authorization: Bearer sk_live_...")
+
+
+async def authenticated(request: Request) -> Principal:
+    """Authenticate the Bearer key, then count the request against the key's shared rate limit."""
+    import asyncio
+
+    ctx = context(request)
+    credentials: HTTPAuthorizationCredentials | None = await bearer(request)
+    key = credentials.credentials if credentials else None
+    principal = await asyncio.to_thread(ctx.authenticator.authenticate, key)
+    request.state.key_id = principal.key_id
+    await asyncio.to_thread(ctx.limiter.check, principal.key_id)
+    return principal

@@ -1,0 +1,176 @@
+"""Seed 000 endpoints: devices, heartbeats, rounds, updates, model catalog. Thin: parse, call, render."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Depends, File, Form, Path, Query, Request, UploadFile
+from fastapi.responses import StreamingResponse
+
+from api.context import AppContext, authenticated, context
+from api.errors import ErrorEnvelope
+from api.schemas_fleet import (
+    DeviceOut,
+    DeviceRegisterRequest,
+    DeviceRegisterResponse,
+    HeartbeatRequest,
+    HeartbeatResponse,
+    ModelCreateRequest,
+    ModelDetail,
+    ModelListResponse,
+    ModelOut,
+    ModelUpdateOut,
+    ModelVersionOut,
+    RoundOut,
+    RoundStartRequest,
+    StatusResponse,
+)
+from core.auth import Principal
+from core.errors import DomainError, ErrorKind
+from core.fleet.models import Platform
+
+router = APIRouter(prefix="/api/v1")
+Ctx = Annotated[AppContext, Depends(context)]
+Caller = Annotated[Principal, Depends(authenticated)]
+UUID_PATTERN = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
+DeviceId = Annotated[str, Path(min_length=1, max_length=255, pattern=r"^[^\x00-\x1f/\\]+$")]
+RoundId = Annotated[str, Path(pattern=UUID_PATTERN, description="UUID of the training round.")]
+ModelId = Annotated[str, Path(pattern=UUID_PATTERN, description="UUID of the model.")]
+
+ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorEnvelope} for code in (400, 401, 403, 404, 409, 413, 415, 429, 503)
+}
+
+
+async def read_upload(upload: UploadFile, limit: int) -> bytes:
+    """Read at most limit+1 bytes so an oversized upload is refused without buffering it all."""
+    data = await upload.read(limit + 1)
+    if len(data) > limit:
+        raise DomainError(ErrorKind.TOO_LARGE, "FILE_TOO_LARGE", f"Upload exceeds the limit of {limit} bytes.",
+                          details={"max_bytes": limit})
+    return data
+
+
+@router.get("/status", response_model=StatusResponse, tags=["Health"], responses=ERRORS)
+async def system_status(ctx: Ctx, _: Caller) -> StatusResponse:
+    return StatusResponse(**await ctx.fleet.status())
+
+
+@router.post("/devices/register", status_code=201, response_model=DeviceRegisterResponse, tags=["Devices"],
+             responses=ERRORS, openapi_extra={"security": []})
+async def register_device(body: DeviceRegisterRequest, ctx: Ctx, request: Request) -> DeviceRegisterResponse:
+    # Registration is open, so it is rate-limited by client address instead of key.
+    import asyncio
+
+    await asyncio.to_thread(ctx.limiter.check, f"ip:{request.client.host if request.client else 'unknown'}")
+    device, api_key = await ctx.fleet.register_device(
+        body.device_id, Platform(body.platform) if body.platform else None, body.capabilities
+    )
+    return DeviceRegisterResponse(id=device.id, device_id=device.device_id, api_key=api_key,
+                                  platform=device.platform.value, status=device.status.value,
+                                  created_at=device.created_at)
+
+
+@router.get("/devices/{device_id}", response_model=DeviceOut, tags=["Devices"], responses=ERRORS)
+async def get_device(device_id: DeviceId, ctx: Ctx, caller: Caller) -> DeviceOut:
+    return DeviceOut.of(await ctx.fleet.get_device(caller, device_id))
+
+
+@router.put("/devices/{device_id}/heartbeat", response_model=HeartbeatResponse, tags=["Devices"], responses=ERRORS)
+async def heartbeat(device_id: DeviceId, ctx: Ctx, caller: Caller,
+                    body: HeartbeatRequest | None = None) -> HeartbeatResponse:
+    body = body or HeartbeatRequest()
+    return HeartbeatResponse(**await ctx.fleet.heartbeat(caller, device_id, body.status, body.metrics))
+
+
+@router.post("/training/rounds/start", status_code=201, response_model=RoundOut, tags=["Rounds"], responses=ERRORS)
+async def start_round(body: RoundStartRequest, ctx: Ctx, caller: Caller) -> RoundOut:
+    round_ = await ctx.fleet.start_round(caller, body.target_devices, body.min_devices, body.timeout_seconds,
+                                         body.global_model_id)
+    return RoundOut.of(round_)
+
+
+@router.get("/training/rounds/current", response_model=RoundOut, tags=["Rounds"], responses=ERRORS)
+async def current_round(ctx: Ctx, _: Caller) -> RoundOut:
+    return RoundOut.of(await ctx.fleet.current_round())
+
+
+@router.get("/training/rounds/{round_id}/status", response_model=RoundOut, tags=["Rounds"], responses=ERRORS)
+async def round_status(round_id: RoundId, ctx: Ctx, _: Caller) -> RoundOut:
+    return RoundOut.of(await ctx.fleet.round_status(round_id))
+
+
+@router.post("/training/rounds/{round_id}/updates", status_code=201, response_model=ModelUpdateOut,
+             tags=["Model Updates"], responses=ERRORS)
+async def submit_update(
+    round_id: RoundId,
+    ctx: Ctx,
+    caller: Caller,
+    file: Annotated[UploadFile, File(description="Serialized model weights file.")],
+    num_samples: Annotated[int, Form(ge=1)],
+    local_loss: Annotated[float | None, Form()] = None,
+    local_accuracy: Annotated[float | None, Form(ge=0, le=1)] = None,
+    training_time_seconds: Annotated[int | None, Form(ge=0)] = None,
+) -> ModelUpdateOut:
+    data = await read_upload(file, ctx.settings.max_upload_bytes)
+    update = await ctx.fleet.submit_update(caller, round_id, data, num_samples, local_loss, local_accuracy,
+                                           training_time_seconds)
+    return ModelUpdateOut.of(update)
+
+
+@router.post("/models", status_code=201, response_model=ModelOut, tags=["Models"], responses=ERRORS)
+async def create_model(body: ModelCreateRequest, ctx: Ctx, caller: Caller) -> ModelOut:
+    model = await ctx.fleet.create_model(caller, framework=body.framework, framework_version=body.framework_version,
+                                         description=body.description, is_baseline=body.is_baseline)
+    return ModelOut.of(model)
+
+
+@router.get("/models", response_model=ModelListResponse, tags=["Models"], responses=ERRORS)
+async def list_models(
+    ctx: Ctx,
+    _: Caller,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+    offset: Annotated[int, Query(ge=0)] = 0,
+    framework: Literal["pytorch", "tensorflow", "xgboost", "sklearn"] | None = None,
+    is_baseline: bool | None = None,
+) -> ModelListResponse:
+    models, total = await ctx.fleet.list_models(limit=limit, offset=offset, framework=framework,
+                                                is_baseline=is_baseline)
+    return ModelListResponse(models=[ModelOut.of(m) for m in models], total=total, limit=limit, offset=offset)
+
+
+@router.get("/models/{model_id}", response_model=ModelDetail, tags=["Models"], responses=ERRORS)
+async def get_model(model_id: ModelId, ctx: Ctx, _: Caller) -> ModelDetail:
+    model, versions = await ctx.fleet.get_model(model_id)
+    return ModelDetail.with_versions(model, versions)
+
+
+@router.post("/models/{model_id}/versions/upload", status_code=201, response_model=ModelVersionOut,
+             tags=["Models"], responses=ERRORS)
+async def upload_version(
+    model_id: ModelId,
+    ctx: Ctx,
+    caller: Caller,
+    file: Annotated[UploadFile, File(description="Model weights file (.pt, .h5, .pkl, .onnx).")],
+    format: Annotated[Literal["pytorch", "tensorflow", "onnx", "sklearn", "xgboost"] | None, Form()] = None,
+    description: Annotated[str | None, Form(max_length=1000)] = None,
+) -> ModelVersionOut:
+    data = await read_upload(file, ctx.settings.max_upload_bytes)
+    version = await ctx.fleet.upload_version(caller, model_id, data, file.filename or "", format, description)
+    return ModelVersionOut.of(version)
+
+
+@router.get("/models/{model_id}/versions/{version}/download", tags=["Models"],
+            responses={200: {"content": {"application/octet-stream": {}}}, **ERRORS},
+            response_class=StreamingResponse)
+async def download_version(
+    model_id: ModelId,
+    version: Annotated[int, Path(ge=1)],
+    ctx: Ctx,
+    _: Caller,
+    format: Literal["pytorch", "onnx", "tflite", "coreml"] | None = None,
+) -> StreamingResponse:
+    _entry, key, filename, size, sha256 = await ctx.fleet.download(model_id, version, format)
+    headers = {"Content-Disposition": f'attachment; filename="{filename}"', "Content-Length": str(size),
+               "X-Model-Hash": f"sha256:{sha256}"}
+    return StreamingResponse(ctx.artifacts.stream(key), media_type="application/octet-stream", headers=headers)

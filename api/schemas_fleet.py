@@ -1,0 +1,202 @@
+"""Request and response bodies of seed 000 (fleet, rounds, updates, catalog), field for field."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from core.fleet.models import CatalogModel, Device, ModelUpdate, ModelVersion, Round
+
+PlatformName = Literal["python", "ios", "android", "edge"]
+FrameworkName = Literal["pytorch", "tensorflow", "xgboost", "sklearn"]
+RoundStatusName = Literal["pending", "active", "aggregating", "completed", "failed"]
+
+
+class StrictBody(BaseModel):
+    # Unknown fields are refused so that typos surface as 400s instead of being ignored.
+    model_config = ConfigDict(extra="forbid")
+
+
+class StatusResponse(BaseModel):
+    status: Literal["operational", "degraded", "maintenance"]
+    active_devices: int
+    total_devices: int
+    current_round_number: int | None = None
+    current_round_status: RoundStatusName | None = None
+    total_models: int
+    timestamp: datetime
+
+
+class DeviceRegisterRequest(StrictBody):
+    device_id: str = Field(min_length=1, max_length=255, pattern=r"^[^\x00-\x1f/\\]+$",
+                           description="Unique, user-chosen identifier for the device.")
+    platform: PlatformName | None = Field(None, description="Device platform. Defaults to `python` if omitted.")
+    capabilities: dict[str, Any] | None = None
+
+
+class DeviceRegisterResponse(BaseModel):
+    id: str
+    device_id: str
+    api_key: str = Field(description="API key for this device. Store it securely -- it cannot be retrieved again.")
+    platform: PlatformName | None = None
+    status: Literal["active", "inactive", "offline"]
+    created_at: datetime
+
+
+class DeviceOut(BaseModel):
+    id: str
+    device_id: str
+    platform: PlatformName | None = None
+    capabilities: dict[str, Any] | None = None
+    status: Literal["active", "inactive", "offline"]
+    last_heartbeat: datetime | None = None
+    created_at: datetime
+    updated_at: datetime
+
+    @classmethod
+    def of(cls, d: Device) -> DeviceOut:
+        return cls(id=d.id, device_id=d.device_id, platform=d.platform.value, capabilities=d.capabilities,
+                   status=d.status.value, last_heartbeat=d.last_heartbeat, created_at=d.created_at,
+                   updated_at=d.updated_at)
+
+
+class HeartbeatRequest(StrictBody):
+    status: Literal["active", "inactive"] | None = None
+    metrics: dict[str, Any] | None = None
+
+
+class HeartbeatResponse(BaseModel):
+    status: Literal["active", "inactive", "offline"]
+    last_heartbeat: datetime
+    pending_round_id: str | None = None
+    message: str | None = None
+
+
+class RoundStartRequest(StrictBody):
+    target_devices: int = Field(ge=1)
+    min_devices: int = Field(ge=1)
+    timeout_seconds: int = Field(300, ge=60, le=3600)
+    global_model_id: str | None = Field(None, pattern=r"^[0-9a-fA-F-]{36}$")
+
+
+class RoundOut(BaseModel):
+    id: str
+    round_number: int
+    status: RoundStatusName
+    target_devices: int
+    min_devices: int
+    participated_devices: int
+    completed_devices: int
+    failed_devices: int
+    global_model_path: str | None = None
+    aggregated_model_path: str | None = None
+    started_at: datetime | None = None
+    completed_at: datetime | None = None
+    timeout_at: datetime | None = None
+    created_at: datetime
+
+    @classmethod
+    def of(cls, r: Round) -> RoundOut:
+        return cls(id=r.id, round_number=r.round_number, status=r.status.value, target_devices=r.target_devices,
+                   min_devices=r.min_devices, participated_devices=r.participated_devices,
+                   completed_devices=r.completed_devices, failed_devices=r.failed_devices,
+                   global_model_path=r.global_model_path, aggregated_model_path=r.aggregated_model_path,
+                   started_at=r.started_at, completed_at=r.completed_at, timeout_at=r.timeout_at,
+                   created_at=r.created_at)
+
+
+class ModelUpdateOut(BaseModel):
+    id: str
+    round_id: str
+    device_id: str
+    model_path: str
+    model_size_bytes: int | None = None
+    num_samples: int
+    local_loss: float | None = None
+    local_accuracy: float | None = None
+    training_time_seconds: int | None = None
+    created_at: datetime
+
+    @classmethod
+    def of(cls, u: ModelUpdate) -> ModelUpdateOut:
+        return cls(id=u.id, round_id=u.round_id, device_id=u.device_id, model_path=u.model_path,
+                   model_size_bytes=u.model_size_bytes, num_samples=u.num_samples, local_loss=u.local_loss,
+                   local_accuracy=u.local_accuracy, training_time_seconds=u.training_time_seconds,
+                   created_at=u.created_at)
+
+
+class ModelCreateRequest(StrictBody):
+    framework: FrameworkName | None = None
+    framework_version: str | None = Field(None, max_length=64)
+    description: str | None = Field(None, max_length=1000)
+    is_baseline: bool = False
+
+
+class ModelOut(BaseModel):
+    id: str
+    round_id: str | None = None
+    model_path: str | None = None
+    model_size_bytes: int | None = None
+    model_hash: str | None = None
+    framework: FrameworkName | None = None
+    framework_version: str | None = None
+    accuracy: float | None = None
+    loss: float | None = None
+    is_baseline: bool
+    description: str | None = None
+    created_at: datetime
+
+    @classmethod
+    def fields_of(cls, m: CatalogModel) -> dict[str, Any]:
+        framework = m.framework if m.framework in ("pytorch", "tensorflow", "xgboost", "sklearn") else None
+        return dict(id=m.id, round_id=m.round_id, model_path=m.model_path, model_size_bytes=m.model_size_bytes,
+                    model_hash=m.model_hash, framework=framework, framework_version=m.framework_version,
+                    accuracy=m.accuracy, loss=m.loss, is_baseline=m.is_baseline, description=m.description,
+                    created_at=m.created_at)
+
+    @classmethod
+    def of(cls, m: CatalogModel) -> ModelOut:
+        return cls(**cls.fields_of(m))
+
+
+class ModelVersionSummary(BaseModel):
+    version: int
+    format: str
+    model_size_bytes: int | None = None
+    uploaded_at: datetime
+
+
+class ModelDetail(ModelOut):
+    versions: list[ModelVersionSummary] = []
+
+    @classmethod
+    def with_versions(cls, m: CatalogModel, versions: list[ModelVersion]) -> ModelDetail:
+        summaries = [ModelVersionSummary(version=v.version, format=v.format, model_size_bytes=v.model_size_bytes,
+                                         uploaded_at=v.uploaded_at) for v in versions]
+        return cls(**cls.fields_of(m), versions=summaries)
+
+
+class ModelVersionOut(BaseModel):
+    model_id: str
+    version: int
+    format: str
+    model_path: str
+    model_size_bytes: int | None = None
+    model_hash: str | None = None
+    description: str | None = None
+    uploaded_at: datetime
+
+    @classmethod
+    def of(cls, v: ModelVersion) -> ModelVersionOut:
+        return cls(model_id=v.model_id, version=v.version, format=v.format, model_path=v.model_path,
+                   model_size_bytes=v.model_size_bytes, model_hash=f"sha256:{v.sha256}",
+                   description=v.description, uploaded_at=v.uploaded_at)
+
+
+class ModelListResponse(BaseModel):
+    models: list[ModelOut]
+    total: int
+    limit: int
+    offset: int

@@ -1,0 +1,1 @@
+"""State processors (faust-streaming): devices and rounds; one faust app (= consumer group) each."""

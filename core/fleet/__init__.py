@@ -1,0 +1,1 @@
+"""Fleet and federated learning domain: devices, keys, rounds, updates, the model catalog."""

@@ -1,0 +1,359 @@
+"""``FleetStore`` on Cassandra (2.1 through 5): LWT where a decision must be unique across replicas.
+
+Full-table reads (``list_devices``, ``count_devices``, ``list_models``) are fine for fleets of
+thousands and catalogs of hundreds; past that they want per-minute heartbeat buckets and a
+time-ordered model index (noted in docs/architecture.md).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+from cassandra.cluster import Session
+from cassandra.query import PreparedStatement
+
+from core.fleet.models import (
+    ApiKeyRecord,
+    CatalogModel,
+    Device,
+    DeviceStatus,
+    Freshness,
+    LearningGraph,
+    ModelUpdate,
+    ModelVersion,
+    Platform,
+    Round,
+    RoundStatus,
+    SubjectType,
+)
+from core.fleet.store import FleetStore
+
+CAS_RETRIES = 50
+ORPHAN_WAIT_POLLS = 60  # x 50 ms
+ROUND_FIELDS = (
+    "round_id", "round_number", "status", "target_devices", "min_devices", "timeout_seconds", "created_at",
+    "global_model_id", "global_model_path", "selected_devices", "participated_devices", "completed_devices",
+    "failed_devices", "started_at", "timeout_at", "completed_at", "aggregated_model_id", "aggregated_model_path",
+    "failure_reason",
+)
+MODEL_FIELDS = (
+    "model_id", "is_baseline", "created_at", "updated_at", "round_id", "framework", "framework_version",
+    "description", "accuracy", "loss", "latest_version", "model_path", "model_size_bytes", "model_hash", "name",
+    "task_type", "extra",
+)
+VERSION_FIELDS = (
+    "model_id", "version", "format", "artifact_key", "model_path", "model_size_bytes", "sha256", "uploaded_at",
+    "description", "onnx_key", "onnx_size_bytes", "onnx_sha256", "round_id",
+)
+UPDATE_FIELDS = (
+    "round_id", "device_id", "update_id", "model_path", "artifact_key", "model_size_bytes", "sha256", "num_samples",
+    "local_loss", "local_accuracy", "training_time_seconds", "created_at",
+)
+
+
+def _utc(ts: datetime | None) -> datetime | None:
+    """The driver returns naive UTC datetimes; the domain works with aware ones."""
+    if ts is None:
+        return None
+    return ts.replace(tzinfo=UTC) if ts.tzinfo is None else ts.astimezone(UTC)
+
+
+def _insert(table: str, fields: tuple[str, ...], suffix: str = "") -> str:
+    return f"INSERT INTO {table} ({', '.join(fields)}) VALUES ({', '.join('?' * len(fields))}) {suffix}".strip()
+
+
+class CassandraFleetStore(FleetStore):
+    def __init__(self, session: Session) -> None:
+        self.session = session
+        self._prepared: dict[str, PreparedStatement] = {}
+
+    def _q(self, cql: str) -> PreparedStatement:
+        statement = self._prepared.get(cql)
+        if statement is None:
+            statement = self._prepared[cql] = self.session.prepare(cql)
+        return statement
+
+    def _run(self, cql: str, *params: Any) -> Any:
+        return self.session.execute(self._q(cql), params)
+
+    # --- devices and keys ---------------------------------------------------------------
+    def create_device(self, device: Device, key: ApiKeyRecord) -> bool:
+        applied = self._run(
+            "INSERT INTO devices (device_id, id, platform, capabilities, status, api_key_id, created_at, updated_at, "
+            "freshness, metrics) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) IF NOT EXISTS",
+            device.device_id, device.id, device.platform.value, json.dumps(device.capabilities), device.status.value,
+            device.api_key_id, device.created_at, device.updated_at, device.freshness.value,
+            json.dumps(device.metrics),
+        ).one().applied
+        if applied:
+            self.put_api_key(key)
+        return bool(applied)
+
+    def _device(self, row: Any) -> Device:
+        return Device(
+            id=row.id, device_id=row.device_id, platform=Platform(row.platform or "python"),
+            capabilities=json.loads(row.capabilities or "{}"), status=DeviceStatus(row.status or "active"),
+            api_key_id=row.api_key_id or "", created_at=_utc(row.created_at) or datetime.now(UTC),
+            updated_at=_utc(row.updated_at) or datetime.now(UTC), last_heartbeat=_utc(row.last_heartbeat),
+            freshness=Freshness(row.freshness or "offline"), metrics=json.loads(row.metrics or "{}"),
+        )
+
+    def get_device(self, device_id: str) -> Device | None:
+        row = self._run("SELECT * FROM devices WHERE device_id = ?", device_id).one()
+        return self._device(row) if row else None
+
+    def delete_device(self, device_id: str) -> None:
+        self._run("DELETE FROM devices WHERE device_id = ?", device_id)
+
+    def record_heartbeat(self, device_id: str, at: datetime, status: str | None,
+                         metrics: dict[str, Any]) -> Device | None:
+        at = _utc(at) or at
+        for _ in range(CAS_RETRIES):
+            device = self.get_device(device_id)
+            if device is None:
+                return None
+            if device.last_heartbeat is not None and at <= device.last_heartbeat:
+                return device  # older or redelivered: never move backwards
+            # CAS on the value we read: concurrent heartbeats of one device serialise here.
+            applied = self._run(
+                "UPDATE devices SET last_heartbeat = ?, updated_at = ?, metrics = ? WHERE device_id = ? "
+                "IF last_heartbeat = ?",
+                at, at, json.dumps(metrics), device_id, device.last_heartbeat,
+            ).one().applied
+            if applied:
+                device.last_heartbeat, device.updated_at, device.metrics = at, at, dict(metrics)
+                return device
+        raise RuntimeError(f"heartbeat CAS on {device_id} kept losing")
+
+    def set_freshness(self, device_id: str, expected: Freshness, new: Freshness) -> bool:
+        return bool(self._run("UPDATE devices SET freshness = ? WHERE device_id = ? IF freshness = ?",
+                              new.value, device_id, expected.value).one().applied)
+
+    def list_devices(self) -> list[Device]:
+        return [self._device(row) for row in self._run("SELECT * FROM devices")]
+
+    def count_devices(self, heartbeat_since: datetime | None = None) -> int:
+        rows = self._run("SELECT last_heartbeat FROM devices")
+        if heartbeat_since is None:
+            return sum(1 for _ in rows)
+        seen = (_utc(r.last_heartbeat) for r in rows)
+        return sum(1 for ts in seen if ts is not None and ts >= heartbeat_since)
+
+    def get_api_key(self, key_hash: str) -> ApiKeyRecord | None:
+        row = self._run("SELECT * FROM api_keys WHERE key_hash = ?", key_hash).one()
+        if row is None:
+            return None
+        return ApiKeyRecord(row.key_hash, row.key_id, SubjectType(row.subject_type), row.subject_id,
+                            _utc(row.created_at) or datetime.now(UTC), _utc(row.revoked_at))
+
+    def put_api_key(self, key: ApiKeyRecord) -> None:
+        self._run(_insert("api_keys", ("key_hash", "key_id", "subject_type", "subject_id", "created_at",
+                                       "revoked_at")),
+                  key.key_hash, key.key_id, key.subject_type.value, key.subject_id, key.created_at, key.revoked_at)
+
+    def revoke_api_key(self, key_hash: str, at: datetime) -> bool:
+        return bool(self._run("UPDATE api_keys SET revoked_at = ? WHERE key_hash = ? IF revoked_at = null",
+                              at, key_hash).one().applied)
+
+    # --- rounds -----------------------------------------------------------------------
+    def _next_round_number(self) -> int:
+        self._run("INSERT INTO sequences (name, value) VALUES ('rounds', 0) IF NOT EXISTS")
+        for _ in range(CAS_RETRIES):
+            current = self._run("SELECT value FROM sequences WHERE name = 'rounds'").one().value
+            if self._run("UPDATE sequences SET value = ? WHERE name = 'rounds' IF value = ?",
+                         current + 1, current).one().applied:
+                return int(current) + 1
+        raise RuntimeError("round sequence CAS kept losing")
+
+    def create_active_round(self, round_: Round) -> Round | None:
+        claim = self._run(
+            "INSERT INTO active_round (slot, round_id) VALUES ('active', ?) IF NOT EXISTS", round_.id
+        ).one()
+        if not claim.applied:
+            # The winner writes its round right after claiming: give it a moment to appear.
+            for _ in range(ORPHAN_WAIT_POLLS):
+                holder = self.get_round(claim.round_id)
+                if holder is not None:
+                    return holder
+                time.sleep(0.05)
+            # A slot pointing at no round for seconds (a crash between claim and write): take it over.
+            if not self._run("UPDATE active_round SET round_id = ? WHERE slot = 'active' IF round_id = ?",
+                             round_.id, claim.round_id).one().applied:
+                return self.get_round(self.active_round_id() or "") or round_
+        round_.round_number = self._next_round_number()
+        self._write_round(round_)
+        self._run("INSERT INTO rounds_by_number (bucket, round_number, round_id) VALUES ('all', ?, ?)",
+                  round_.round_number, round_.id)
+        return None
+
+    def _write_round(self, r: Round) -> None:
+        self._run(_insert("rounds", ROUND_FIELDS),
+                  r.id, r.round_number, r.status.value, r.target_devices, r.min_devices, r.timeout_seconds,
+                  r.created_at, r.global_model_id, r.global_model_path, list(r.selected_devices),
+                  r.participated_devices, r.completed_devices, r.failed_devices, r.started_at, r.timeout_at,
+                  r.completed_at, r.aggregated_model_id, r.aggregated_model_path, r.failure_reason)
+
+    def _round(self, row: Any) -> Round:
+        return Round(
+            id=row.round_id, round_number=row.round_number, status=RoundStatus(row.status),
+            target_devices=row.target_devices, min_devices=row.min_devices, timeout_seconds=row.timeout_seconds,
+            created_at=_utc(row.created_at) or datetime.now(UTC), global_model_id=row.global_model_id,
+            global_model_path=row.global_model_path, selected_devices=list(row.selected_devices or []),
+            participated_devices=row.participated_devices or 0, completed_devices=row.completed_devices or 0,
+            failed_devices=row.failed_devices or 0, started_at=_utc(row.started_at),
+            timeout_at=_utc(row.timeout_at), completed_at=_utc(row.completed_at),
+            aggregated_model_id=row.aggregated_model_id, aggregated_model_path=row.aggregated_model_path,
+            failure_reason=row.failure_reason,
+        )
+
+    def get_round(self, round_id: str) -> Round | None:
+        row = self._run("SELECT * FROM rounds WHERE round_id = ?", round_id).one()
+        return self._round(row) if row else None
+
+    def latest_round(self) -> Round | None:
+        row = self._run("SELECT round_id FROM rounds_by_number WHERE bucket = 'all' LIMIT 1").one()
+        return self.get_round(row.round_id) if row else None
+
+    def active_round_id(self) -> str | None:
+        row = self._run("SELECT round_id FROM active_round WHERE slot = 'active'").one()
+        return row.round_id if row else None
+
+    def transition_round(self, round_id: str, expected: RoundStatus, new: RoundStatus, **fields: Any) -> bool:
+        unknown = set(fields) - set(ROUND_FIELDS)
+        if unknown:
+            raise ValueError(f"unknown round fields {sorted(unknown)}")
+        assignments = ", ".join(["status = ?", *(f"{name} = ?" for name in fields)])
+        values = [new.value, *(list(v) if isinstance(v, list) else v for v in fields.values())]
+        applied = self.session.execute(
+            self._q(f"UPDATE rounds SET {assignments} WHERE round_id = ? IF status = ?"),
+            [*values, round_id, expected.value],
+        ).one().applied
+        if applied and new.terminal:
+            self._run("DELETE FROM active_round WHERE slot = 'active' IF round_id = ?", round_id)
+        return bool(applied)
+
+    def update_round_counters(self, round_id: str, *, participated: int, completed: int, failed: int) -> None:
+        self._run("UPDATE rounds SET participated_devices = ?, completed_devices = ?, failed_devices = ? "
+                  "WHERE round_id = ?", participated, completed, failed, round_id)
+
+    def add_update(self, update: ModelUpdate) -> bool:
+        return bool(self._run(
+            _insert("round_updates", UPDATE_FIELDS, "IF NOT EXISTS"),
+            update.round_id, update.device_id, update.id, update.model_path, update.artifact_key,
+            update.model_size_bytes, update.sha256, update.num_samples, update.local_loss, update.local_accuracy,
+            update.training_time_seconds, update.created_at,
+        ).one().applied)
+
+    def list_updates(self, round_id: str) -> list[ModelUpdate]:
+        return [
+            ModelUpdate(id=r.update_id, round_id=r.round_id, device_id=r.device_id, model_path=r.model_path,
+                        artifact_key=r.artifact_key, model_size_bytes=r.model_size_bytes, sha256=r.sha256,
+                        num_samples=r.num_samples, created_at=_utc(r.created_at) or datetime.now(UTC),
+                        local_loss=r.local_loss, local_accuracy=r.local_accuracy,
+                        training_time_seconds=r.training_time_seconds)
+            for r in self._run("SELECT * FROM round_updates WHERE round_id = ?", round_id)
+        ]
+
+    # --- catalog ----------------------------------------------------------------------
+    def _model_values(self, m: CatalogModel) -> list[Any]:
+        return [m.id, m.is_baseline, m.created_at, m.updated_at, m.round_id, m.framework, m.framework_version,
+                m.description, m.accuracy, m.loss, m.latest_version, m.model_path, m.model_size_bytes, m.model_hash,
+                m.name, m.task_type, json.dumps(m.extra)]
+
+    def _model(self, r: Any) -> CatalogModel:
+        return CatalogModel(
+            id=r.model_id, is_baseline=bool(r.is_baseline), created_at=_utc(r.created_at) or datetime.now(UTC),
+            updated_at=_utc(r.updated_at) or datetime.now(UTC), round_id=r.round_id, framework=r.framework,
+            framework_version=r.framework_version, description=r.description, accuracy=r.accuracy, loss=r.loss,
+            latest_version=r.latest_version, model_path=r.model_path, model_size_bytes=r.model_size_bytes,
+            model_hash=r.model_hash, name=r.name, task_type=r.task_type, extra=json.loads(r.extra or "{}"),
+        )
+
+    def create_model(self, model: CatalogModel) -> bool:
+        return bool(self.session.execute(self._q(_insert("models", MODEL_FIELDS, "IF NOT EXISTS")),
+                                         self._model_values(model)).one().applied)
+
+    def get_model(self, model_id: str) -> CatalogModel | None:
+        row = self._run("SELECT * FROM models WHERE model_id = ?", model_id).one()
+        return self._model(row) if row else None
+
+    def update_model(self, model: CatalogModel) -> None:
+        self.session.execute(self._q(_insert("models", MODEL_FIELDS)), self._model_values(model))
+
+    def delete_model(self, model_id: str) -> bool:
+        return bool(self._run("DELETE FROM models WHERE model_id = ? IF EXISTS", model_id).one().applied)
+
+    def list_models(self, *, limit: int, offset: int, framework: str | None = None,
+                    is_baseline: bool | None = None, task_type: str | None = None) -> tuple[list[CatalogModel], int]:
+        models = [self._model(r) for r in self._run("SELECT * FROM models")]
+        matching = [m for m in models
+                    if (framework is None or m.framework == framework)
+                    and (is_baseline is None or m.is_baseline == is_baseline)
+                    and (task_type is None or m.task_type == task_type)]
+        matching.sort(key=lambda m: (m.created_at, m.id), reverse=True)
+        return matching[offset:offset + limit], len(matching)
+
+    def next_version(self, model_id: str) -> int:
+        name = f"model:{model_id}"
+        self._run("INSERT INTO sequences (name, value) VALUES (?, 0) IF NOT EXISTS", name)
+        for _ in range(CAS_RETRIES):
+            current = self._run("SELECT value FROM sequences WHERE name = ?", name).one().value
+            if self._run("UPDATE sequences SET value = ? WHERE name = ? IF value = ?",
+                         current + 1, name, current).one().applied:
+                return int(current) + 1
+        raise RuntimeError(f"version sequence CAS on {model_id} kept losing")
+
+    def add_version(self, v: ModelVersion) -> None:
+        self._run(_insert("model_versions", VERSION_FIELDS), v.model_id, v.version, v.format, v.artifact_key,
+                  v.model_path, v.model_size_bytes, v.sha256, v.uploaded_at, v.description, v.onnx_key,
+                  v.onnx_size_bytes, v.onnx_sha256, v.round_id)
+
+    def _version(self, r: Any) -> ModelVersion:
+        return ModelVersion(
+            model_id=r.model_id, version=r.version, format=r.format, artifact_key=r.artifact_key,
+            model_path=r.model_path, model_size_bytes=r.model_size_bytes, sha256=r.sha256,
+            uploaded_at=_utc(r.uploaded_at) or datetime.now(UTC), description=r.description, onnx_key=r.onnx_key,
+            onnx_size_bytes=r.onnx_size_bytes, onnx_sha256=r.onnx_sha256, round_id=r.round_id,
+        )
+
+    def get_version(self, model_id: str, version: int) -> ModelVersion | None:
+        row = self._run("SELECT * FROM model_versions WHERE model_id = ? AND version = ?", model_id, version).one()
+        return self._version(row) if row else None
+
+    def list_versions(self, model_id: str) -> list[ModelVersion]:
+        return [self._version(r) for r in self._run("SELECT * FROM model_versions WHERE model_id = ?", model_id)]
+
+    # --- learning graphs -------------------------------------------------------------
+    def add_learning_graph(self, graph: LearningGraph) -> int:
+        self._run(_insert("learning_graphs", ("graph_id", "device_id_hash", "app_version", "model_version",
+                                              "received_at", "graph")),
+                  graph.id, graph.device_id_hash, graph.app_version, graph.model_version, graph.received_at,
+                  json.dumps(graph.graph))
+        self._run("INSERT INTO sequences (name, value) VALUES ('pending_graphs', 0) IF NOT EXISTS")
+        for _ in range(CAS_RETRIES):
+            current = self._run("SELECT value FROM sequences WHERE name = 'pending_graphs'").one().value
+            if self._run("UPDATE sequences SET value = ? WHERE name = 'pending_graphs' IF value = ?",
+                         current + 1, current).one().applied:
+                return int(current) + 1
+        raise RuntimeError("pending graph counter CAS kept losing")
+
+    def take_pending_graphs(self) -> int:
+        for _ in range(CAS_RETRIES):
+            row = self._run("SELECT value FROM sequences WHERE name = 'pending_graphs'").one()
+            if row is None or row.value == 0:
+                return 0
+            if self._run("UPDATE sequences SET value = 0 WHERE name = 'pending_graphs' IF value = ?",
+                         row.value).one().applied:
+                return int(row.value)
+        raise RuntimeError("pending graph counter CAS kept losing")
+
+    # --- rate limiting ----------------------------------------------------------------
+    def hit(self, subject: str, window_start: int, window_s: int) -> int:
+        self._run("UPDATE rate_limits SET hits = hits + 1 WHERE subject = ? AND window_start = ?", subject,
+                  window_start)
+        row = self._run("SELECT hits FROM rate_limits WHERE subject = ? AND window_start = ?", subject,
+                        window_start).one()
+        return int(row.hits) if row else 1

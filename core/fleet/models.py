@@ -1,0 +1,163 @@
+"""Domain records of the fleet. Plain dataclasses: stores persist them, transports render them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+
+class Platform(StrEnum):
+    PYTHON = "python"
+    IOS = "ios"
+    ANDROID = "android"
+    EDGE = "edge"
+
+
+class DeviceStatus(StrEnum):
+    """What seed 000 reports as a device's `status`."""
+
+    ACTIVE = "active"
+    INACTIVE = "inactive"
+    OFFLINE = "offline"
+
+
+class Freshness(StrEnum):
+    """Derived from heartbeat age: online < 2x interval <= stale < 5x interval <= offline."""
+
+    ONLINE = "online"
+    STALE = "stale"
+    OFFLINE = "offline"
+
+
+class RoundStatus(StrEnum):
+    PENDING = "pending"
+    ACTIVE = "active"
+    AGGREGATING = "aggregating"
+    COMPLETED = "completed"
+    FAILED = "failed"
+
+    @property
+    def terminal(self) -> bool:
+        return self in (RoundStatus.COMPLETED, RoundStatus.FAILED)
+
+
+class SubjectType(StrEnum):
+    DEVICE = "device"
+    OPERATOR = "operator"
+
+
+@dataclass
+class Device:
+    id: str  # internal uuid
+    device_id: str  # user-chosen
+    platform: Platform
+    capabilities: dict[str, Any]
+    status: DeviceStatus
+    api_key_id: str
+    created_at: datetime
+    updated_at: datetime
+    last_heartbeat: datetime | None = None
+    freshness: Freshness = Freshness.OFFLINE
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ApiKeyRecord:
+    key_hash: str
+    key_id: str
+    subject_type: SubjectType
+    subject_id: str
+    created_at: datetime
+    revoked_at: datetime | None = None
+
+
+@dataclass
+class Round:
+    id: str
+    round_number: int
+    status: RoundStatus
+    target_devices: int
+    min_devices: int
+    timeout_seconds: int
+    created_at: datetime
+    global_model_id: str | None = None
+    global_model_path: str | None = None
+    selected_devices: list[str] = field(default_factory=list)
+    participated_devices: int = 0
+    completed_devices: int = 0
+    failed_devices: int = 0
+    started_at: datetime | None = None
+    timeout_at: datetime | None = None
+    completed_at: datetime | None = None
+    aggregated_model_id: str | None = None
+    aggregated_model_path: str | None = None
+    failure_reason: str | None = None
+
+
+@dataclass(frozen=True)
+class ModelUpdate:
+    id: str
+    round_id: str
+    device_id: str
+    model_path: str  # s3://bucket/key
+    artifact_key: str
+    model_size_bytes: int
+    sha256: str
+    num_samples: int
+    created_at: datetime
+    local_loss: float | None = None
+    local_accuracy: float | None = None
+    training_time_seconds: int | None = None
+
+
+@dataclass
+class CatalogModel:
+    """One catalog serves both the fleet spec (seed 000) and the serving registry (seed 001)."""
+
+    id: str
+    is_baseline: bool
+    created_at: datetime
+    updated_at: datetime
+    round_id: str | None = None
+    framework: str | None = None
+    framework_version: str | None = None
+    description: str | None = None
+    accuracy: float | None = None
+    loss: float | None = None
+    latest_version: int | None = None
+    model_path: str | None = None
+    model_size_bytes: int | None = None
+    model_hash: str | None = None  # "sha256:<hex>"
+    # serving registry fields (seed 001); None for fleet-only models
+    name: str | None = None
+    task_type: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ModelVersion:
+    model_id: str
+    version: int
+    format: str
+    artifact_key: str
+    model_path: str
+    model_size_bytes: int
+    sha256: str
+    uploaded_at: datetime
+    description: str | None = None
+    onnx_key: str | None = None
+    onnx_size_bytes: int | None = None
+    onnx_sha256: str | None = None
+    round_id: str | None = None
+
+
+@dataclass(frozen=True)
+class LearningGraph:
+    id: str
+    device_id_hash: str
+    app_version: str
+    model_version: str
+    received_at: datetime
+    graph: dict[str, Any]

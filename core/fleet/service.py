@@ -1,0 +1,434 @@
+"""The fleet domain core: every fleet and federated-learning command and query.
+
+REST (api/) and later gRPC call these methods; they never hold business rules of their own.
+Commands that must be answered at once (409s, read-your-writes 201s) write through the
+store's compare-and-set operations; everything else becomes an event for the processors.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Callable
+from dataclasses import asdict
+from datetime import UTC, datetime, timedelta
+from typing import Any, ParamSpec, TypeVar
+
+from core.api_keys import hash_api_key, key_id, new_api_key
+from core.artifacts import ArtifactStore, ArtifactStoreUnavailable
+from core.auth import Principal
+from core.errors import DomainError, ErrorKind, conflict, invalid, not_found, unavailable
+from core.events import EventSink, EventsUnavailable
+from core.fleet.models import (
+    ApiKeyRecord,
+    CatalogModel,
+    Device,
+    DeviceStatus,
+    Freshness,
+    ModelUpdate,
+    ModelVersion,
+    Platform,
+    Round,
+    RoundStatus,
+    SubjectType,
+)
+from core.fleet.store import FleetStore
+from core.fleet.weights import load_state_dict
+from core.settings import Settings
+from topology import topics
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+# Topic names as topology/ declares them; the sink applies the environment prefix.
+DEVICE_EVENTS = topics.DEVICE_EVENTS.name
+HEARTBEATS = topics.DEVICE_HEARTBEATS.name
+ROUND_EVENTS = topics.TRAINING_ROUNDS.name
+MODEL_UPDATES = topics.TRAINING_UPDATES.name
+LIFECYCLE = topics.LIFECYCLE_EVENTS.name
+MODEL_FORMATS = ("pytorch", "tensorflow", "onnx", "sklearn", "xgboost")
+FILE_SUFFIX = {"pytorch": "pt", "tensorflow": "h5", "onnx": "onnx", "sklearn": "pkl", "xgboost": "json"}
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def iso(ts: datetime | None) -> str | None:
+    if ts is None:
+        return None
+    if ts.tzinfo is None:
+        ts = ts.replace(tzinfo=UTC)
+    return ts.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def freshness_of(last_heartbeat: datetime | None, now: datetime, interval_s: float) -> Freshness:
+    if last_heartbeat is None:
+        return Freshness.OFFLINE
+    if last_heartbeat.tzinfo is None:
+        last_heartbeat = last_heartbeat.replace(tzinfo=UTC)
+    age = (now - last_heartbeat).total_seconds()
+    if age < 2 * interval_s:
+        return Freshness.ONLINE
+    if age < 5 * interval_s:
+        return Freshness.STALE
+    return Freshness.OFFLINE
+
+
+class FleetService:
+    def __init__(
+        self,
+        settings: Settings,
+        store: FleetStore,
+        artifacts: ArtifactStore,
+        events: EventSink,
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.artifacts = artifacts
+        self.events = events
+        self.clock = clock
+
+    # Blocking store and S3 calls run in threads so one slow call does not stall the loop.
+    async def _io(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        return await asyncio.to_thread(fn, *args, **kwargs)
+
+    async def _emit(self, topic: str, message_type: str, record: dict[str, Any], key: str) -> None:
+        try:
+            await self.events.emit(topic, message_type, record, key=key)
+        except EventsUnavailable as exc:
+            raise unavailable("EVENTS_UNAVAILABLE", "The event log is unavailable; nothing was accepted.",
+                              exc.retry_after_s) from exc
+
+    async def _audit(self, actor: Principal | str, action: str, subject: str, outcome: str = "accepted",
+                     before: dict[str, Any] | None = None, after: dict[str, Any] | None = None) -> None:
+        actor_id = actor.key_id if isinstance(actor, Principal) else actor
+        try:
+            await self.events.audit(actor=actor_id, action=action, subject=subject, outcome=outcome,
+                                    before=before, after=after)
+        except EventsUnavailable as exc:
+            raise unavailable("EVENTS_UNAVAILABLE", "The audit log is unavailable.", exc.retry_after_s) from exc
+
+    async def _lifecycle(self, event_type: str, subject_kind: str, subject_id: str, **data: Any) -> None:
+        record = {"event_type": event_type, "subject_kind": subject_kind, "subject_id": subject_id,
+                  "model_id": subject_id if subject_kind == "model" else "",
+                  "details": {k: v for k, v in data.items() if v is not None}}
+        await self._emit(LIFECYCLE, "lifecycle_event", record, key=subject_id)
+
+    # --- devices ------------------------------------------------------------------------
+    async def register_device(
+        self, device_id: str, platform: Platform | None, capabilities: dict[str, Any] | None
+    ) -> tuple[Device, str]:
+        now = self.clock()
+        api_key = new_api_key()
+        device = Device(
+            id=str(uuid.uuid4()), device_id=device_id, platform=platform or Platform.PYTHON,
+            capabilities=capabilities or {}, status=DeviceStatus.ACTIVE, api_key_id=key_id(api_key),
+            created_at=now, updated_at=now,
+        )
+        key = ApiKeyRecord(hash_api_key(api_key), key_id(api_key), SubjectType.DEVICE, device_id, now)
+        if not await self._io(self.store.create_device, device, key):
+            raise conflict("DEVICE_EXISTS", f"Device with device_id '{device_id}' already exists.")
+        record = {"device_uuid": device.id, "device_id": device_id, "platform": device.platform.value,
+                  "capabilities": device.capabilities, "api_key_id": device.api_key_id}
+        try:
+            await self._emit(DEVICE_EVENTS, "device_registered", record, key=device_id)
+            await self._lifecycle("device_registered", "device", device_id, platform=device.platform.value)
+            await self._audit(device.api_key_id, "device.register", f"device/{device_id}",
+                              after={"device_id": device_id, "platform": device.platform.value})
+        except DomainError:
+            # No event, no device: undo the rows so a retry can register again.
+            await self._io(self.store.revoke_api_key, key.key_hash, now)
+            await self._io(self.store.delete_device, device_id)
+            raise
+        return device, api_key
+
+    async def get_device(self, principal: Principal, device_id: str) -> Device:
+        principal.require_device(device_id)
+        device = await self._io(self.store.get_device, device_id)
+        if device is None:
+            raise not_found("DEVICE_NOT_FOUND", f"Device '{device_id}' not found.")
+        device.freshness = freshness_of(device.last_heartbeat, self.clock(), self.settings.heartbeat_interval_s)
+        if device.freshness is Freshness.OFFLINE and device.last_heartbeat is not None:
+            device.status = DeviceStatus.OFFLINE
+        return device
+
+    async def heartbeat(
+        self, principal: Principal, device_id: str, status: str | None, metrics: dict[str, Any] | None
+    ) -> dict[str, Any]:
+        principal.require_device(device_id)
+        device = await self._io(self.store.get_device, device_id)
+        if device is None:
+            raise not_found("DEVICE_NOT_FOUND", f"Device '{device_id}' not found.")
+        now = self.clock()
+        record = {"device_id": device_id, "status": status or "active", "metrics": metrics or {}, "sent_at": now}
+        # Accepted = stored by the broker; the device processor applies it to the row.
+        await self._emit(HEARTBEATS, "device_heartbeat", record, key=device_id)
+        pending_round_id, message = await self._pending_round_for(device_id)
+        return {"status": status or "active", "last_heartbeat": now, "pending_round_id": pending_round_id,
+                "message": message}
+
+    async def _pending_round_for(self, device_id: str) -> tuple[str | None, str | None]:
+        round_id = await self._io(self.store.active_round_id)
+        if round_id is None:
+            return None, None
+        round_ = await self._io(self.store.get_round, round_id)
+        if round_ is None or round_.status is not RoundStatus.ACTIVE or device_id not in round_.selected_devices:
+            return None, None
+        submitted = {u.device_id for u in await self._io(self.store.list_updates, round_id)}
+        device = await self._io(self.store.get_device, device_id)
+        if device is not None and device.id in submitted:
+            return None, None
+        return round_.id, f"Training round {round_.round_number} is awaiting your participation."
+
+    # --- status -------------------------------------------------------------------------
+    async def status(self) -> dict[str, Any]:
+        now = self.clock()
+        since = now - timedelta(seconds=self.settings.active_device_window_s)
+        total = await self._io(self.store.count_devices)
+        active = await self._io(self.store.count_devices, since)
+        latest = await self._io(self.store.latest_round)
+        _, total_models = await self._io(self.store.list_models, limit=1, offset=0)
+        return {
+            "status": "operational", "active_devices": active, "total_devices": total,
+            "current_round_number": latest.round_number if latest else None,
+            "current_round_status": latest.status.value if latest else None,
+            "total_models": total_models, "timestamp": now,
+        }
+
+    # --- rounds -------------------------------------------------------------------------
+    async def start_round(
+        self, principal: Principal, target_devices: int, min_devices: int, timeout_seconds: int,
+        global_model_id: str | None,
+    ) -> Round:
+        principal.require_operator()
+        if min_devices > target_devices:
+            raise invalid("INVALID_ROUND", "min_devices must be less than or equal to target_devices.",
+                          min_devices=min_devices, target_devices=target_devices)
+        global_model_path = None
+        if global_model_id is not None:
+            model = await self._io(self.store.get_model, global_model_id)
+            if model is None:
+                raise not_found("MODEL_NOT_FOUND", f"Model '{global_model_id}' not found.")
+            global_model_path = model.model_path
+        else:
+            latest = await self._latest_global_model()
+            if latest is not None:
+                global_model_id, global_model_path = latest.id, latest.model_path
+        now = self.clock()
+        round_ = Round(
+            id=str(uuid.uuid4()), round_number=0, status=RoundStatus.PENDING, target_devices=target_devices,
+            min_devices=min_devices, timeout_seconds=timeout_seconds, created_at=now,
+            global_model_id=global_model_id, global_model_path=global_model_path,
+        )
+        holder = await self._io(self.store.create_active_round, round_)
+        if holder is not None:
+            raise conflict("ROUND_ALREADY_ACTIVE",
+                           f"Round {holder.round_number} is currently {holder.status.value}. "
+                           "Wait for it to complete.", round_id=holder.id)
+        selected = await self._select_devices(target_devices, now)
+        timeout_at = now + timedelta(seconds=timeout_seconds)
+        await self._io(self.store.transition_round, round_.id, RoundStatus.PENDING, RoundStatus.ACTIVE,
+                       selected_devices=selected, started_at=now, timeout_at=timeout_at)
+        round_.status, round_.selected_devices = RoundStatus.ACTIVE, selected
+        round_.started_at, round_.timeout_at = now, timeout_at
+        record = {"event_type": "round_started", "round_id": round_.id, "round_number": round_.round_number,
+                  "status": "active", "selected_devices": selected,
+                  "details": {"min_devices": min_devices, "target_devices": target_devices,
+                              "timeout_at": iso(timeout_at), "global_model_id": global_model_id}}
+        try:
+            await self._emit(ROUND_EVENTS, "round_event", record, key=round_.id)
+            await self._lifecycle("round_started", "round", round_.id, round_number=round_.round_number,
+                                  selected=len(selected))
+            for device_id in selected:
+                await self._lifecycle("device_selected", "device", device_id, round_id=round_.id)
+            await self._audit(principal, "round.start", f"round/{round_.id}", after=record)
+        except DomainError:
+            await self._io(self.store.transition_round, round_.id, RoundStatus.ACTIVE, RoundStatus.FAILED,
+                           completed_at=self.clock(), failure_reason="events unavailable at start")
+            raise
+        return round_
+
+    async def _select_devices(self, target: int, now: datetime) -> list[str]:
+        """Freshest devices first (online before stale); offline devices are never selected."""
+        devices = await self._io(self.store.list_devices)
+        interval = self.settings.heartbeat_interval_s
+        fresh = [d for d in devices
+                 if freshness_of(d.last_heartbeat, now, interval) is not Freshness.OFFLINE]
+        fresh.sort(key=lambda d: d.last_heartbeat or now, reverse=True)
+        return [d.device_id for d in fresh[:target]]
+
+    async def _latest_global_model(self) -> CatalogModel | None:
+        models, _ = await self._io(self.store.list_models, limit=100, offset=0)
+        for model in models:  # newest first: the latest aggregate, else the newest baseline
+            if model.round_id is not None and model.model_path:
+                return model
+        return next((m for m in models if m.is_baseline and m.model_path), None)
+
+    async def current_round(self) -> Round:
+        latest = await self._io(self.store.latest_round)
+        if latest is None:
+            raise not_found("ROUND_NOT_FOUND", "No training rounds exist yet.")
+        return latest
+
+    async def round_status(self, round_id: str) -> Round:
+        round_ = await self._io(self.store.get_round, round_id)
+        if round_ is None:
+            raise not_found("ROUND_NOT_FOUND", f"Round '{round_id}' not found.")
+        return round_
+
+    async def submit_update(
+        self, principal: Principal, round_id: str, data: bytes, num_samples: int, local_loss: float | None,
+        local_accuracy: float | None, training_time_seconds: int | None,
+    ) -> ModelUpdate:
+        if principal.is_operator:
+            raise DomainError(ErrorKind.FORBIDDEN, "FORBIDDEN", "Model updates are submitted with a device key.")
+        device_id = principal.subject_id
+        round_ = await self.round_status(round_id)
+        if round_.status is not RoundStatus.ACTIVE:
+            raise conflict("ROUND_NOT_ACTIVE",
+                           f"Round {round_.round_number} is no longer accepting updates "
+                           f"(status: {round_.status.value}).")
+        if device_id not in round_.selected_devices:
+            raise DomainError(ErrorKind.FORBIDDEN, "DEVICE_NOT_SELECTED",
+                              f"Device '{device_id}' was not selected for round {round_.round_number}.")
+        self._check_size(len(data))
+        load_state_dict(data)  # type check before anything is stored
+        device = await self._io(self.store.get_device, device_id)
+        if device is None:
+            raise not_found("DEVICE_NOT_FOUND", f"Device '{device_id}' not found.")
+        artifact_key = f"updates/{round_id}/{device.id}.pt"
+        update = ModelUpdate(
+            id=str(uuid.uuid4()), round_id=round_id, device_id=device.id,
+            model_path=f"s3://{self.settings.s3_bucket}/{artifact_key}", artifact_key=artifact_key,
+            model_size_bytes=len(data), sha256="", num_samples=num_samples, created_at=self.clock(),
+            local_loss=local_loss, local_accuracy=local_accuracy, training_time_seconds=training_time_seconds,
+        )
+        stored = await self._store_artifact(artifact_key, data)
+        update = ModelUpdate(**{**asdict(update), "sha256": stored.sha256})
+        if not await self._io(self.store.add_update, update):
+            raise conflict("UPDATE_ALREADY_SUBMITTED",
+                           f"Device '{device_id}' already submitted an update for round {round_.round_number}.")
+        record = {"update_id": update.id, "round_id": round_id, "device_id": device_id,
+                  "device_uuid": device.id, "artifact_key": artifact_key, "size_bytes": len(data),
+                  "sha256": stored.sha256, "num_samples": num_samples, "local_loss": local_loss,
+                  "local_accuracy": local_accuracy, "training_time_seconds": training_time_seconds}
+        await self._emit(MODEL_UPDATES, "model_update_submitted", record, key=round_id)
+        await self._lifecycle("update_accepted", "round", round_id, device_id=device_id, update_id=update.id)
+        await self._audit(principal, "round.update.submit", f"round/{round_id}/device/{device_id}",
+                          after={"update_id": update.id, "sha256": stored.sha256, "num_samples": num_samples})
+        return update
+
+    def _check_size(self, size: int) -> None:
+        if size > self.settings.max_upload_bytes:
+            raise DomainError(ErrorKind.TOO_LARGE, "FILE_TOO_LARGE",
+                              f"Upload of {size} bytes exceeds the limit of {self.settings.max_upload_bytes}.",
+                              details={"max_bytes": self.settings.max_upload_bytes})
+        if size == 0:
+            raise invalid("EMPTY_FILE", "The uploaded file is empty.")
+
+    async def _store_artifact(self, key: str, data: bytes) -> Any:
+        try:
+            return await self._io(self.artifacts.put, key, data)
+        except ArtifactStoreUnavailable as exc:
+            raise unavailable("STORAGE_UNAVAILABLE", "Object storage is unavailable; nothing was stored.",
+                              5.0) from exc
+
+    # --- catalog ------------------------------------------------------------------------
+    async def create_model(
+        self, principal: Principal, *, framework: str | None, framework_version: str | None,
+        description: str | None, is_baseline: bool,
+    ) -> CatalogModel:
+        principal.require_operator()
+        now = self.clock()
+        model = CatalogModel(id=str(uuid.uuid4()), is_baseline=is_baseline, created_at=now, updated_at=now,
+                             framework=framework, framework_version=framework_version, description=description)
+        await self._io(self.store.create_model, model)
+        await self._lifecycle("model_registered", "model", model.id, framework=framework)
+        await self._audit(principal, "model.create", f"model/{model.id}",
+                          after={"framework": framework, "is_baseline": is_baseline})
+        return model
+
+    async def list_models(
+        self, *, limit: int, offset: int, framework: str | None, is_baseline: bool | None
+    ) -> tuple[list[CatalogModel], int]:
+        return await self._io(
+            self.store.list_models, limit=limit, offset=offset, framework=framework, is_baseline=is_baseline
+        )
+
+    async def get_model(self, model_id: str) -> tuple[CatalogModel, list[ModelVersion]]:
+        model = await self._io(self.store.get_model, model_id)
+        if model is None:
+            raise not_found("MODEL_NOT_FOUND", f"Model '{model_id}' not found.")
+        return model, await self._io(self.store.list_versions, model_id)
+
+    async def upload_version(
+        self, principal: Principal, model_id: str, data: bytes, filename: str, fmt: str | None,
+        description: str | None,
+    ) -> ModelVersion:
+        principal.require_operator()
+        model = await self._io(self.store.get_model, model_id)
+        if model is None:
+            raise not_found("MODEL_NOT_FOUND", f"Model '{model_id}' not found.")
+        self._check_size(len(data))
+        fmt = fmt or model.framework or _format_from_name(filename)
+        if fmt not in MODEL_FORMATS:
+            raise invalid("INVALID_FORMAT", f"Unknown model format '{fmt}'.", allowed=list(MODEL_FORMATS))
+        from core.fleet.conversion import check_artifact, convert_to_onnx
+
+        check_artifact(fmt, data)
+        return await self.add_version(principal.key_id, model, data, fmt, description, convert_to_onnx)
+
+    async def add_version(
+        self, actor: str, model: CatalogModel, data: bytes, fmt: str, description: str | None,
+        convert: Callable[[str, bytes], bytes | None] | None = None, round_id: str | None = None,
+    ) -> ModelVersion:
+        """Store an artifact (and its ONNX form when convertible) as the model's next version."""
+        version = await self._io(self.store.next_version, model.id)
+        key = f"models/{model.id}/v{version}/model.{FILE_SUFFIX.get(fmt, 'bin')}"
+        stored = await self._store_artifact(key, data)
+        onnx_key = onnx_stored = None
+        if fmt == "onnx":
+            onnx_key, onnx_stored = key, stored
+        elif convert is not None:
+            onnx_bytes = await self._io(convert, fmt, data)
+            if onnx_bytes is not None:
+                onnx_key = f"models/{model.id}/v{version}/model.onnx"
+                onnx_stored = await self._store_artifact(onnx_key, onnx_bytes)
+        now = self.clock()
+        entry = ModelVersion(
+            model_id=model.id, version=version, format=fmt, artifact_key=key,
+            model_path=f"s3://{self.settings.s3_bucket}/{key}", model_size_bytes=stored.size, sha256=stored.sha256,
+            uploaded_at=now, description=description, onnx_key=onnx_key,
+            onnx_size_bytes=onnx_stored.size if onnx_stored else None,
+            onnx_sha256=onnx_stored.sha256 if onnx_stored else None, round_id=round_id,
+        )
+        await self._io(self.store.add_version, entry)
+        model.latest_version, model.model_path = version, entry.model_path
+        model.model_size_bytes, model.model_hash = stored.size, f"sha256:{stored.sha256}"
+        model.updated_at = now
+        await self._io(self.store.update_model, model)
+        await self._lifecycle("model_version_created", "model", model.id, version=version, format=fmt,
+                              onnx=onnx_key is not None)
+        await self._audit(actor, "model.version.upload", f"model/{model.id}/v{version}",
+                          after={"sha256": stored.sha256, "format": fmt, "size_bytes": stored.size})
+        return entry
+
+    async def download(self, model_id: str, version: int, fmt: str | None) -> tuple[ModelVersion, str, str, int, str]:
+        """Returns (version, s3 key, filename, size, sha256) of the requested artifact."""
+        entry = await self._io(self.store.get_version, model_id, version)
+        if entry is None:
+            raise not_found("VERSION_NOT_FOUND", f"Model '{model_id}' has no version {version}.")
+        if fmt is None or fmt == entry.format:
+            suffix = FILE_SUFFIX.get(entry.format, "bin")
+            return entry, entry.artifact_key, f"model_v{version}.{suffix}", entry.model_size_bytes, entry.sha256
+        if fmt == "onnx" and entry.onnx_key and entry.onnx_size_bytes is not None and entry.onnx_sha256:
+            return entry, entry.onnx_key, f"model_v{version}.onnx", entry.onnx_size_bytes, entry.onnx_sha256
+        raise not_found("FORMAT_NOT_AVAILABLE", f"Format '{fmt}' is not available for version {version}.")
+
+
+def _format_from_name(filename: str) -> str:
+    suffix = filename.rsplit(".", 1)[-1].lower() if "." in filename else ""
+    return {"pt": "pytorch", "pth": "pytorch", "onnx": "onnx", "h5": "tensorflow", "pkl": "sklearn",
+            "json": "xgboost"}.get(suffix, "")

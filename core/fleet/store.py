@@ -1,0 +1,144 @@
+"""``FleetStore``: the one interface to fleet state. Cassandra in production, memory in unit tests;
+one shared test suite (tests/store_contract.py) runs against every implementation.
+
+Writes that must be answered at once (registration 409, one active round, one update per
+device per round, version numbers) are compare-and-set operations here, so the ingress can
+answer them without races across replicas.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from datetime import datetime
+from typing import Any
+
+from core.fleet.models import (
+    ApiKeyRecord,
+    CatalogModel,
+    Device,
+    Freshness,
+    LearningGraph,
+    ModelUpdate,
+    ModelVersion,
+    Round,
+    RoundStatus,
+)
+
+
+class FleetStore(ABC):
+    # --- devices and keys ---------------------------------------------------------------
+    @abstractmethod
+    def create_device(self, device: Device, key: ApiKeyRecord) -> bool:
+        """Insert device and its key; False (nothing written) when device_id exists."""
+
+    @abstractmethod
+    def get_device(self, device_id: str) -> Device | None: ...
+
+    @abstractmethod
+    def delete_device(self, device_id: str) -> None:
+        """Undo a registration whose event could not be published."""
+
+    @abstractmethod
+    def record_heartbeat(
+        self, device_id: str, at: datetime, status: str | None, metrics: dict[str, Any]
+    ) -> Device | None:
+        """Apply a heartbeat unless an equal or newer one was applied (idempotent); None if unknown."""
+
+    @abstractmethod
+    def set_freshness(self, device_id: str, expected: Freshness, new: Freshness) -> bool:
+        """Compare-and-set the freshness; False when another writer changed it first."""
+
+    @abstractmethod
+    def list_devices(self) -> list[Device]: ...
+
+    @abstractmethod
+    def count_devices(self, heartbeat_since: datetime | None = None) -> int:
+        """All devices, or those with a heartbeat at or after ``heartbeat_since``."""
+
+    @abstractmethod
+    def get_api_key(self, key_hash: str) -> ApiKeyRecord | None: ...
+
+    @abstractmethod
+    def put_api_key(self, key: ApiKeyRecord) -> None: ...
+
+    @abstractmethod
+    def revoke_api_key(self, key_hash: str, at: datetime) -> bool: ...
+
+    # --- rounds -----------------------------------------------------------------------
+    @abstractmethod
+    def create_active_round(self, round_: Round) -> Round | None:
+        """Claim the single active-round slot and store the round with the next round_number.
+
+        Returns None on success (round_.round_number is set), or the round holding the slot.
+        """
+
+    @abstractmethod
+    def get_round(self, round_id: str) -> Round | None: ...
+
+    @abstractmethod
+    def latest_round(self) -> Round | None: ...
+
+    @abstractmethod
+    def active_round_id(self) -> str | None: ...
+
+    @abstractmethod
+    def transition_round(self, round_id: str, expected: RoundStatus, new: RoundStatus, **fields: Any) -> bool:
+        """CAS on status; frees the active slot when the new status is terminal."""
+
+    @abstractmethod
+    def update_round_counters(self, round_id: str, *, participated: int, completed: int, failed: int) -> None: ...
+
+    @abstractmethod
+    def add_update(self, update: ModelUpdate) -> bool:
+        """One update per device per round: False when this device already submitted."""
+
+    @abstractmethod
+    def list_updates(self, round_id: str) -> list[ModelUpdate]: ...
+
+    # --- catalog ----------------------------------------------------------------------
+    @abstractmethod
+    def create_model(self, model: CatalogModel) -> bool:
+        """False when the id exists."""
+
+    @abstractmethod
+    def get_model(self, model_id: str) -> CatalogModel | None: ...
+
+    @abstractmethod
+    def update_model(self, model: CatalogModel) -> None: ...
+
+    @abstractmethod
+    def delete_model(self, model_id: str) -> bool: ...
+
+    @abstractmethod
+    def list_models(
+        self, *, limit: int, offset: int, framework: str | None = None, is_baseline: bool | None = None,
+        task_type: str | None = None,
+    ) -> tuple[list[CatalogModel], int]:
+        """Newest first, filtered; returns (page, total matching)."""
+
+    @abstractmethod
+    def next_version(self, model_id: str) -> int:
+        """Reserve the next version number (CAS), starting at 1."""
+
+    @abstractmethod
+    def add_version(self, version: ModelVersion) -> None: ...
+
+    @abstractmethod
+    def get_version(self, model_id: str, version: int) -> ModelVersion | None: ...
+
+    @abstractmethod
+    def list_versions(self, model_id: str) -> list[ModelVersion]: ...
+
+    # --- learning graphs (seed 002) ---------------------------------------------------
+    @abstractmethod
+    def add_learning_graph(self, graph: LearningGraph) -> int:
+        """Store the graph; returns the number of graphs pending retraining."""
+
+    @abstractmethod
+    def take_pending_graphs(self) -> int:
+        """Mark pending graphs as consumed by a retraining request; returns how many."""
+
+    # --- rate limiting (shared by every ingress replica) --------------------------------
+    @abstractmethod
+    def hit(self, subject: str, window_start: int, window_s: int) -> int:
+        """Count one request of ``subject`` in the window; returns the count so far."""

@@ -1,0 +1,88 @@
+"""The whole system for end-to-end tests: topology, schema, the API and every processor as real
+processes on the session's real servers, with this session's topic prefix and keyspace."""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+from pydantic import SecretStr
+
+from core.api_keys import new_api_key
+from core.cassandra.migrate import migrate
+from core.cassandra.session import connect
+from core.services import system_services
+from core.settings import Settings
+from core.supervisor import Supervisor
+from topology.admin import apply
+
+
+@dataclass(frozen=True)
+class RunningSystem:
+    settings: Settings
+    base_url: str
+    admin_key: str
+    log_dir: Path
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def settings_env(settings: Settings, **extra: str) -> dict[str, str]:
+    env = {
+        "TRIBUTARY_TOPIC_PREFIX": settings.topic_prefix,
+        "TRIBUTARY_CASSANDRA_KEYSPACE": settings.cassandra_keyspace,
+        "TRIBUTARY_API_PORT": str(settings.api_port),
+        "TRIBUTARY_ADMIN_API_KEY": settings.admin_api_key.get_secret_value(),
+        "TRIBUTARY_HEARTBEAT_INTERVAL_S": str(settings.heartbeat_interval_s),
+        "TRIBUTARY_STRAGGLER_GRACE_S": str(settings.straggler_grace_s),
+        "TRIBUTARY_FRESHNESS_SWEEP_S": str(settings.freshness_sweep_s),
+        "TRIBUTARY_RATE_LIMIT_PER_MINUTE": str(settings.rate_limit_per_minute),
+        "TRIBUTARY_MAX_UPLOAD_BYTES": str(settings.max_upload_bytes),
+    }
+    return {**env, **extra}
+
+
+def wait_http(url: str, timeout_s: float = 60) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url, timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)
+    raise TimeoutError(f"{url} did not answer within {timeout_s}s")
+
+
+@pytest.fixture(scope="session")
+def system(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningSystem]:
+    e2e = settings.model_copy(update={
+        "api_port": free_port(), "admin_api_key": SecretStr(new_api_key()), "heartbeat_interval_s": 5.0,
+        "straggler_grace_s": 3.0, "freshness_sweep_s": 1.0, "rate_limit_per_minute": 100,
+        "max_upload_bytes": 2 * 1024 * 1024,
+    })
+    session = connect(e2e)
+    migrate(session, e2e)
+    session.cluster.shutdown()
+    apply(e2e)
+    log_dir = tmp_path_factory.mktemp("e2e-logs")
+    supervisor = Supervisor(system_services(e2e, settings_env(e2e)), log_dir, stop_timeout_s=20,
+                            progress=lambda line: print(f"[e2e] {line}"))
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    supervisor.start()
+    base_url = f"http://127.0.0.1:{e2e.api_port}"
+    try:
+        wait_http(f"{base_url}/api/v1/health")
+        yield RunningSystem(e2e, base_url, e2e.admin_api_key.get_secret_value(), log_dir)
+    finally:
+        supervisor.stop()

@@ -1,0 +1,247 @@
+"""One test suite for every ``FleetStore`` implementation (memory in unit, Cassandra in integration).
+
+Each implementation's module defines a ``store`` fixture and does ``from tests.store_contract import *``.
+"""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from datetime import UTC, datetime, timedelta
+
+from core.fleet.models import (
+    ApiKeyRecord,
+    CatalogModel,
+    Device,
+    DeviceStatus,
+    Freshness,
+    LearningGraph,
+    ModelUpdate,
+    ModelVersion,
+    Platform,
+    Round,
+    RoundStatus,
+    SubjectType,
+)
+from core.fleet.store import FleetStore
+
+T0 = datetime(2026, 11, 1, 12, 0, tzinfo=UTC)
+
+
+def make_device(device_id: str | None = None) -> tuple[Device, ApiKeyRecord]:
+    device_id = device_id or f"dev-{uuid.uuid4().hex[:8]}"
+    device = Device(id=str(uuid.uuid4()), device_id=device_id, platform=Platform.PYTHON,
+                    capabilities={"cpu": "4-core", "gpu": False}, status=DeviceStatus.ACTIVE,
+                    api_key_id=f"key_{device_id}", created_at=T0, updated_at=T0)
+    key = ApiKeyRecord(f"hash-{uuid.uuid4().hex}", f"key_{device_id}", SubjectType.DEVICE, device_id, T0)
+    return device, key
+
+
+def make_round(**kw: object) -> Round:
+    fields: dict[str, object] = dict(id=str(uuid.uuid4()), round_number=0, status=RoundStatus.PENDING,
+                                     target_devices=3, min_devices=2, timeout_seconds=300, created_at=T0)
+    fields.update(kw)
+    return Round(**fields)  # type: ignore[arg-type]
+
+
+def make_update(round_id: str, device_id: str) -> ModelUpdate:
+    return ModelUpdate(id=str(uuid.uuid4()), round_id=round_id, device_id=device_id, model_path="s3://b/k",
+                       artifact_key="k", model_size_bytes=10, sha256="ab", num_samples=5, created_at=T0)
+
+
+def finish_active(store: FleetStore) -> None:
+    active = store.active_round_id()
+    if active:
+        store.transition_round(active, RoundStatus.PENDING, RoundStatus.FAILED)
+        store.transition_round(active, RoundStatus.ACTIVE, RoundStatus.FAILED)
+
+
+def test_register_device_once(store: FleetStore) -> None:
+    device, key = make_device()
+    assert store.create_device(device, key) is True
+    again, again_key = make_device(device.device_id)
+    assert store.create_device(again, again_key) is False
+    stored = store.get_device(device.device_id)
+    assert stored is not None and stored.id == device.id  # the first registration is kept
+    assert stored.capabilities == {"cpu": "4-core", "gpu": False}
+    assert store.get_api_key(key.key_hash) == key
+    assert store.get_api_key(again_key.key_hash) is None
+
+
+def test_unknown_device_and_delete(store: FleetStore) -> None:
+    assert store.get_device("nope") is None
+    assert store.record_heartbeat("nope", T0, None, {}) is None
+    device, key = make_device()
+    store.create_device(device, key)
+    store.delete_device(device.device_id)
+    assert store.get_device(device.device_id) is None
+
+
+def test_heartbeat_never_moves_backwards(store: FleetStore) -> None:
+    device, key = make_device()
+    store.create_device(device, key)
+    later = store.record_heartbeat(device.device_id, T0 + timedelta(seconds=10), "active", {"cpu": 5.0})
+    assert later is not None and later.last_heartbeat == T0 + timedelta(seconds=10)
+    older = store.record_heartbeat(device.device_id, T0, "active", {"cpu": 99.0})
+    assert older is not None and older.last_heartbeat == T0 + timedelta(seconds=10)
+    stored = store.get_device(device.device_id)
+    assert stored is not None and stored.metrics == {"cpu": 5.0}
+
+
+def test_freshness_compare_and_set(store: FleetStore) -> None:
+    device, key = make_device()
+    store.create_device(device, key)
+    assert store.set_freshness(device.device_id, Freshness.OFFLINE, Freshness.ONLINE) is True
+    assert store.set_freshness(device.device_id, Freshness.OFFLINE, Freshness.STALE) is False
+    stored = store.get_device(device.device_id)
+    assert stored is not None and stored.freshness is Freshness.ONLINE
+
+
+def test_count_devices_by_heartbeat(store: FleetStore) -> None:
+    before = store.count_devices()
+    recent, key = make_device()
+    store.create_device(recent, key)
+    store.record_heartbeat(recent.device_id, T0 + timedelta(days=400), None, {})
+    silent, key2 = make_device()
+    store.create_device(silent, key2)
+    assert store.count_devices() == before + 2
+    assert store.count_devices(T0 + timedelta(days=399)) == 1
+
+
+def test_revoke_key(store: FleetStore) -> None:
+    device, key = make_device()
+    store.create_device(device, key)
+    assert store.revoke_api_key(key.key_hash, T0) is True
+    assert store.revoke_api_key(key.key_hash, T0) is False
+    revoked = store.get_api_key(key.key_hash)
+    assert revoked is not None and revoked.revoked_at == T0
+
+
+def test_one_active_round_and_numbering(store: FleetStore) -> None:
+    finish_active(store)
+    first = make_round()
+    assert store.create_active_round(first) is None
+    assert first.round_number >= 1
+    second = make_round()
+    holder = store.create_active_round(second)
+    assert holder is not None and holder.id == first.id
+    assert store.active_round_id() == first.id
+    assert store.transition_round(first.id, RoundStatus.ACTIVE, RoundStatus.COMPLETED) is False  # still pending
+    assert store.transition_round(first.id, RoundStatus.PENDING, RoundStatus.ACTIVE,
+                                  selected_devices=["a", "b"], started_at=T0) is True
+    assert store.transition_round(first.id, RoundStatus.ACTIVE, RoundStatus.FAILED, failure_reason="t") is True
+    assert store.active_round_id() is None  # terminal frees the slot
+    third = make_round()
+    assert store.create_active_round(third) is None
+    assert third.round_number == first.round_number + 1
+    latest = store.latest_round()
+    assert latest is not None and latest.id == third.id
+    stored = store.get_round(first.id)
+    assert stored is not None and stored.selected_devices == ["a", "b"] and stored.failure_reason == "t"
+    assert stored.status is RoundStatus.FAILED
+    finish_active(store)
+
+
+def test_round_counters(store: FleetStore) -> None:
+    finish_active(store)
+    r = make_round()
+    store.create_active_round(r)
+    store.update_round_counters(r.id, participated=3, completed=2, failed=1)
+    stored = store.get_round(r.id)
+    assert stored is not None
+    assert (stored.participated_devices, stored.completed_devices, stored.failed_devices) == (3, 2, 1)
+    finish_active(store)
+
+
+def test_one_update_per_device_per_round(store: FleetStore) -> None:
+    round_id = str(uuid.uuid4())
+    assert store.add_update(make_update(round_id, "d1")) is True
+    assert store.add_update(make_update(round_id, "d1")) is False
+    assert store.add_update(make_update(round_id, "d2")) is True
+    assert sorted(u.device_id for u in store.list_updates(round_id)) == ["d1", "d2"]
+
+
+def test_catalog_versions_listing_and_pagination(store: FleetStore) -> None:
+    tag = uuid.uuid4().hex[:6]
+    ids = []
+    for i in range(5):
+        model = CatalogModel(id=str(uuid.uuid4()), is_baseline=i % 2 == 0, created_at=T0 + timedelta(minutes=i),
+                             updated_at=T0, framework="sklearn" if i == 4 else "pytorch", task_type=tag)
+        assert store.create_model(model) is True
+        assert store.create_model(model) is False
+        ids.append(model.id)
+    page, total = store.list_models(limit=2, offset=0, task_type=tag)
+    assert total == 5 and [m.id for m in page] == [ids[4], ids[3]]  # newest first
+    page, _ = store.list_models(limit=2, offset=4, task_type=tag)
+    assert [m.id for m in page] == [ids[0]]
+    _, baselines = store.list_models(limit=10, offset=0, is_baseline=True, task_type=tag)
+    assert baselines == 3
+    page, total = store.list_models(limit=10, offset=0, framework="sklearn", task_type=tag)
+    assert total == 1 and page[0].id == ids[4]
+
+    model_id = ids[0]
+    assert [store.next_version(model_id) for _ in range(3)] == [1, 2, 3]
+    version = ModelVersion(model_id=model_id, version=2, format="pytorch", artifact_key="k", model_path="s3://b/k",
+                           model_size_bytes=3, sha256="ff", uploaded_at=T0, onnx_key="k.onnx")
+    store.add_version(version)
+    assert store.get_version(model_id, 2) == version
+    assert store.get_version(model_id, 9) is None
+    assert store.list_versions(model_id) == [version]
+    found = store.get_model(model_id)
+    assert found is not None
+    model = found
+    model.latest_version, model.model_hash = 2, "sha256:ff"
+    store.update_model(model)
+    updated = store.get_model(model_id)
+    assert updated is not None and updated.latest_version == 2 and updated.model_hash == "sha256:ff"
+    assert store.delete_model(model_id) is True
+    assert store.get_model(model_id) is None
+
+
+def test_learning_graph_pending_count(store: FleetStore) -> None:
+    store.take_pending_graphs()
+    for i in range(3):
+        graph = LearningGraph(str(uuid.uuid4()), "h", "1.0", "m", T0, {"n": i})
+        assert store.add_learning_graph(graph) == i + 1
+    assert store.take_pending_graphs() == 3
+    assert store.take_pending_graphs() == 0
+
+
+def test_rate_limit_windows(store: FleetStore) -> None:
+    subject = f"s-{uuid.uuid4().hex[:6]}"
+    assert [store.hit(subject, 60, 60) for _ in range(3)] == [1, 2, 3]
+    assert store.hit(subject, 120, 60) == 1
+
+
+def test_racing_round_starts_have_one_winner(store: FleetStore) -> None:
+    finish_active(store)
+    rounds = [make_round() for _ in range(8)]
+    results: list[Round | None] = [None] * 8
+    threads = [threading.Thread(target=lambda i=i: results.__setitem__(i, store.create_active_round(rounds[i])))
+               for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    winners = [r for r, result in zip(rounds, results, strict=True) if result is None]
+    assert len(winners) == 1
+    assert store.active_round_id() == winners[0].id
+    finish_active(store)
+
+
+def test_racing_updates_of_one_device_have_one_winner(store: FleetStore) -> None:
+    round_id = str(uuid.uuid4())
+    results: list[bool] = []
+    lock = threading.Lock()
+
+    def submit() -> None:
+        ok = store.add_update(make_update(round_id, "same-device"))
+        with lock:
+            results.append(ok)
+
+    threads = [threading.Thread(target=submit) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(results) == [False] * 7 + [True]
