@@ -14,6 +14,8 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from confluent_kafka import Message
+
 from core.settings import Settings
 from producers.publisher import Publisher
 from schemas.codec import DecodeError, SchemaValidationError
@@ -35,6 +37,20 @@ class RawMessage:
     key: bytes | None
     value: bytes | None
     headers: Headers
+
+
+def normalize_headers(headers: object) -> list[tuple[str, bytes]]:
+    """confluent-kafka hands headers as a list or dict of str | bytes | None; we keep bytes."""
+    items = headers.items() if isinstance(headers, dict) else (headers or [])
+    out = []
+    for key, value in items:  # type: ignore[attr-defined]
+        out.append((str(key), value.encode() if isinstance(value, str) else (value or b"")))
+    return out
+
+
+def from_confluent(msg: Message) -> RawMessage:
+    return RawMessage(msg.topic() or "", msg.partition() or 0, msg.offset() or 0, msg.key(), msg.value(),
+                      normalize_headers(msg.headers()))
 
 
 class DeadLetterRouter:

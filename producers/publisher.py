@@ -69,6 +69,7 @@ class Publisher:
             "error_cb": self._on_error,
         }
         config.update(overrides or {})
+        self._config = config
         self._producer = Producer(config)
         self._poller = threading.Thread(target=self._poll_loop, name="kafka-producer-poll", daemon=True)
         self._poller.start()
@@ -99,10 +100,22 @@ class Publisher:
                 last_probe = time.monotonic()
                 try:
                     self._producer.list_topics(timeout=0.5)
-                    self._broker_down_since = None
-                    log.info("broker reachable again")
                 except Exception:
-                    pass
+                    continue
+                self._renew_producer()
+                self._broker_down_since = None
+                log.info("broker reachable again")
+
+    def _renew_producer(self) -> None:
+        """Start a fresh idempotent producer session after an outage.
+
+        A broker that lost its state (Tansu on memory://) no longer knows our producer id,
+        and the old session's sequence numbers would time out forever; a new session gets a
+        new id. Messages still queued in the old one fail (they were never acknowledged).
+        """
+        old, self._producer = self._producer, Producer(self._config)
+        old.purge()
+        old.flush(0)
 
     def check_ready(self) -> None:
         if self._closed.is_set():

@@ -72,19 +72,19 @@ def test_message_round_trips_through_broker_with_consumer_group(settings: Settin
 
 def test_cassandra_lwt_conflict_is_detected(cql: Session) -> None:
     device_id = f"dev-{uuid.uuid4().hex[:8]}"
-    insert = "INSERT INTO devices (device_id, device_type) VALUES (%s, %s) IF NOT EXISTS"
-    first = cql.execute(insert, (device_id, "phone")).one()
-    second = cql.execute(insert, (device_id, "tablet")).one()
+    insert = "INSERT INTO devices (device_id, platform) VALUES (%s, %s) IF NOT EXISTS"
+    first = cql.execute(insert, (device_id, "ios")).one()
+    second = cql.execute(insert, (device_id, "android")).one()
     assert first.applied is True
     assert second.applied is False
-    assert second.device_type == "phone"  # the winner's row comes back with the conflict
+    assert second.platform == "ios"  # the winner's row comes back with the conflict
 
     # Compare-and-set: only the transition from the expected state applies.
-    cql.execute("INSERT INTO jobs (job_id, status) VALUES (%s, 'queued')", (device_id,))
-    cas = "UPDATE jobs SET status = %s WHERE job_id = %s IF status = %s"
-    assert cql.execute(cas, ("cancelled", device_id, "queued")).one().applied is True
-    lost = cql.execute(cas, ("running", device_id, "queued")).one()
-    assert lost.applied is False and lost.status == "cancelled"
+    cql.execute("INSERT INTO rounds (round_id, status) VALUES (%s, 'active')", (device_id,))
+    cas = "UPDATE rounds SET status = %s WHERE round_id = %s IF status = %s"
+    assert cql.execute(cas, ("aggregating", device_id, "active")).one().applied is True
+    lost = cql.execute(cas, ("failed", device_id, "active")).one()
+    assert lost.applied is False and lost.status == "aggregating"
 
 
 def test_migrate_twice_is_a_no_op(cql: Session, settings: Settings) -> None:

@@ -1,0 +1,220 @@
+"""Request and response shapes of txt2txt models (seed 003: generate, chat completions, batch).
+
+Any text-to-text function ``(text, options) -> text`` is served through ``run_txt2txt``,
+which picks the shape from the input's fields:
+
+- ``{"messages": [...]}``            -> OpenAI-style ``chat.completion`` (last user message is the input)
+- ``{"prompts": [...]}``             -> batch: one result per prompt, errors isolated per prompt
+- ``{"prompt": "..."}``              -> generate
+- ``{"text": "..." | [...]}``        -> seed 001 ``output_data``: ``{"text": ...}`` or ``{"texts": [...]}``
+
+Token counting (``usage``): a token is a maximal run of word characters (``\\w+``, Unicode
+letters, digits and underscore) or a single character that is neither a word character nor
+whitespace (punctuation, symbols). "Hello, world!" is 4 tokens. Prompt and completion are
+counted the same way, so ``total_tokens = prompt_tokens + completion_tokens`` always; for chat
+the prompt is every message's content. These are not the model's subword tokens: they are
+stable across models, which is what quotas and bills need.
+
+``carbon_emissions_g`` is required by seed 003 but nothing measures energy on a CPU worker;
+it is reported as 0.0 rather than an invented estimate.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from consumers.inference.errors import InferenceError, InvalidInputError
+
+JsonDict = dict[str, Any]
+TextFn = Callable[[str, JsonDict], str]
+
+TOKEN_PATTERN = re.compile(r"\w+|[^\w\s]")
+MAX_PROMPTS = 100
+_M = TypeVar("_M", bound=BaseModel)
+
+
+def count_tokens(text: str) -> int:
+    """Tokens of ``text`` under the documented whitespace/punctuation rule."""
+    return sum(1 for _ in TOKEN_PATTERN.finditer(text))
+
+
+def truncate_to_tokens(text: str, max_tokens: int) -> tuple[str, bool]:
+    """``text`` cut after its ``max_tokens``-th token (original spacing kept), and whether it was cut."""
+    for index, match in enumerate(TOKEN_PATTERN.finditer(text), start=1):
+        if index == max_tokens:
+            cut = text[:match.end()]
+            return cut, cut.strip() != text.strip()
+    return text, False
+
+
+def apply_stop(text: str, stop: list[str] | None) -> tuple[str, bool]:
+    """``text`` cut before the earliest stop sequence, and whether one was found."""
+    positions = [text.find(s) for s in stop or [] if s and s in text]
+    if not positions:
+        return text, False
+    return text[:min(positions)], True
+
+
+def usage(prompt_tokens: int, completion_tokens: int) -> JsonDict:
+    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens}
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+class SamplingParameters(_Strict):
+    """Seed 003 ``SamplingParameters``; only ``max_tokens`` and ``stop`` change a deterministic model's output."""
+
+    max_tokens: int = Field(512, ge=1, le=4096)
+    temperature: float = Field(0.7, ge=0.0, le=2.0)
+    top_p: float = Field(0.9, ge=0.0, le=1.0)
+    top_k: int = Field(50, ge=0, le=200)
+    repetition_penalty: float = Field(1.1, ge=1.0, le=2.0)
+    stop: list[str] | None = Field(None, max_length=10)
+    presence_penalty: float = Field(0.0, ge=-2.0, le=2.0)
+    frequency_penalty: float = Field(0.0, ge=-2.0, le=2.0)
+
+
+class GenerateInput(_Strict):
+    prompt: str = Field(..., min_length=1, max_length=8192)
+    parameters: SamplingParameters = Field(default_factory=lambda: SamplingParameters())
+    stream: bool = False
+
+
+class ChatMessage(_Strict):
+    role: Literal["system", "user", "assistant"]
+    content: str = Field(..., min_length=1)
+
+
+class ChatInput(_Strict):
+    model: str | None = None
+    messages: list[ChatMessage] = Field(..., min_length=1)
+    temperature: float = Field(0.7, ge=0.0, le=2.0)
+    top_p: float = Field(0.9, ge=0.0, le=1.0)
+    max_tokens: int = Field(512, ge=1, le=4096)
+    stream: bool = False
+    stop: list[str] | None = Field(None, max_length=10)
+
+
+class BatchInput(_Strict):
+    prompts: list[str] = Field(..., min_length=1, max_length=MAX_PROMPTS)
+    parameters: SamplingParameters = Field(default_factory=lambda: SamplingParameters())
+
+
+def _parse(model: type[_M], item: JsonDict) -> _M:
+    try:
+        return model.model_validate(item)
+    except ValidationError as exc:
+        errors = [{"field": ".".join(str(p) for p in e["loc"]), "message": e["msg"]} for e in exc.errors()]
+        raise InvalidInputError(f"invalid {model.__name__}: {errors[0]['field']}: {errors[0]['message']}",
+                                details={"validation_errors": errors}) from exc
+
+
+def _no_stream(stream: bool) -> None:
+    if stream:
+        raise InvalidInputError("streaming responses are not supported by this worker; send stream=false",
+                                details={"field": "stream"})
+
+
+def _options(item: JsonDict) -> JsonDict:
+    """Model options (e.g. ``direction``): ``parameters`` first, top-level fields override."""
+    params = item.get("parameters")
+    options: JsonDict = dict(params) if isinstance(params, dict) else {}
+    for key in ("direction",):
+        if key in item:
+            options[key] = item[key]
+    return options
+
+
+def _complete(fn: TextFn, text: str, options: JsonDict, max_tokens: int,
+              stop: list[str] | None) -> tuple[str, str, float]:
+    """Run ``fn`` and apply stop/max_tokens; returns (text, finish_reason, latency_ms)."""
+    start = time.perf_counter()
+    output = fn(text, options) if text.strip() else ""
+    latency_ms = (time.perf_counter() - start) * 1000.0
+    output, stopped = apply_stop(output, stop)
+    output, cut = truncate_to_tokens(output, max_tokens)
+    finish = "length" if cut and not stopped else "stop"
+    return output, finish, latency_ms
+
+
+def generate(fn: TextFn, item: JsonDict) -> JsonDict:
+    request = _parse(GenerateInput, item)
+    _no_stream(request.stream)
+    params = request.parameters
+    text, finish, latency_ms = _complete(fn, request.prompt, _options(item), params.max_tokens, params.stop)
+    return {"generated_text": text, "usage": usage(count_tokens(request.prompt), count_tokens(text)),
+            "carbon_emissions_g": 0.0, "latency_ms": latency_ms, "finish_reason": finish}
+
+
+def chat_completion(fn: TextFn, item: JsonDict, model_id: str) -> JsonDict:
+    request = _parse(ChatInput, item)
+    _no_stream(request.stream)
+    user_turns = [m for m in request.messages if m.role == "user"]
+    if not user_turns:
+        raise InvalidInputError("messages need at least one message with role 'user'",
+                                details={"field": "messages"})
+    text, finish, _ = _complete(fn, user_turns[-1].content, _options(item), request.max_tokens, request.stop)
+    prompt_tokens = sum(count_tokens(m.content) for m in request.messages)
+    return {
+        "id": f"chatcmpl-{uuid.uuid4().hex}",
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": request.model or model_id,
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish}],
+        "usage": usage(prompt_tokens, count_tokens(text)),
+        "carbon_emissions_g": 0.0,
+    }
+
+
+def batch(fn: TextFn, item: JsonDict) -> JsonDict:
+    request = _parse(BatchInput, item)
+    params, options = request.parameters, _options(item)
+    results: list[JsonDict] = []
+    start = time.perf_counter()
+    for prompt in request.prompts:
+        try:
+            text, _, _ = _complete(fn, prompt, options, params.max_tokens, params.stop)
+        except InferenceError as exc:  # one bad prompt must not fail the others
+            results.append({"prompt": prompt, "generated_text": "", "usage": usage(count_tokens(prompt), 0),
+                            "error": f"{exc.code}: {exc.message}"})
+            continue
+        results.append({"prompt": prompt, "generated_text": text,
+                        "usage": usage(count_tokens(prompt), count_tokens(text)), "error": None})
+    return {"results": results, "total_carbon_emissions_g": 0.0,
+            "total_latency_ms": (time.perf_counter() - start) * 1000.0}
+
+
+def plain_text(fn: TextFn, item: JsonDict) -> JsonDict:
+    """Seed 001 shape: ``input_data.text`` (string or list) -> ``output_data.text``/``texts``."""
+    value, options = item["text"], _options(item)
+    if isinstance(value, str):
+        return {"text": fn(value, options) if value.strip() else ""}
+    if isinstance(value, list) and value and all(isinstance(v, str) for v in value):
+        if len(value) > MAX_PROMPTS:
+            raise InvalidInputError(f"at most {MAX_PROMPTS} texts per request", code="BATCH_SIZE_EXCEEDED",
+                                    details={"field": "text", "count": len(value)})
+        return {"texts": [fn(v, options) if v.strip() else "" for v in value]}
+    raise InvalidInputError("'text' must be a string or a non-empty list of strings", details={"field": "text"})
+
+
+def run_txt2txt(fn: TextFn, item: JsonDict, model_id: str) -> JsonDict:
+    """Dispatch one txt2txt input to the shape its fields ask for (see the module docstring)."""
+    if "messages" in item:
+        return chat_completion(fn, item, model_id)
+    if "prompts" in item:
+        return batch(fn, item)
+    if "prompt" in item:
+        return generate(fn, item)
+    if "text" in item:
+        return plain_text(fn, item)
+    raise InvalidInputError("txt2txt input needs one of: messages (chat), prompts (batch), prompt (generate), text",
+                            details={"fields": sorted(item)})
