@@ -12,7 +12,7 @@ from pydantic import BaseModel
 
 from api.context import AppContext
 from api.errors import install_error_handlers
-from api.routers import fleet
+from api.routers import fleet, learning
 from core.settings import Settings, get_settings
 
 API_VERSION = "1.0.0"
@@ -68,5 +68,7 @@ def create_app(settings: Settings | None = None, context: AppContext | None = No
     async def live() -> dict[str, str]:
         return {"status": "alive"}
 
+    # /models/latest must be matched before /models/{model_id}
+    app.include_router(learning.router)
     app.include_router(fleet.router)
     return app

@@ -266,6 +266,13 @@ class FleetService:
                 return model
         return next((m for m in models if m.is_baseline and m.model_path), None)
 
+    async def latest_aggregated_model(self) -> CatalogModel:
+        """Seed 002's GET /models/latest: the newest model a round produced (else the newest baseline)."""
+        latest = await self._latest_global_model()
+        if latest is None or latest.latest_version is None:
+            raise not_found("MODEL_NOT_FOUND", "No aggregated or baseline model with a version exists yet.")
+        return latest
+
     async def current_round(self) -> Round:
         latest = await self._io(self.store.latest_round)
         if latest is None:

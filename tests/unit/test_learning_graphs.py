@@ -1,0 +1,118 @@
+"""Seed 002: signature (401), decryption (400), privacy rules (403), threshold-triggered retraining."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+from pydantic import SecretStr
+
+from api.app import create_app
+from api.context import AppContext
+from core.api_keys import new_api_key
+from core.artifacts import MemoryArtifactStore
+from core.events import RecordingSink
+from core.fleet.learning_graphs import encrypt_graph, privacy_violations
+from core.fleet.memory_store import InMemoryFleetStore
+from core.settings import Settings
+
+pytestmark = pytest.mark.unit
+HMAC_KEY = b"graph-signing-key"
+AES_KEY = os.urandom(32)
+GOOD = {"emotions": {"joy": "high", "anger": 0.25}, "intents": ["time_query"],
+        "privacy": {"noise": {"mechanism": "laplace", "epsilon": 1.0}}}
+
+
+@pytest.fixture
+def ctx() -> AppContext:
+    settings = Settings(admin_api_key=SecretStr(new_api_key()), learning_graph_threshold=3,
+                        learning_graph_hmac_key=SecretStr(HMAC_KEY.decode()),
+                        learning_graph_aes_key=SecretStr(AES_KEY.hex()))
+    return AppContext(settings=settings, store=InMemoryFleetStore(), artifacts=MemoryArtifactStore(),
+                      events=RecordingSink())
+
+
+@pytest.fixture
+def client(ctx: AppContext) -> Iterator[tuple[TestClient, dict[str, str]]]:
+    with TestClient(create_app(ctx.settings, ctx)) as api:
+        key = api.post("/api/v1/devices/register", json={"device_id": "pcpos-1"}).json()["api_key"]
+        yield api, {"Authorization": f"Bearer {key}"}
+
+
+def body(graph: dict[str, Any], *, signature: str | None = None, data: str | None = None) -> dict[str, Any]:
+    encrypted, sig = encrypt_graph(graph, AES_KEY, HMAC_KEY)
+    return {"deviceIdHash": "ab" * 16, "appVersion": "1.4.0", "modelVersion": "granite-3b-v1",
+            "encryptedData": data or encrypted, "signature": signature or sig,
+            "timestamp": datetime.now(UTC).isoformat()}
+
+
+def test_accepted_graphs_trigger_retraining_at_the_threshold(client: tuple[TestClient, dict[str, str]],
+                                                              ctx: AppContext) -> None:
+    api, auth = client
+    for _ in range(3):
+        response = api.post("/api/v1/learning-graphs/submit", json=body(GOOD), headers=auth)
+        assert response.status_code == 200, response.text
+        assert response.json()["status"] == "accepted"
+    assert "retraining requested with 3 graphs" in response.json()["message"]
+    events = ctx.events
+    assert isinstance(events, RecordingSink)
+    submitted = events.of_type("learning_graph_submitted")
+    assert [e["retraining_requested"] for e in submitted] == [False, False, True]
+    assert [e["event_type"] for e in events.of_type("lifecycle_event")].count("retraining_requested") == 1
+
+
+def test_bad_signature_is_401(client: tuple[TestClient, dict[str, str]]) -> None:
+    api, auth = client
+    response = api.post("/api/v1/learning-graphs/submit", json=body(GOOD, signature="0" * 64), headers=auth)
+    assert response.status_code == 401 and response.json()["error_code"] == "INVALID_SIGNATURE"
+
+
+def test_undecryptable_data_is_400(client: tuple[TestClient, dict[str, str]]) -> None:
+    import hashlib
+    import hmac
+
+    api, auth = client
+    garbage = "Z2FyYmFnZSBnYXJiYWdlIGdhcmJhZ2U="
+    sig = hmac.new(HMAC_KEY, garbage.encode(), hashlib.sha256).hexdigest()
+    response = api.post("/api/v1/learning-graphs/submit", json=body(GOOD, signature=sig, data=garbage), headers=auth)
+    assert response.status_code == 400 and response.json()["error_code"] == "DECRYPTION_FAILED"
+
+
+@pytest.mark.parametrize(("graph", "rule"), [
+    (GOOD | {"transcript": "what time is it"}, "raw_text"),
+    (GOOD | {"notes": "x" * 65}, "raw_text"),
+    (GOOD | {"emotions": {"joy": 0.73}}, "not_bucketed"),
+    ({"emotions": {"joy": "high"}}, "missing_noise"),
+    (GOOD | {"privacy": {"noise": {"mechanism": "laplace", "epsilon": 0}}}, "missing_noise"),
+])
+def test_privacy_violations_are_403(client: tuple[TestClient, dict[str, str]], graph: dict[str, Any],
+                                    rule: str) -> None:
+    api, auth = client
+    response = api.post("/api/v1/learning-graphs/submit", json=body(graph), headers=auth)
+    assert response.status_code == 403, response.text
+    assert response.json()["error_code"] == "PRIVACY_VIOLATION"
+    assert any(v.startswith(rule) for v in response.json()["details"]["violations"])
+    assert privacy_violations(GOOD) == []
+
+
+def test_submission_needs_a_key(client: tuple[TestClient, dict[str, str]]) -> None:
+    api, _ = client
+    assert api.post("/api/v1/learning-graphs/submit", json=body(GOOD)).status_code == 401
+
+
+def test_latest_model_reports_the_newest_aggregate(client: tuple[TestClient, dict[str, str]],
+                                                   ctx: AppContext) -> None:
+    api, auth = client
+    assert api.get("/api/v1/models/latest", headers=auth).status_code == 404
+    admin = {"Authorization": f"Bearer {ctx.settings.admin_api_key.get_secret_value()}"}
+    model = api.post("/api/v1/models", json={"framework": "pytorch", "is_baseline": True}, headers=admin).json()
+    api.post(f"/api/v1/models/{model['id']}/versions/upload", files={"file": ("m.json", b"{}")},
+             data={"format": "xgboost"}, headers=admin)
+    latest = api.get("/api/v1/models/latest", headers=auth)
+    assert latest.status_code == 200, latest.text
+    assert latest.json()["version"] == f"{model['id']}/v1"
+    assert latest.json()["download_url"].endswith("/versions/1/download")
