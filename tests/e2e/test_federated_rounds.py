@@ -50,7 +50,7 @@ def wait_for(predicate: Any, timeout_s: float, what: str) -> Any:
         value = predicate()
         if value:
             return value
-        time.sleep(0.5)
+        time.sleep(1.0)  # polls count against the operator's rate limit too
     raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
 
 
