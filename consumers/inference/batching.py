@@ -23,6 +23,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeoutError
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
@@ -137,9 +138,15 @@ class DynamicBatcher:
         return future
 
     def infer(self, model_id: str, item: JsonDict, *, timeout: float | None = None) -> JsonDict:
-        """Submit and wait (blocking callers)."""
+        """Submit and wait (blocking callers); InferenceTimeoutError after ``timeout`` seconds."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        return self.submit(model_id, item, deadline=deadline).result(timeout)
+        future = self.submit(model_id, item, deadline=deadline)
+        try:
+            return future.result(timeout)
+        except FutureTimeoutError:
+            future.cancel()  # skipped if still queued; a running batch completes and is ignored
+            raise InferenceTimeoutError(f"no result from {model_id} within {timeout}s",
+                                        details={"model_id": model_id}) from None
 
     async def infer_async(self, model_id: str, item: JsonDict, *, deadline: float | None = None) -> JsonDict:
         """Submit and await (asyncio callers); the model still runs on the batcher's thread."""

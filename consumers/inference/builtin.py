@@ -89,6 +89,8 @@ EFFICIENTNET_MEAN, EFFICIENTNET_STD = 127.0, 128.0
 # TF eval preprocessing: centre crop of 224/(224+32) of the short side, then resize to 224.
 EFFICIENTNET_CROP_FRACTION = 224 / 256
 DEFAULT_MAX_IMAGE_BYTES = 20 * 1024 * 1024
+# Decoded size cap: Pillow only refuses at ~179 MP; 40 MP of RGB is already ~120 MB.
+MAX_IMAGE_PIXELS = 40_000_000
 DEFAULT_MAX_TEXTS = 256
 IMAGE_FORMATS = frozenset({"PNG", "JPEG", "WEBP", "BMP", "GIF"})
 TRANSLATE_DIRECTIONS = ("en-pt", "pt-en")
@@ -257,6 +259,9 @@ def decode_image(value: Any, *, field: str = "image", max_bytes: int = DEFAULT_M
         if image.format not in IMAGE_FORMATS:
             raise InvalidInputError(f"unsupported image format {image.format}; use one of {sorted(IMAGE_FORMATS)}",
                                     details={"field": field})
+        if image.width * image.height > MAX_IMAGE_PIXELS:
+            raise InvalidInputError(f"image of {image.width}x{image.height} pixels exceeds {MAX_IMAGE_PIXELS} pixels",
+                                    details={"field": field})
         image.load()
     except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError) as exc:
         raise InvalidInputError(f"'{field}' is not a readable image: {exc}", details={"field": field}) from exc
@@ -364,6 +369,11 @@ class MiniLMEmbedder(ModelRuntime):
     @property
     def loaded(self) -> bool:
         return self._session is not None
+
+    @property
+    def tokenizer(self) -> Tokenizer | None:
+        """The configured tokenizer once loaded (e.g. to count tokens for metrics)."""
+        return self._tokenizer
 
     @property
     def memory_bytes(self) -> int:

@@ -122,11 +122,8 @@ class ModelCache:
         Raises ModelNotFoundError/ModelLoadError/InsufficientMemoryError (or what the loader raised).
         """
         with self._lock:
-            entry = self._entries.get(model_id)
+            entry = self._touch_locked(model_id)
             if entry is not None:
-                self._entries.move_to_end(model_id)
-                entry.last_used_at = datetime.now(UTC)
-                entry.uses += 1
                 return entry.runtime
             pending = self._loading.get(model_id)
             if pending is None:
@@ -136,7 +133,10 @@ class ModelCache:
             else:
                 owner = False
         if not owner:
-            return pending.result()  # re-raises the owner's load error
+            runtime = pending.result()  # re-raises the owner's load error
+            with self._lock:
+                self._touch_locked(model_id)
+            return runtime
         self._emit(MODEL_LOAD_REQUESTED, model_id, {})
         try:
             runtime = self._load(model_id)
@@ -149,6 +149,14 @@ class ModelCache:
             raise
         pending.set_result(runtime)
         return runtime
+
+    def _touch_locked(self, model_id: str) -> _Entry | None:
+        entry = self._entries.get(model_id)
+        if entry is not None:
+            self._entries.move_to_end(model_id)
+            entry.last_used_at = datetime.now(UTC)
+            entry.uses += 1
+        return entry
 
     def _load(self, model_id: str) -> ModelRuntime:
         runtime = self._loader(model_id)
@@ -165,9 +173,10 @@ class ModelCache:
         started = time.perf_counter()
         try:
             runtime.load()
-        except InferenceError:
-            raise
-        except Exception as exc:
+        except BaseException as exc:
+            self._close(model_id, runtime)  # drop whatever a half-done load holds
+            if isinstance(exc, InferenceError) or not isinstance(exc, Exception):
+                raise
             raise ModelLoadError(f"model {model_id} failed to load: {type(exc).__name__}: {exc}",
                                  details={"model_id": model_id}) from exc
         load_ms = (time.perf_counter() - started) * 1000.0
@@ -179,6 +188,10 @@ class ModelCache:
             self._entries[model_id] = _Entry(runtime, actual, now, now, load_ms, uses=1)
             self._loading.pop(model_id, None)
             evicted = self._evict_locked(keep=model_id) if actual > estimate else []
+            over = self._used_locked() - self.memory_budget_bytes
+        if over > 0:
+            log.warning("model %s measured %d bytes after load; the cache is %d bytes over budget",
+                        model_id, actual, over)
         self._close_evicted(evicted)
         self._emit(MODEL_LOADED, model_id, {"memory_bytes": actual, "load_ms": round(load_ms, 3),
                                             "task_type": str(runtime.task_type)})

@@ -19,7 +19,9 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import warnings
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -178,7 +180,7 @@ def _as_rows(item: JsonDict, dtype: str, expected: tuple[int | None, ...] | None
 
 def _run_grouped(
     arrays: list[np.ndarray],
-    run: Any,
+    run: Callable[[np.ndarray], np.ndarray],
     max_rows: int,
     static_batch: int | None,
 ) -> list[np.ndarray]:
@@ -202,7 +204,10 @@ def _run_grouped(
             count = arrays[i].shape[0]
             outputs[i] = result[offset:offset + count]
             offset += count
-    return [out for out in outputs if out is not None]
+    done = [out for out in outputs if out is not None]
+    if len(done) != len(arrays):
+        raise InferenceFailedError("internal error: not every request got an output")
+    return done
 
 
 class OnnxRuntimeModel(ModelRuntime):
@@ -354,7 +359,10 @@ class TorchScriptModel(ModelRuntime):
             if self.num_threads is not None:
                 torch.set_num_threads(self.num_threads)
             try:
-                module = cast(Any, torch.jit).load(str(self.path), map_location="cpu")
+                with warnings.catch_warnings():
+                    # TorchScript is deprecated in torch 2.x but it is what users upload: the notice is noise here.
+                    warnings.simplefilter("ignore", DeprecationWarning)
+                    module = cast(Any, torch.jit).load(str(self.path), map_location="cpu")
             except Exception as exc:  # torch raises RuntimeError or pickling errors for bad archives
                 raise ModelLoadError(f"not a TorchScript archive: {self.path.name}: {exc}",
                                      details={"model_id": self.model_id}) from exc

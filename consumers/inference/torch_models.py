@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -143,8 +144,14 @@ def export_onnx(
     output_name: str,
     dynamic_axes: dict[str, dict[int, str]],
 ) -> None:
-    """Export with the TorchScript-based exporter (opset 17), the path known to work offline here."""
-    with torch.inference_mode():
+    """Export with the TorchScript-based exporter (opset 17), the path known to work offline here.
+
+    Its deprecation notice and constant-folding notes are expected and silenced: the legacy
+    exporter is chosen on purpose (the dynamo exporter needs onnxscript and differs per version).
+    """
+    with warnings.catch_warnings(), torch.inference_mode():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.simplefilter("ignore", UserWarning)
         torch.onnx.export(
             module,
             example,
