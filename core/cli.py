@@ -158,7 +158,10 @@ def run() -> None:
     try:
         ctx = click.get_current_context()
         ctx.invoke(migrate)
-        ctx.invoke(topology_apply)
+        from topology.admin import apply
+
+        report = apply(settings)
+        _print_rows("topology apply", report.rows())  # drift it cannot fix is shown, not fatal here
         admin_key = settings.admin_api_key.get_secret_value()
         env: dict[str, str] = {}
         if not admin_key:

@@ -165,6 +165,8 @@ class FleetService:
         record = {"device_id": device_id, "status": status or "active", "metrics": metrics or {}, "sent_at": now}
         # Accepted = stored by the broker; the device processor applies it to the row.
         await self._emit(HEARTBEATS, "device_heartbeat", record, key=device_id)
+        await self._audit(principal, "device.heartbeat", f"device/{device_id}",
+                          after={"status": record["status"], "sent_at": iso(now)})
         pending_round_id, message = await self._pending_round_for(device_id)
         return {"status": status or "active", "last_heartbeat": now, "pending_round_id": pending_round_id,
                 "message": message}

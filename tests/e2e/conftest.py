@@ -29,6 +29,7 @@ class RunningSystem:
     base_url: str
     admin_key: str
     log_dir: Path
+    supervisor: Supervisor
 
 
 def free_port() -> int:
@@ -83,6 +84,6 @@ def system(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iter
     base_url = f"http://127.0.0.1:{e2e.api_port}"
     try:
         wait_http(f"{base_url}/api/v1/health")
-        yield RunningSystem(e2e, base_url, e2e.admin_api_key.get_secret_value(), log_dir)
+        yield RunningSystem(e2e, base_url, e2e.admin_api_key.get_secret_value(), log_dir, supervisor)
     finally:
         supervisor.stop()

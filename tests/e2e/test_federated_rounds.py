@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import torch
 
-from producers.client import ApiError, TributaryClient
+from producers.client import ApiError, DeviceAgent, TributaryClient
 from tests.e2e.conftest import RunningSystem
 
 pytestmark = pytest.mark.e2e
@@ -86,11 +86,19 @@ def test_three_rounds(system: RunningSystem, fleet: dict[str, TributaryClient]) 
     assert all(a["pending_round_id"] == round1["id"] for a in answers.values())
     states, samples = [], []
     for seed, client in enumerate(fleet.values()):
+        if seed == DEVICES // 2:
+            # Kill the round processor mid-round: the rest of the updates queue up in Kafka,
+            # and the restarted processor must neither lose nor double count any of them.
+            processor = system.supervisor.running["round-processor"].proc
+            processor.kill()
+            processor.wait()
         state, n, metrics = train_locally(seed, None)
         update = client.submit_update(round1["id"], to_bytes(state), n, **metrics)
         assert update["round_id"] == round1["id"] and update["num_samples"] == n
         states.append(state)
         samples.append(n)
+    system.supervisor.check()  # restarts the killed processor
+    assert system.supervisor.running["round-processor"].restarts == 1
     with pytest.raises(ApiError) as twice:
         next(iter(fleet.values())).submit_update(round1["id"], to_bytes(states[0]), 5)
     assert twice.value.status_code == 409
@@ -114,11 +122,18 @@ def test_three_rounds(system: RunningSystem, fleet: dict[str, TributaryClient]) 
 
     # --- round 2: stragglers; aggregation at the grace window after min_devices ----------------
     round2 = operator.start_round(target_devices=DEVICES, min_devices=15, timeout_seconds=300)
-    heartbeat_all(fleet)
+    assert round2["global_model_path"] == aggregated["model_path"]  # the latest aggregate is distributed
     global_model = download.content
-    for seed, client in enumerate(list(fleet.values())[:16]):
-        state, n, metrics = train_locally(100 + seed, global_model)
-        client.submit_update(round2["id"], to_bytes(state), n, **metrics)
+    # 16 devices run the SDK's agent loop (heartbeat → download global model → train → submit).
+    received: list[bytes | None] = []
+    for seed, (device_id, client) in enumerate(list(fleet.items())[:16]):
+        def train(model: bytes | None, seed: int = seed) -> tuple[bytes, int, dict[str, Any]]:
+            received.append(model)
+            state, n, metrics = train_locally(100 + seed, model)
+            return to_bytes(state), n, metrics
+
+        assert DeviceAgent(client, device_id, train).step() == round2["id"]
+    assert received == [global_model] * 16
     started = time.monotonic()
     done2 = wait_for(lambda: (r := operator.round_status(round2["id"]))["status"] == "completed" and r, 60,
                      "round 2 to complete at the grace window")
