@@ -1,0 +1,172 @@
+"""The processors' logic on in-memory fakes: freshness transitions, exact FedAvg, idempotent redelivery,
+the straggler grace window and the timeout."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import io
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+import torch
+
+from core.artifacts import MemoryArtifactStore
+from core.events import RecordingSink
+from core.fleet.memory_store import InMemoryFleetStore
+from core.fleet.models import Freshness, RoundStatus
+from core.fleet.processing import DeviceProcessor, RoundProcessor
+from core.fleet.service import FleetService
+from core.settings import Settings
+from tests.store_contract import make_device, make_round, make_update
+
+pytestmark = pytest.mark.unit
+T0 = datetime(2026, 11, 1, 12, 0, tzinfo=UTC)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = T0
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+def lifecycle_types(sink: RecordingSink) -> list[str]:
+    return [r["event_type"] for r in sink.of_type("lifecycle_event")]
+
+
+def test_freshness_changes_emit_one_event_each() -> None:
+    settings = Settings(heartbeat_interval_s=10)
+    store, sink, clock = InMemoryFleetStore(), RecordingSink(), Clock()
+    device, key = make_device()
+    store.create_device(device, key)
+    processor = DeviceProcessor(settings, store, sink, clock)
+
+    async def scenario() -> None:
+        await processor.on_heartbeat({"device_id": device.device_id, "sent_at": T0, "metrics": {"cpu": 1.0}})
+        assert await processor.sweep() == 0  # still online: nothing new
+        clock.now = T0 + timedelta(seconds=25)  # > 2x interval
+        assert await processor.sweep() == 1
+        clock.now = T0 + timedelta(seconds=55)  # > 5x interval
+        assert await processor.sweep() == 1
+        await processor.on_heartbeat({"device_id": device.device_id, "sent_at": clock.now})
+        with pytest.raises(LookupError):
+            await processor.on_heartbeat({"device_id": "ghost", "sent_at": clock.now})
+
+    asyncio.run(scenario())
+    assert lifecycle_types(sink) == ["device_online", "device_stale", "device_offline", "device_online"]
+    stored = store.get_device(device.device_id)
+    assert stored is not None and stored.freshness is Freshness.ONLINE and stored.metrics == {}
+    assert [a["action"] for a in sink.audits] == ["device.freshness"] * 4
+
+
+def state(seed: int) -> dict[str, torch.Tensor]:
+    torch.manual_seed(seed)
+    return {"w": torch.randn(3, 2), "b": torch.randn(2)}
+
+
+def blob(s: dict[str, torch.Tensor]) -> bytes:
+    buffer = io.BytesIO()
+    torch.save(s, buffer)
+    return buffer.getvalue()
+
+
+class RoundFixture:
+    def __init__(self, *, target: int, minimum: int, grace_s: float = 10, timeout_s: int = 300) -> None:
+        self.settings = Settings(straggler_grace_s=grace_s)
+        self.store, self.sink, self.artifacts, self.clock = (InMemoryFleetStore(), RecordingSink(),
+                                                             MemoryArtifactStore(), Clock())
+        fleet = FleetService(self.settings, self.store, self.artifacts, self.sink, self.clock)
+        self.processor = RoundProcessor(self.settings, self.store, self.artifacts, self.sink, fleet, self.clock)
+        self.round = make_round(target_devices=target, min_devices=minimum, timeout_seconds=timeout_s)
+        self.store.create_active_round(self.round)
+        self.store.transition_round(self.round.id, RoundStatus.PENDING, RoundStatus.ACTIVE,
+                                    selected_devices=[f"d{i}" for i in range(target)],
+                                    timeout_at=T0 + timedelta(seconds=timeout_s))
+
+    def submit(self, i: int, seed: int, samples: int) -> dict[str, Any]:
+        data = blob(state(seed))
+        key = f"updates/{self.round.id}/d{i}.pt"
+        self.artifacts.put(key, data)
+        update = make_update(self.round.id, f"d{i}")
+        update = type(update)(**{**update.__dict__, "created_at": self.clock.now, "num_samples": samples,
+                                  "artifact_key": key})
+        self.store.add_update(update)
+        return {"update_id": update.id, "round_id": self.round.id, "artifact_key": key,
+                "sha256": hashlib.sha256(data).hexdigest(), "num_samples": samples}
+
+    def status(self) -> RoundStatus:
+        found = self.store.get_round(self.round.id)
+        assert found is not None
+        return found.status
+
+
+def test_fedavg_is_the_sample_weighted_mean_and_redelivery_does_not_double_count() -> None:
+    f = RoundFixture(target=3, minimum=3)
+    samples = [10, 30, 60]
+
+    async def scenario() -> None:
+        records = [f.submit(i, seed=i, samples=n) for i, n in enumerate(samples)]
+        await f.processor.on_update(records[0])
+        await f.processor.on_update(records[0])  # redelivered
+        # A restarted processor (fresh memory) resumes from the S3 checkpoint.
+        f.processor._accumulators.clear()
+        await f.processor.on_update(records[1])
+        await f.processor.on_update(records[1])
+        await f.processor.on_update(records[2])
+
+    asyncio.run(scenario())
+    assert f.status() is RoundStatus.COMPLETED
+    finished = f.store.get_round(f.round.id)
+    assert finished is not None and finished.completed_devices == 3 and finished.aggregated_model_id
+    versions = f.store.list_versions(finished.aggregated_model_id)
+    got = torch.load(io.BytesIO(f.artifacts.get(versions[0].artifact_key)), weights_only=True)
+    for name in ("w", "b"):
+        expected = torch.stack([state(i)[name] * n for i, n in enumerate(samples)]).sum(0) / sum(samples)
+        assert torch.allclose(got[name], expected, atol=1e-6)
+    assert lifecycle_types(f.sink)[-3:] == ["round_aggregating", "model_version_created", "round_completed"]
+
+
+def test_stragglers_wait_for_the_grace_window_then_aggregate() -> None:
+    f = RoundFixture(target=4, minimum=2, grace_s=10)
+
+    async def scenario() -> None:
+        await f.processor.on_update(f.submit(0, 0, 5))
+        await f.processor.on_update(f.submit(1, 1, 5))
+        assert f.status() is RoundStatus.ACTIVE  # min reached, grace not yet over
+        f.clock.now = T0 + timedelta(seconds=9)
+        await f.processor.tick()
+        assert f.status() is RoundStatus.ACTIVE
+        f.clock.now = T0 + timedelta(seconds=11)
+        await f.processor.tick()
+
+    asyncio.run(scenario())
+    assert f.status() is RoundStatus.COMPLETED
+
+
+def test_too_few_updates_fail_at_timeout_and_corrupt_updates_count_as_failed() -> None:
+    f = RoundFixture(target=4, minimum=3, timeout_s=60)
+
+    async def scenario() -> None:
+        await f.processor.on_update(f.submit(0, 0, 5))
+        bad = f.submit(1, 1, 5) | {"sha256": "0" * 64}
+        await f.processor.on_update(bad)
+        f.clock.now = T0 + timedelta(seconds=61)
+        await f.processor.tick()
+
+    asyncio.run(scenario())
+    assert f.status() is RoundStatus.FAILED
+    failed = f.store.get_round(f.round.id)
+    assert failed is not None and (failed.completed_devices, failed.failed_devices) == (1, 1)
+    assert "timeout" in (failed.failure_reason or "")
+    assert "update_rejected" in lifecycle_types(f.sink)
+    assert f.store.active_round_id() is None
+
+
+def test_unknown_round_is_a_dead_letter() -> None:
+    f = RoundFixture(target=1, minimum=1)
+    with pytest.raises(LookupError):
+        asyncio.run(f.processor.on_update({"round_id": str(uuid.uuid4()), "update_id": "u"}))
