@@ -5,23 +5,15 @@ from __future__ import annotations
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from datetime import UTC, datetime
 
 from fastapi import FastAPI, Request, Response
-from pydantic import BaseModel
 
 from api.context import AppContext
 from api.errors import install_error_handlers
-from api.routers import fleet, learning
+from api.metrics import record_http_metrics
+from api.routers import fleet, health, learning
+from api.routers.health import API_VERSION
 from core.settings import Settings, get_settings
-
-API_VERSION = "1.0.0"
-
-
-class HealthResponse(BaseModel):
-    status: str
-    version: str
-    timestamp: str
 
 
 def create_app(settings: Settings | None = None, context: AppContext | None = None) -> FastAPI:
@@ -58,16 +50,8 @@ def create_app(settings: Settings | None = None, context: AppContext | None = No
         response.headers["X-Trace-Id"] = request.state.trace_id
         return response
 
-    @app.get("/api/v1/health", response_model=HealthResponse, tags=["Health"], openapi_extra={"security": []})
-    async def health() -> HealthResponse:
-        return HealthResponse(
-            status="healthy", version=API_VERSION, timestamp=datetime.now(UTC).isoformat().replace("+00:00", "Z")
-        )
-
-    @app.get("/health/live", tags=["Health"], openapi_extra={"security": []})
-    async def live() -> dict[str, str]:
-        return {"status": "alive"}
-
+    app.middleware("http")(record_http_metrics)
+    app.include_router(health.router)
     # /models/latest must be matched before /models/{model_id}
     app.include_router(learning.router)
     app.include_router(fleet.router)

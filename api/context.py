@@ -26,6 +26,8 @@ class AppContext:
     authenticator: Authenticator = field(init=False)
     limiter: RateLimiter = field(init=False)
     closers: list[Any] = field(default_factory=list)
+    # name -> blocking health probe (core/health.py); empty in unit tests
+    probes: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.fleet = FleetService(self.settings, self.store, self.artifacts, self.events)

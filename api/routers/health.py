@@ -1,0 +1,59 @@
+"""Health (seed 000 basic, seed 004 detailed, seed 001 probes) and Prometheus metrics."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Query, Response
+from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from api.context import AppContext, context
+from core.health import ComponentHealth, run_probes
+
+API_VERSION = "1.0.0"
+router = APIRouter(tags=["Health"])
+Ctx = Annotated[AppContext, Depends(context)]
+OPEN: dict[str, Any] = {"security": []}
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat().replace("+00:00", "Z")
+
+
+@router.get("/api/v1/health", openapi_extra=OPEN,
+            responses={503: {"description": "A component is unhealthy (detailed mode only)"}})
+async def health(ctx: Ctx, detailed: Annotated[bool, Query()] = False) -> JSONResponse:
+    """Basic: fast liveness (seed 000 HealthResponse). Detailed (seed 004): every component, 503 when unhealthy."""
+    if not detailed:
+        return JSONResponse({"status": "healthy", "version": API_VERSION, "timestamp": _now()})
+    overall, results = await run_probes(ctx.probes)
+    body = {
+        "status": overall.value,
+        "version": API_VERSION,
+        "timestamp": _now(),
+        "components": {name: {"status": r.status.value, "latency_ms": round(r.latency_ms, 2), "detail": r.detail}
+                       for name, r in results.items()},
+    }
+    return JSONResponse(body, status_code=503 if overall is ComponentHealth.UNHEALTHY else 200)
+
+
+@router.get("/health/live", openapi_extra=OPEN)
+async def live() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@router.get("/health/ready", openapi_extra=OPEN, responses={503: {"description": "Service not ready"}})
+async def ready(ctx: Ctx) -> JSONResponse:
+    """Ready when Cassandra answers and the producer can reach the broker (seed 001 §2.7)."""
+    _, results = await run_probes({k: v for k, v in ctx.probes.items() if k in ("cassandra", "kafka")})
+    healthy = {name: r.status is ComponentHealth.HEALTHY for name, r in results.items()}
+    checks = {"database": healthy.get("cassandra", True), "queue": healthy.get("kafka", True)}
+    ok = all(checks.values())
+    return JSONResponse({"status": "ready" if ok else "not_ready", "checks": checks}, status_code=200 if ok else 503)
+
+
+@router.get("/metrics", openapi_extra=OPEN, tags=["Metrics"], response_class=Response)
+async def metrics() -> Response:
+    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,72 @@
+"""Health probes of the real components (Cassandra, Kafka, S3, consumer groups), for core/health.py."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from cassandra.cluster import Session
+from confluent_kafka.admin import AdminClient
+
+from core.artifacts import S3ArtifactStore
+from core.health import Probe, ProbeResult, degraded
+from core.settings import Settings
+from producers.publisher import Publisher
+from topology.groups import GROUPS
+
+
+def cassandra_probe(session: Session) -> Probe:
+    def probe() -> str:
+        row = session.execute("SELECT release_version FROM system.local").one()
+        return f"Cassandra {row.release_version}"
+
+    return probe
+
+
+def kafka_probe(publisher: Publisher, admin: AdminClient) -> Probe:
+    def probe() -> str:
+        if publisher.broker_down:
+            raise ConnectionError("the producer reports the broker unreachable")
+        topics = admin.list_topics(timeout=2).topics
+        return f"{len(topics)} topics, {publisher.in_flight} messages awaiting acknowledgement"
+
+    return probe
+
+
+def s3_probe(artifacts: S3ArtifactStore) -> Probe:
+    def probe() -> str:
+        artifacts.client.head_bucket(Bucket=artifacts.bucket)
+        return f"bucket {artifacts.bucket} reachable"
+
+    return probe
+
+
+def workers_probe(settings: Settings, admin: AdminClient) -> Probe:
+    """Every consumer group that does work should have at least one live member."""
+    worker_groups = [g.group_id for g in GROUPS if g.group_id not in ("ingress-replies", "audit-sink")]
+
+    def probe() -> str | ProbeResult:
+        names = [settings.topic(g) for g in worker_groups]
+        futures: dict[str, Any] = admin.describe_consumer_groups(names, request_timeout=3)
+        empty = []
+        for name, future in futures.items():
+            try:
+                if not future.result().members:
+                    empty.append(name)
+            except Exception:
+                empty.append(name)
+        if empty:
+            return degraded(f"no live members in {', '.join(sorted(empty))}")
+        return f"{len(names)} groups have members"
+
+    return probe
+
+
+def component_probes(settings: Settings, session: Session, publisher: Publisher,
+                     artifacts: S3ArtifactStore) -> dict[str, Probe]:
+    admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap_servers})
+    return {
+        "cassandra": cassandra_probe(session),
+        "kafka": kafka_probe(publisher, admin),
+        "s3": s3_probe(artifacts),
+        "workers": workers_probe(settings, admin),
+    }
