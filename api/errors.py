@@ -28,6 +28,8 @@ class ErrorEnvelope(BaseModel):
     message: str
     status_code: int
     details: dict[str, Any] | None = None
+    validation_errors: list[dict[str, str]] | None = Field(
+        None, description="Field-level errors of a 400 (seed 001 ValidationError)")
     hint: str | None = None
     trace_id: str | None = None
     timestamp: str
@@ -63,8 +65,10 @@ def envelope(
     details: dict[str, Any] | None = None,
     hint: str | None = None,
     trace_id: str | None = None,
+    validation_errors: list[dict[str, str]] | None = None,
 ) -> dict[str, Any]:
     return ErrorEnvelope(
+        validation_errors=validation_errors,
         error=_ERROR_BY_STATUS.get(status_code, "error"),
         error_code=error_code,
         message=message,
@@ -112,6 +116,7 @@ def install_error_handlers(app: FastAPI) -> None:
         body = envelope(
             400, "VALIDATION_ERROR", f"Validation failed: '{first['field']}' {first['message']}",
             details={"errors": fields}, hint="Fix the listed fields and retry.", trace_id=_trace_id(request),
+            validation_errors=fields,
         )
         return JSONResponse(body, status_code=400)
 

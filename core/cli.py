@@ -122,6 +122,53 @@ def topology_verify() -> None:
     console.print("[green]topology matches the declaration[/green]")
 
 
+@main.group()
+def dlq() -> None:
+    """Dead-letter topics: what is in them, and sending it back."""
+
+
+@dlq.command("list")
+def dlq_list() -> None:
+    """Messages waiting in each group's dead-letter topic."""
+    from confluent_kafka import Consumer, KafkaException, TopicPartition
+
+    from topology.groups import GROUPS
+
+    settings = get_settings()
+    consumer = Consumer({"bootstrap.servers": settings.kafka_bootstrap_servers, "group.id": "tributary-dlq-list"})
+    rows = []
+    try:
+        for group in GROUPS:
+            topic = group.dead_letters.full_name(settings)
+            total: int | str = 0
+            try:
+                for partition in range(group.dead_letters.partitions):
+                    low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=5)
+                    total = int(total) + max(0, high - low)
+            except KafkaException:
+                total = "topic missing (run: tributary topology apply)"
+            rows.append({"group": group.group_id, "dead-letter topic": topic, "messages": total})
+    finally:
+        consumer.close()
+    _print_rows("dead letters", rows)
+
+
+@dlq.command("redrive")
+@click.argument("group_id")
+@click.option("--limit", type=int, default=None, help="At most this many messages.")
+@click.option("--dry-run", is_flag=True, help="Count what would be sent back; send nothing.")
+def dlq_redrive(group_id: str, limit: int | None, dry_run: bool) -> None:
+    """Send a group's dead letters back to the topics they came from."""
+    from consumers.redrive import redrive
+    from topology.topics import dead_letter_topic
+
+    settings = get_settings()
+    report = redrive(settings, dead_letter_topic(group_id).full_name(settings), limit=limit, dry_run=dry_run)
+    _print_rows("redrive", [{"origin": k, "messages": v} for k, v in report.by_origin.items()])
+    console.print(f"redriven: {report.redriven}, skipped (no origin header): {report.skipped}"
+                  + (" (dry run)" if dry_run else ""))
+
+
 def _print_rows(title: str, rows: list[dict[str, Any]]) -> None:
     if not rows:
         console.print(f"{title}: nothing to do")

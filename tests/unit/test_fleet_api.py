@@ -77,6 +77,7 @@ def test_register_returns_the_key_once_and_stores_only_its_hash(api: TestClient,
 def test_validation_errors_are_400_with_fields(api: TestClient) -> None:
     body = assert_envelope(api.post("/api/v1/devices/register", json={}), 400, "bad_request", "VALIDATION_ERROR")
     assert body["details"]["errors"][0]["field"] == "device_id"
+    assert body["validation_errors"] == body["details"]["errors"]  # seed 001's ValidationError shape
     assert_envelope(api.post("/api/v1/devices/register", json={"device_id": "x", "platform": "windows"}),
                     400, "bad_request")
     assert_envelope(api.post("/api/v1/devices/register", content=b"not json",
