@@ -13,6 +13,7 @@ from api.errors import install_error_handlers
 from api.metrics import record_http_metrics
 from api.routers import fleet, health, learning
 from api.routers.health import API_VERSION
+from core.logs import trace_id_var
 from core.settings import Settings, get_settings
 
 
@@ -46,6 +47,7 @@ def create_app(settings: Settings | None = None, context: AppContext | None = No
     @app.middleware("http")
     async def trace(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
         request.state.trace_id = request.headers.get("x-trace-id") or uuid.uuid4().hex
+        trace_id_var.set(request.state.trace_id)  # every log line of this request carries it
         response = await call_next(request)
         response.headers["X-Trace-Id"] = request.state.trace_id
         return response

@@ -23,6 +23,7 @@ from core.cassandra.session import connect
 from core.fleet.cassandra_store import CassandraFleetStore
 from core.fleet.processing import DeviceProcessor, RoundProcessor
 from core.fleet.service import FleetService
+from core.logs import configure, correlation_id_var, trace_id_var
 from core.settings import Settings, get_settings
 from producers.events import KafkaEventSink
 from producers.publisher import Publisher
@@ -93,6 +94,8 @@ def make_app(spec: ProcessorSpec, settings: Settings) -> faust.App:
 
     async def handle(message: RawMessage) -> None:
         decoded = codec.decode(message.value)
+        trace_id_var.set(decoded.record.get("trace_id"))
+        correlation_id_var.set(decoded.record.get("correlation_id"))
         handler = spec.handlers.get(decoded.message_type)
         if handler is None:
             raise TypeError(f"{spec.group_id} does not handle {decoded.message_type}")
@@ -128,9 +131,11 @@ def main(argv: list[str] | None = None) -> None:
     if not args:
         raise SystemExit("usage: python -m consumers.processors.fleet devices|rounds")
     settings = get_settings()
+    configure(f"{args[0]}-processor")
     spec = build(args[0], settings)
     app = make_app(spec, settings)
-    worker = faust.Worker(app, loglevel="info", quiet=True)
+    # override_logging=False keeps the JSON handler configure() installed.
+    worker = faust.Worker(app, loglevel="info", quiet=True, override_logging=False, redirect_stdouts=False)
     worker.execute_from_commandline()
 
 
