@@ -13,6 +13,7 @@ from core.auth import Authenticator, Principal, RateLimiter
 from core.events import EventSink
 from core.fleet.service import FleetService
 from core.fleet.store import FleetStore
+from core.registry import RegistryService
 from core.settings import Settings
 
 
@@ -25,6 +26,7 @@ class AppContext:
     fleet: FleetService = field(init=False)
     authenticator: Authenticator = field(init=False)
     limiter: RateLimiter = field(init=False)
+    registry: RegistryService = field(init=False)
     closers: list[Any] = field(default_factory=list)
     # name -> blocking health probe (core/health.py); empty in unit tests
     probes: dict[str, Any] = field(default_factory=dict)
@@ -33,6 +35,7 @@ class AppContext:
         self.fleet = FleetService(self.settings, self.store, self.artifacts, self.events)
         self.authenticator = Authenticator(self.store, self.settings)
         self.limiter = RateLimiter(self.store, self.settings)
+        self.registry = RegistryService(self.store, self.events)
 
 
 def context(request: Request) -> AppContext:

@@ -5,18 +5,26 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AnyUrl, BaseModel, ConfigDict, Field
 
 from core.fleet.models import CatalogModel, Device, ModelUpdate, ModelVersion, Round
+from core.registry import registry_status
 
 PlatformName = Literal["python", "ios", "android", "edge"]
 FrameworkName = Literal["pytorch", "tensorflow", "xgboost", "sklearn"]
 RoundStatusName = Literal["pending", "active", "aggregating", "completed", "failed"]
+TaskTypeName = Literal["txt2embed", "img2embed", "txt2img", "img2txt", "txt2txt"]
 
 
 class StrictBody(BaseModel):
     # Unknown fields are refused so that typos surface as 400s instead of being ignored.
     model_config = ConfigDict(extra="forbid")
+
+
+class ResourceRequirements(StrictBody):
+    memory_mb: int | None = Field(None, ge=0)
+    gpu_vram_mb: int | None = Field(None, ge=0)
+    cpu_threads: int | None = Field(None, ge=1)
 
 
 class StatusResponse(BaseModel):
@@ -135,6 +143,8 @@ class ModelCreateRequest(StrictBody):
 
 
 class ModelOut(BaseModel):
+    """One catalog entry, in the shape of both seed 000's Model and seed 001's ModelResponse."""
+
     id: str
     round_id: str | None = None
     model_path: str | None = None
@@ -147,14 +157,27 @@ class ModelOut(BaseModel):
     is_baseline: bool
     description: str | None = None
     created_at: datetime
+    # seed 001 registry view of the same entry
+    model_id: str
+    version: str | None = None
+    task_type: TaskTypeName | None = None
+    display_name: str | None = None
+    status: Literal["registered", "downloading", "ready", "failed"]
+    resource_requirements: dict[str, Any] = {}
+    config: dict[str, Any] = {}
+    updated_at: datetime
 
     @classmethod
     def fields_of(cls, m: CatalogModel) -> dict[str, Any]:
         framework = m.framework if m.framework in ("pytorch", "tensorflow", "xgboost", "sklearn") else None
+        version = m.extra.get("version") or (f"v{m.latest_version}" if m.latest_version else None)
         return dict(id=m.id, round_id=m.round_id, model_path=m.model_path, model_size_bytes=m.model_size_bytes,
                     model_hash=m.model_hash, framework=framework, framework_version=m.framework_version,
                     accuracy=m.accuracy, loss=m.loss, is_baseline=m.is_baseline, description=m.description,
-                    created_at=m.created_at)
+                    created_at=m.created_at, model_id=m.id, version=version, task_type=m.task_type,
+                    display_name=m.name, status=registry_status(m),
+                    resource_requirements=m.extra.get("resource_requirements") or {},
+                    config=m.extra.get("config") or {}, updated_at=m.updated_at)
 
     @classmethod
     def of(cls, m: CatalogModel) -> ModelOut:
@@ -195,8 +218,57 @@ class ModelVersionOut(BaseModel):
                    description=v.description, uploaded_at=v.uploaded_at)
 
 
+class PaginationMeta(BaseModel):
+    total: int
+    page: int
+    page_size: int
+    total_pages: int
+
+
 class ModelListResponse(BaseModel):
+    """Seed 000's {models, total, limit, offset} and seed 001's {data, meta} in one answer."""
+
     models: list[ModelOut]
     total: int
     limit: int
     offset: int
+    data: list[ModelOut]
+    meta: PaginationMeta
+
+
+class RegisterModelRequest(StrictBody):
+    model_id: str = Field(min_length=1, max_length=192, description="HuggingFace-style model identifier")
+    version: str = Field("main", max_length=64)
+    task_type: TaskTypeName
+    display_name: str | None = Field(None, max_length=200)
+    description: str | None = Field(None, max_length=1000)
+    source_url: AnyUrl | None = None
+    resource_requirements: ResourceRequirements | None = None
+    config: dict[str, Any] | None = None
+
+
+class UpdateModelRequest(StrictBody):
+    display_name: str | None = Field(None, max_length=200)
+    description: str | None = Field(None, max_length=1000)
+    config: dict[str, Any] | None = None
+    resource_requirements: ResourceRequirements | None = None
+
+
+class DownloadAccepted(BaseModel):
+    model_id: str
+    status: Literal["downloading"]
+    message: str
+
+
+class LockEntry(BaseModel):
+    model_id: str
+    version: str
+    source_url: str
+    checksum: str
+    task_type: TaskTypeName | None = None
+
+
+class LockFile(BaseModel):
+    version: str
+    generated_at: datetime
+    models: list[LockEntry]

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, File, Form, Path, Query, Request, UploadFile
+from fastapi import APIRouter, Depends, File, Form, Path, Query, Request, Response, UploadFile
 from fastapi.responses import StreamingResponse
 
 from api.context import AppContext, authenticated, context
@@ -13,21 +14,27 @@ from api.schemas_fleet import (
     DeviceOut,
     DeviceRegisterRequest,
     DeviceRegisterResponse,
+    DownloadAccepted,
     HeartbeatRequest,
     HeartbeatResponse,
+    LockFile,
     ModelCreateRequest,
     ModelDetail,
     ModelListResponse,
     ModelOut,
     ModelUpdateOut,
     ModelVersionOut,
+    PaginationMeta,
+    RegisterModelRequest,
     RoundOut,
     RoundStartRequest,
     StatusResponse,
+    UpdateModelRequest,
 )
 from core.auth import Principal
 from core.errors import DomainError, ErrorKind
 from core.fleet.models import Platform
+from core.registry import TaskType, validate_model_id
 
 router = APIRouter(prefix="/api/v1")
 Ctx = Annotated[AppContext, Depends(context)]
@@ -36,6 +43,13 @@ UUID_PATTERN = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0
 DeviceId = Annotated[str, Path(min_length=1, max_length=255, pattern=r"^[^\x00-\x1f/\\]+$")]
 RoundId = Annotated[str, Path(pattern=UUID_PATTERN, description="UUID of the training round.")]
 ModelId = Annotated[str, Path(pattern=UUID_PATTERN, description="UUID of the model.")]
+CatalogId = Annotated[str, Path(description="Catalog id: a UUID (seed 000) or a registry id such as "
+                                            "'org/name' (seed 001; URL-encoding is accepted)")]
+
+
+def validate_catalog_id(model_id: str) -> None:
+    if not re.match(UUID_PATTERN, model_id):
+        validate_model_id(model_id)
 
 ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorEnvelope} for code in (400, 401, 403, 404, 409, 413, 415, 429, 503)
@@ -119,9 +133,19 @@ async def submit_update(
 
 
 @router.post("/models", status_code=201, response_model=ModelOut, tags=["Models"], responses=ERRORS)
-async def create_model(body: ModelCreateRequest, ctx: Ctx, caller: Caller) -> ModelOut:
-    model = await ctx.fleet.create_model(caller, framework=body.framework, framework_version=body.framework_version,
-                                         description=body.description, is_baseline=body.is_baseline)
+async def create_model(body: RegisterModelRequest | ModelCreateRequest, ctx: Ctx, caller: Caller) -> ModelOut:
+    """Seed 000 createModel (framework, is_baseline, ...) or seed 001 registerModel (model_id + task_type)."""
+    if isinstance(body, RegisterModelRequest):
+        model = await ctx.registry.register(
+            caller, model_id=body.model_id, task_type=TaskType(body.task_type), version=body.version,
+            display_name=body.display_name, description=body.description,
+            source_url=str(body.source_url) if body.source_url else None,
+            resource_requirements=body.resource_requirements.model_dump(exclude_none=True)
+            if body.resource_requirements else None, config=body.config)
+    else:
+        model = await ctx.fleet.create_model(caller, framework=body.framework,
+                                             framework_version=body.framework_version,
+                                             description=body.description, is_baseline=body.is_baseline)
     return ModelOut.of(model)
 
 
@@ -131,18 +155,27 @@ async def list_models(
     _: Caller,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
     offset: Annotated[int, Query(ge=0)] = 0,
+    page: Annotated[int | None, Query(ge=1, description="seed 001 pagination; overrides offset")] = None,
+    page_size: Annotated[int | None, Query(ge=1, le=100, description="seed 001 pagination")] = None,
     framework: Literal["pytorch", "tensorflow", "xgboost", "sklearn"] | None = None,
     is_baseline: bool | None = None,
+    task_type: Literal["txt2embed", "img2embed", "txt2img", "img2txt", "txt2txt"] | None = None,
+    status: Literal["registered", "downloading", "ready", "failed"] | None = None,
 ) -> ModelListResponse:
+    if page is not None or page_size is not None:
+        limit = page_size or limit
+        offset = ((page or 1) - 1) * limit
     models, total = await ctx.fleet.list_models(limit=limit, offset=offset, framework=framework,
-                                                is_baseline=is_baseline)
-    return ModelListResponse(models=[ModelOut.of(m) for m in models], total=total, limit=limit, offset=offset)
+                                                is_baseline=is_baseline, task_type=task_type, status=status)
+    items = [ModelOut.of(m) for m in models]
+    meta = PaginationMeta(total=total, page=offset // limit + 1, page_size=limit,
+                          total_pages=(total + limit - 1) // limit)
+    return ModelListResponse(models=items, total=total, limit=limit, offset=offset, data=items, meta=meta)
 
 
-@router.get("/models/{model_id}", response_model=ModelDetail, tags=["Models"], responses=ERRORS)
-async def get_model(model_id: ModelId, ctx: Ctx, _: Caller) -> ModelDetail:
-    model, versions = await ctx.fleet.get_model(model_id)
-    return ModelDetail.with_versions(model, versions)
+@router.post("/models/lock", response_model=LockFile, tags=["Registry"], responses=ERRORS)
+async def lock_file(ctx: Ctx, _: Caller) -> LockFile:
+    return LockFile(**await ctx.registry.lock_file())
 
 
 @router.post("/models/{model_id}/versions/upload", status_code=201, response_model=ModelVersionOut,
@@ -174,3 +207,38 @@ async def download_version(
     headers = {"Content-Disposition": f'attachment; filename="{filename}"', "Content-Length": str(size),
                "X-Model-Hash": f"sha256:{sha256}"}
     return StreamingResponse(ctx.artifacts.stream(key), media_type="application/octet-stream", headers=headers)
+
+
+@router.post("/models/{model_id:path}/download", status_code=202, response_model=DownloadAccepted,
+             tags=["Registry"], responses=ERRORS)
+async def download_model(model_id: CatalogId, ctx: Ctx, caller: Caller) -> DownloadAccepted:
+    validate_catalog_id(model_id)
+    await ctx.registry.download(caller, model_id)
+    return DownloadAccepted(model_id=model_id, status="downloading",
+                            message="The workers fetch and load the model; watch its status.")
+
+
+# The catch-all id routes come last so /versions/... and /download above match first.
+@router.get("/models/{model_id:path}", response_model=ModelDetail, tags=["Models"], responses=ERRORS)
+async def get_model(model_id: CatalogId, ctx: Ctx, _: Caller) -> ModelDetail:
+    validate_catalog_id(model_id)
+    model, versions = await ctx.fleet.get_model(model_id)
+    return ModelDetail.with_versions(model, versions)
+
+
+@router.put("/models/{model_id:path}", response_model=ModelOut, tags=["Registry"], responses=ERRORS)
+async def update_model(model_id: CatalogId, body: UpdateModelRequest, ctx: Ctx, caller: Caller) -> ModelOut:
+    validate_catalog_id(model_id)
+    model = await ctx.registry.update(
+        caller, model_id, display_name=body.display_name, description=body.description, config=body.config,
+        resource_requirements=body.resource_requirements.model_dump(exclude_none=True)
+        if body.resource_requirements else None)
+    return ModelOut.of(model)
+
+
+@router.delete("/models/{model_id:path}", status_code=204, tags=["Registry"], responses=ERRORS)
+async def delete_model(model_id: CatalogId, ctx: Ctx, caller: Caller,
+                       force: Annotated[bool, Query()] = False) -> Response:
+    validate_catalog_id(model_id)
+    await ctx.registry.delete(caller, model_id, force)
+    return Response(status_code=204)

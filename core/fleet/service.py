@@ -360,11 +360,19 @@ class FleetService:
         return model
 
     async def list_models(
-        self, *, limit: int, offset: int, framework: str | None, is_baseline: bool | None
+        self, *, limit: int, offset: int, framework: str | None, is_baseline: bool | None,
+        task_type: str | None = None, status: str | None = None,
     ) -> tuple[list[CatalogModel], int]:
-        return await self._io(
-            self.store.list_models, limit=limit, offset=offset, framework=framework, is_baseline=is_baseline
-        )
+        if status is None:
+            return await self._io(self.store.list_models, limit=limit, offset=offset, framework=framework,
+                                  is_baseline=is_baseline, task_type=task_type)
+        from core.registry import registry_status
+
+        # Registry status is derived per entry, so filter it here (catalogs are small).
+        everything, _ = await self._io(self.store.list_models, limit=100_000, offset=0, framework=framework,
+                                       is_baseline=is_baseline, task_type=task_type)
+        matching = [m for m in everything if registry_status(m) == status]
+        return matching[offset:offset + limit], len(matching)
 
     async def get_model(self, model_id: str) -> tuple[CatalogModel, list[ModelVersion]]:
         model = await self._io(self.store.get_model, model_id)

@@ -130,7 +130,9 @@ def test_not_found_paths(api: TestClient) -> None:
     assert_envelope(api.get(f"/api/v1/training/rounds/{uuid.uuid4()}/status", headers=auth(ADMIN)), 404,
                     "not_found")
     assert_envelope(api.get(f"/api/v1/models/{uuid.uuid4()}", headers=auth(ADMIN)), 404, "not_found")
-    assert_envelope(api.get("/api/v1/models/not-a-uuid", headers=auth(ADMIN)), 400, "bad_request")
+    assert_envelope(api.get("/api/v1/models/not-registered", headers=auth(ADMIN)), 404, "not_found")
+    assert_envelope(api.get("/api/v1/models/..%2F..%2Fetc%2Fpasswd", headers=auth(ADMIN)), 400, "bad_request",
+                    "INVALID_MODEL_ID")
     model = api.post("/api/v1/models", json={"framework": "pytorch"}, headers=auth(ADMIN)).json()
     assert_envelope(api.get(f"/api/v1/models/{model['id']}/versions/1/download", headers=auth(ADMIN)), 404,
                     "not_found", "VERSION_NOT_FOUND")

@@ -1,0 +1,161 @@
+"""The serving registry (seed 001 §2.3) over the one catalog the fleet uses (seed 000).
+
+A registry model is a ``CatalogModel`` whose id is the registry's ``model_id`` (e.g.
+``sentence-transformers/all-MiniLM-L6-v2``) and whose ``task_type`` is set; the registry's
+own fields (version label, status, config, resource requirements, source URL) live in
+``extra``. Fleet models (uuid ids, no task type) appear in the same listings.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import Callable
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+from core.auth import Principal
+from core.errors import conflict, invalid, not_found
+from core.events import EventSink
+from core.fleet.models import CatalogModel
+from core.fleet.service import LIFECYCLE, utcnow
+from core.fleet.store import FleetStore
+from topology.topics import MODEL_COMMANDS
+
+# HuggingFace-style ids: org/name with letters, digits, . _ -; no traversal, no spaces.
+MODEL_ID = re.compile(r"^(?!.*\.\.)[A-Za-z0-9][A-Za-z0-9._-]{0,95}(/[A-Za-z0-9][A-Za-z0-9._-]{0,95})?$")
+
+
+class TaskType(StrEnum):
+    TXT2EMBED = "txt2embed"
+    IMG2EMBED = "img2embed"
+    TXT2IMG = "txt2img"
+    IMG2TXT = "img2txt"
+    TXT2TXT = "txt2txt"
+
+
+class RegistryStatus(StrEnum):
+    REGISTERED = "registered"
+    DOWNLOADING = "downloading"
+    READY = "ready"
+    FAILED = "failed"
+
+
+def validate_model_id(model_id: str) -> None:
+    if not MODEL_ID.match(model_id):
+        raise invalid("INVALID_MODEL_ID", f"Invalid model id '{model_id[:100]}'.",
+                      hint="Use 'name' or 'org/name' with letters, digits, '.', '_' or '-'.")
+
+
+def registry_status(model: CatalogModel) -> str:
+    value = model.extra.get("status")
+    if isinstance(value, str):
+        return value
+    return RegistryStatus.READY.value if model.model_path else RegistryStatus.REGISTERED.value
+
+
+class RegistryService:
+    def __init__(self, store: FleetStore, events: EventSink, clock: Callable[[], datetime] = utcnow) -> None:
+        self.store = store
+        self.events = events
+        self.clock = clock
+
+    async def register(self, principal: Principal, *, model_id: str, task_type: TaskType, version: str,
+                       display_name: str | None, description: str | None, source_url: str | None,
+                       resource_requirements: dict[str, Any] | None, config: dict[str, Any] | None) -> CatalogModel:
+        principal.require_operator()
+        validate_model_id(model_id)
+        now = self.clock()
+        model = CatalogModel(
+            id=model_id, is_baseline=False, created_at=now, updated_at=now, name=display_name,
+            task_type=task_type.value, description=description,
+            extra={"version": version, "status": RegistryStatus.REGISTERED.value, "source_url": source_url,
+                   "resource_requirements": resource_requirements or {}, "config": config or {}},
+        )
+        if not await asyncio.to_thread(self.store.create_model, model):
+            raise conflict("MODEL_ALREADY_EXISTS", f"Model '{model_id}' is already registered.")
+        await self._lifecycle("model_registered", model_id, task_type=task_type.value, version=version)
+        await self.events.audit(actor=principal.key_id, action="model.register", subject=f"model/{model_id}",
+                                outcome="accepted", after={"task_type": task_type.value, "version": version})
+        return model
+
+    async def get(self, model_id: str) -> CatalogModel:
+        model = await asyncio.to_thread(self.store.get_model, model_id)
+        if model is None:
+            raise not_found("MODEL_NOT_FOUND", f"Model '{model_id}' not found in registry")
+        return model
+
+    async def update(self, principal: Principal, model_id: str, *, display_name: str | None,
+                     description: str | None, config: dict[str, Any] | None,
+                     resource_requirements: dict[str, Any] | None) -> CatalogModel:
+        principal.require_operator()
+        model = await self.get(model_id)
+        before = {"display_name": model.name, "description": model.description, "config": model.extra.get("config")}
+        if display_name is not None:
+            model.name = display_name
+        if description is not None:
+            model.description = description
+        if config is not None:
+            model.extra["config"] = config
+        if resource_requirements is not None:
+            model.extra["resource_requirements"] = resource_requirements
+        model.updated_at = self.clock()
+        await asyncio.to_thread(self.store.update_model, model)
+        await self.events.audit(actor=principal.key_id, action="model.update", subject=f"model/{model_id}",
+                                outcome="accepted", before=before,
+                                after={"display_name": model.name, "description": model.description,
+                                       "config": model.extra.get("config")})
+        return model
+
+    async def delete(self, principal: Principal, model_id: str, force: bool) -> None:
+        principal.require_operator()
+        model = await self.get(model_id)
+        loaded_on = model.extra.get("loaded_on") or []
+        if loaded_on and not force:
+            raise conflict("MODEL_LOADED", f"Model '{model_id}' is loaded; unload it or pass force=true.",
+                           loaded_on=loaded_on)
+        if loaded_on:
+            await self._command("unload", model_id, "deleted with force=true")
+        await asyncio.to_thread(self.store.delete_model, model_id)
+        await self._lifecycle("model_deleted", model_id, forced=force)
+        await self.events.audit(actor=principal.key_id, action="model.delete", subject=f"model/{model_id}",
+                                outcome="accepted", before={"task_type": model.task_type})
+
+    async def download(self, principal: Principal, model_id: str) -> CatalogModel:
+        """Ask the workers to fetch and load the model (202: it happens asynchronously)."""
+        principal.require_operator()
+        model = await self.get(model_id)
+        model.extra["status"] = RegistryStatus.DOWNLOADING.value
+        model.updated_at = self.clock()
+        await asyncio.to_thread(self.store.update_model, model)
+        await self._command("load", model_id, "download requested")
+        await self._lifecycle("model_load_requested", model_id)
+        await self.events.audit(actor=principal.key_id, action="model.download", subject=f"model/{model_id}",
+                                outcome="accepted")
+        return model
+
+    async def lock_file(self) -> dict[str, Any]:
+        models, _ = await asyncio.to_thread(self.store.list_models, limit=10_000, offset=0)
+        entries = []
+        for model in sorted(models, key=lambda m: m.id):
+            entries.append({
+                "model_id": model.id,
+                "version": str(model.extra.get("version") or (f"v{model.latest_version}" if model.latest_version
+                                                               else "main")),
+                "source_url": model.extra.get("source_url") or model.model_path or "",
+                "checksum": model.model_hash or "",
+                "task_type": model.task_type,
+            })
+        return {"version": "1", "generated_at": datetime.now(UTC), "models": entries}
+
+    async def _command(self, command: str, model_id: str, reason: str) -> None:
+        await self.events.emit(MODEL_COMMANDS.name, "model_command",
+                               {"command": command, "model_id": model_id, "version": None, "reason": reason},
+                               key=model_id)
+
+    async def _lifecycle(self, event_type: str, model_id: str, **details: Any) -> None:
+        await self.events.emit(LIFECYCLE, "lifecycle_event", {
+            "event_type": event_type, "subject_kind": "model", "subject_id": model_id, "model_id": model_id,
+            "details": {k: v for k, v in details.items() if v is not None},
+        }, key=model_id)
