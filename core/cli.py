@@ -122,6 +122,29 @@ def topology_verify() -> None:
     console.print("[green]topology matches the declaration[/green]")
 
 
+@main.command()
+@click.option("--group", "group_ids", multiple=True, help="Only these consumer groups (repeatable).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of tables.")
+def lag(group_ids: tuple[str, ...], as_json: bool) -> None:
+    """Consumer lag per group, topic and partition, with totals per group."""
+    from topology.groups import BY_GROUP, GROUPS
+    from topology.lag import all_lag, totals
+
+    unknown = [g for g in group_ids if g not in BY_GROUP]
+    if unknown:
+        raise click.BadParameter(f"unknown group(s) {unknown}; known: {sorted(BY_GROUP)}")
+    groups = tuple(BY_GROUP[g] for g in group_ids) or GROUPS
+    rows = all_lag(get_settings(), groups)
+    by_group = totals(rows)
+    if as_json:
+        click.echo(json.dumps({"partitions": [r.row() for r in rows], "totals": by_group,
+                               "total": sum(by_group.values())}, indent=2))
+        return
+    _print_rows("consumer lag", [r.row() for r in rows if r.lag or group_ids])
+    _print_rows("lag per group", [{"group": g, "lag": n} for g, n in by_group.items()])
+    console.print(f"total lag: {sum(by_group.values())}")
+
+
 @main.group()
 def dlq() -> None:
     """Dead-letter topics: what is in them, and sending it back."""
@@ -133,6 +156,7 @@ def dlq_list() -> None:
     from confluent_kafka import Consumer, KafkaException, TopicPartition
 
     from topology.groups import GROUPS
+    from topology.lag import log_end
 
     settings = get_settings()
     consumer = Consumer({"bootstrap.servers": settings.kafka_bootstrap_servers, "group.id": "tributary-dlq-list"})
@@ -143,7 +167,7 @@ def dlq_list() -> None:
             total: int | str = 0
             try:
                 for partition in range(group.dead_letters.partitions):
-                    low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=5)
+                    low, high = log_end(consumer, TopicPartition(topic, partition))
                     total = int(total) + max(0, high - low)
             except KafkaException:
                 total = "topic missing (run: tributary topology apply)"

@@ -1,0 +1,56 @@
+"""Lag reporting against the real broker: committed offsets vs log end, per partition and per group."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+from confluent_kafka import Consumer, Producer
+
+from core.settings import Settings
+from topology.admin import apply
+from topology.groups import BY_GROUP
+from topology.lag import all_lag, totals
+from topology.topics import DEVICE_HEARTBEATS
+
+pytestmark = pytest.mark.integration
+
+
+def test_lag_counts_what_the_group_has_not_committed(settings: Settings) -> None:
+    own = settings.model_copy(update={"topic_prefix": f"{settings.topic_prefix}lag."})
+    apply(own)
+    topic = DEVICE_HEARTBEATS.full_name(own)
+    producer = Producer({"bootstrap.servers": own.kafka_bootstrap_servers})
+    for i in range(10):
+        producer.produce(topic, key=f"device-{i}", value=b"hb")
+    assert producer.flush(10) == 0
+
+    group = BY_GROUP["device-processor"]
+    assert totals(all_lag(own, (group,))) == {"device-processor": 10}  # never committed: all of it
+
+    consumer = Consumer({"bootstrap.servers": own.kafka_bootstrap_servers, "group.id": own.topic(group.group_id),
+                         "auto.offset.reset": "earliest", "enable.auto.commit": False, "fetch.wait.max.ms": 5,
+                         "session.timeout.ms": own.session_timeout_ms})
+    consumer.subscribe([topic])
+    taken = 0
+    deadline = time.monotonic() + 30
+    while taken < 4 and time.monotonic() < deadline:
+        msg = consumer.poll(0.3)
+        if msg is not None and not msg.error():
+            consumer.commit(message=msg, asynchronous=False)
+            taken += 1
+    consumer.close()
+    rows = all_lag(own, (group,))
+    assert sum(r.lag for r in rows) == 6
+    assert sum(r.end for r in rows) == 10 and len(rows) == DEVICE_HEARTBEATS.partitions
+
+    env = {**os.environ, "TRIBUTARY_TOPIC_PREFIX": own.topic_prefix}
+    out = subprocess.run([sys.executable, "-m", "core.cli", "lag", "--group", "device-processor", "--json"],
+                         env=env, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    report = json.loads(out.stdout)
+    assert report["totals"] == {"device-processor": 6} and report["total"] == 6
