@@ -46,7 +46,7 @@ def main() -> None:
         payload, headers = codec.encode("audit_event", record)
         while True:
             try:
-                producer.produce(topic, payload, key=record["chain_id"], headers=list(headers))  # type: ignore[arg-type]
+                producer.produce(topic, payload, key=record["chain_id"], headers=list(headers))
                 break
             except BufferError:
                 producer.poll(0.05)
