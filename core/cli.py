@@ -145,6 +145,26 @@ def lag(group_ids: tuple[str, ...], as_json: bool) -> None:
     console.print(f"total lag: {sum(by_group.values())}")
 
 
+@main.command()
+@click.option("--group", "group_id", required=True, help="Consumer group, e.g. device-processor.")
+@click.option("--replicas", type=click.IntRange(1, 64), default=1, show_default=True)
+def workers(group_id: str, replicas: int) -> None:
+    """Run N members of one consumer group; restart one that crashes; Ctrl-C stops them gracefully."""
+    from core.services import GROUP_COMMANDS, group_replicas
+    from core.supervisor import Supervisor
+    from topology.groups import BY_GROUP
+
+    if group_id not in GROUP_COMMANDS:
+        raise click.BadParameter(f"choose one of {sorted(GROUP_COMMANDS)}", param_hint="--group")
+    settings = get_settings()
+    limit = BY_GROUP[group_id].max_replicas
+    if replicas > limit:
+        console.print(f"[yellow]note:[/yellow] {group_id} reads {limit} partition(s); "
+                      f"{replicas - limit} replica(s) will sit idle")
+    supervisor = Supervisor(group_replicas(group_id, replicas), settings.data_dir / "logs", progress=_progress)
+    supervisor.run_forever()
+
+
 @main.group()
 def audit() -> None:
     """The audit trail."""

@@ -1,0 +1,50 @@
+"""The supervisor behind `tributary run` and `tributary workers`: restart on crash, graceful stop."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from core.services import group_replicas
+from core.supervisor import ServiceSpec, Supervisor
+
+pytestmark = pytest.mark.unit
+
+
+def test_a_crashed_process_is_restarted_a_bounded_number_of_times(tmp_path: Path) -> None:
+    crash = ServiceSpec("crasher", [sys.executable, "-c", "import sys; sys.exit(3)"])
+    supervisor = Supervisor([crash], tmp_path, max_restarts=2, progress=lambda _: None)
+    supervisor.start()
+    for _ in range(4):
+        supervisor.running["crasher"].proc.wait(10)
+        supervisor.check()
+    assert supervisor.running["crasher"].restarts == 2
+    supervisor.stop()
+
+
+def test_stop_sends_sigterm_then_waits(tmp_path: Path) -> None:
+    graceful = ServiceSpec("graceful", [sys.executable, "-c", (
+        "import signal, sys, time\n"
+        "signal.signal(signal.SIGTERM, lambda *_: (print('finishing in-flight work', flush=True), sys.exit(0)))\n"
+        "print('ready', flush=True)\n"
+        "time.sleep(60)\n")])
+    supervisor = Supervisor([graceful], tmp_path, stop_timeout_s=10, progress=lambda _: None)
+    supervisor.start()
+    deadline = time.monotonic() + 10
+    while "ready" not in (tmp_path / "graceful.log").read_text() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    started = time.monotonic()
+    supervisor.stop()
+    assert supervisor.running["graceful"].proc.returncode == 0  # exited by itself, not killed
+    assert time.monotonic() - started < 5
+    assert "finishing in-flight work" in (tmp_path / "graceful.log").read_text()
+
+
+def test_group_replicas_names_each_member() -> None:
+    specs = group_replicas("device-processor", 3)
+    assert [s.name for s in specs] == ["device-processor-1", "device-processor-2", "device-processor-3"]
+    with pytest.raises(KeyError):
+        group_replicas("no-such-group", 1)
