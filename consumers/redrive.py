@@ -15,6 +15,7 @@ from confluent_kafka import Consumer, TopicPartition
 from consumers.dead_letter import DLQ_PREFIX, from_confluent
 from core.settings import Settings
 from producers.publisher import Publisher
+from topology.lag import log_end
 
 
 @dataclass
@@ -34,9 +35,14 @@ def redrive(settings: Settings, dlq_topic: str, *, limit: int | None = None, dry
     publisher = None if dry_run else Publisher(settings, client_id="tributary-redrive")
     report = RedriveReport()
     try:
+        # Only what is in the DLQ now: a message that fails again after redrive comes back to the
+        # DLQ, and chasing it would loop for as long as the consumer keeps failing it.
+        pending = _pending(consumer, dlq_topic)
+        if limit is not None:
+            pending = min(pending, limit)
         consumer.subscribe([dlq_topic])
         idle_since = time.monotonic()
-        while limit is None or report.redriven + report.skipped < limit:
+        while report.redriven + report.skipped < pending:
             msg = consumer.poll(0.5)
             if msg is None:
                 # Idle time counts from the group assignment (joining takes ~half the session timeout).
@@ -72,3 +78,18 @@ def redrive(settings: Settings, dlq_topic: str, *, limit: int | None = None, dry
         if publisher is not None:
             publisher.close()
     return report
+
+
+def _pending(consumer: Consumer, topic: str) -> int:
+    """Messages between the redrive group's committed offsets and the current log end."""
+    metadata = consumer.list_topics(topic, timeout=10).topics.get(topic)
+    if metadata is None or metadata.error is not None:
+        return 0
+    partitions = [TopicPartition(topic, p) for p in metadata.partitions]
+    committed = {tp.partition: tp.offset for tp in consumer.committed(partitions, timeout=10)}
+    total = 0
+    for tp in partitions:
+        low, end = log_end(consumer, tp)
+        start = committed.get(tp.partition, -1)
+        total += max(0, end - (start if start >= 0 else low))
+    return total
