@@ -35,28 +35,6 @@ class ErrorEnvelope(BaseModel):
     timestamp: str
 
 
-class ApiError(Exception):
-    """Raised by domain-facing code; rendered as the error envelope."""
-
-    def __init__(
-        self,
-        status_code: int,
-        error_code: str,
-        message: str,
-        *,
-        details: dict[str, Any] | None = None,
-        hint: str | None = None,
-        headers: dict[str, str] | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.status_code = status_code
-        self.error_code = error_code
-        self.message = message
-        self.details = details
-        self.hint = hint
-        self.headers = headers or {}
-
-
 def envelope(
     status_code: int,
     error_code: str,
@@ -86,14 +64,6 @@ def _trace_id(request: Request) -> str | None:
 
 
 def install_error_handlers(app: FastAPI) -> None:
-    @app.exception_handler(ApiError)
-    async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
-        body = envelope(
-            exc.status_code, exc.error_code, exc.message, details=exc.details, hint=exc.hint,
-            trace_id=_trace_id(request),
-        )
-        return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
-
     @app.exception_handler(DomainError)
     async def _domain_error(request: Request, exc: DomainError) -> JSONResponse:
         status = HTTP_STATUS[exc.kind]

@@ -28,6 +28,17 @@ class EventSink(Protocol):
         """Record an accepted command or a state change on the audit topic (actor = key id)."""
 
 
+def lifecycle_record(event_type: str, subject_kind: str, subject_id: str, **details: Any) -> dict[str, Any]:
+    """A lifecycle event body; ``model_id`` names the model for model events (seed 001 requires it)."""
+    return {
+        "event_type": event_type,
+        "subject_kind": subject_kind,
+        "subject_id": subject_id,
+        "model_id": subject_id if subject_kind == "model" else "",
+        "details": {k: v for k, v in details.items() if v is not None},
+    }
+
+
 class EventsUnavailable(ConnectionError):
     """The broker cannot take events now; transports answer 503 with Retry-After."""
 

@@ -17,7 +17,7 @@ from typing import Any
 
 from core.auth import Principal
 from core.errors import conflict, invalid, not_found
-from core.events import EventSink
+from core.events import EventSink, lifecycle_record
 from core.fleet.models import CatalogModel
 from core.fleet.service import LIFECYCLE, utcnow
 from core.fleet.store import FleetStore
@@ -155,7 +155,5 @@ class RegistryService:
                                key=model_id)
 
     async def _lifecycle(self, event_type: str, model_id: str, **details: Any) -> None:
-        await self.events.emit(LIFECYCLE, "lifecycle_event", {
-            "event_type": event_type, "subject_kind": "model", "subject_id": model_id, "model_id": model_id,
-            "details": {k: v for k, v in details.items() if v is not None},
-        }, key=model_id)
+        await self.events.emit(LIFECYCLE, "lifecycle_event", lifecycle_record(event_type, "model", model_id, **details),
+                               key=model_id)

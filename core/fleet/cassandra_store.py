@@ -158,15 +158,18 @@ class CassandraFleetStore(FleetStore):
         return bool(self._run("UPDATE api_keys SET revoked_at = ? WHERE key_hash = ? IF revoked_at = null",
                               at, key_hash).one().applied)
 
-    # --- rounds -----------------------------------------------------------------------
-    def _next_round_number(self) -> int:
-        self._run("INSERT INTO sequences (name, value) VALUES ('rounds', 0) IF NOT EXISTS")
+    # --- sequences (LWT counters: round numbers, version numbers, pending graphs) --------
+    def _increment(self, name: str) -> int:
+        """Add one to a named sequence with compare-and-set; returns the new value."""
+        self._run("INSERT INTO sequences (name, value) VALUES (?, 0) IF NOT EXISTS", name)
         for _ in range(CAS_RETRIES):
-            current = self._run("SELECT value FROM sequences WHERE name = 'rounds'").one().value
-            if self._run("UPDATE sequences SET value = ? WHERE name = 'rounds' IF value = ?",
-                         current + 1, current).one().applied:
+            current = self._run("SELECT value FROM sequences WHERE name = ?", name).one().value
+            if self._run("UPDATE sequences SET value = ? WHERE name = ? IF value = ?",
+                         current + 1, name, current).one().applied:
                 return int(current) + 1
-        raise RuntimeError("round sequence CAS kept losing")
+        raise RuntimeError(f"sequence {name!r} CAS kept losing")
+
+    # --- rounds -----------------------------------------------------------------------
 
     def create_active_round(self, round_: Round) -> Round | None:
         claim = self._run(
@@ -183,7 +186,7 @@ class CassandraFleetStore(FleetStore):
             if not self._run("UPDATE active_round SET round_id = ? WHERE slot = 'active' IF round_id = ?",
                              round_.id, claim.round_id).one().applied:
                 return self.get_round(self.active_round_id() or "") or round_
-        round_.round_number = self._next_round_number()
+        round_.round_number = self._increment("rounds")
         self._write_round(round_)
         self._run("INSERT INTO rounds_by_number (bucket, round_number, round_id) VALUES ('all', ?, ?)",
                   round_.round_number, round_.id)
@@ -297,14 +300,7 @@ class CassandraFleetStore(FleetStore):
         return matching[offset:offset + limit], len(matching)
 
     def next_version(self, model_id: str) -> int:
-        name = f"model:{model_id}"
-        self._run("INSERT INTO sequences (name, value) VALUES (?, 0) IF NOT EXISTS", name)
-        for _ in range(CAS_RETRIES):
-            current = self._run("SELECT value FROM sequences WHERE name = ?", name).one().value
-            if self._run("UPDATE sequences SET value = ? WHERE name = ? IF value = ?",
-                         current + 1, name, current).one().applied:
-                return int(current) + 1
-        raise RuntimeError(f"version sequence CAS on {model_id} kept losing")
+        return self._increment(f"model:{model_id}")
 
     def add_version(self, v: ModelVersion) -> None:
         self._run(_insert("model_versions", VERSION_FIELDS), v.model_id, v.version, v.format, v.artifact_key,
@@ -332,13 +328,7 @@ class CassandraFleetStore(FleetStore):
                                               "received_at", "graph")),
                   graph.id, graph.device_id_hash, graph.app_version, graph.model_version, graph.received_at,
                   json.dumps(graph.graph))
-        self._run("INSERT INTO sequences (name, value) VALUES ('pending_graphs', 0) IF NOT EXISTS")
-        for _ in range(CAS_RETRIES):
-            current = self._run("SELECT value FROM sequences WHERE name = 'pending_graphs'").one().value
-            if self._run("UPDATE sequences SET value = ? WHERE name = 'pending_graphs' IF value = ?",
-                         current + 1, current).one().applied:
-                return int(current) + 1
-        raise RuntimeError("pending graph counter CAS kept losing")
+        return self._increment("pending_graphs")
 
     def take_pending_graphs(self) -> int:
         for _ in range(CAS_RETRIES):

@@ -28,7 +28,7 @@ from typing import Any
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from core.errors import DomainError, ErrorKind, invalid
-from core.events import EventSink
+from core.events import EventSink, lifecycle_record
 from core.fleet.models import LearningGraph
 from core.fleet.service import LIFECYCLE, iso, utcnow
 from core.fleet.store import FleetStore
@@ -139,10 +139,9 @@ class LearningGraphService:
             "model_version": model_version, "pending_count": pending, "retraining_requested": retrain,
         }, key=device_id_hash)
         if retrain:
-            await self.events.emit(LIFECYCLE, "lifecycle_event", {
-                "event_type": "retraining_requested", "subject_kind": "model", "subject_id": model_version,
-                "model_id": model_version, "details": {"graphs": pending, "requested_at": iso(utcnow())},
-            }, key=model_version)
+            event = lifecycle_record("retraining_requested", "model", model_version, graphs=pending,
+                                     requested_at=iso(utcnow()))
+            await self.events.emit(LIFECYCLE, "lifecycle_event", event, key=model_version)
         await self.events.audit(actor=actor, action="learning_graph.submit", subject=f"graph/{record.id}",
                                 outcome="accepted", after={"retraining_requested": retrain})
         return {"status": "accepted", "retraining_requested": retrain, "pending": pending}

@@ -17,7 +17,7 @@ from typing import Any, ParamSpec, TypeVar
 
 from core.artifacts import ArtifactNotFound, ArtifactStore
 from core.errors import DomainError
-from core.events import EventSink
+from core.events import EventSink, lifecycle_record
 from core.fleet.models import CatalogModel, Freshness, Round, RoundStatus
 from core.fleet.service import LIFECYCLE, ROUND_EVENTS, FleetService, freshness_of, iso, utcnow
 from core.fleet.store import FleetStore
@@ -80,9 +80,8 @@ class DeviceProcessor:
         # CAS: when two processors race, exactly one emits the transition.
         if not await _io(self.store.set_freshness, device_id, current, new):
             return False
-        record = {"event_type": FRESHNESS_EVENT[new], "subject_kind": "device", "subject_id": device_id,
-                  "model_id": "",
-                  "details": {"from": current.value, "to": new.value, "last_heartbeat": iso(last_heartbeat)}}
+        record = lifecycle_record(FRESHNESS_EVENT[new], "device", device_id, last_heartbeat=iso(last_heartbeat),
+                                  **{"from": current.value, "to": new.value})
         await self.events.emit(LIFECYCLE, "lifecycle_event", record, key=device_id)
         await self.events.audit(actor="processor:devices", action="device.freshness", subject=f"device/{device_id}",
                                 outcome="changed", before={"freshness": current.value},
@@ -233,9 +232,8 @@ class RoundProcessor:
                                 subject=f"round/{round_.id}", outcome=status.value, after=record)
 
     async def _lifecycle(self, event_type: str, round_id: str, **data: Any) -> None:
-        record = {"event_type": event_type, "subject_kind": "round", "subject_id": round_id, "model_id": "",
-                  "details": {k: v for k, v in data.items() if v is not None}}
-        await self.events.emit(LIFECYCLE, "lifecycle_event", record, key=round_id)
+        await self.events.emit(LIFECYCLE, "lifecycle_event", lifecycle_record(event_type, "round", round_id, **data),
+                               key=round_id)
 
 
 def _torch_version() -> str:

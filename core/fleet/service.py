@@ -18,7 +18,7 @@ from core.api_keys import hash_api_key, key_id, new_api_key
 from core.artifacts import ArtifactStore, ArtifactStoreUnavailable
 from core.auth import Principal
 from core.errors import DomainError, ErrorKind, conflict, invalid, not_found, unavailable
-from core.events import EventSink, EventsUnavailable
+from core.events import EventSink, EventsUnavailable, lifecycle_record
 from core.fleet.models import (
     ApiKeyRecord,
     CatalogModel,
@@ -111,10 +111,8 @@ class FleetService:
             raise unavailable("EVENTS_UNAVAILABLE", "The audit log is unavailable.", exc.retry_after_s) from exc
 
     async def _lifecycle(self, event_type: str, subject_kind: str, subject_id: str, **data: Any) -> None:
-        record = {"event_type": event_type, "subject_kind": subject_kind, "subject_id": subject_id,
-                  "model_id": subject_id if subject_kind == "model" else "",
-                  "details": {k: v for k, v in data.items() if v is not None}}
-        await self._emit(LIFECYCLE, "lifecycle_event", record, key=subject_id)
+        await self._emit(LIFECYCLE, "lifecycle_event", lifecycle_record(event_type, subject_kind, subject_id, **data),
+                         key=subject_id)
 
     # --- devices ------------------------------------------------------------------------
     async def register_device(
