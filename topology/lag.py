@@ -10,7 +10,7 @@ from confluent_kafka import Consumer, ConsumerGroupTopicPartitions, KafkaExcepti
 from confluent_kafka.admin import AdminClient
 
 from core.settings import Settings
-from topology.groups import GROUPS, ConsumerGroupSpec
+from topology.groups import GROUPS, ConsumerGroupSpec, group_spec
 
 
 @dataclass(frozen=True)
@@ -50,7 +50,7 @@ def log_end(reader: Consumer, tp: TopicPartition, timeout_s: float = 5.0) -> tup
 
 def group_lag(settings: Settings, group: ConsumerGroupSpec, admin: AdminClient,
               offsets_reader: Consumer) -> list[PartitionLag]:
-    group_id = settings.topic(group.group_id)
+    group_id = group.full_id(settings)
     partitions = [TopicPartition(t.full_name(settings), p) for t in group.inputs for p in range(t.partitions)]
     committed: dict[tuple[str, int], int] = {}
     try:
@@ -81,6 +81,11 @@ def all_lag(settings: Settings, groups: tuple[ConsumerGroupSpec, ...] = GROUPS) 
         return [row for group in groups for row in group_lag(settings, group, admin, reader)]
     finally:
         reader.close()
+
+
+def topic_lag(settings: Settings, group_id: str) -> list[PartitionLag]:
+    """Committed offset vs log end for every partition a declared group consumes."""
+    return all_lag(settings, (group_spec(group_id),))
 
 
 def totals(rows: list[PartitionLag]) -> dict[str, int]:

@@ -1,9 +1,27 @@
 """Every Kafka topic, declared once. Nothing else in the code base spells a topic name.
 
-The four topics of seed 001 §4.1 keep their names (``modelmora.inference.requests`` is split
-into one topic per priority so each priority has its own consumer group); fleet and
-federated-learning topics live under ``tributary.``. ``settings.topic_prefix`` is prepended
-to every name so several environments can share a cluster.
+Use ``topic_name(settings, Topic.RESPONSES)`` (or ``SPEC.full_name(settings)``) to get the name
+on the wire: ``settings.topic_prefix`` is prepended to every name so several environments (and
+test sessions) can share one cluster.
+
+Names and seed 001 §4.1 (the only seed that names topics):
+
+============================================  ===========================================
+seed 001 §4.1                                 declared here
+============================================  ===========================================
+``modelmora.inference.requests``              ``modelmora.inference.requests.high``,
+                                              ``modelmora.inference.requests.medium``,
+                                              ``modelmora.inference.requests.low``: one topic
+                                              per priority, so each priority has its own
+                                              consumer group and scales (and lags) alone
+``modelmora.inference.responses``             same name
+``modelmora.lifecycle.events``                same name (also carries device/round/job
+                                              lifecycle, not only model load/unload)
+``modelmora.audit.events``                    same name
+(not in the seeds)                            ``tributary.*``: jobs, model commands, devices,
+                                              training rounds and updates, learning graphs,
+                                              and ``tributary.dlq.<group id>``
+============================================  ===========================================
 """
 
 from __future__ import annotations
@@ -14,6 +32,7 @@ from enum import StrEnum
 from core.settings import Settings
 
 DAY_MS = 24 * 60 * 60 * 1000
+CLEANUP_POLICIES = frozenset({"delete", "compact", "compact,delete"})
 
 
 class Priority(StrEnum):
@@ -22,15 +41,49 @@ class Priority(StrEnum):
     LOW = "low"
 
 
+class Topic(StrEnum):
+    """Every data topic by role; the value is the name without the environment prefix."""
+
+    REQUESTS_HIGH = "modelmora.inference.requests.high"
+    REQUESTS_MEDIUM = "modelmora.inference.requests.medium"
+    REQUESTS_LOW = "modelmora.inference.requests.low"
+    RESPONSES = "modelmora.inference.responses"
+    LIFECYCLE_EVENTS = "modelmora.lifecycle.events"
+    AUDIT_EVENTS = "modelmora.audit.events"
+    JOB_EVENTS = "tributary.jobs.events"
+    MODEL_COMMANDS = "tributary.models.commands"
+    DEVICE_EVENTS = "tributary.devices.events"
+    DEVICE_HEARTBEATS = "tributary.devices.heartbeats"
+    TRAINING_ROUNDS = "tributary.training.rounds"
+    TRAINING_UPDATES = "tributary.training.updates"
+    LEARNING_GRAPHS = "tributary.learning.graphs"
+
+    @classmethod
+    def requests(cls, priority: Priority) -> Topic:
+        return cls(f"modelmora.inference.requests.{priority.value}")
+
+
 @dataclass(frozen=True)
 class TopicSpec:
     name: str  # without the environment prefix
     partitions: int
-    retention_ms: int
-    purpose: str
+    retention_ms: int  # -1: keep forever
+    purpose: str  # one line, shown by the CLI
     cleanup_policy: str = "delete"
     replication_factor: int | None = None  # None: settings.default_replication_factor
     min_insync_replicas: int | None = None  # None: settings.default_min_insync_replicas
+
+    def __post_init__(self) -> None:
+        # Tansu accepts any value (0 partitions, "nonsense" cleanup policy): catch mistakes here.
+        if self.partitions < 1:
+            raise ValueError(f"{self.name}: partitions must be >= 1")
+        if self.retention_ms < -1 or self.retention_ms == 0:
+            raise ValueError(f"{self.name}: retention_ms must be -1 (forever) or positive")
+        if self.cleanup_policy not in CLEANUP_POLICIES:
+            raise ValueError(f"{self.name}: cleanup_policy must be one of {sorted(CLEANUP_POLICIES)}")
+        for value in (self.replication_factor, self.min_insync_replicas):
+            if value is not None and value < 1:
+                raise ValueError(f"{self.name}: replication settings must be >= 1")
 
     def full_name(self, settings: Settings) -> str:
         return settings.topic(self.name)
@@ -42,6 +95,7 @@ class TopicSpec:
         return self.min_insync_replicas or settings.default_min_insync_replicas
 
     def configs(self, settings: Settings) -> dict[str, str]:
+        """The topic configs apply sets and verify checks."""
         return {
             "retention.ms": str(self.retention_ms),
             "cleanup.policy": self.cleanup_policy,
@@ -49,37 +103,53 @@ class TopicSpec:
         }
 
 
-def _requests(priority: Priority) -> TopicSpec:
-    return TopicSpec(f"modelmora.inference.requests.{priority.value}", 6, 1 * DAY_MS,
-                     f"inference requests of priority {priority.value}, keyed by request id")
+def _spec(topic: Topic, partitions: int, retention_days: int, purpose: str) -> TopicSpec:
+    return TopicSpec(topic.value, partitions, retention_days * DAY_MS, purpose)
 
 
-INFERENCE_REQUESTS = {p: _requests(p) for p in Priority}
-INFERENCE_RESPONSES = TopicSpec("modelmora.inference.responses", 6, 1 * DAY_MS,
-                                "inference results, routed to the waiting ingress replica's partition")
-LIFECYCLE_EVENTS = TopicSpec("modelmora.lifecycle.events", 3, 30 * DAY_MS,
-                             "lifecycle of models, devices, rounds and jobs, for other services")
-AUDIT_EVENTS = TopicSpec("modelmora.audit.events", 3, 365 * DAY_MS,
-                         "tamper-evident audit trail that auditors replay")
-JOB_EVENTS = TopicSpec("tributary.jobs.events", 3, 7 * DAY_MS, "async job state changes, keyed by job id")
-MODEL_COMMANDS = TopicSpec("tributary.models.commands", 3, 7 * DAY_MS, "model load/unload, keyed by model id")
-DEVICE_EVENTS = TopicSpec("tributary.devices.events", 3, 30 * DAY_MS, "device registrations, keyed by device id")
-DEVICE_HEARTBEATS = TopicSpec("tributary.devices.heartbeats", 6, 1 * DAY_MS,
-                              "device heartbeats with metrics, keyed by device id")
-TRAINING_ROUNDS = TopicSpec("tributary.training.rounds", 3, 30 * DAY_MS,
-                            "round commands and events, keyed by round id")
-TRAINING_UPDATES = TopicSpec("tributary.training.updates", 3, 30 * DAY_MS,
-                             "submitted model updates (claim checks to S3), keyed by round id")
-LEARNING_GRAPHS = TopicSpec("tributary.learning.graphs", 3, 30 * DAY_MS,
-                            "accepted learning graphs and retraining requests")
-
-
-def dead_letter_topic(group_id: str) -> TopicSpec:
-    return TopicSpec(f"tributary.dlq.{group_id}", 1, 30 * DAY_MS, f"dead letters of consumer group {group_id}")
-
+# Requests and heartbeats carry the volume, so they get the most partitions (= most consumers).
+INFERENCE_REQUESTS: dict[Priority, TopicSpec] = {
+    p: _spec(Topic.requests(p), 6, 1, f"inference requests of priority {p.value}, keyed by request id")
+    for p in Priority
+}
+# 6, not 3: each ingress replica owns reply partitions, so this bounds the ingress replicas.
+INFERENCE_RESPONSES = _spec(Topic.RESPONSES, 6, 1,
+                            "inference results, routed to the waiting ingress replica's partition")
+LIFECYCLE_EVENTS = _spec(Topic.LIFECYCLE_EVENTS, 3, 30,
+                         "lifecycle of models, devices, rounds and jobs, for other services")
+AUDIT_EVENTS = _spec(Topic.AUDIT_EVENTS, 3, 365, "tamper-evident audit trail that auditors replay")
+JOB_EVENTS = _spec(Topic.JOB_EVENTS, 3, 7, "async job state changes, keyed by job id")
+MODEL_COMMANDS = _spec(Topic.MODEL_COMMANDS, 3, 7, "model load/unload commands, keyed by model id")
+DEVICE_EVENTS = _spec(Topic.DEVICE_EVENTS, 3, 30, "device registrations and changes, keyed by device id")
+DEVICE_HEARTBEATS = _spec(Topic.DEVICE_HEARTBEATS, 6, 1, "device heartbeats with metrics, keyed by device id")
+TRAINING_ROUNDS = _spec(Topic.TRAINING_ROUNDS, 3, 30, "training round commands and events, keyed by round id")
+TRAINING_UPDATES = _spec(Topic.TRAINING_UPDATES, 3, 30,
+                         "submitted model updates (claim checks to S3), keyed by round id")
+LEARNING_GRAPHS = _spec(Topic.LEARNING_GRAPHS, 3, 30, "accepted learning graphs and retraining requests")
 
 DATA_TOPICS: tuple[TopicSpec, ...] = (
     *INFERENCE_REQUESTS.values(), INFERENCE_RESPONSES, LIFECYCLE_EVENTS, AUDIT_EVENTS, JOB_EVENTS,
     MODEL_COMMANDS, DEVICE_EVENTS, DEVICE_HEARTBEATS, TRAINING_ROUNDS, TRAINING_UPDATES, LEARNING_GRAPHS,
 )
-BY_NAME = {spec.name: spec for spec in DATA_TOPICS}
+BY_NAME: dict[str, TopicSpec] = {spec.name: spec for spec in DATA_TOPICS}
+SPECS: dict[Topic, TopicSpec] = {topic: BY_NAME[topic.value] for topic in Topic}
+
+
+def spec_of(topic: Topic) -> TopicSpec:
+    return SPECS[topic]
+
+
+def topic_name(settings: Settings, topic: Topic | TopicSpec) -> str:
+    """The name on the wire (environment prefix applied)."""
+    spec = topic if isinstance(topic, TopicSpec) else SPECS[topic]
+    return spec.full_name(settings)
+
+
+def request_topic_name(settings: Settings, priority: Priority) -> str:
+    return INFERENCE_REQUESTS[priority].full_name(settings)
+
+
+def dead_letter_topic(group_id: str) -> TopicSpec:
+    """The dead-letter topic of one consumer group (see ``topology.groups.dlq_for``)."""
+    # One partition: dead letters are rare and read in order by an operator or a redrive.
+    return TopicSpec(f"tributary.dlq.{group_id}", 1, 30 * DAY_MS, f"dead letters of consumer group {group_id}")
