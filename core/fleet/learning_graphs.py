@@ -133,7 +133,10 @@ class LearningGraphService:
         pending = await asyncio.to_thread(self.store.add_learning_graph, record)
         retrain = pending >= self.settings.learning_graph_threshold
         if retrain:
-            pending = await asyncio.to_thread(self.store.take_pending_graphs)
+            # Two submissions can both see the threshold; only the one that takes the graphs asks.
+            taken = await asyncio.to_thread(self.store.take_pending_graphs)
+            retrain = taken >= self.settings.learning_graph_threshold
+            pending = taken if retrain else 0
         await self.events.emit(LEARNING_GRAPHS.name, "learning_graph_submitted", {
             "graph_id": record.id, "device_id_hash": device_id_hash, "app_version": app_version,
             "model_version": model_version, "pending_count": pending, "retraining_requested": retrain,
