@@ -11,7 +11,7 @@ from fastapi import FastAPI, Request, Response
 from api.context import AppContext
 from api.errors import install_error_handlers
 from api.metrics import record_http_metrics
-from api.routers import fleet, health, learning
+from api.routers import fleet, health, inference, learning
 from api.routers.health import API_VERSION
 from core.logs import trace_id_var
 from core.settings import Settings, get_settings
@@ -57,4 +57,5 @@ def create_app(settings: Settings | None = None, context: AppContext | None = No
     # /models/latest must be matched before /models/{model_id}
     app.include_router(learning.router)
     app.include_router(fleet.router)
+    app.include_router(inference.router)
     return app

@@ -14,6 +14,7 @@ from core.events import EventSink
 from core.fleet.service import FleetService
 from core.fleet.store import FleetStore
 from core.registry import RegistryService
+from core.serving.service import InferenceService
 from core.settings import Settings
 
 
@@ -30,6 +31,8 @@ class AppContext:
     closers: list[Any] = field(default_factory=list)
     # name -> blocking health probe (core/health.py); empty in unit tests
     probes: dict[str, Any] = field(default_factory=dict)
+    # sync inference over Kafka; None where no reply router runs (unit tests)
+    inference: InferenceService | None = None
 
     def __post_init__(self) -> None:
         self.fleet = FleetService(self.settings, self.store, self.artifacts, self.events)

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from core.settings import Settings
 from core.supervisor import ServiceSpec, python_module
+from topology.topics import Priority
 
 # How to start one member of each consumer group we run as our own process.
 GROUP_COMMANDS: dict[str, list[str]] = {
     "device-processor": python_module("consumers.processors.fleet", "devices"),
     "round-processor": python_module("consumers.processors.fleet", "rounds"),
+    **{f"inference-workers-{p.value}": python_module("consumers.inference.worker", "--priority", p.value)
+       for p in Priority},
 }
 
 
@@ -25,4 +28,7 @@ def system_services(settings: Settings, extra_env: dict[str, str] | None = None)
         ServiceSpec("api", python_module("api"), env),
         ServiceSpec("device-processor", GROUP_COMMANDS["device-processor"], env),
         ServiceSpec("round-processor", GROUP_COMMANDS["round-processor"], env),
+        # One inference worker per priority: each priority is its own group, scaled on its own.
+        *(ServiceSpec(f"inference-worker-{p.value}", GROUP_COMMANDS[f"inference-workers-{p.value}"], env)
+          for p in Priority),
     ]

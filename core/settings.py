@@ -82,6 +82,20 @@ class Settings(BaseSettings):
     learning_graph_hmac_key: SecretStr = SecretStr("")
     learning_graph_aes_key: SecretStr = Field(SecretStr(""), description="Hex AES-256 key (64 hex chars)")
 
+    # --- model serving -----------------------------------------------------------------
+    inference_max_batch_size: int = Field(8, ge=1, description="Requests per model batched into one call; 1 = off")
+    inference_max_wait_ms: float = Field(5.0, ge=0, description="How long a batch waits to fill before it runs")
+    inference_max_in_flight: int = Field(64, ge=1, description="Requests one worker process holds at once")
+    inference_memory_budget_mb: int = Field(2048, ge=64, description="Loaded models per worker, LRU-evicted")
+    inference_intra_op_threads: int = Field(1, ge=1, description="ONNX Runtime threads per model session")
+    inference_preload_models: str = Field("", description="Comma-separated model ids each worker loads at start")
+    inference_max_input_bytes: int = Field(
+        900_000, ge=1024, description="Largest encoded input_data + parameters; requests ride Kafka (1 MB limit)"
+    )
+    reply_assignment_timeout_s: float = Field(
+        30.0, gt=0, description="How long an ingress waits at start-up for its first reply partition"
+    )
+
     # --- derived ---------------------------------------------------------------------
     @property
     def kafka_bootstrap_servers(self) -> str:

@@ -1,0 +1,439 @@
+"""Inference worker: ``python -m consumers.inference.worker --priority high|medium|low``.
+
+One process is one member of its priority's consumer group (``inference-workers-<p>``). It
+reads ``inference_request`` messages, runs them through ``ModelCache`` + ``BuiltinModels`` +
+``DynamicBatcher`` (batches per model) and produces one ``inference_response`` per request to
+the responses partition the request names, with the same ``correlation_id``.
+
+- At-least-once: an offset is committed only once its reply (or dead letter) is acknowledged
+  by the broker. Requests run concurrently, so only the contiguous prefix of finished offsets
+  of each partition is committed (``OffsetTracker``); a crash re-delivers the rest and the
+  ingress drops the duplicate replies as late.
+- A request whose deadline has passed is answered ``INFERENCE_TIMEOUT`` without running.
+- Undecodable messages go to the group's dead-letter topic and the next one is served.
+- SIGTERM: stop fetching, finish what is in flight, commit, leave the group, close.
+
+``InferenceRequestHandler`` holds the request -> response logic and needs no Kafka.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import itertools
+import logging
+import signal
+import socket
+import sys
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
+
+from consumers.dead_letter import DeadLetterRouter, RawMessage, from_confluent
+from consumers.inference.batching import DynamicBatcher
+from consumers.inference.builtin import BuiltinModels
+from consumers.inference.cache import ModelCache
+from consumers.inference.errors import InferenceError
+from consumers.inference.runtime import JsonDict, ModelRuntime
+from core.events import lifecycle_record
+from core.logs import configure, correlation_id_var, trace_id_var
+from core.settings import Settings, get_settings
+from producers.events import KafkaEventSink, instance_name
+from producers.publisher import Publisher
+from schemas.codec import Codec
+from topology.groups import inference_group
+from topology.topics import INFERENCE_REQUESTS, INFERENCE_RESPONSES, LIFECYCLE_EVENTS, Priority
+
+log = logging.getLogger(__name__)
+
+# Private key the timing wrapper adds to each output; the handler moves it into metadata.
+BATCH_META = "__tributary_batch__"
+# A model that runs past the deadline is still awaited this long before the request is answered.
+OVERRUN_GRACE_S = 30.0
+# Bound on finishing in-flight requests at a revoke or at shutdown (the supervisor kills after 20 s).
+DRAIN_TIMEOUT_S = 15.0
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+# ---------------------------------------------------------------------------------------------
+# Request -> response, without Kafka
+
+
+class Runner(Protocol):
+    """Runs one request's input on a model (``DynamicBatcher`` in production)."""
+
+    async def infer_async(self, model_id: str, item: JsonDict, *, deadline: float | None = None) -> JsonDict: ...
+
+
+class TimedRuntime(ModelRuntime):
+    """Delegates to a loaded runtime and tags each output with its batch size and inference time."""
+
+    def __init__(self, inner: ModelRuntime) -> None:
+        super().__init__(inner.model_id)
+        self.inner = inner
+        self.task_type = inner.task_type
+
+    @property
+    def loaded(self) -> bool:
+        return self.inner.loaded
+
+    @property
+    def memory_bytes(self) -> int:
+        return self.inner.memory_bytes
+
+    def load(self) -> None:
+        self.inner.load()
+
+    def close(self) -> None:
+        self.inner.close()
+
+    def infer_batch(self, inputs: list[JsonDict]) -> list[JsonDict]:
+        started = time.perf_counter()
+        outputs = self.inner.infer_batch(inputs)
+        meta = {"batch_size": len(inputs), "inference_time_ms": round((time.perf_counter() - started) * 1000.0, 3)}
+        return [{**output, BATCH_META: meta} for output in outputs]
+
+
+def _aware(ts: datetime) -> datetime:
+    return ts if ts.tzinfo is not None else ts.replace(tzinfo=UTC)
+
+
+class InferenceRequestHandler:
+    """Turns one ``inference_request`` record into its ``inference_response`` record.
+
+    Never raises for what the model or the input got wrong: those become failure replies
+    with the seed's error code. Only undecodable payloads raise (they are dead-lettered).
+    """
+
+    def __init__(self, runner: Runner, *, worker: str, codec: Codec | None = None,
+                 clock: Callable[[], datetime] = utcnow, device: str = "cpu",
+                 overrun_grace_s: float = OVERRUN_GRACE_S) -> None:
+        self.runner = runner
+        self.worker = worker
+        self.codec = codec or Codec()
+        self.clock = clock
+        self.device = device
+        self.overrun_grace_s = overrun_grace_s
+        self.expired = 0
+
+    def decode(self, payload: bytes | None) -> dict[str, Any]:
+        """The request record; DecodeError or TypeError for what does not belong here."""
+        decoded = self.codec.decode(payload)
+        if decoded.message_type != "inference_request":
+            raise TypeError(f"inference workers do not handle {decoded.message_type}")
+        return decoded.record
+
+    async def respond(self, payload: bytes | None) -> dict[str, Any]:
+        return await self.answer(self.decode(payload))
+
+    def _reply(self, request: dict[str, Any], **fields: Any) -> dict[str, Any]:
+        return {"correlation_id": request["correlation_id"], "causation_id": request["message_id"],
+                "trace_id": request.get("trace_id") or request["correlation_id"], "model_id": request["model_id"],
+                "job_id": request.get("job_id"), "reply_partition": request.get("reply_partition"), **fields}
+
+    def failure(self, request: dict[str, Any], code: str, message: str, **metadata: Any) -> dict[str, Any]:
+        return self._reply(request, status="failure", error={"code": code, "message": message[:2000]},
+                           metadata={"worker": self.worker, "device": self.device, **metadata})
+
+    async def answer(self, request: dict[str, Any]) -> dict[str, Any]:
+        now = self.clock()
+        deadline = _aware(request["deadline"])
+        queued_ms = round(max(0.0, (now - _aware(request["timestamp"])).total_seconds()) * 1000.0, 3)
+        remaining = (deadline - now).total_seconds()
+        if remaining <= 0:
+            # The caller has given up: answer at once and spend no model time on it.
+            self.expired += 1
+            return self.failure(request, "INFERENCE_TIMEOUT",
+                                f"deadline passed {-remaining:.3f}s before a worker dequeued the request; not run",
+                                ran=False, queue_time_ms=queued_ms)
+        input_data, parameters = request.get("input_data"), request.get("parameters") or {}
+        if not isinstance(input_data, dict) or not isinstance(parameters, dict):
+            return self.failure(request, "INVALID_INPUT", "input_data and parameters must be JSON objects",
+                                ran=False, queue_time_ms=queued_ms)
+        item: JsonDict = {**input_data, "parameters": parameters} if parameters else dict(input_data)
+        try:
+            output = await asyncio.wait_for(
+                self.runner.infer_async(request["model_id"], item, deadline=time.monotonic() + remaining),
+                remaining + self.overrun_grace_s)
+        except InferenceError as exc:
+            return self.failure(request, exc.code, exc.message, queue_time_ms=queued_ms)
+        except TimeoutError:
+            return self.failure(request, "INFERENCE_TIMEOUT", "the model did not answer in time",
+                                queue_time_ms=queued_ms)
+        except Exception as exc:  # a runtime bug must still answer the waiting caller
+            log.exception("inference of %s failed", request["model_id"])
+            return self.failure(request, "INFERENCE_FAILED", f"{type(exc).__name__}: {exc}", queue_time_ms=queued_ms)
+        meta = output.pop(BATCH_META, None) or {}
+        metadata = {"inference_time_ms": meta.get("inference_time_ms", 0.0), "batch_size": meta.get("batch_size", 1),
+                    "device": self.device, "worker": self.worker, "queue_time_ms": queued_ms}
+        return self._reply(request, status="success", output_data=output, metadata=metadata)
+
+
+# ---------------------------------------------------------------------------------------------
+# Offsets
+
+
+class OffsetTracker:
+    """In-flight offsets per partition; only the contiguous finished prefix is committable.
+
+    Thread-safe: tasks finish on the event loop while a revoke waits on the consumer thread.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Condition()
+        self._pending: dict[tuple[str, int], OrderedDict[int, bool]] = {}
+
+    def started(self, topic: str, partition: int, offset: int) -> None:
+        with self._lock:
+            self._pending.setdefault((topic, partition), OrderedDict())[offset] = False
+
+    def finished(self, topic: str, partition: int, offset: int) -> None:
+        with self._lock:
+            offsets = self._pending.get((topic, partition))
+            if offsets is not None and offset in offsets:
+                offsets[offset] = True
+                self._lock.notify_all()
+
+    def in_flight(self, partitions: Iterable[tuple[str, int]] | None = None) -> int:
+        with self._lock:
+            keys = self._pending.keys() if partitions is None else set(partitions)
+            return sum(1 for key in keys for done in self._pending.get(key, {}).values() if not done)
+
+    def committable(self, partitions: Iterable[tuple[str, int]] | None = None) -> list[tuple[str, int, int]]:
+        """(topic, partition, next offset) for each partition whose oldest offsets are finished; pops them."""
+        out = []
+        with self._lock:
+            keys = list(self._pending) if partitions is None else [k for k in partitions if k in self._pending]
+            for key in keys:
+                offsets = self._pending[key]
+                done = [offset for offset, _ in itertools.takewhile(lambda item: item[1], offsets.items())]
+                for offset in done:
+                    del offsets[offset]
+                if done:
+                    out.append((key[0], key[1], done[-1] + 1))
+        return out
+
+    def wait_idle(self, partitions: Iterable[tuple[str, int]] | None, timeout_s: float) -> bool:
+        keys = None if partitions is None else list(partitions)
+        with self._lock:
+            return self._lock.wait_for(lambda: self._in_flight_locked(keys) == 0, timeout_s)
+
+    def _in_flight_locked(self, keys: list[tuple[str, int]] | None) -> int:
+        selected = self._pending.keys() if keys is None else keys
+        return sum(1 for key in selected for done in self._pending.get(key, {}).values() if not done)
+
+    def forget(self, partitions: Iterable[tuple[str, int]]) -> None:
+        with self._lock:
+            for key in partitions:
+                self._pending.pop(key, None)
+
+
+# ---------------------------------------------------------------------------------------------
+# The Kafka worker
+
+
+class InferenceWorker:
+    def __init__(self, settings: Settings, priority: Priority) -> None:
+        self.settings = settings
+        self.priority = priority
+        self.group = inference_group(priority)
+        self.group_id = settings.topic(self.group.group_id)
+        self.topic = INFERENCE_REQUESTS[priority].full_name(settings)
+        service = f"inference-worker-{priority.value}"
+        self.instance = instance_name(service)
+        self.publisher = Publisher(settings, client_id=f"tributary-{service}")
+        self.sink = KafkaEventSink(settings, self.publisher, service=service)
+        self.dead_letters = DeadLetterRouter(settings, self.publisher, self.group.group_id)
+        self.models = BuiltinModels(settings.data_dir / "models" / "builtin",
+                                    intra_op_threads=settings.inference_intra_op_threads)
+        self.cache = ModelCache(settings.inference_memory_budget_mb * 1024 * 1024, self.models,
+                                on_event=self._lifecycle)
+        self.batcher = DynamicBatcher(self._resolve, max_batch_size=settings.inference_max_batch_size,
+                                      max_wait_ms=settings.inference_max_wait_ms,
+                                      max_queue=max(1024, settings.inference_max_in_flight))
+        self.handler = InferenceRequestHandler(self.batcher, worker=self.instance)
+        self.tracker = OffsetTracker()
+        self.stopping = asyncio.Event()
+        self.fatal: BaseException | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        # Every consumer call happens on this one thread (librdkafka callbacks included).
+        self._kafka = ThreadPoolExecutor(1, thread_name_prefix="kafka-consumer")
+        self.consumer = Consumer(self.consumer_config())
+
+    def consumer_config(self) -> dict[str, Any]:
+        session = self.settings.session_timeout_ms
+        return {
+            "bootstrap.servers": self.settings.kafka_bootstrap_servers,
+            "group.id": self.group_id,
+            "client.id": f"{self.instance}-{socket.gethostname()}",
+            "enable.auto.commit": False,  # committed after the reply is acknowledged
+            "auto.offset.reset": "earliest",  # a new group must not skip requests sent before it joined
+            "session.timeout.ms": session,
+            "heartbeat.interval.ms": max(100, min(1000, session // 3)),
+            "fetch.wait.max.ms": self.settings.fetch_max_wait_ms,
+            "partition.assignment.strategy": "roundrobin",
+        }
+
+    def _resolve(self, model_id: str) -> ModelRuntime:
+        return TimedRuntime(self.cache.get_or_load(model_id))
+
+    def _lifecycle(self, event_type: str, model_id: str, details: dict[str, Any]) -> None:
+        """Model cache events (batcher threads) -> the lifecycle topic, fire and forget."""
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return
+        record = lifecycle_record(event_type, "model", model_id, worker=self.instance, **details)
+        future = asyncio.run_coroutine_threadsafe(
+            self.sink.publish(LIFECYCLE_EVENTS.name, "lifecycle_event", record, key=model_id), loop)
+        future.add_done_callback(lambda f: None if f.cancelled() or f.exception() is None
+                                 else log.warning("lifecycle event %s lost: %s", event_type, f.exception()))
+
+    # --- consumer thread --------------------------------------------------------------------
+    def _commit(self, partitions: Iterable[tuple[str, int]] | None = None, *, wait: bool = False) -> None:
+        offsets = [TopicPartition(t, p, o) for t, p, o in self.tracker.committable(partitions)]
+        if not offsets:
+            return
+        try:
+            if wait:
+                self.consumer.commit(offsets=offsets, asynchronous=False)
+            else:
+                self.consumer.commit(offsets=offsets, asynchronous=True)
+        except KafkaException as exc:
+            # Not committed means re-delivered: at-least-once, the ingress drops the duplicate reply.
+            log.warning("commit failed: %s", exc)
+
+    def _poll(self, limit: int) -> list[Message]:
+        self._commit()
+        first = self.consumer.poll(0.1)
+        if first is None:
+            return []
+        # poll() returns on the first message; take what is already fetched without waiting.
+        return [first, *self.consumer.consume(limit - 1, 0)] if limit > 1 else [first]
+
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        log.info("assigned %s", [tp.partition for tp in partitions])
+
+    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        keys = [(tp.topic, tp.partition) for tp in partitions]
+        # Finish and commit what we hold before the next owner starts from our committed offset.
+        if not self.tracker.wait_idle(keys, DRAIN_TIMEOUT_S):
+            log.warning("%d request(s) still running at revoke; they will be re-delivered",
+                        self.tracker.in_flight(keys))
+        self._commit(keys, wait=True)
+        self.tracker.forget(keys)
+        log.info("revoked %s", [tp.partition for tp in partitions])
+
+    def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        keys = [(tp.topic, tp.partition) for tp in partitions]
+        self.tracker.forget(keys)  # another member owns them now: committing would fail anyway
+        log.warning("lost %s", [tp.partition for tp in partitions])
+
+    # --- event loop -------------------------------------------------------------------------
+    async def _process(self, raw: RawMessage) -> None:
+        response: dict[str, Any] | None = None
+
+        async def handle(message: RawMessage) -> None:
+            nonlocal response
+            if response is None:  # a retry after a failed publish does not run the model again
+                request = self.handler.decode(message.value)
+                trace_id_var.set(request.get("trace_id"))
+                correlation_id_var.set(request.get("correlation_id"))
+                response = await self.handler.answer(request)
+            await self.sink.publish(INFERENCE_RESPONSES.name, "inference_response", response,
+                                    partition=response.get("reply_partition"))
+
+        try:
+            await self.dead_letters.process(raw, handle)
+        except Exception as exc:  # not even the dead-letter topic took it: stop uncommitted
+            log.exception("cannot answer or dead-letter %s[%d]@%d", raw.topic, raw.partition, raw.offset)
+            self.fatal = exc
+            self.stopping.set()
+            return
+        self.tracker.finished(raw.topic, raw.partition, raw.offset)
+
+    def _spawn(self, message: Message) -> None:
+        error = message.error()
+        if error is not None:
+            if error.code() != KafkaError._PARTITION_EOF:
+                log.warning("consumer: %s", error.str())
+            return
+        raw = from_confluent(message)
+        self.tracker.started(raw.topic, raw.partition, raw.offset)
+        task = asyncio.create_task(self._process(raw))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _preload(self) -> None:
+        for model_id in filter(None, (m.strip() for m in self.settings.inference_preload_models.split(","))):
+            try:
+                await asyncio.to_thread(self.cache.get_or_load, model_id)
+                log.info("preloaded %s", model_id)
+            except Exception as exc:
+                log.warning("preloading %s failed: %s", model_id, exc)
+
+    async def run(self) -> int:
+        """Serve until ``stopping`` is set; returns the process exit code."""
+        loop = self._loop = asyncio.get_running_loop()
+        preload = asyncio.create_task(self._preload())
+        await loop.run_in_executor(self._kafka, lambda: self.consumer.subscribe(
+            [self.topic], on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost))
+        log.info("serving %s as %s", self.topic, self.group_id)
+        limit = self.settings.inference_max_in_flight
+        try:
+            while not self.stopping.is_set():
+                free = limit - len(self._tasks)
+                if free <= 0:
+                    await asyncio.wait(self._tasks, timeout=0.1, return_when=asyncio.FIRST_COMPLETED)
+                    continue
+                for message in await loop.run_in_executor(self._kafka, self._poll, free):
+                    self._spawn(message)
+        finally:
+            await self._shutdown(preload)
+        return 1 if self.fatal is not None else 0
+
+    async def _shutdown(self, preload: asyncio.Task[None]) -> None:
+        preload.cancel()
+        if self._tasks:
+            log.info("finishing %d in-flight request(s)", len(self._tasks))
+            await asyncio.wait(self._tasks, timeout=DRAIN_TIMEOUT_S)
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._kafka, lambda: self._commit(wait=True))
+        await loop.run_in_executor(self._kafka, self.consumer.close)  # leaves the group at once
+        self._kafka.shutdown(wait=True)
+        self.batcher.close(drain=False, timeout=5)
+        await asyncio.to_thread(self.publisher.close)
+        self.cache.close()
+        log.info("stopped")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m consumers.inference.worker",
+                                     description="Serve one priority's inference requests.")
+    parser.add_argument("--priority", required=True, choices=[p.value for p in Priority])
+    args = parser.parse_args(argv)
+    priority = Priority(args.priority)
+    configure(f"inference-worker-{priority.value}")
+    settings = get_settings()
+
+    async def serve() -> int:
+        worker = InferenceWorker(settings, priority)
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, worker.stopping.set)
+        return await worker.run()
+
+    sys.exit(asyncio.run(serve()))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Model serving's domain core: synchronous inference over Kafka and its input validation."""

@@ -1,0 +1,255 @@
+"""Synchronous inference: the domain core that REST (and later gRPC) call.
+
+``infer`` validates the request, publishes an ``inference_request`` to its priority's topic
+with an absolute deadline and the responses partition this replica owns, waits for the
+reply with the same ``correlation_id`` and returns seed 001's ``InferenceResponse``.
+
+Failure replies keep the worker's error code; its HTTP meaning comes from ``ERROR_KINDS``:
+
+| worker code                                              | status                      |
+|----------------------------------------------------------|-----------------------------|
+| INVALID_INPUT, BATCH_SIZE_EXCEEDED                       | 400                         |
+| MODEL_NOT_FOUND                                          | 404                         |
+| INFERENCE_TIMEOUT                                        | 408                         |
+| MODEL_LOAD_FAILED, MODEL_NOT_LOADED, INSUFFICIENT_MEMORY,| 503 + Retry-After           |
+| SERVICE_UNAVAILABLE (worker queue full)                  |                             |
+| TXT2IMG_MODEL_UNAVAILABLE, MODEL_UNAVAILABLE             | 503, no Retry-After (a hint |
+|                                                          | says retrying will not help)|
+| INFERENCE_FAILED and unknown codes                       | 503, no Retry-After         |
+
+txt2img is 503 rather than 501: the endpoint *is* implemented and serves any txt2img model a
+deployment provides; this deployment just has none (seed 001 lists 503 "model loading or
+service unavailable" for /infer, and no 501).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from datetime import datetime, timedelta
+from typing import Any, Protocol
+
+from core.auth import Principal
+from core.errors import DomainError, ErrorKind, invalid, unavailable
+from core.events import EventsUnavailable
+from core.logs import trace_id_var
+from core.serving.validation import validate_request
+from core.settings import Settings
+from schemas.codec import now_millis
+from topology.topics import INFERENCE_REQUESTS, Priority
+
+Reply = dict[str, Any]
+
+MIN_TIMEOUT_S, MAX_TIMEOUT_S = 1, 600
+# A request whose reply partition moved away is re-sent at most this often (each re-send may
+# run the model again: at-least-once).
+MAX_RESENDS = 2
+# How long a request waits for this replica to own a responses partition (rebalance in progress).
+PARTITION_WAIT_S = 10.0
+
+ERROR_KINDS: dict[str, ErrorKind] = {
+    "INVALID_INPUT": ErrorKind.INVALID,
+    "BATCH_SIZE_EXCEEDED": ErrorKind.INVALID,
+    "VALIDATION_ERROR": ErrorKind.INVALID,
+    "MODEL_NOT_FOUND": ErrorKind.NOT_FOUND,
+    "INFERENCE_TIMEOUT": ErrorKind.TIMEOUT,
+}
+# Codes that a retry may cure, with the Retry-After to suggest.
+RETRYABLE_S: dict[str, float] = {
+    "MODEL_LOAD_FAILED": 5.0,
+    "MODEL_NOT_LOADED": 1.0,
+    "INSUFFICIENT_MEMORY": 5.0,
+    "SERVICE_UNAVAILABLE": 1.0,
+}
+NOT_SERVED_HINT = "This deployment has no model for this task; retrying will not help."
+
+
+class NoReplyPartition(RuntimeError):
+    """This replica owns no responses partition right now (rebalance, or more replicas than partitions)."""
+
+
+class ReplyPartitionRevoked(RuntimeError):
+    """The partition the reply was routed to is no longer ours; the reply will not reach this replica."""
+
+    def __init__(self, partition: int) -> None:
+        super().__init__(f"responses partition {partition} was revoked")
+        self.partition = partition
+
+
+class ReplyRouterClosed(RuntimeError):
+    """The ingress is shutting down."""
+
+
+class RequestSink(Protocol):
+    """Publishes one message (``producers.events.KafkaEventSink`` in production)."""
+
+    async def publish(self, topic: str, message_type: str, record: dict[str, Any], *,
+                      key: str | None = None, partition: int | None = None) -> Any: ...
+
+
+class ReplySource(Protocol):
+    """Where replies come back (``producers.replies.ReplyRouter`` in production)."""
+
+    def owned_partition(self) -> int: ...
+
+    async def wait_for_partition(self, timeout_s: float) -> int: ...
+
+    def expect(self, correlation_id: str, partition: int) -> asyncio.Future[Reply]: ...
+
+    def discard(self, correlation_id: str) -> None: ...
+
+
+def builtin_models() -> dict[str, str]:
+    """Model id -> task type of the models every worker can serve."""
+    # Imported here: the module pulls onnxruntime, tokenizers and Pillow, which only workers need eagerly.
+    from consumers.inference.builtin import BUILTIN_SPECS
+
+    return {model_id: str(spec.task_type) for model_id, spec in BUILTIN_SPECS.items()}
+
+
+def reply_error(code: str, message: str) -> DomainError:
+    """The domain error of a worker's failure reply (see the table in the module docstring)."""
+    kind = ERROR_KINDS.get(code)
+    if kind is ErrorKind.TIMEOUT:
+        return DomainError(kind, code, message,
+                           hint="The deadline passed before the model answered; raise timeout_seconds, use a "
+                                "higher priority or the async endpoint.")
+    if kind is not None:
+        return DomainError(kind, code, message)
+    if code in RETRYABLE_S:
+        return unavailable(code, message, RETRYABLE_S[code])
+    if code in ("TXT2IMG_MODEL_UNAVAILABLE", "MODEL_UNAVAILABLE"):
+        return DomainError(ErrorKind.UNAVAILABLE, code, message, hint=NOT_SERVED_HINT)
+    return DomainError(ErrorKind.UNAVAILABLE, code, message)
+
+
+class InferenceService:
+    def __init__(
+        self,
+        settings: Settings,
+        sink: RequestSink,
+        replies: ReplySource,
+        *,
+        models: Mapping[str, str] | None = None,
+        clock: Callable[[], datetime] = now_millis,
+    ) -> None:
+        self.settings = settings
+        self.sink = sink
+        self.replies = replies
+        self.models = dict(models) if models is not None else builtin_models()
+        self.clock = clock
+
+    def task_type(self, model_id: str) -> str:
+        task_type = self.models.get(model_id)
+        if task_type is None:
+            raise DomainError(ErrorKind.NOT_FOUND, "MODEL_NOT_FOUND", f"Model '{model_id[:200]}' is not served here.",
+                              details={"model_id": model_id[:200]},
+                              hint=f"Models served: {', '.join(sorted(self.models))}.")
+        return task_type
+
+    def _check(self, model_id: str, input_data: Any, parameters: Any, priority: str,
+               timeout_seconds: int) -> tuple[str, Priority]:
+        task_type = self.task_type(model_id)
+        try:
+            level = Priority(priority)
+        except ValueError:
+            raise invalid("VALIDATION_ERROR", f"priority must be one of {[p.value for p in Priority]}",
+                          errors=[{"field": "priority", "message": "must be high, medium or low"}]) from None
+        if not MIN_TIMEOUT_S <= timeout_seconds <= MAX_TIMEOUT_S:
+            raise invalid("VALIDATION_ERROR", f"timeout_seconds must be {MIN_TIMEOUT_S}..{MAX_TIMEOUT_S}",
+                          errors=[{"field": "timeout_seconds", "message": "out of range"}])
+        validate_request(task_type, input_data, parameters)
+        size = len(json.dumps(input_data, separators=(",", ":"))) + len(json.dumps(parameters, separators=(",", ":")))
+        if size > self.settings.inference_max_input_bytes:
+            raise DomainError(ErrorKind.TOO_LARGE, "INPUT_TOO_LARGE",
+                              f"input_data and parameters take {size} bytes; the limit is "
+                              f"{self.settings.inference_max_input_bytes}.",
+                              details={"bytes": size, "max_bytes": self.settings.inference_max_input_bytes},
+                              hint="Send smaller inputs (e.g. resize images) or split the request.")
+        return task_type, level
+
+    async def infer(
+        self,
+        principal: Principal,
+        model_id: str,
+        input_data: dict[str, Any],
+        parameters: dict[str, Any] | None = None,
+        priority: str = "medium",
+        timeout_seconds: int = 60,
+    ) -> dict[str, Any]:
+        started = time.perf_counter()
+        parameters = parameters or {}
+        task_type, level = self._check(model_id, input_data, parameters, priority, timeout_seconds)
+        expires = time.monotonic() + timeout_seconds
+        deadline = self.clock() + timedelta(seconds=timeout_seconds)
+        correlation_id = str(uuid.uuid4())
+        trace_id = trace_id_var.get() or uuid.uuid4().hex
+        previous: str | None = None
+        for attempt in range(MAX_RESENDS + 1):
+            partition = await self._reply_partition(expires)
+            message_id = str(uuid.uuid4())
+            record = {
+                "message_id": message_id, "correlation_id": correlation_id, "causation_id": previous,
+                "trace_id": trace_id, "model_id": model_id, "task_type": task_type, "input_data": input_data,
+                "parameters": parameters, "priority": level.value, "deadline": deadline,
+                "timeout_seconds": timeout_seconds, "reply_partition": partition, "client_id": principal.key_id,
+            }
+            # Wait first: the reply may arrive before the broker's acknowledgement does.
+            reply_future = self.replies.expect(correlation_id, partition)
+            try:
+                await self.sink.publish(INFERENCE_REQUESTS[level].name, "inference_request", record, key=message_id)
+                reply = await asyncio.wait_for(reply_future, max(0.0, expires - time.monotonic()))
+            except EventsUnavailable as exc:
+                self.replies.discard(correlation_id)
+                raise unavailable("SERVICE_UNAVAILABLE", "The request queue is unavailable; nothing was sent.",
+                                  exc.retry_after_s) from exc
+            except TimeoutError:
+                self.replies.discard(correlation_id)
+                raise reply_error("INFERENCE_TIMEOUT",
+                                  f"No result from {model_id} within {timeout_seconds}s.") from None
+            except ReplyPartitionRevoked as exc:
+                self.replies.discard(correlation_id)
+                if attempt < MAX_RESENDS and time.monotonic() < expires:
+                    previous = message_id
+                    continue  # re-send on a partition we own; the old reply is dropped wherever it lands
+                raise unavailable("SERVICE_UNAVAILABLE", "The reply's route moved to another ingress replica "
+                                  "(rebalance) too often.", 1.0) from exc
+            except ReplyRouterClosed as exc:
+                raise unavailable("SERVICE_UNAVAILABLE", "This ingress is shutting down.", 1.0) from exc
+            except BaseException:
+                self.replies.discard(correlation_id)  # e.g. the client went away (cancelled)
+                raise
+            return self._render(model_id, level, reply, started)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _reply_partition(self, expires: float) -> int:
+        try:
+            return self.replies.owned_partition()
+        except NoReplyPartition:
+            pass
+        except ReplyRouterClosed as exc:
+            raise unavailable("SERVICE_UNAVAILABLE", "This ingress is shutting down.", 1.0) from exc
+        try:
+            wait = max(0.0, min(PARTITION_WAIT_S, expires - time.monotonic()))
+            return await self.replies.wait_for_partition(wait)
+        except (TimeoutError, NoReplyPartition, ReplyRouterClosed) as exc:
+            raise unavailable("NO_REPLY_PARTITION",
+                              "This ingress replica owns no responses partition (rebalance in progress, or more "
+                              "replicas than partitions).", 2.0) from exc
+
+    @staticmethod
+    def _render(model_id: str, priority: Priority, reply: Reply, started: float) -> dict[str, Any]:
+        if reply.get("status") != "success":
+            error = reply.get("error") or {}
+            raise reply_error(str(error.get("code") or "INFERENCE_FAILED"),
+                              str(error.get("message") or "The worker failed without a message."))
+        metadata = dict(reply.get("metadata") or {})
+        metadata.setdefault("device", "cpu")
+        metadata["total_time_ms"] = round((time.perf_counter() - started) * 1000.0, 3)
+        metadata["priority"] = priority.value
+        return {"model_id": reply.get("model_id") or model_id, "output_data": reply.get("output_data") or {},
+                "metadata": metadata}
+
