@@ -11,7 +11,7 @@ from fastapi import FastAPI, Request, Response
 from api.context import AppContext
 from api.errors import install_error_handlers
 from api.metrics import record_http_metrics
-from api.routers import fleet, health, inference, learning
+from api.routers import fleet, health, inference, jobs, learning, pipelines
 from api.routers.health import API_VERSION
 from core.logs import trace_id_var
 from core.settings import Settings, get_settings
@@ -58,4 +58,6 @@ def create_app(settings: Settings | None = None, context: AppContext | None = No
     app.include_router(learning.router)
     app.include_router(fleet.router)
     app.include_router(inference.router)
+    app.include_router(jobs.router)
+    app.include_router(pipelines.router)
     return app

@@ -14,6 +14,7 @@ from core.events import EventSink
 from core.fleet.service import FleetService
 from core.fleet.store import FleetStore
 from core.registry import RegistryService
+from core.serving.jobs_service import JobService
 from core.serving.service import InferenceService
 from core.settings import Settings
 
@@ -33,6 +34,8 @@ class AppContext:
     probes: dict[str, Any] = field(default_factory=dict)
     # sync inference over Kafka; None where no reply router runs (unit tests)
     inference: InferenceService | None = None
+    # async jobs (needs ``inference``); None where not wired
+    jobs: JobService | None = None
 
     def __post_init__(self) -> None:
         self.fleet = FleetService(self.settings, self.store, self.artifacts, self.events)

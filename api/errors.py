@@ -16,7 +16,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from core.errors import HTTP_STATUS, DomainError
+from core.errors import HTTP_STATUS, DomainError, ErrorKind
 
 # Seed 000's machine-readable `error` values are the snake_case HTTP reason.
 _ERROR_BY_STATUS = {s.value: s.phrase.lower().replace(" ", "_").replace("-", "_") for s in HTTPStatus}
@@ -31,6 +31,7 @@ class ErrorEnvelope(BaseModel):
     validation_errors: list[dict[str, str]] | None = Field(
         None, description="Field-level errors of a 400 (seed 001 ValidationError)")
     hint: str | None = None
+    status: str | None = Field(None, description="The job's status on job errors (seed 001 JOB_NOT_READY body)")
     trace_id: str | None = None
     timestamp: str
 
@@ -44,9 +45,11 @@ def envelope(
     hint: str | None = None,
     trace_id: str | None = None,
     validation_errors: list[dict[str, str]] | None = None,
+    status: str | None = None,
 ) -> dict[str, Any]:
     return ErrorEnvelope(
         validation_errors=validation_errors,
+        status=status,
         error=_ERROR_BY_STATUS.get(status_code, "error"),
         error_code=error_code,
         message=message,
@@ -56,6 +59,13 @@ def envelope(
         trace_id=trace_id,
         timestamp=datetime.now(UTC).isoformat().replace("+00:00", "Z"),
     ).model_dump()
+
+
+def _field_errors(errors: object) -> list[dict[str, str]] | None:
+    if not isinstance(errors, list) or not errors:
+        return None
+    return [{"field": str(e.get("field", "")), "message": str(e.get("message", ""))} for e in errors
+            if isinstance(e, dict)] or None
 
 
 def _trace_id(request: Request) -> str | None:
@@ -70,8 +80,13 @@ def install_error_handlers(app: FastAPI) -> None:
         headers = {}
         if exc.retry_after_s is not None:
             headers["Retry-After"] = str(max(1, round(exc.retry_after_s)))
+        job_status = (exc.details or {}).get("status") if exc.code.startswith("JOB_") else None
+        # Field errors of a domain 400 also go where seed 001's ValidationError list is expected.
+        field_errors = (exc.details or {}).get("errors") if exc.kind is ErrorKind.INVALID else None
         body = envelope(
-            status, exc.code, exc.message, details=exc.details, hint=exc.hint, trace_id=_trace_id(request)
+            status, exc.code, exc.message, details=exc.details, hint=exc.hint, trace_id=_trace_id(request),
+            status=job_status if isinstance(job_status, str) else None,
+            validation_errors=_field_errors(field_errors),
         )
         return JSONResponse(body, status_code=status, headers=headers)
 

@@ -10,6 +10,8 @@ from core.artifacts import S3ArtifactStore
 from core.cassandra.session import connect
 from core.fleet.cassandra_store import CassandraFleetStore
 from core.probes import component_probes
+from core.serving.cassandra_jobs import CassandraJobStore
+from core.serving.jobs_service import JobService
 from core.serving.service import InferenceService
 from core.settings import Settings
 from producers.events import KafkaEventSink
@@ -25,13 +27,15 @@ async def build_context(settings: Settings, service: str = "api") -> AppContext:
     # Sync inference: join the reply group and wait for a partition before serving (readiness).
     replies = ReplyRouter(settings, dead_letters=DeadLetterRouter(settings, publisher, REPLY_GROUP.group_id))
     await replies.start()
+    inference = InferenceService(settings, events, replies)
     context = AppContext(
         settings=settings,
         store=CassandraFleetStore(session),
         artifacts=artifacts,
         events=events,
         probes={**component_probes(settings, session, publisher, artifacts), "inference_replies": replies.probe},
-        inference=InferenceService(settings, events, replies),
+        inference=inference,
+        jobs=JobService(settings, inference, CassandraJobStore(session), events),
     )
     # Flush what is in flight before the session goes: nothing accepted is left unsent. Closers run in
     # reverse: the reply router leaves its group first, so other replicas take its partitions at once.

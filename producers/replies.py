@@ -346,6 +346,8 @@ class ReplyRouter(ReplyTable):
             UNDECODABLE_REPLIES.inc()
             self._dead_letter(message, exc)
             return
+        if decoded.record.get("job_id") and decoded.record.get("reply_partition") is None:
+            return  # an async job's result: for the job store and other consumers, nobody waits here
         self._call(self.resolve, correlation_id, decoded.record)
 
     def _dead_letter(self, message: Message, error: Exception) -> None:

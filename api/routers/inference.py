@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Path
@@ -18,6 +19,7 @@ Caller = Annotated[Principal, Depends(authenticated)]
 ModelIdPath = Annotated[str, Path(description="Model id such as 'sentence-transformers/all-MiniLM-L6-v2' "
                                               "(the '/' may be URL-encoded as %2F)")]
 
+JobStatusName = Literal["queued", "processing", "completed", "failed", "cancelled"]
 ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorEnvelope} for code in (400, 401, 404, 408, 413, 429, 503)
 }
@@ -50,6 +52,28 @@ class InferenceResponse(BaseModel):
     model_id: str
     output_data: dict[str, Any]
     metadata: InferenceMetadata
+
+
+class JobReference(BaseModel):
+    """Seed 001 ``JobReference``."""
+
+    job_id: str = Field(description="uuid of the job")
+    status: JobStatusName
+    created_at: datetime
+    status_url: str = Field(examples=["/api/v1/jobs/123e4567-e89b-12d3-a456-426614174000"])
+
+
+# Registered before the sync route: '{model_id:path}' would otherwise swallow '<id>/async'.
+@router.post("/infer/{model_id:path}/async", response_model=JobReference, status_code=202,
+             responses={code: {"model": ErrorEnvelope} for code in (400, 401, 404, 413, 429, 503)},
+             summary="Execute asynchronous inference")
+async def infer_async(model_id: ModelIdPath, body: InferenceRequest, ctx: Ctx, caller: Caller) -> JobReference:
+    """Queues the request as a job and answers at once; poll ``status_url``, then fetch ``/result``."""
+    if ctx.jobs is None:
+        raise unavailable("SERVICE_UNAVAILABLE", "Async inference is not wired on this ingress.", 5.0)
+    reference = await ctx.jobs.submit(caller, model_id, body.input_data, body.parameters, body.priority,
+                                      body.timeout_seconds)
+    return JobReference.model_validate(reference)
 
 
 @router.post("/infer/{model_id:path}", response_model=InferenceResponse, responses=ERRORS,

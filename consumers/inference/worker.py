@@ -40,15 +40,19 @@ from consumers.inference.batching import DynamicBatcher
 from consumers.inference.builtin import BuiltinModels
 from consumers.inference.cache import ModelCache
 from consumers.inference.errors import InferenceError
+from consumers.inference.jobs import JobRunner
 from consumers.inference.runtime import JsonDict, ModelRuntime
+from core.cassandra.session import connect
 from core.events import lifecycle_record
 from core.logs import configure, correlation_id_var, trace_id_var
+from core.serving.cassandra_jobs import CassandraJobStore
+from core.serving.jobs import JobStore
 from core.settings import Settings, get_settings
 from producers.events import KafkaEventSink, instance_name
 from producers.publisher import Publisher
 from schemas.codec import Codec
 from topology.groups import inference_group
-from topology.topics import INFERENCE_REQUESTS, INFERENCE_RESPONSES, LIFECYCLE_EVENTS, Priority
+from topology.topics import INFERENCE_REQUESTS, INFERENCE_RESPONSES, JOB_EVENTS, LIFECYCLE_EVENTS, Priority
 
 log = logging.getLogger(__name__)
 
@@ -261,6 +265,8 @@ class InferenceWorker:
                                       max_wait_ms=settings.inference_max_wait_ms,
                                       max_queue=max(1024, settings.inference_max_in_flight))
         self.handler = InferenceRequestHandler(self.batcher, worker=self.instance)
+        self.jobs = JobRunner(self._connect_jobs, self.handler, worker=self.instance, clock=utcnow)
+        self._cassandra: Any = None
         self.tracker = OffsetTracker()
         self.stopping = asyncio.Event()
         self.fatal: BaseException | None = None
@@ -283,6 +289,10 @@ class InferenceWorker:
             "fetch.wait.max.ms": self.settings.fetch_max_wait_ms,
             "partition.assignment.strategy": "roundrobin",
         }
+
+    def _connect_jobs(self) -> JobStore:
+        self._cassandra = connect(self.settings, self.settings.cassandra_keyspace)
+        return CassandraJobStore(self._cassandra)
 
     def _resolve(self, model_id: str) -> ModelRuntime:
         return TimedRuntime(self.cache.get_or_load(model_id))
@@ -339,18 +349,31 @@ class InferenceWorker:
         log.warning("lost %s", [tp.partition for tp in partitions])
 
     # --- event loop -------------------------------------------------------------------------
+    async def _job_event(self, record: dict[str, Any]) -> None:
+        await self.sink.emit(JOB_EVENTS.name, "job_event", record, key=str(record["job_id"]))
+
     async def _process(self, raw: RawMessage) -> None:
+        answered = False
         response: dict[str, Any] | None = None
+        job_record: dict[str, Any] | None = None
 
         async def handle(message: RawMessage) -> None:
-            nonlocal response
-            if response is None:  # a retry after a failed publish does not run the model again
+            nonlocal answered, response, job_record
+            if not answered:  # a retry after a failed publish does not run the model again
                 request = self.handler.decode(message.value)
                 trace_id_var.set(request.get("trace_id"))
                 correlation_id_var.set(request.get("correlation_id"))
-                response = await self.handler.answer(request)
-            await self.sink.publish(INFERENCE_RESPONSES.name, "inference_response", response,
-                                    partition=response.get("reply_partition"))
+                if request.get("job_id"):
+                    outcome = await self.jobs.run(request, on_claimed=self._job_event)
+                    response, job_record = outcome.response, outcome.event
+                else:
+                    response = await self.handler.answer(request)
+                answered = True
+            if response is not None:
+                await self.sink.publish(INFERENCE_RESPONSES.name, "inference_response", response,
+                                        partition=response.get("reply_partition"))
+            if job_record is not None:
+                await self._job_event(job_record)
 
         try:
             await self.dead_letters.process(raw, handle)
@@ -413,6 +436,8 @@ class InferenceWorker:
         self.batcher.close(drain=False, timeout=5)
         await asyncio.to_thread(self.publisher.close)
         self.cache.close()
+        if self._cassandra is not None:
+            await asyncio.to_thread(self._cassandra.cluster.shutdown)
         log.info("stopped")
 
 

@@ -126,6 +126,20 @@ def reply_error(code: str, message: str) -> DomainError:
     return DomainError(ErrorKind.UNAVAILABLE, code, message)
 
 
+def request_record(*, message_id: str, correlation_id: str, causation_id: str | None, trace_id: str,
+                   principal: Principal, model_id: str, task_type: str, input_data: dict[str, Any],
+                   parameters: dict[str, Any], priority: Priority, deadline: datetime, timeout_seconds: int,
+                   reply_partition: int | None = None, job_id: str | None = None) -> dict[str, Any]:
+    """An ``inference_request`` record: ``reply_partition`` for sync requests, ``job_id`` for async ones."""
+    return {
+        "message_id": message_id, "correlation_id": correlation_id, "causation_id": causation_id,
+        "trace_id": trace_id, "model_id": model_id, "task_type": task_type, "input_data": input_data,
+        "parameters": parameters, "priority": priority.value, "deadline": deadline,
+        "timeout_seconds": timeout_seconds, "reply_partition": reply_partition, "job_id": job_id,
+        "client_id": principal.key_id,
+    }
+
+
 class InferenceService:
     def __init__(
         self,
@@ -150,8 +164,9 @@ class InferenceService:
                               hint=f"Models served: {', '.join(sorted(self.models))}.")
         return task_type
 
-    def _check(self, model_id: str, input_data: Any, parameters: Any, priority: str,
-               timeout_seconds: int) -> tuple[str, Priority]:
+    def check(self, model_id: str, input_data: Any, parameters: Any, priority: str,
+              timeout_seconds: int) -> tuple[str, Priority]:
+        """Validate a request (sync or async); its task type and priority, or a 400/404/413 DomainError."""
         task_type = self.task_type(model_id)
         try:
             level = Priority(priority)
@@ -182,7 +197,7 @@ class InferenceService:
     ) -> dict[str, Any]:
         started = time.perf_counter()
         parameters = parameters or {}
-        task_type, level = self._check(model_id, input_data, parameters, priority, timeout_seconds)
+        task_type, level = self.check(model_id, input_data, parameters, priority, timeout_seconds)
         expires = time.monotonic() + timeout_seconds
         deadline = self.clock() + timedelta(seconds=timeout_seconds)
         correlation_id = str(uuid.uuid4())
@@ -191,12 +206,11 @@ class InferenceService:
         for attempt in range(MAX_RESENDS + 1):
             partition = await self._reply_partition(expires)
             message_id = str(uuid.uuid4())
-            record = {
-                "message_id": message_id, "correlation_id": correlation_id, "causation_id": previous,
-                "trace_id": trace_id, "model_id": model_id, "task_type": task_type, "input_data": input_data,
-                "parameters": parameters, "priority": level.value, "deadline": deadline,
-                "timeout_seconds": timeout_seconds, "reply_partition": partition, "client_id": principal.key_id,
-            }
+            record = request_record(
+                message_id=message_id, correlation_id=correlation_id, causation_id=previous, trace_id=trace_id,
+                principal=principal, model_id=model_id, task_type=task_type, input_data=input_data,
+                parameters=parameters, priority=level, deadline=deadline, timeout_seconds=timeout_seconds,
+                reply_partition=partition)
             # Wait first: the reply may arrive before the broker's acknowledgement does.
             reply_future = self.replies.expect(correlation_id, partition)
             try:

@@ -5,11 +5,18 @@ malformed request is a 400 with every field error named instead of a round trip 
 The schemas accept what the built-in runtimes accept (``consumers/inference/builtin.py``)
 and, like seed 001's ``InputData``, allow extra fields. Workers still validate what only
 the model can judge (an image that does not decode, a direction it does not serve).
+
+The same schemas drive ``POST /api/v1/pipelines/validate`` (``core/serving/pipelines.py``):
+``issues`` returns each field error with a ``hint`` derived from the violated schema keyword
+("Value must be a number between 0.0 and 1.0"), so hints never drift from the rules.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import difflib
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from jsonschema import Draft7Validator, ValidationError
@@ -98,11 +105,32 @@ PARAMETER_SCHEMAS: dict[str, dict[str, Any]] = {
                                "seed": {"type": "integer"}}},
 }
 
+
+def compile_schema(schema: Mapping[str, Any]) -> Draft7Validator:
+    """A checked draft-7 validator for ``schema`` (a broken schema fails at import, not per request)."""
+    Draft7Validator.check_schema(schema)
+    return Draft7Validator(schema)
+
+
 _VALIDATORS: dict[tuple[str, str], Draft7Validator] = {}
 for _task in TASK_TYPES:
     for _part, _schemas in (("input_data", INPUT_SCHEMAS), ("parameters", PARAMETER_SCHEMAS)):
-        Draft7Validator.check_schema(_schemas[_task])
-        _VALIDATORS[(_task, _part)] = Draft7Validator(_schemas[_task])
+        _VALIDATORS[(_task, _part)] = compile_schema(_schemas[_task])
+
+
+@dataclass(frozen=True)
+class FieldIssue:
+    """One field error: where (dotted path), what, and how to fix it."""
+
+    field: str
+    message: str
+    hint: str
+
+    def as_dict(self) -> dict[str, str]:
+        return {"field": self.field, "message": self.message, "hint": self.hint}
+
+
+_MAX_QUOTED = 60
 
 
 def _field(root: str, error: ValidationError) -> str:
@@ -115,19 +143,129 @@ def _message(error: ValidationError) -> str:
         return custom
     if error.validator == "oneOf":
         return f"{error.instance!r:.60} must be a string or a non-empty list of strings"
+    # jsonschema quotes the whole offending value; a long one (an 8 KB prompt, a base64 image) is shortened.
+    quoted = repr(error.instance)
+    if len(quoted) > _MAX_QUOTED:
+        return str(error.message).replace(quoted, f"{quoted[:_MAX_QUOTED]}...")
     return str(error.message)
+
+
+# Hints: derived from the schema keyword that failed, so they state the rule the schema enforces.
+_A = {"integer": "an integer", "number": "a number", "string": "a string", "boolean": "a boolean (true or false)",
+      "array": "a list", "object": "an object", "null": "null"}
+_PLURAL = {"integer": "integers", "number": "numbers", "string": "strings", "boolean": "booleans",
+           "array": "lists", "object": "objects"}
+
+
+def _bound(value: Any, schema: Mapping[str, Any]) -> str:
+    # A "number" bound reads as a float (0.0, 1.0), an "integer" bound as an integer.
+    return repr(float(value)) if schema.get("type") == "number" else str(value)
+
+
+def _span(schema: Mapping[str, Any], low_key: str, high_key: str, unit: str = "") -> str:
+    low, high = schema.get(low_key), schema.get(high_key)
+    suffix = f" {unit}" if unit else ""
+    if low is not None and high is not None:
+        return f"between {_bound(low, schema)} and {_bound(high, schema)}{suffix}"
+    if low is not None:
+        return f"at least {_bound(low, schema)}{suffix}"
+    if high is not None:
+        return f"at most {_bound(high, schema)}{suffix}"
+    return ""
+
+
+def _describe(schema: Mapping[str, Any]) -> str:
+    kind = schema.get("type")
+    if kind == "array":
+        items = schema.get("items")
+        item_kind = items.get("type") if isinstance(items, dict) else None
+        low, high = schema.get("minItems"), schema.get("maxItems")
+        count = (f"{low} to {high} " if low is not None and high is not None
+                 else f"{_span(schema, 'minItems', 'maxItems')} " if low is not None or high is not None else "")
+        return f"a list of {count}{_PLURAL.get(str(item_kind), 'items')}"
+    if kind == "string" and schema.get("minLength") == 1 and "maxLength" not in schema:
+        return "a non-empty string"
+    if isinstance(kind, str):
+        text = _A.get(kind, kind)
+        span = _span(schema, "minimum", "maximum") if kind in ("integer", "number") else ""
+        return f"{text} {span}" if span else text
+    if isinstance(kind, list):
+        return " or ".join(_A.get(str(k), str(k)) for k in kind)
+    if "enum" in schema:
+        return "one of: " + ", ".join(json.dumps(v) for v in schema["enum"])
+    return "a valid value"
+
+
+def _hint(error: ValidationError) -> str:
+    schema: Mapping[str, Any] = error.schema if isinstance(error.schema, dict) else {}
+    custom = schema.get("x-hint")
+    if isinstance(custom, str):
+        return custom
+    keyword = error.validator
+    if keyword in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"):
+        return f"Value must be {_span(schema, 'minimum', 'maximum') or 'within the allowed range'}"
+    if keyword in ("type", "enum", "const"):
+        return f"Value must be {_describe(schema)}"
+    if keyword in ("minItems", "maxItems"):
+        return f"List must have {_span(schema, 'minItems', 'maxItems', 'items')}"
+    if keyword in ("minLength", "maxLength"):
+        if schema.get("minLength") == 1 and "maxLength" not in schema:
+            return "Value must be a non-empty string"
+        return f"Text must be {_span(schema, 'minLength', 'maxLength', 'characters')} long"
+    if keyword == "required":
+        present = error.instance if isinstance(error.instance, dict) else {}
+        missing = [f for f in schema.get("required", ()) if f not in present]
+        return f"Add the required field{'s' if len(missing) > 1 else ''} {', '.join(repr(f) for f in missing)}"
+    if keyword == "anyOf":
+        alternatives = [s.get("required") for s in schema.get("anyOf", ()) if isinstance(s, dict)]
+        if alternatives and all(isinstance(a, list) and len(a) == 1 for a in alternatives):
+            return "Add one of the fields " + ", ".join(repr(a[0]) for a in alternatives if isinstance(a, list))
+    if keyword in ("oneOf", "anyOf"):
+        options = [_describe(s) for s in schema.get(str(keyword), ()) if isinstance(s, dict)]
+        return f"Value must be {' or '.join(options)}"
+    return "Fix the value to match the documented schema"
+
+
+def _unknown_fields(root: str, error: ValidationError) -> list[FieldIssue]:
+    known = sorted(error.schema.get("properties", {})) if isinstance(error.schema, dict) else []
+    extra = sorted(str(k) for k in error.instance if k not in known) if isinstance(error.instance, dict) else []
+    issues = []
+    for key in extra:
+        close = difflib.get_close_matches(key, known, n=1)
+        guess = f"Did you mean {close[0]!r}? " if close else ""
+        issues.append(FieldIssue(f"{_field(root, error)}.{key}", "is not a known field",
+                                 f"{guess}Allowed fields: {', '.join(known)}"))
+    return issues
+
+
+def schema_issues(validator: Draft7Validator, root: str, value: Any) -> list[FieldIssue]:
+    """Every violation of ``validator``'s schema by ``value``, paths prefixed with ``root``, in path order."""
+    issues: list[FieldIssue] = []
+    found: Iterable[ValidationError] = validator.iter_errors(value)
+    for error in sorted(found, key=lambda e: [str(p) for p in e.absolute_path]):
+        if error.validator == "additionalProperties":
+            issues.extend(_unknown_fields(root, error))
+        else:
+            issues.append(FieldIssue(_field(root, error), _message(error), _hint(error)))
+    return sorted(issues, key=lambda i: i.field.split("."))  # unknown fields take their place by name
+
+
+def task_issues(task_type: str, part: str, value: Any, *, root: str | None = None) -> list[FieldIssue]:
+    """Every field error of ``part`` (``input_data`` or ``parameters``) of a ``task_type`` request, with hints."""
+    if task_type not in TASK_TYPES:
+        raise ValueError(f"unknown task type {task_type!r}")
+    if part not in ("input_data", "parameters"):
+        raise ValueError(f"unknown request part {part!r}")
+    return schema_issues(_VALIDATORS[(task_type, part)], root or part, value)
 
 
 def field_errors(task_type: str, input_data: Any, parameters: Any) -> list[dict[str, str]]:
     """Every field error of a request for ``task_type``, as ``{"field", "message"}`` (seed 001 ValidationError)."""
     if task_type not in TASK_TYPES:
         raise ValueError(f"unknown task type {task_type!r}")
-    errors: list[dict[str, str]] = []
-    for part, value in (("input_data", input_data), ("parameters", parameters)):
-        found: Iterable[ValidationError] = _VALIDATORS[(task_type, part)].iter_errors(value)
-        for error in sorted(found, key=lambda e: [str(p) for p in e.absolute_path]):
-            errors.append({"field": _field(part, error), "message": _message(error)})
-    return errors
+    return [{"field": issue.field, "message": issue.message}
+            for part, value in (("input_data", input_data), ("parameters", parameters))
+            for issue in task_issues(task_type, part, value)]
 
 
 def validate_request(task_type: str, input_data: Any, parameters: Any) -> None:

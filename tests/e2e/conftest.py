@@ -6,14 +6,17 @@ from __future__ import annotations
 import os
 import socket
 import time
-from collections.abc import Iterator
+import uuid
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
 from pydantic import SecretStr
 
+from consumers.inference.builtin import MINILM_ID, BuiltinModels
 from core.api_keys import new_api_key
 from core.cassandra.migrate import migrate
 from core.cassandra.session import connect
@@ -87,3 +90,25 @@ def system(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iter
         yield RunningSystem(e2e, base_url, e2e.admin_api_key.get_secret_value(), log_dir, supervisor)
     finally:
         supervisor.stop()
+
+
+@pytest.fixture(scope="module")
+def reference(system: RunningSystem) -> Callable[[list[str]], np.ndarray]:
+    """The built-in embedding model run in this process on ONNX Runtime, no Kafka involved."""
+    runtime = BuiltinModels(system.settings.data_dir / "models" / "builtin").create(MINILM_ID)
+    runtime.load()
+
+    def embed(texts: list[str]) -> np.ndarray:
+        (output,) = runtime.infer_batch([{"text": texts}])
+        return np.asarray(output["embeddings"], dtype=np.float32)
+
+    return embed
+
+
+@pytest.fixture
+def caller(system: RunningSystem) -> dict[str, str]:
+    """A fresh device key per test: each key has its own rate-limit window."""
+    device_id = f"{system.settings.topic_prefix}infer-{uuid.uuid4().hex[:8]}"
+    response = httpx.post(f"{system.base_url}/api/v1/devices/register", json={"device_id": device_id}, timeout=30)
+    assert response.status_code == 201, response.text
+    return {"Authorization": f"Bearer {response.json()['api_key']}"}

@@ -17,73 +17,19 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
-from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
+from confluent_kafka import Producer
 
-from consumers.inference.builtin import MINILM_ID, BuiltinModels
+from consumers.inference.builtin import MINILM_ID
 from core.services import system_services
 from core.settings import Settings
 from core.supervisor import Supervisor
 from schemas.codec import Codec, new_envelope, now_millis
 from tests.e2e.conftest import RunningSystem, free_port, settings_env, wait_http
+from tests.e2e.serving import ENCODED_MINILM, HTTP_TIMEOUT, cosine, infer, read_until
 from topology.groups import inference_group
 from topology.topics import INFERENCE_REQUESTS, INFERENCE_RESPONSES, Priority, dead_letter_topic
 
 pytestmark = pytest.mark.e2e
-
-ENCODED_MINILM = MINILM_ID.replace("/", "%2F")
-HTTP_TIMEOUT = httpx.Timeout(90.0)  # the first request may wait for a worker's group join and model load
-
-
-@pytest.fixture(scope="module")
-def reference(system: RunningSystem) -> Callable[[list[str]], np.ndarray]:
-    """The same model run in this process on ONNX Runtime, no Kafka involved."""
-    runtime = BuiltinModels(system.settings.data_dir / "models" / "builtin").create(MINILM_ID)
-    runtime.load()
-
-    def embed(texts: list[str]) -> np.ndarray:
-        (output,) = runtime.infer_batch([{"text": texts}])
-        return np.asarray(output["embeddings"], dtype=np.float32)
-
-    return embed
-
-
-@pytest.fixture
-def caller(system: RunningSystem) -> dict[str, str]:
-    """A fresh device key per test: each key has its own rate-limit window."""
-    device_id = f"{system.settings.topic_prefix}infer-{uuid.uuid4().hex[:8]}"
-    response = httpx.post(f"{system.base_url}/api/v1/devices/register", json={"device_id": device_id}, timeout=30)
-    assert response.status_code == 201, response.text
-    return {"Authorization": f"Bearer {response.json()['api_key']}"}
-
-
-def infer(base_url: str, headers: dict[str, str], text: str | list[str], model: str = ENCODED_MINILM,
-          **body: Any) -> httpx.Response:
-    payload = {"input_data": {"text": text}, "priority": "high", **body}
-    return httpx.post(f"{base_url}/api/v1/infer/{model}", json=payload, headers=headers, timeout=HTTP_TIMEOUT)
-
-
-def cosine(a: Any, b: Any) -> float:
-    x, y = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
-    return float(x @ y / (np.linalg.norm(x) * np.linalg.norm(y)))
-
-
-def read_until(settings: Settings, topic: str, partition: int, match: Callable[[Any], bool],
-               timeout_s: float = 30.0) -> Any:
-    """The first message of topic[partition] (from the beginning) that ``match`` accepts."""
-    consumer = Consumer({"bootstrap.servers": settings.kafka_bootstrap_servers,
-                         "group.id": f"e2e-reader-{uuid.uuid4().hex[:8]}", "enable.auto.commit": False,
-                         "fetch.wait.max.ms": settings.fetch_max_wait_ms})
-    consumer.assign([TopicPartition(topic, partition, OFFSET_BEGINNING)])
-    deadline = time.monotonic() + timeout_s
-    try:
-        while time.monotonic() < deadline:
-            message = consumer.poll(0.2)
-            if message is not None and message.error() is None and match(message):
-                return message
-    finally:
-        consumer.close()
-    raise AssertionError(f"nothing matching in {topic}[{partition}] within {timeout_s}s")
-
 
 def test_sync_embedding_equals_the_in_process_onnx_result(
         system: RunningSystem, caller: dict[str, str], reference: Callable[[list[str]], np.ndarray]) -> None:
