@@ -11,7 +11,7 @@ from fastapi import FastAPI, Request, Response
 from api.context import AppContext
 from api.errors import install_error_handlers
 from api.metrics import record_http_metrics
-from api.routers import fleet, health, inference, jobs, learning, pipelines
+from api.routers import fleet, health, inference, jobs, learning, lifecycle, pipelines
 from api.routers.health import API_VERSION
 from core.logs import trace_id_var
 from core.settings import Settings, get_settings
@@ -56,6 +56,8 @@ def create_app(settings: Settings | None = None, context: AppContext | None = No
     app.include_router(health.router)
     # /models/latest must be matched before /models/{model_id}
     app.include_router(learning.router)
+    # /models/{id}/load|unload before fleet's /models/{model_id:path} catch-all routes
+    app.include_router(lifecycle.router)
     app.include_router(fleet.router)
     app.include_router(inference.router)
     app.include_router(jobs.router)

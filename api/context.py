@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -15,7 +16,9 @@ from core.fleet.service import FleetService
 from core.fleet.store import FleetStore
 from core.registry import RegistryService
 from core.serving.jobs_service import JobService
-from core.serving.service import InferenceService
+from core.serving.lifecycle import ModelLifecycleService
+from core.serving.residency import InMemoryResidencyStore, ResidencyStore
+from core.serving.service import InferenceService, builtin_models
 from core.settings import Settings
 
 
@@ -29,6 +32,7 @@ class AppContext:
     authenticator: Authenticator = field(init=False)
     limiter: RateLimiter = field(init=False)
     registry: RegistryService = field(init=False)
+    lifecycle: ModelLifecycleService = field(init=False)
     closers: list[Any] = field(default_factory=list)
     # name -> blocking health probe (core/health.py); empty in unit tests
     probes: dict[str, Any] = field(default_factory=dict)
@@ -36,12 +40,21 @@ class AppContext:
     inference: InferenceService | None = None
     # async jobs (needs ``inference``); None where not wired
     jobs: JobService | None = None
+    # where inference workers report loaded models (Cassandra in production)
+    residency: ResidencyStore = field(default_factory=InMemoryResidencyStore)
+    # priority -> requests waiting in its topic (consumer lag); None where no broker is wired
+    queue_depth: Callable[[], dict[str, int]] | None = None
 
     def __post_init__(self) -> None:
         self.fleet = FleetService(self.settings, self.store, self.artifacts, self.events)
         self.authenticator = Authenticator(self.store, self.settings)
         self.limiter = RateLimiter(self.store, self.settings)
-        self.registry = RegistryService(self.store, self.events)
+        self.registry = RegistryService(self.store, self.events, residency=self.residency)
+        self.lifecycle = ModelLifecycleService(self.store, self.residency, self.events, builtins=self.served_builtins,
+                                               wait_s=self.settings.model_load_wait_s)
+
+    def served_builtins(self) -> Mapping[str, str]:
+        return self.inference.models if self.inference is not None else builtin_models()
 
 
 def context(request: Request) -> AppContext:

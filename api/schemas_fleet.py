@@ -35,6 +35,12 @@ class StatusResponse(BaseModel):
     current_round_status: RoundStatusName | None = None
     total_models: int
     timestamp: datetime
+    # seed 001 §2.6.3 (one answer for both seeds, see docs/conformance.md)
+    loaded_models: list[dict[str, Any]] = Field(
+        default_factory=list, description="ModelStatusResponse of every model loaded on a worker (one per worker)")
+    queue_depth: dict[str, int] = Field(
+        default_factory=dict, description="Requests waiting per priority: high_priority, medium_priority, "
+                                          "low_priority (empty when the broker cannot be asked)")
 
 
 class DeviceRegisterRequest(StrictBody):

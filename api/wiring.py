@@ -3,6 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import threading
+import time
+from collections.abc import Callable
+
+from confluent_kafka import Consumer
+from confluent_kafka.admin import AdminClient
 
 from api.context import AppContext
 from consumers.dead_letter import DeadLetterRouter
@@ -11,12 +17,35 @@ from core.cassandra.session import connect
 from core.fleet.cassandra_store import CassandraFleetStore
 from core.probes import component_probes
 from core.serving.cassandra_jobs import CassandraJobStore
+from core.serving.cassandra_residency import CassandraResidencyStore
 from core.serving.jobs_service import JobService
 from core.serving.service import InferenceService
 from core.settings import Settings
 from producers.events import KafkaEventSink
 from producers.publisher import Publisher
 from producers.replies import REPLY_GROUP, ReplyRouter
+from topology.lag import queue_depths
+
+QUEUE_DEPTH_CACHE_S = 2.0
+
+
+def queue_depth_reader(settings: Settings) -> tuple[Callable[[], dict[str, int]], Callable[[], None]]:
+    """(read, close): requests waiting per priority, cached for a moment (one reader, serialised)."""
+    admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap_servers})
+    reader = Consumer({"bootstrap.servers": settings.kafka_bootstrap_servers, "group.id": "tributary-queue-depth",
+                       "enable.auto.commit": False})
+    lock = threading.Lock()
+    cached: list[tuple[float, dict[str, int]]] = []
+
+    def read() -> dict[str, int]:
+        with lock:
+            if cached and time.monotonic() - cached[0][0] < QUEUE_DEPTH_CACHE_S:
+                return cached[0][1]
+            depths = queue_depths(settings, admin, reader)
+            cached[:] = [(time.monotonic(), depths)]
+            return depths
+
+    return read, reader.close
 
 
 async def build_context(settings: Settings, service: str = "api") -> AppContext:
@@ -27,17 +56,21 @@ async def build_context(settings: Settings, service: str = "api") -> AppContext:
     # Sync inference: join the reply group and wait for a partition before serving (readiness).
     replies = ReplyRouter(settings, dead_letters=DeadLetterRouter(settings, publisher, REPLY_GROUP.group_id))
     await replies.start()
-    inference = InferenceService(settings, events, replies)
+    store = CassandraFleetStore(session)
+    inference = InferenceService(settings, events, replies, catalog=store)
+    depth, close_depth = queue_depth_reader(settings)
     context = AppContext(
         settings=settings,
-        store=CassandraFleetStore(session),
+        store=store,
         artifacts=artifacts,
         events=events,
         probes={**component_probes(settings, session, publisher, artifacts), "inference_replies": replies.probe},
         inference=inference,
         jobs=JobService(settings, inference, CassandraJobStore(session), events),
+        residency=CassandraResidencyStore(session),
+        queue_depth=depth,
     )
     # Flush what is in flight before the session goes: nothing accepted is left unsent. Closers run in
     # reverse: the reply router leaves its group first, so other replicas take its partitions at once.
-    context.closers += [session.cluster.shutdown, publisher.close, replies.close]
+    context.closers += [session.cluster.shutdown, publisher.close, close_depth, replies.close]
     return context

@@ -17,6 +17,7 @@ class ErrorKind(StrEnum):
     RATE_LIMITED = "rate_limited"  # 429 / RESOURCE_EXHAUSTED
     TIMEOUT = "timeout"  # 408 / DEADLINE_EXCEEDED
     UNAVAILABLE = "unavailable"  # 503 / UNAVAILABLE
+    INSUFFICIENT_MEMORY = "insufficient_memory"  # 507 / RESOURCE_EXHAUSTED
 
 
 HTTP_STATUS: dict[ErrorKind, int] = {
@@ -30,6 +31,7 @@ HTTP_STATUS: dict[ErrorKind, int] = {
     ErrorKind.UNSUPPORTED: 415,
     ErrorKind.RATE_LIMITED: 429,
     ErrorKind.UNAVAILABLE: 503,
+    ErrorKind.INSUFFICIENT_MEMORY: 507,
 }
 
 

@@ -21,6 +21,7 @@ from core.events import EventSink, lifecycle_record
 from core.fleet.models import CatalogModel
 from core.fleet.service import LIFECYCLE, utcnow
 from core.fleet.store import FleetStore
+from core.serving.residency import ResidencyStore
 from topology.topics import MODEL_COMMANDS
 
 # HuggingFace-style ids: org/name with letters, digits, . _ -; no traversal, no spaces.
@@ -56,10 +57,19 @@ def registry_status(model: CatalogModel) -> str:
 
 
 class RegistryService:
-    def __init__(self, store: FleetStore, events: EventSink, clock: Callable[[], datetime] = utcnow) -> None:
+    def __init__(self, store: FleetStore, events: EventSink, clock: Callable[[], datetime] = utcnow,
+                 residency: ResidencyStore | None = None) -> None:
         self.store = store
         self.events = events
         self.clock = clock
+        self.residency = residency  # where the inference workers report loaded models
+
+    async def loaded_on(self, model: CatalogModel) -> list[str]:
+        """Workers that hold (or are loading) the model, from the residency rows the workers write."""
+        workers = [str(w) for w in model.extra.get("loaded_on") or []]  # entries written before residency
+        if self.residency is not None:
+            workers += await asyncio.to_thread(self.residency.loaded_on, model.id)
+        return sorted(set(workers))
 
     async def register(self, principal: Principal, *, model_id: str, task_type: TaskType, version: str,
                        display_name: str | None, description: str | None, source_url: str | None,
@@ -111,7 +121,7 @@ class RegistryService:
     async def delete(self, principal: Principal, model_id: str, force: bool) -> None:
         principal.require_operator()
         model = await self.get(model_id)
-        loaded_on = model.extra.get("loaded_on") or []
+        loaded_on = await self.loaded_on(model)
         if loaded_on and not force:
             raise conflict("MODEL_LOADED", f"Model '{model_id}' is loaded; unload it or pass force=true.",
                            loaded_on=loaded_on)

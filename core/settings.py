@@ -92,6 +92,12 @@ class Settings(BaseSettings):
     inference_max_input_bytes: int = Field(
         900_000, ge=1024, description="Largest encoded input_data + parameters; requests ride Kafka (1 MB limit)"
     )
+    model_load_wait_s: float = Field(
+        60.0, gt=0, description="How long POST /models/{id}/load (and /unload) waits for a worker to report it"
+    )
+    model_residency_ttl_s: int = Field(
+        30, ge=3, description="TTL of a worker's model residency rows; refreshed every third of it"
+    )
     reply_assignment_timeout_s: float = Field(
         30.0, gt=0, description="How long an ingress waits at start-up for its first reply partition"
     )

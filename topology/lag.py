@@ -93,3 +93,36 @@ def totals(rows: list[PartitionLag]) -> dict[str, int]:
     for row in rows:
         out[row.group] = out.get(row.group, 0) + row.lag
     return out
+
+
+def queue_depths(settings: Settings, admin: AdminClient, reader: Consumer, timeout_s: float = 2.0) -> dict[str, int]:
+    """Requests waiting per priority: high watermark minus the inference group's committed offset.
+
+    Cheap (one ListOffsets per partition, no reads) and so slightly approximate on Tansu, whose
+    high watermark is the last batch's base offset + 1 (``log_end`` reads the batch for the
+    exact end, which is too slow for a status call).
+    """
+    from topology.groups import inference_group
+    from topology.topics import Priority
+
+    depths: dict[str, int] = {}
+    for priority in Priority:
+        group = inference_group(priority)
+        group_id = group.full_id(settings)
+        partitions = [TopicPartition(t.full_name(settings), p) for t in group.inputs for p in range(t.partitions)]
+        committed: dict[tuple[str, int], int] = {}
+        try:
+            request = [ConsumerGroupTopicPartitions(group_id, partitions)]
+            result = admin.list_consumer_group_offsets(request, request_timeout=timeout_s)[group_id].result()
+            committed = {(tp.topic, tp.partition): tp.offset for tp in result.topic_partitions if tp.offset >= 0}
+        except KafkaException:
+            pass
+        total = 0
+        for tp in partitions:
+            try:
+                low, high = reader.get_watermark_offsets(tp, timeout=timeout_s)
+            except KafkaException:
+                continue
+            total += max(0, high - committed.get((tp.topic, tp.partition), low))
+        depths[f"{priority.value}_priority"] = total
+    return depths

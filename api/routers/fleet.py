@@ -67,7 +67,7 @@ async def read_upload(upload: UploadFile, limit: int) -> bytes:
 
 @router.get("/status", response_model=StatusResponse, tags=["Health"], responses=ERRORS)
 async def system_status(ctx: Ctx, _: Caller) -> StatusResponse:
-    return StatusResponse(**await ctx.fleet.status())
+    return StatusResponse(**await ctx.fleet.status(), **await ctx.lifecycle.status(ctx.queue_depth))
 
 
 @router.post("/devices/register", status_code=201, response_model=DeviceRegisterResponse, tags=["Devices"],

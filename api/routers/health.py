@@ -6,6 +6,7 @@ from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Response
+from fastapi.encoders import jsonable_encoder
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
@@ -52,6 +53,13 @@ async def ready(ctx: Ctx) -> JSONResponse:
     checks = {"database": healthy.get("cassandra", True), "queue": healthy.get("kafka", True)}
     ok = all(checks.values())
     return JSONResponse({"status": "ready" if ok else "not_ready", "checks": checks}, status_code=200 if ok else 503)
+
+
+@router.get("/health/models", openapi_extra=OPEN)
+async def models_health(ctx: Ctx) -> JSONResponse:
+    """Seed 001 §2.7: every resident model per inference worker (``healthy_count``, ``unhealthy_count``, ``models``)."""
+    body = await ctx.lifecycle.models_health()
+    return JSONResponse(jsonable_encoder(body))
 
 
 @router.get("/metrics", openapi_extra=OPEN, tags=["Metrics"], response_class=Response)

@@ -12,6 +12,12 @@ the responses partition the request names, with the same ``correlation_id``.
 - A request whose deadline has passed is answered ``INFERENCE_TIMEOUT`` without running.
 - Undecodable messages go to the group's dead-letter topic and the next one is served.
 - SIGTERM: stop fetching, finish what is in flight, commit, leave the group, close.
+- Models come from ``ModelFactory``: built-ins first, else the catalog (``consumers/inference/catalog.py``).
+- Model commands: every process reads every ``load``/``unload`` command (``assign()`` on all
+  partitions of the commands topic from the end, no group, no commits: a broadcast) and applies
+  it to its cache (``consumers/inference/commands.py``); bad commands go to the group's dead letters.
+- Residency: the cache's lifecycle events become this process's rows in ``model_residency``
+  (``consumers/inference/residency.py``), refreshed every third of their TTL and deleted at shutdown.
 
 ``InferenceRequestHandler`` holds the request -> response logic and needs no Kafka.
 """
@@ -20,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import itertools
 import logging
 import signal
@@ -33,26 +40,41 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
+from confluent_kafka import OFFSET_END, Consumer, KafkaError, KafkaException, Message, TopicPartition
 
 from consumers.dead_letter import DeadLetterRouter, RawMessage, from_confluent
 from consumers.inference.batching import DynamicBatcher
 from consumers.inference.builtin import BuiltinModels
 from consumers.inference.cache import ModelCache
+from consumers.inference.catalog import CatalogModels, ModelFactory
+from consumers.inference.commands import ModelCommandHandler
 from consumers.inference.errors import InferenceError
 from consumers.inference.jobs import JobRunner
+from consumers.inference.residency import ResidencyReporter
 from consumers.inference.runtime import JsonDict, ModelRuntime
+from core.artifacts import ArtifactStore, S3ArtifactStore
 from core.cassandra.session import connect
 from core.events import lifecycle_record
+from core.fleet.cassandra_store import CassandraFleetStore
+from core.fleet.store import FleetStore
 from core.logs import configure, correlation_id_var, trace_id_var
 from core.serving.cassandra_jobs import CassandraJobStore
+from core.serving.cassandra_residency import CassandraResidencyStore
 from core.serving.jobs import JobStore
+from core.serving.residency import ResidencyStore
 from core.settings import Settings, get_settings
 from producers.events import KafkaEventSink, instance_name
 from producers.publisher import Publisher
 from schemas.codec import Codec
 from topology.groups import inference_group
-from topology.topics import INFERENCE_REQUESTS, INFERENCE_RESPONSES, JOB_EVENTS, LIFECYCLE_EVENTS, Priority
+from topology.topics import (
+    INFERENCE_REQUESTS,
+    INFERENCE_RESPONSES,
+    JOB_EVENTS,
+    LIFECYCLE_EVENTS,
+    MODEL_COMMANDS,
+    Priority,
+)
 
 log = logging.getLogger(__name__)
 
@@ -259,14 +281,22 @@ class InferenceWorker:
         self.dead_letters = DeadLetterRouter(settings, self.publisher, self.group.group_id)
         self.models = BuiltinModels(settings.data_dir / "models" / "builtin",
                                     intra_op_threads=settings.inference_intra_op_threads)
-        self.cache = ModelCache(settings.inference_memory_budget_mb * 1024 * 1024, self.models,
+        self.catalog = CatalogModels(self._fleet_store, self._artifact_store, settings.data_dir / "models" / "catalog",
+                                     intra_op_threads=settings.inference_intra_op_threads)
+        self.factory = ModelFactory(self.models, self.catalog)
+        self.residency = ResidencyReporter(self._residency_store, worker=self.instance,
+                                           ttl_s=settings.model_residency_ttl_s, loaded=self._loaded)
+        self.cache = ModelCache(settings.inference_memory_budget_mb * 1024 * 1024, self.factory,
                                 on_event=self._lifecycle)
+        self.commands_topic = MODEL_COMMANDS.full_name(settings)
+        self.commands = ModelCommandHandler(self.cache, self.residency, worker=self.instance)
         self.batcher = DynamicBatcher(self._resolve, max_batch_size=settings.inference_max_batch_size,
                                       max_wait_ms=settings.inference_max_wait_ms,
                                       max_queue=max(1024, settings.inference_max_in_flight))
         self.handler = InferenceRequestHandler(self.batcher, worker=self.instance)
         self.jobs = JobRunner(self._connect_jobs, self.handler, worker=self.instance, clock=utcnow)
         self._cassandra: Any = None
+        self._cassandra_lock = threading.Lock()
         self.tracker = OffsetTracker()
         self.stopping = asyncio.Event()
         self.fatal: BaseException | None = None
@@ -275,6 +305,9 @@ class InferenceWorker:
         # Every consumer call happens on this one thread (librdkafka callbacks included).
         self._kafka = ThreadPoolExecutor(1, thread_name_prefix="kafka-consumer")
         self.consumer = Consumer(self.consumer_config())
+        # Model commands: a second consumer outside any group, on its own thread.
+        self._commands_kafka = ThreadPoolExecutor(1, thread_name_prefix="kafka-commands")
+        self.commands_consumer = Consumer(self.commands_consumer_config())
 
     def consumer_config(self) -> dict[str, Any]:
         session = self.settings.session_timeout_ms
@@ -290,15 +323,45 @@ class InferenceWorker:
             "partition.assignment.strategy": "roundrobin",
         }
 
+    def commands_consumer_config(self) -> dict[str, Any]:
+        return {
+            "bootstrap.servers": self.settings.kafka_bootstrap_servers,
+            # Required by the client but never joined: partitions are assign()ed, offsets never committed.
+            "group.id": f"{self.group_id}.commands.{self.instance}",
+            "client.id": f"{self.instance}-commands-{socket.gethostname()}",
+            "enable.auto.commit": False,
+            "enable.auto.offset.store": False,
+            "fetch.wait.max.ms": max(self.settings.fetch_max_wait_ms, 50),
+        }
+
+    def _session(self) -> Any:
+        """One Cassandra session per process (jobs, catalog, residency), connected on first use."""
+        with self._cassandra_lock:
+            if self._cassandra is None:
+                self._cassandra = connect(self.settings, self.settings.cassandra_keyspace)
+            return self._cassandra
+
     def _connect_jobs(self) -> JobStore:
-        self._cassandra = connect(self.settings, self.settings.cassandra_keyspace)
-        return CassandraJobStore(self._cassandra)
+        return CassandraJobStore(self._session())
+
+    def _fleet_store(self) -> FleetStore:
+        return CassandraFleetStore(self._session())
+
+    def _artifact_store(self) -> ArtifactStore:
+        return S3ArtifactStore(self.settings)
+
+    def _residency_store(self) -> ResidencyStore:
+        return CassandraResidencyStore(self._session())
+
+    def _loaded(self) -> list[Any]:
+        return self.cache.loaded()
 
     def _resolve(self, model_id: str) -> ModelRuntime:
         return TimedRuntime(self.cache.get_or_load(model_id))
 
     def _lifecycle(self, event_type: str, model_id: str, details: dict[str, Any]) -> None:
-        """Model cache events (batcher threads) -> the lifecycle topic, fire and forget."""
+        """Model cache events (batcher threads) -> residency rows, and the lifecycle topic (fire and forget)."""
+        self.residency.on_event(event_type, model_id, details)
         loop = self._loop
         if loop is None or loop.is_closed():
             return
@@ -396,6 +459,57 @@ class InferenceWorker:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
+    # --- model commands (broadcast) ---------------------------------------------------------
+    def _assign_commands(self) -> list[int]:
+        """Every partition of the commands topic, from its end (thread: the commands executor)."""
+        metadata = self.commands_consumer.list_topics(self.commands_topic, timeout=10)
+        topic = metadata.topics.get(self.commands_topic)
+        if topic is None or topic.error is not None or not topic.partitions:
+            raise KafkaException(KafkaError(KafkaError.UNKNOWN_TOPIC_OR_PART, f"no topic {self.commands_topic}"))
+        partitions = sorted(topic.partitions)
+        self.commands_consumer.assign([TopicPartition(self.commands_topic, p, OFFSET_END) for p in partitions])
+        return partitions
+
+    async def _command_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while not self.stopping.is_set():
+            try:
+                partitions = await loop.run_in_executor(self._commands_kafka, self._assign_commands)
+                break
+            except KafkaException as exc:
+                log.warning("cannot assign %s yet: %s", self.commands_topic, exc)
+                await asyncio.sleep(1.0)
+        else:
+            return
+        log.info("listening to model commands on %s%s", self.commands_topic, partitions)
+        while not self.stopping.is_set():
+            message = await loop.run_in_executor(self._commands_kafka, self.commands_consumer.poll, 0.2)
+            if message is None:
+                continue
+            error = message.error()
+            if error is not None:
+                if error.code() != KafkaError._PARTITION_EOF:
+                    log.warning("commands consumer: %s", error.str())
+                continue
+            raw = from_confluent(message)
+
+            async def handle(command: RawMessage) -> None:
+                await self.commands.handle(self.commands.decode(command.value))
+
+            try:
+                await self.dead_letters.process(raw, handle)
+            except Exception:  # the dead-letter topic refused it too: log loudly, keep listening
+                log.exception("cannot apply or dead-letter model command %s[%d]@%d", raw.topic, raw.partition,
+                              raw.offset)
+
+    async def _refresh_residency(self) -> None:
+        """Renew this worker's residency rows every third of their TTL."""
+        interval = max(1.0, self.settings.model_residency_ttl_s / 3)
+        while not self.stopping.is_set():
+            await asyncio.to_thread(self.residency.refresh)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.stopping.wait(), interval)
+
     async def _preload(self) -> None:
         for model_id in filter(None, (m.strip() for m in self.settings.inference_preload_models.split(","))):
             try:
@@ -408,6 +522,7 @@ class InferenceWorker:
         """Serve until ``stopping`` is set; returns the process exit code."""
         loop = self._loop = asyncio.get_running_loop()
         preload = asyncio.create_task(self._preload())
+        background = [asyncio.create_task(self._command_loop()), asyncio.create_task(self._refresh_residency())]
         await loop.run_in_executor(self._kafka, lambda: self.consumer.subscribe(
             [self.topic], on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost))
         log.info("serving %s as %s", self.topic, self.group_id)
@@ -421,11 +536,15 @@ class InferenceWorker:
                 for message in await loop.run_in_executor(self._kafka, self._poll, free):
                     self._spawn(message)
         finally:
-            await self._shutdown(preload)
+            await self._shutdown(preload, background)
         return 1 if self.fatal is not None else 0
 
-    async def _shutdown(self, preload: asyncio.Task[None]) -> None:
+    async def _shutdown(self, preload: asyncio.Task[None], background: list[asyncio.Task[None]]) -> None:
         preload.cancel()
+        self.stopping.set()
+        await asyncio.wait(background, timeout=5)
+        for task in background:
+            task.cancel()
         if self._tasks:
             log.info("finishing %d in-flight request(s)", len(self._tasks))
             await asyncio.wait(self._tasks, timeout=DRAIN_TIMEOUT_S)
@@ -433,6 +552,9 @@ class InferenceWorker:
         await loop.run_in_executor(self._kafka, lambda: self._commit(wait=True))
         await loop.run_in_executor(self._kafka, self.consumer.close)  # leaves the group at once
         self._kafka.shutdown(wait=True)
+        await asyncio.get_running_loop().run_in_executor(self._commands_kafka, self.commands_consumer.close)
+        self._commands_kafka.shutdown(wait=True)
+        await asyncio.to_thread(self.residency.clear)  # graceful: this worker's rows go at once
         self.batcher.close(drain=False, timeout=5)
         await asyncio.to_thread(self.publisher.close)
         self.cache.close()

@@ -87,7 +87,8 @@ class JobService:
                      timeout_seconds: int = 60) -> dict[str, Any]:
         """Seed 001 ``JobReference`` of a new queued job."""
         parameters = parameters or {}
-        task_type, level = self.inference.check(model_id, input_data, parameters, priority, timeout_seconds)
+        task_type, level = await self.inference.check_async(model_id, input_data, parameters, priority,
+                                                            timeout_seconds)
         now = self.clock()
         job = Job(job_id=str(uuid.uuid4()), model_id=model_id, task_type=task_type, priority=level.value,
                   owner_key_id=principal.key_id, created_at=now, deadline=now + timedelta(seconds=timeout_seconds),

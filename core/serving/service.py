@@ -17,6 +17,10 @@ Failure replies keep the worker's error code; its HTTP meaning comes from ``ERRO
 |                                                          | says retrying will not help)|
 | INFERENCE_FAILED and unknown codes                       | 503, no Retry-After         |
 
+Models: the built-ins (``models``) first; any other id is looked up in the catalog (when
+``catalog`` is given, off the event loop) and served with its ``task_type``, or with the generic
+tensor contract (``{"inputs": [...]}``) when it has none, as the workers do.
+
 txt2img is 503 rather than 501: the endpoint *is* implemented and serves any txt2img model a
 deployment provides; this deployment just has none (seed 001 lists 503 "model loading or
 service unavailable" for /infer, and no 501).
@@ -35,8 +39,9 @@ from typing import Any, Protocol
 from core.auth import Principal
 from core.errors import DomainError, ErrorKind, invalid, unavailable
 from core.events import EventsUnavailable
+from core.fleet.models import CatalogModel
 from core.logs import trace_id_var
-from core.serving.validation import validate_request
+from core.serving.validation import GENERIC_TASK_TYPE, SERVED_TASK_TYPES, validate_request
 from core.settings import Settings
 from schemas.codec import now_millis
 from topology.topics import INFERENCE_REQUESTS, Priority
@@ -102,6 +107,12 @@ class ReplySource(Protocol):
     def discard(self, correlation_id: str) -> None: ...
 
 
+class ModelCatalog(Protocol):
+    """Where non-built-in models are looked up (``core.fleet.store.FleetStore``); blocking."""
+
+    def get_model(self, model_id: str) -> CatalogModel | None: ...
+
+
 def builtin_models() -> dict[str, str]:
     """Model id -> task type of the models every worker can serve."""
     # Imported here: the module pulls onnxruntime, tokenizers and Pillow, which only workers need eagerly.
@@ -149,25 +160,58 @@ class InferenceService:
         *,
         models: Mapping[str, str] | None = None,
         clock: Callable[[], datetime] = now_millis,
+        catalog: ModelCatalog | None = None,
     ) -> None:
         self.settings = settings
         self.sink = sink
         self.replies = replies
         self.models = dict(models) if models is not None else builtin_models()
         self.clock = clock
+        self.catalog = catalog
+
+    def _not_served(self, model_id: str) -> DomainError:
+        return DomainError(ErrorKind.NOT_FOUND, "MODEL_NOT_FOUND", f"Model '{model_id[:200]}' is not served here.",
+                           details={"model_id": model_id[:200]},
+                           hint=f"Built-in models: {', '.join(sorted(self.models))}; or a catalog model with an "
+                                "uploaded ONNX or TorchScript version.")
 
     def task_type(self, model_id: str) -> str:
+        """The task type of a built-in model (no catalog lookup)."""
         task_type = self.models.get(model_id)
         if task_type is None:
-            raise DomainError(ErrorKind.NOT_FOUND, "MODEL_NOT_FOUND", f"Model '{model_id[:200]}' is not served here.",
-                              details={"model_id": model_id[:200]},
-                              hint=f"Models served: {', '.join(sorted(self.models))}.")
+            raise self._not_served(model_id)
         return task_type
 
+    async def resolve_task_type(self, model_id: str) -> str:
+        """Built-in first, else the catalog model's task type (generic tensor when it has none)."""
+        task_type = self.models.get(model_id)
+        if task_type is not None:
+            return task_type
+        if self.catalog is None or not 0 < len(model_id) <= 255:
+            raise self._not_served(model_id)
+        try:
+            model = await asyncio.to_thread(self.catalog.get_model, model_id)
+        except Exception as exc:  # the catalog is unreachable: the caller may retry
+            raise unavailable("SERVICE_UNAVAILABLE", "The model catalog is unavailable.", 2.0) from exc
+        if model is None:
+            raise self._not_served(model_id)
+        if model.task_type in SERVED_TASK_TYPES:
+            return str(model.task_type)
+        return GENERIC_TASK_TYPE
+
+    async def check_async(self, model_id: str, input_data: Any, parameters: Any, priority: str,
+                          timeout_seconds: int) -> tuple[str, Priority]:
+        """``check`` for any servable model: built-ins and catalog models."""
+        task_type = await self.resolve_task_type(model_id)
+        return self.check(model_id, input_data, parameters, priority, timeout_seconds, task_type=task_type)
+
     def check(self, model_id: str, input_data: Any, parameters: Any, priority: str,
-              timeout_seconds: int) -> tuple[str, Priority]:
-        """Validate a request (sync or async); its task type and priority, or a 400/404/413 DomainError."""
-        task_type = self.task_type(model_id)
+              timeout_seconds: int, *, task_type: str | None = None) -> tuple[str, Priority]:
+        """Validate a request (sync or async); its task type and priority, or a 400/404/413 DomainError.
+
+        Without ``task_type`` only built-in models are known (``check_async`` also asks the catalog).
+        """
+        task_type = task_type or self.task_type(model_id)
         try:
             level = Priority(priority)
         except ValueError:
@@ -197,7 +241,7 @@ class InferenceService:
     ) -> dict[str, Any]:
         started = time.perf_counter()
         parameters = parameters or {}
-        task_type, level = self.check(model_id, input_data, parameters, priority, timeout_seconds)
+        task_type, level = await self.check_async(model_id, input_data, parameters, priority, timeout_seconds)
         expires = time.monotonic() + timeout_seconds
         deadline = self.clock() + timedelta(seconds=timeout_seconds)
         correlation_id = str(uuid.uuid4())

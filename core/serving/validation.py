@@ -24,6 +24,10 @@ from jsonschema import Draft7Validator, ValidationError
 from core.errors import DomainError, ErrorKind
 
 TASK_TYPES = ("txt2embed", "img2embed", "img2txt", "txt2txt", "txt2img")
+# User models from the catalog without a task type: the generic tensor contract of
+# ``consumers/inference/runtime.py`` (same value as its GENERIC_TASK_TYPE; a unit test checks it).
+GENERIC_TASK_TYPE = "tensor"
+SERVED_TASK_TYPES = (*TASK_TYPES, GENERIC_TASK_TYPE)
 
 # Per-request limits mirror the built-in runtimes' limits, so the ingress refuses what a
 # worker would refuse anyway.
@@ -83,6 +87,18 @@ INPUT_SCHEMAS: dict[str, dict[str, Any]] = {
     },
 }
 
+# {"inputs": [[0.1, 0.2], ...]} (rows, batch dimension first) or a single row [0.1, 0.2]: numbers,
+# possibly nested; the worker checks the shape against the model's declared input.
+_NUMBERS: dict[str, Any] = {"type": "array", "minItems": 1,
+                            "items": {"anyOf": [{"type": "number"}, {"type": "array"}]}}
+# Kept apart from INPUT_SCHEMAS/PARAMETER_SCHEMAS, which list the seed's task types only.
+GENERIC_INPUT_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {"inputs": _NUMBERS},
+    "required": ["inputs"],
+}
+GENERIC_PARAMETER_SCHEMA: dict[str, Any] = {"type": "object"}
+
 _SAMPLING = {
     "max_tokens": {"type": "integer", "minimum": 1, "maximum": 4096},
     "temperature": {"type": "number", "minimum": 0, "maximum": 2},
@@ -116,6 +132,8 @@ _VALIDATORS: dict[tuple[str, str], Draft7Validator] = {}
 for _task in TASK_TYPES:
     for _part, _schemas in (("input_data", INPUT_SCHEMAS), ("parameters", PARAMETER_SCHEMAS)):
         _VALIDATORS[(_task, _part)] = compile_schema(_schemas[_task])
+_VALIDATORS[(GENERIC_TASK_TYPE, "input_data")] = compile_schema(GENERIC_INPUT_SCHEMA)
+_VALIDATORS[(GENERIC_TASK_TYPE, "parameters")] = compile_schema(GENERIC_PARAMETER_SCHEMA)
 
 
 @dataclass(frozen=True)
@@ -252,7 +270,7 @@ def schema_issues(validator: Draft7Validator, root: str, value: Any) -> list[Fie
 
 def task_issues(task_type: str, part: str, value: Any, *, root: str | None = None) -> list[FieldIssue]:
     """Every field error of ``part`` (``input_data`` or ``parameters``) of a ``task_type`` request, with hints."""
-    if task_type not in TASK_TYPES:
+    if task_type not in SERVED_TASK_TYPES:
         raise ValueError(f"unknown task type {task_type!r}")
     if part not in ("input_data", "parameters"):
         raise ValueError(f"unknown request part {part!r}")
@@ -261,7 +279,7 @@ def task_issues(task_type: str, part: str, value: Any, *, root: str | None = Non
 
 def field_errors(task_type: str, input_data: Any, parameters: Any) -> list[dict[str, str]]:
     """Every field error of a request for ``task_type``, as ``{"field", "message"}`` (seed 001 ValidationError)."""
-    if task_type not in TASK_TYPES:
+    if task_type not in SERVED_TASK_TYPES:
         raise ValueError(f"unknown task type {task_type!r}")
     return [{"field": issue.field, "message": issue.message}
             for part, value in (("input_data", input_data), ("parameters", parameters))

@@ -1,0 +1,142 @@
+"""Where a worker's runtimes come from: the built-in models first, else the catalog.
+
+A catalog model (uploaded by a user, seed 000 versions) is served from its latest version:
+
+- ONNX (uploaded as ONNX, or a TorchScript upload the ingress converted to ONNX) ->
+  ``OnnxRuntimeModel``; otherwise a TorchScript upload -> ``TorchScriptModel``.
+- The artifact is downloaded from S3 once into
+  ``<data_dir>/models/catalog/<safe id>/v<version>/model.<ext>``: streamed to a temporary file,
+  its sha256 checked against the catalog's, then renamed into place (atomic), so a crash or a
+  concurrent download never leaves a half file where a runtime would read it.
+- Its task type is the catalog's ``task_type``, else the generic tensor contract.
+
+Anything else (no version, plain state_dict, TensorFlow, ...) raises ``ModelLoadError``; an id
+neither built in nor in the catalog raises ``ModelNotFoundError``. The model cache turns either
+into a ``model_load_failed`` lifecycle event.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import re
+import tempfile
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+from consumers.inference.builtin import BuiltinModels
+from consumers.inference.errors import ModelLoadError, ModelNotFoundError
+from consumers.inference.runtime import GENERIC_TASK_TYPE, ModelRuntime, OnnxRuntimeModel, TorchScriptModel
+from core.artifacts import ArtifactNotFound, ArtifactStore
+from core.fleet.models import ModelVersion
+from core.fleet.store import FleetStore
+
+log = logging.getLogger(__name__)
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
+
+
+def safe_name(model_id: str) -> str:
+    """A directory name for ``model_id``: '/' and anything unusual become '_', no '..' survives."""
+    name = _UNSAFE.sub("_", model_id.replace("/", "__")).replace("..", "_")
+    return name.lstrip(".") or "_"
+
+
+class CatalogModels:
+    """Runtimes for catalog models; ``store`` and ``artifacts`` may be factories (connected on first use)."""
+
+    def __init__(self, store: FleetStore | Callable[[], FleetStore], artifacts: ArtifactStore |
+                 Callable[[], ArtifactStore], cache_dir: Path, *, intra_op_threads: int = 1) -> None:
+        self._store = store
+        self._artifacts = artifacts
+        self.cache_dir = Path(cache_dir)
+        self.intra_op_threads = intra_op_threads
+        self._lock = threading.Lock()
+
+    def store(self) -> FleetStore:
+        with self._lock:
+            if not isinstance(self._store, FleetStore):
+                self._store = self._store()
+            return self._store
+
+    def artifacts(self) -> ArtifactStore:
+        with self._lock:
+            if not isinstance(self._artifacts, ArtifactStore):
+                self._artifacts = self._artifacts()
+            return self._artifacts
+
+    def create(self, model_id: str) -> ModelRuntime:
+        store = self.store()
+        model = store.get_model(model_id)
+        if model is None:
+            raise ModelNotFoundError(f"model {model_id!r} is neither built in nor in the catalog",
+                                     details={"model_id": model_id})
+        versions = store.list_versions(model_id)
+        if not versions:
+            raise ModelLoadError(f"catalog model {model_id!r} has no uploaded version to serve",
+                                 details={"model_id": model_id},
+                                 hint="Upload a version (ONNX or TorchScript) first.")
+        version = max(versions, key=lambda v: v.version)
+        task_type = model.task_type or GENERIC_TASK_TYPE
+        if version.format == "onnx" or version.onnx_key:
+            path = self.fetch(version, onnx=version.format != "onnx")
+            return OnnxRuntimeModel(model_id, path, task_type=task_type, intra_op_threads=self.intra_op_threads)
+        if version.format == "pytorch":
+            path = self.fetch(version, onnx=False)
+            return TorchScriptModel(model_id, path, task_type=task_type)
+        raise ModelLoadError(f"version {version.version} of {model_id!r} is {version.format}, which the workers "
+                             "cannot run", details={"model_id": model_id, "format": version.format},
+                             hint="Upload an ONNX model or a TorchScript archive.")
+
+    __call__ = create
+
+    def path_of(self, version: ModelVersion, *, onnx: bool) -> Path:
+        suffix = "onnx" if onnx or version.format == "onnx" else "pt"
+        return self.cache_dir / safe_name(version.model_id) / f"v{version.version}" / f"model.{suffix}"
+
+    def fetch(self, version: ModelVersion, *, onnx: bool) -> Path:
+        """The local file of a version's artifact (or its ONNX form), downloaded and verified once."""
+        key, sha256 = (version.onnx_key, version.onnx_sha256) if onnx else (version.artifact_key, version.sha256)
+        if not key or not sha256:
+            raise ModelLoadError(f"version {version.version} of {version.model_id!r} has no such artifact",
+                                 details={"model_id": version.model_id})
+        target = self.path_of(version, onnx=onnx)
+        if target.is_file():
+            return target  # only a verified file is ever renamed here
+        target.parent.mkdir(parents=True, exist_ok=True)
+        digest = hashlib.sha256()
+        fd, tmp_name = tempfile.mkstemp(prefix=".download-", dir=target.parent)
+        tmp = Path(tmp_name)
+        try:
+            with os.fdopen(fd, "wb") as out:
+                for chunk in self.artifacts().stream(key):
+                    digest.update(chunk)
+                    out.write(chunk)
+            if digest.hexdigest() != sha256:
+                raise ModelLoadError(f"artifact {key} does not match its sha256 (CHECKSUM_MISMATCH)",
+                                     details={"model_id": version.model_id, "expected": sha256,
+                                              "actual": digest.hexdigest()})
+            os.replace(tmp, target)
+        except ArtifactNotFound as exc:
+            raise ModelLoadError(f"artifact {key} is missing from the artifact store",
+                                 details={"model_id": version.model_id}) from exc
+        finally:
+            tmp.unlink(missing_ok=True)
+        log.info("downloaded %s (%s) to %s", version.model_id, key, target)
+        return target
+
+
+class ModelFactory:
+    """The ``ModelCache`` loader of a worker: built-in models first, else the catalog (if wired)."""
+
+    def __init__(self, builtins: BuiltinModels, catalog: CatalogModels | None = None) -> None:
+        self.builtins = builtins
+        self.catalog = catalog
+
+    def create(self, model_id: str) -> ModelRuntime:
+        if model_id in self.builtins or self.catalog is None:
+            return self.builtins.create(model_id)
+        return self.catalog.create(model_id)
+
+    __call__ = create
