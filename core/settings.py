@@ -40,6 +40,9 @@ class Settings(BaseSettings):
     # --- Kafka clients -------------------------------------------------------------------
     topic_prefix: str = Field("", description="Prefix for every topic name, so environments can share a cluster")
     session_timeout_ms: int = Field(6000, ge=1000, description="Consumer group session timeout")
+    shutdown_timeout_s: float = Field(
+        20.0, gt=1, description="Bound on a consumer's graceful stop (finish in flight, commit, leave the group)"
+    )
     fetch_max_wait_ms: int = Field(5, ge=0, description="Fetch max wait; small values cut latency on Tansu")
     producer_max_in_flight: int = Field(10_000, ge=1, description="Unacknowledged messages before back-pressure")
     delivery_timeout_ms: int = Field(10_000, ge=1000, description="Give up on a message after this long")

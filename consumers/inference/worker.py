@@ -63,6 +63,7 @@ from core.serving.cassandra_residency import CassandraResidencyStore
 from core.serving.jobs import JobStore
 from core.serving.residency import ResidencyStore
 from core.settings import Settings, get_settings
+from core.shutdown import arm_shutdown_deadline
 from producers.events import KafkaEventSink, instance_name
 from producers.publisher import Publisher
 from schemas.codec import Codec
@@ -82,8 +83,8 @@ log = logging.getLogger(__name__)
 BATCH_META = "__tributary_batch__"
 # A model that runs past the deadline is still awaited this long before the request is answered.
 OVERRUN_GRACE_S = 30.0
-# Bound on finishing in-flight requests at a revoke or at shutdown (the supervisor kills after 20 s).
-DRAIN_TIMEOUT_S = 15.0
+# Share of the shutdown bound spent finishing in-flight requests (the rest: commit, leave, close).
+DRAIN_SHARE = 0.6
 
 
 def utcnow() -> datetime:
@@ -270,6 +271,7 @@ class OffsetTracker:
 class InferenceWorker:
     def __init__(self, settings: Settings, priority: Priority) -> None:
         self.settings = settings
+        self.drain_timeout_s = settings.shutdown_timeout_s * DRAIN_SHARE
         self.priority = priority
         self.group = inference_group(priority)
         self.group_id = settings.topic(self.group.group_id)
@@ -292,7 +294,8 @@ class InferenceWorker:
         self.commands = ModelCommandHandler(self.cache, self.residency, worker=self.instance)
         self.batcher = DynamicBatcher(self._resolve, max_batch_size=settings.inference_max_batch_size,
                                       max_wait_ms=settings.inference_max_wait_ms,
-                                      max_queue=max(1024, settings.inference_max_in_flight))
+                                      max_queue=max(1024, settings.inference_max_in_flight),
+                                      eager_when_idle=True)  # a lone request pays no batching delay
         self.handler = InferenceRequestHandler(self.batcher, worker=self.instance)
         self.jobs = JobRunner(self._connect_jobs, self.handler, worker=self.instance, clock=utcnow)
         self._cassandra: Any = None
@@ -399,7 +402,7 @@ class InferenceWorker:
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         keys = [(tp.topic, tp.partition) for tp in partitions]
         # Finish and commit what we hold before the next owner starts from our committed offset.
-        if not self.tracker.wait_idle(keys, DRAIN_TIMEOUT_S):
+        if not self.tracker.wait_idle(keys, self.drain_timeout_s):
             log.warning("%d request(s) still running at revoke; they will be re-delivered",
                         self.tracker.in_flight(keys))
         self._commit(keys, wait=True)
@@ -547,7 +550,7 @@ class InferenceWorker:
             task.cancel()
         if self._tasks:
             log.info("finishing %d in-flight request(s)", len(self._tasks))
-            await asyncio.wait(self._tasks, timeout=DRAIN_TIMEOUT_S)
+            await asyncio.wait(self._tasks, timeout=self.drain_timeout_s)
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(self._kafka, lambda: self._commit(wait=True))
         await loop.run_in_executor(self._kafka, self.consumer.close)  # leaves the group at once
@@ -575,8 +578,12 @@ def main(argv: list[str] | None = None) -> None:
     async def serve() -> int:
         worker = InferenceWorker(settings, priority)
         loop = asyncio.get_running_loop()
+        def stop() -> None:
+            arm_shutdown_deadline(settings.shutdown_timeout_s)
+            worker.stopping.set()
+
         for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, worker.stopping.set)
+            loop.add_signal_handler(sig, stop)
         return await worker.run()
 
     sys.exit(asyncio.run(serve()))

@@ -25,6 +25,7 @@ from core.fleet.processing import DeviceProcessor, RoundProcessor
 from core.fleet.service import FleetService
 from core.logs import configure, correlation_id_var, trace_id_var
 from core.settings import Settings, get_settings
+from core.shutdown import arm_shutdown_deadline
 from producers.events import KafkaEventSink
 from producers.publisher import Publisher
 from schemas.codec import Codec
@@ -119,6 +120,7 @@ def make_app(spec: ProcessorSpec, settings: Settings) -> faust.App:
 
     @app.on_before_shutdown.connect  # type: ignore[arg-type]
     async def close(app: faust.App, **_: Any) -> None:
+        arm_shutdown_deadline(settings.shutdown_timeout_s)
         # Flush our producers (events, dead letters) before faust commits and leaves the group.
         for closer in spec.closers:
             closer()

@@ -51,7 +51,9 @@ FILE_SUFFIX = {"pytorch": "pt", "tensorflow": "h5", "onnx": "onnx", "sklearn": "
 
 
 def utcnow() -> datetime:
-    return datetime.now(UTC)
+    """Now at the precision Avro and Cassandra keep (ms): what a response says is what is stored."""
+    now = datetime.now(UTC)
+    return now.replace(microsecond=now.microsecond // 1000 * 1000)
 
 
 def iso(ts: datetime | None) -> str | None:
