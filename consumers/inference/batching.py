@@ -4,6 +4,9 @@ Each model gets a queue and a worker thread (started on first use, gone after an
 period). The worker takes the oldest request, then waits until ``max_batch_size`` requests
 are queued or the oldest has waited ``max_wait_ms``, whichever comes first, and runs them as
 one batch. ``max_batch_size=1`` switches batching off: every request runs alone at once.
+With ``eager_when_idle`` a request that finds the model idle (no batch finished within the last
+``max_wait_ms``) runs at once: a lone request pays no batching delay, and under sustained load
+the requests that arrive while a batch runs still form the next one.
 
 If a batch call fails, each request is retried alone, so one bad input fails only its own
 request. Requests whose deadline has passed are answered with INFERENCE_TIMEOUT without
@@ -72,6 +75,7 @@ class _ModelQueue:
     condition: threading.Condition
     items: deque[_Request] = field(default_factory=deque)
     thread: threading.Thread | None = None
+    last_finished: float = float("-inf")  # monotonic end of the last batch
 
 
 class DynamicBatcher:
@@ -90,6 +94,7 @@ class DynamicBatcher:
         max_queue: int = 1024,
         idle_timeout_s: float = 60.0,
         on_batch: Callable[[BatchObservation], None] | None = None,
+        eager_when_idle: bool = False,
     ) -> None:
         if max_batch_size < 1:
             raise ValueError("max_batch_size must be at least 1 (1 switches batching off)")
@@ -101,6 +106,7 @@ class DynamicBatcher:
         self.max_queue = max_queue
         self.idle_timeout_s = idle_timeout_s
         self._on_batch = on_batch
+        self.eager_when_idle = eager_when_idle
         self._lock = threading.Lock()
         self._queues: dict[str, _ModelQueue] = {}
         self._closed = False
@@ -175,6 +181,8 @@ class DynamicBatcher:
                         del self._queues[model_id]
                     return None
             due = queue.items[0].enqueued + self.max_wait_s
+            if self.eager_when_idle and time.monotonic() - queue.last_finished > self.max_wait_s:
+                due = 0.0  # idle model: nothing is coming that waiting would batch with this one
             while len(queue.items) < self.max_batch_size and not self._closed:
                 remaining = due - time.monotonic()
                 if remaining <= 0:
@@ -195,6 +203,8 @@ class DynamicBatcher:
                 for request in batch:
                     if not request.future.done():
                         request.future.set_exception(exc)
+            finally:
+                queue.last_finished = time.monotonic()
 
     def _call(self, model_id: str, runtime: ModelRuntime, items: list[JsonDict]) -> tuple[ModelRuntime, list[JsonDict]]:
         try:

@@ -63,11 +63,12 @@ class EchoRuntime(ModelRuntime):
         return None
 
 
-def make(runtime: ModelRuntime, *, max_batch_size: int, max_wait_ms: float) -> tuple[DynamicBatcher,
-                                                                                     list[BatchObservation]]:
+def make(runtime: ModelRuntime, *, max_batch_size: int, max_wait_ms: float,
+         eager_when_idle: bool = False) -> tuple[DynamicBatcher, list[BatchObservation]]:
     observations: list[BatchObservation] = []
     batcher = DynamicBatcher(lambda model_id: runtime, on_batch=observations.append,
-                             max_batch_size=max_batch_size, max_wait_ms=max_wait_ms)
+                             max_batch_size=max_batch_size, max_wait_ms=max_wait_ms,
+                             eager_when_idle=eager_when_idle)
     return batcher, observations
 
 
@@ -278,3 +279,21 @@ def test_invalid_settings_are_refused() -> None:
         DynamicBatcher(lambda _: EchoRuntime(), max_batch_size=0)
     with pytest.raises(ValueError):
         DynamicBatcher(lambda _: EchoRuntime(), max_wait_ms=-1)
+
+
+def test_eager_when_idle_runs_a_lone_request_at_once_and_still_batches_under_load() -> None:
+    runtime = EchoRuntime()
+    runtime.gate = threading.Event()
+    batcher, observations = make(runtime, max_batch_size=8, max_wait_ms=400, eager_when_idle=True)
+    with batcher:
+        first = batcher.submit("echo", {"x": 0})
+        deadline = time.monotonic() + 5
+        while batcher.queue_depth("echo") and time.monotonic() < deadline:
+            time.sleep(0.001)
+        assert batcher.queue_depth("echo") == 0  # taken at once, not held for the 400 ms window
+        # While the first request runs, the next ones queue up and go as one batch.
+        rest = [batcher.submit("echo", {"x": i}) for i in range(1, 6)]
+        runtime.gate.set()
+        assert results([first, *rest]) == [{"y": 2 * i} for i in range(6)]
+    assert runtime.batches == [1, 5]
+    assert observations[0].queue_wait_s < 0.2
