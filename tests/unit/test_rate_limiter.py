@@ -1,0 +1,55 @@
+"""The shared rate limit: exact across replicas, with leased tokens instead of a round trip per request."""
+
+from __future__ import annotations
+
+import pytest
+
+from core.auth import RateLimiter
+from core.errors import DomainError, ErrorKind
+from core.fleet.memory_store import InMemoryFleetStore
+from core.settings import Settings
+
+pytestmark = pytest.mark.unit
+
+
+class CountingStore(InMemoryFleetStore):
+    def __init__(self) -> None:
+        super().__init__()
+        self.round_trips = 0
+
+    def hit(self, subject: str, window_start: int, window_s: int, count: int = 1) -> int:
+        self.round_trips += 1
+        return super().hit(subject, window_start, window_s, count)
+
+
+def admitted(limiter: RateLimiter, subject: str = "key") -> bool:
+    try:
+        limiter.check(subject)
+        return True
+    except DomainError as exc:
+        assert exc.kind is ErrorKind.RATE_LIMITED and exc.retry_after_s is not None
+        return False
+
+
+@pytest.mark.parametrize("limit", [1, 7, 100, 1000])
+def test_two_replicas_admit_exactly_the_limit_between_them(limit: int) -> None:
+    store, now = CountingStore(), [600.0]
+    replicas = [RateLimiter(store, Settings(rate_limit_per_minute=limit), clock=lambda: now[0]) for _ in range(2)]
+    outcomes = [admitted(replicas[i % 2]) for i in range(limit + 50)]
+    assert outcomes.count(True) == limit
+    assert not any(outcomes[limit + 10:])  # once refused, refused for the rest of the window
+    now[0] += 60  # the next window starts afresh
+    assert admitted(replicas[1])
+
+
+def test_far_from_the_limit_most_requests_skip_the_store() -> None:
+    store = CountingStore()
+    limiter = RateLimiter(store, Settings(rate_limit_per_minute=100_000), clock=lambda: 600.0)
+    assert all(admitted(limiter) for _ in range(5_000))
+    assert store.round_trips <= 10
+
+
+def test_keys_are_limited_separately() -> None:
+    limiter = RateLimiter(InMemoryFleetStore(), Settings(rate_limit_per_minute=3), clock=lambda: 600.0)
+    assert [admitted(limiter, "a") for _ in range(4)] == [True, True, True, False]
+    assert admitted(limiter, "b")
