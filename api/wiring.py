@@ -19,6 +19,7 @@ from core.probes import component_probes
 from core.serving.cassandra_jobs import CassandraJobStore
 from core.serving.cassandra_residency import CassandraResidencyStore
 from core.serving.jobs_service import JobService
+from core.serving.metrics import register_queue_depth
 from core.serving.service import InferenceService
 from core.settings import Settings
 from producers.events import KafkaEventSink
@@ -59,6 +60,7 @@ async def build_context(settings: Settings, service: str = "api") -> AppContext:
     store = CassandraFleetStore(session)
     inference = InferenceService(settings, events, replies, catalog=store)
     depth, close_depth = queue_depth_reader(settings)
+    unregister_depth = register_queue_depth(depth)  # /metrics: tributary_inference_queue_depth{priority}
     context = AppContext(
         settings=settings,
         store=store,
@@ -72,5 +74,5 @@ async def build_context(settings: Settings, service: str = "api") -> AppContext:
     )
     # Flush what is in flight before the session goes: nothing accepted is left unsent. Closers run in
     # reverse: the reply router leaves its group first, so other replicas take its partitions at once.
-    context.closers += [session.cluster.shutdown, publisher.close, close_depth, replies.close]
+    context.closers += [session.cluster.shutdown, publisher.close, close_depth, unregister_depth, replies.close]
     return context

@@ -86,6 +86,9 @@ class Settings(BaseSettings):
     learning_graph_aes_key: SecretStr = Field(SecretStr(""), description="Hex AES-256 key (64 hex chars)")
 
     # --- model serving -----------------------------------------------------------------
+    worker_metrics_port: int = Field(
+        0, ge=0, le=65533, description="Prometheus port of inference workers (+0/+1/+2 by priority); 0 = off"
+    )
     inference_max_batch_size: int = Field(8, ge=1, description="Requests per model batched into one call; 1 = off")
     inference_max_wait_ms: float = Field(5.0, ge=0, description="How long a batch waits to fill before it runs")
     inference_max_in_flight: int = Field(64, ge=1, description="Requests one worker process holds at once")

@@ -41,6 +41,7 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from confluent_kafka import OFFSET_END, Consumer, KafkaError, KafkaException, Message, TopicPartition
+from prometheus_client import start_http_server
 
 from consumers.dead_letter import DeadLetterRouter, RawMessage, from_confluent
 from consumers.inference.batching import DynamicBatcher
@@ -61,6 +62,7 @@ from core.logs import configure, correlation_id_var, trace_id_var
 from core.serving.cassandra_jobs import CassandraJobStore
 from core.serving.cassandra_residency import CassandraResidencyStore
 from core.serving.jobs import JobStore
+from core.serving.metrics import MODEL_EVENTS, WORKER_REQUESTS, observe_batch
 from core.serving.residency import ResidencyStore
 from core.settings import Settings, get_settings
 from core.shutdown import arm_shutdown_deadline
@@ -295,7 +297,8 @@ class InferenceWorker:
         self.batcher = DynamicBatcher(self._resolve, max_batch_size=settings.inference_max_batch_size,
                                       max_wait_ms=settings.inference_max_wait_ms,
                                       max_queue=max(1024, settings.inference_max_in_flight),
-                                      eager_when_idle=True)  # a lone request pays no batching delay
+                                      eager_when_idle=True,  # a lone request pays no batching delay
+                                      on_batch=observe_batch)
         self.handler = InferenceRequestHandler(self.batcher, worker=self.instance)
         self.jobs = JobRunner(self._connect_jobs, self.handler, worker=self.instance, clock=utcnow)
         self._cassandra: Any = None
@@ -364,6 +367,7 @@ class InferenceWorker:
 
     def _lifecycle(self, event_type: str, model_id: str, details: dict[str, Any]) -> None:
         """Model cache events (batcher threads) -> residency rows, and the lifecycle topic (fire and forget)."""
+        MODEL_EVENTS.labels(event_type).inc()
         self.residency.on_event(event_type, model_id, details)
         loop = self._loop
         if loop is None or loop.is_closed():
@@ -435,6 +439,10 @@ class InferenceWorker:
                 else:
                     response = await self.handler.answer(request)
                 answered = True
+                if response is not None:
+                    result = "success" if response.get("status") == "success" else str(
+                        (response.get("error") or {}).get("code") or "INFERENCE_FAILED")
+                    WORKER_REQUESTS.labels(str(response.get("model_id")), result).inc()
             if response is not None:
                 await self.sink.publish(INFERENCE_RESPONSES.name, "inference_response", response,
                                         partition=response.get("reply_partition"))
@@ -521,9 +529,21 @@ class InferenceWorker:
             except Exception as exc:
                 log.warning("preloading %s failed: %s", model_id, exc)
 
+    def _serve_metrics(self) -> None:
+        """Prometheus on TRIBUTARY_WORKER_METRICS_PORT + the priority's index (high 0, medium 1, low 2)."""
+        if not self.settings.worker_metrics_port:
+            return
+        port = self.settings.worker_metrics_port + list(Priority).index(self.priority)
+        try:
+            start_http_server(port, addr=self.settings.api_host)
+            log.info("metrics on %s:%d", self.settings.api_host, port)
+        except OSError as exc:  # e.g. a second replica on this host: serve without metrics
+            log.warning("metrics port %d unavailable: %s", port, exc)
+
     async def run(self) -> int:
         """Serve until ``stopping`` is set; returns the process exit code."""
         loop = self._loop = asyncio.get_running_loop()
+        self._serve_metrics()
         preload = asyncio.create_task(self._preload())
         background = [asyncio.create_task(self._command_loop()), asyncio.create_task(self._refresh_residency())]
         await loop.run_in_executor(self._kafka, lambda: self.consumer.subscribe(

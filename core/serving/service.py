@@ -41,6 +41,7 @@ from core.errors import DomainError, ErrorKind, invalid, unavailable
 from core.events import EventsUnavailable
 from core.fleet.models import CatalogModel
 from core.logs import trace_id_var
+from core.serving.metrics import observe_reply
 from core.serving.validation import GENERIC_TASK_TYPE, SERVED_TASK_TYPES, validate_request
 from core.settings import Settings
 from schemas.codec import now_millis
@@ -266,6 +267,7 @@ class InferenceService:
                                   exc.retry_after_s) from exc
             except TimeoutError:
                 self.replies.discard(correlation_id)
+                observe_reply(model_id, level.value, "INFERENCE_TIMEOUT", time.perf_counter() - started, {})
                 raise reply_error("INFERENCE_TIMEOUT",
                                   f"No result from {model_id} within {timeout_seconds}s.") from None
             except ReplyPartitionRevoked as exc:
@@ -300,10 +302,13 @@ class InferenceService:
 
     @staticmethod
     def _render(model_id: str, priority: Priority, reply: Reply, started: float) -> dict[str, Any]:
+        elapsed = time.perf_counter() - started
         if reply.get("status") != "success":
             error = reply.get("error") or {}
-            raise reply_error(str(error.get("code") or "INFERENCE_FAILED"),
-                              str(error.get("message") or "The worker failed without a message."))
+            code = str(error.get("code") or "INFERENCE_FAILED")
+            observe_reply(model_id, priority.value, code, elapsed, reply.get("metadata") or {})
+            raise reply_error(code, str(error.get("message") or "The worker failed without a message."))
+        observe_reply(model_id, priority.value, "success", elapsed, reply.get("metadata") or {})
         metadata = dict(reply.get("metadata") or {})
         metadata.setdefault("device", "cpu")
         metadata["total_time_ms"] = round((time.perf_counter() - started) * 1000.0, 3)

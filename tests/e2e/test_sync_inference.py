@@ -226,3 +226,14 @@ def test_an_expired_request_is_answered_timeout_without_running(system: RunningS
     response = codec.decode(reply.value()).record
     assert response["status"] == "failure" and response["error"]["code"] == "INFERENCE_TIMEOUT"
     assert response["metadata"]["ran"] is False and response["causation_id"] == record["message_id"]
+
+
+def test_metrics_report_inference_by_model_and_queue_depth_per_priority(
+        system: RunningSystem, caller: dict[str, str]) -> None:
+    assert infer(system.base_url, caller, "counted").status_code == 200
+    metrics = httpx.get(f"{system.base_url}/metrics", timeout=30).text
+    assert f'tributary_inference_requests_total{{model="{MINILM_ID}",outcome="success",priority="high"}}' in metrics
+    assert "tributary_inference_e2e_duration_seconds_bucket" in metrics
+    assert "tributary_inference_reply_batch_size_bucket" in metrics
+    for priority in Priority:
+        assert re.search(rf'tributary_inference_queue_depth{{priority="{priority.value}"}} \d', metrics), priority
