@@ -10,6 +10,7 @@ from fastapi import FastAPI, Request, Response
 
 from api.context import AppContext
 from api.errors import install_error_handlers
+from api.limits import BodySizeLimit
 from api.metrics import record_http_metrics
 from api.routers import fleet, health, inference, jobs, learning, lifecycle, pipelines
 from api.routers.health import API_VERSION
@@ -43,6 +44,9 @@ def create_app(settings: Settings | None = None, context: AppContext | None = No
     )
     app.state.settings = settings
     install_error_handlers(app)
+    # Added first, so it runs inside the trace and metrics middlewares (its 413 carries the trace id).
+    app.add_middleware(BodySizeLimit, max_request_bytes=settings.max_request_bytes,
+                       max_upload_bytes=settings.max_upload_bytes)
 
     @app.middleware("http")
     async def trace(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:

@@ -89,8 +89,8 @@ class HeartbeatResponse(BaseModel):
 
 
 class RoundStartRequest(StrictBody):
-    target_devices: int = Field(ge=1)
-    min_devices: int = Field(ge=1)
+    target_devices: int = Field(ge=1, le=2**31 - 1)  # Cassandra int columns
+    min_devices: int = Field(ge=1, le=2**31 - 1)
     timeout_seconds: int = Field(300, ge=60, le=3600)
     global_model_id: str | None = Field(None, pattern=r"^[0-9a-fA-F-]{36}$")
 

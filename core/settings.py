@@ -81,6 +81,9 @@ class Settings(BaseSettings):
     straggler_grace_s: float = Field(10.0, ge=0, description="Wait after min_devices completed before aggregating")
     rate_limit_per_minute: int = Field(100, ge=1, description="Requests per minute per API key")
     max_upload_bytes: int = Field(100 * 1024 * 1024, ge=1024, description="Largest model or update upload")
+    max_request_bytes: int = Field(
+        16 * 1024 * 1024, ge=1024, description="Largest non-multipart request body (JSON); 413 beyond it"
+    )
     learning_graph_threshold: int = Field(1000, ge=1, description="Pending graphs that trigger retraining")
     learning_graph_hmac_key: SecretStr = SecretStr("")
     learning_graph_aes_key: SecretStr = Field(SecretStr(""), description="Hex AES-256 key (64 hex chars)")

@@ -43,6 +43,8 @@ UUID_PATTERN = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0
 DeviceId = Annotated[str, Path(min_length=1, max_length=255, pattern=r"^[^\x00-\x1f/\\]+$")]
 RoundId = Annotated[str, Path(pattern=UUID_PATTERN, description="UUID of the training round.")]
 ModelId = Annotated[str, Path(pattern=UUID_PATTERN, description="UUID of the model.")]
+# Largest values the Cassandra columns behind them hold (int, bigint): larger ones are a 400, not a 500.
+INT32_MAX, INT64_MAX = 2**31 - 1, 2**63 - 1
 CatalogId = Annotated[str, Path(description="Catalog id: a UUID (seed 000) or a registry id such as "
                                             "'org/name' (seed 001; URL-encoding is accepted)")]
 
@@ -56,8 +58,19 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
+UNSAFE_FILENAME = re.compile(r"[/\\\x00-\x1f\x7f]|^\.\.?$")
+
+
 async def read_upload(upload: UploadFile, limit: int) -> bytes:
-    """Read at most limit+1 bytes so an oversized upload is refused without buffering it all."""
+    """Read at most limit+1 bytes so an oversized upload is refused without buffering it all.
+
+    The file name is never used to store anything, but a name with a path in it (``../../etc/passwd``)
+    or control characters is refused so no later use of it can go wrong.
+    """
+    if upload.filename and UNSAFE_FILENAME.search(upload.filename):
+        raise DomainError(ErrorKind.INVALID, "INVALID_FILENAME",
+                          "The upload's file name must be a plain name without a path or control characters.",
+                          hint="Send the file's base name, e.g. 'model.pt'.")
     data = await upload.read(limit + 1)
     if len(data) > limit:
         raise DomainError(ErrorKind.TOO_LARGE, "FILE_TOO_LARGE", f"Upload exceeds the limit of {limit} bytes.",
@@ -121,10 +134,10 @@ async def submit_update(
     ctx: Ctx,
     caller: Caller,
     file: Annotated[UploadFile, File(description="Serialized model weights file.")],
-    num_samples: Annotated[int, Form(ge=1)],
+    num_samples: Annotated[int, Form(ge=1, le=INT64_MAX)],
     local_loss: Annotated[float | None, Form()] = None,
     local_accuracy: Annotated[float | None, Form(ge=0, le=1)] = None,
-    training_time_seconds: Annotated[int | None, Form(ge=0)] = None,
+    training_time_seconds: Annotated[int | None, Form(ge=0, le=INT32_MAX)] = None,
 ) -> ModelUpdateOut:
     data = await read_upload(file, ctx.settings.max_upload_bytes)
     update = await ctx.fleet.submit_update(caller, round_id, data, num_samples, local_loss, local_accuracy,
@@ -198,7 +211,7 @@ async def upload_version(
             response_class=StreamingResponse)
 async def download_version(
     model_id: ModelId,
-    version: Annotated[int, Path(ge=1)],
+    version: Annotated[int, Path(ge=1, le=INT32_MAX)],
     ctx: Ctx,
     _: Caller,
     format: Literal["pytorch", "onnx", "tflite", "coreml"] | None = None,

@@ -11,6 +11,7 @@ from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from api.context import AppContext, context
+from api.errors import ErrorEnvelope
 from core.health import ComponentHealth, run_probes
 
 API_VERSION = "1.0.0"
@@ -24,7 +25,8 @@ def _now() -> str:
 
 
 @router.get("/api/v1/health", openapi_extra=OPEN,
-            responses={503: {"description": "A component is unhealthy (detailed mode only)"}})
+            responses={400: {"model": ErrorEnvelope, "description": "Invalid query parameter"},
+                       503: {"description": "A component is unhealthy (detailed mode only)"}})
 async def health(ctx: Ctx, detailed: Annotated[bool, Query()] = False) -> JSONResponse:
     """Basic: fast liveness (seed 000 HealthResponse). Detailed (seed 004): every component, 503 when unhealthy."""
     if not detailed:

@@ -21,7 +21,7 @@ router = APIRouter(prefix="/api/v1", tags=["Pipelines"])
 Ctx = Annotated[AppContext, Depends(context)]
 Caller = Annotated[Principal, Depends(authenticated)]
 
-ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorEnvelope} for code in (400, 401, 404, 429)}
+ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorEnvelope} for code in (400, 401, 404, 413, 429)}
 
 
 class PipelineValidateRequest(BaseModel):

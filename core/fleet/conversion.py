@@ -26,6 +26,9 @@ def check_artifact(fmt: str, data: bytes) -> None:
     if fmt == "pytorch":
         if not zipfile.is_zipfile(io.BytesIO(data)):
             raise _unsupported("A PyTorch upload must be a torch.save or TorchScript archive.")
+        from core.fleet.weights import check_archive
+
+        check_archive(data)  # before TorchScript detection: its conversion inflates every entry too
         if _is_torchscript(data):
             return
         from core.fleet.weights import load_state_dict

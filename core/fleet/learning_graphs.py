@@ -102,9 +102,13 @@ class LearningGraphService:
         return hmac_key, bytes.fromhex(aes_hex)
 
     def verify_signature(self, data: str, signature: str, hmac_key: bytes) -> None:
-        digest = hmac.new(hmac_key, data.encode(), hashlib.sha256).digest()
-        candidates = {digest.hex(), base64.b64encode(digest).decode()}
-        if not any(hmac.compare_digest(signature, c) for c in candidates):
+        try:  # non-ASCII or unpaired surrogates can never match: a 401, not a TypeError / UnicodeError
+            message, given = data.encode(), signature.encode()
+        except UnicodeEncodeError:
+            raise DomainError(ErrorKind.UNAUTHENTICATED, "INVALID_SIGNATURE", "Invalid signature") from None
+        digest = hmac.new(hmac_key, message, hashlib.sha256).digest()
+        candidates = {digest.hex().encode(), base64.b64encode(digest)}
+        if not any(hmac.compare_digest(given, c) for c in candidates):
             raise DomainError(ErrorKind.UNAUTHENTICATED, "INVALID_SIGNATURE", "Invalid signature")
 
     def decrypt(self, data: str, aes_key: bytes) -> dict[str, Any]:

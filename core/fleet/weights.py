@@ -9,6 +9,7 @@ makes redelivered updates idempotent after a restart.
 from __future__ import annotations
 
 import io
+import zipfile
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,8 +20,32 @@ from core.errors import DomainError, ErrorKind
 StateDict = dict[str, torch.Tensor]
 
 
+# torch.save stores archive entries uncompressed; a deflated entry that inflates far beyond the
+# upload is a zip bomb (torch allocates the declared size and inflates it in memory).
+MAX_INFLATION = 4
+INFLATION_SLACK_BYTES = 1024 * 1024
+
+
+def check_archive(data: bytes) -> None:
+    """Refuse a zip archive whose entries declare more than ``MAX_INFLATION`` x its size (+1 MiB)."""
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as archive:
+            inflated = sum(info.file_size for info in archive.infolist())
+    except (zipfile.BadZipFile, ValueError, OSError):
+        return  # not a zip: the loader refuses it with its own message
+    limit = MAX_INFLATION * len(data) + INFLATION_SLACK_BYTES
+    if inflated > limit:
+        raise DomainError(
+            ErrorKind.UNSUPPORTED, "INVALID_MODEL_FILE",
+            f"The archive inflates to {inflated} bytes, more than {limit} allowed for a {len(data)}-byte upload.",
+            details={"inflated_bytes": inflated, "max_inflated_bytes": limit},
+            hint="Save weights with torch.save (uncompressed entries).",
+        )
+
+
 def load_state_dict(data: bytes) -> StateDict:
     """Parse an uploaded state_dict; anything else is a client error, never a 500."""
+    check_archive(data)
     try:
         obj = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as exc:

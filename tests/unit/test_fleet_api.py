@@ -253,6 +253,9 @@ def test_catalog_upload_download_and_onnx_conversion(api: TestClient) -> None:
     assert listing["total"] == 1 and listing["limit"] == 20 and listing["offset"] == 0
     assert_envelope(api.post(f"/api/v1/models/{model_id}/versions/upload",
                              files={"file": ("../../etc/passwd.onnx", b"not onnx")}, data={"format": "onnx"},
+                             headers=auth(ADMIN)), 400, "bad_request", "INVALID_FILENAME")
+    assert_envelope(api.post(f"/api/v1/models/{model_id}/versions/upload",
+                             files={"file": ("passwd.onnx", b"not onnx")}, data={"format": "onnx"},
                              headers=auth(ADMIN)), 415, "unsupported_media_type")
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -69,6 +70,22 @@ def test_bad_signature_is_401(client: tuple[TestClient, dict[str, str]]) -> None
     api, auth = client
     response = api.post("/api/v1/learning-graphs/submit", json=body(GOOD, signature="0" * 64), headers=auth)
     assert response.status_code == 401 and response.json()["error_code"] == "INVALID_SIGNATURE"
+
+
+@pytest.mark.parametrize(("overrides", "status", "code"), [
+    # non-ASCII: hmac.compare_digest raised TypeError, a 500 (found by tests/e2e/test_api_fuzz.py, issue 7)
+    ({"signature": "\u00ea}GSK|\u00f18\u00eaO\u00d2iWR\u00af\u00ca"}, 401, "INVALID_SIGNATURE"),
+    ({"encryptedData": "\u00e8y\u00acz8\u00d1x\u00d5\u00e1\u00c5\u00a9\u0095a\u00b2" * 2}, 401, "INVALID_SIGNATURE"),
+    # unpaired surrogates never reach the service
+    ({"signature": "d\ud800" + "0" * 30}, 400, "VALIDATION_ERROR"),
+])
+def test_undecodable_signatures_are_refused_not_500(client: tuple[TestClient, dict[str, str]],
+                                                    overrides: dict[str, str], status: int, code: str) -> None:
+    api, auth = client
+    payload = {**body(GOOD), **overrides}
+    response = api.post("/api/v1/learning-graphs/submit", content=json.dumps(payload),
+                        headers={**auth, "content-type": "application/json"})
+    assert response.status_code == status and response.json()["error_code"] == code, response.text
 
 
 def test_undecryptable_data_is_400(client: tuple[TestClient, dict[str, str]]) -> None:
