@@ -1,0 +1,230 @@
+"""Sync txt2embed through REST -> Kafka -> worker -> REST, against in-process ONNX Runtime in the same run.
+
+    python -m bench.bench_inference_e2e [--seconds 10] [--concurrency 32] [--json]
+
+Needs the local stack (`tributary up`, or TRIBUTARY_* pointing at servers). Starts its own
+ingress and the three priority workers under a fresh topic prefix and keyspace, then measures:
+
+1. baseline: the same model in this process on ONNX Runtime, one request at a time (p50/p99);
+2. end to end at batch 1: one request at a time over HTTP keep-alive (p50/p99), high priority;
+3. throughput under ``--concurrency`` closed-loop HTTP clients with dynamic batching on, then the
+   workers restarted with ``TRIBUTARY_INFERENCE_MAX_BATCH_SIZE=1`` (off), same load and texts;
+4. priority isolation: high-priority p99 of sequential requests while a low-priority backlog of
+   10x as many requests (produced straight to the low topic) is being served, vs (2).
+
+Targets (issue 5, 2-core machine): (2) p50 within 5 ms of (1) p50; (3) on/off >= 2.5x;
+(4) p99 no worse than 2x the unloaded p99.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+from confluent_kafka import Producer
+from pydantic import SecretStr
+
+from bench.bench_inference_inprocess import latency_batch1, percentile, sentences
+from consumers.inference.builtin import MINILM_ID, MiniLMEmbedder
+from core.api_keys import new_api_key
+from core.cassandra.migrate import migrate
+from core.cassandra.session import connect
+from core.services import system_services
+from core.settings import Settings
+from core.supervisor import Supervisor
+from schemas.codec import Codec, new_envelope, now_millis
+from tests.e2e.conftest import free_port, settings_env, wait_http
+from topology.admin import apply
+from topology.groups import inference_group
+from topology.lag import topic_lag
+from topology.topics import INFERENCE_REQUESTS, Priority
+
+ENCODED = MINILM_ID.replace("/", "%2F")
+
+
+@contextmanager
+def running_system(settings: Settings, log_dir: Path, **env: str) -> Iterator[str]:
+    """The ingress and the three priority workers as real processes; yields the base URL."""
+    services = [s for s in system_services(settings, settings_env(settings, **env))
+                if s.name == "api" or s.name.startswith("inference-worker-")]
+    supervisor = Supervisor(services, log_dir, stop_timeout_s=20, progress=lambda _: None)
+    supervisor.start()
+    url = f"http://127.0.0.1:{settings.api_port}"
+    try:
+        wait_http(f"{url}/api/v1/health", timeout_s=120)
+        yield url
+    finally:
+        supervisor.stop()
+
+
+def warm_up(http: httpx.Client, url: str, headers: dict[str, str]) -> None:
+    """First requests wait for group joins and model loads: not part of any measurement."""
+    for priority in ("high", "low"):
+        for _ in range(5):
+            response = http.post(f"{url}/api/v1/infer/{ENCODED}",
+                                 json={"input_data": {"text": "warm up"}, "priority": priority,
+                                       "timeout_seconds": 120}, headers=headers)
+            response.raise_for_status()
+
+
+def sequential(http: httpx.Client, url: str, headers: dict[str, str], texts: list[str],
+               count: int) -> dict[str, float]:
+    samples = []
+    for i in range(count):
+        started = time.perf_counter()
+        response = http.post(f"{url}/api/v1/infer/{ENCODED}",
+                             json={"input_data": {"text": texts[i % len(texts)]}, "priority": "high",
+                                   "timeout_seconds": 30}, headers=headers)
+        samples.append((time.perf_counter() - started) * 1000.0)
+        response.raise_for_status()
+    return {"requests": count, "p50_ms": percentile(samples, 0.5), "p99_ms": percentile(samples, 0.99)}
+
+
+def concurrent(url: str, headers: dict[str, str], texts: list[str], seconds: float,
+               concurrency: int) -> dict[str, float]:
+    latencies: list[list[float]] = [[] for _ in range(concurrency)]
+    batch_sizes: list[list[int]] = [[] for _ in range(concurrency)]
+    errors = [0] * concurrency
+    stop = threading.Event()
+
+    def client(index: int) -> None:
+        i = index
+        with httpx.Client(timeout=60) as http:
+            while not stop.is_set():
+                started = time.perf_counter()
+                response = http.post(f"{url}/api/v1/infer/{ENCODED}",
+                                     json={"input_data": {"text": texts[i % len(texts)]}, "priority": "high",
+                                           "timeout_seconds": 30}, headers=headers)
+                if response.status_code == 200:
+                    latencies[index].append((time.perf_counter() - started) * 1000.0)
+                    batch_sizes[index].append(int(response.json()["metadata"].get("batch_size") or 1))
+                else:
+                    errors[index] += 1
+                i += concurrency
+
+    threads = [threading.Thread(target=client, args=(n,), daemon=True) for n in range(concurrency)]
+    for thread in threads:
+        thread.start()
+    time.sleep(2.0)  # ramp up: connections open, batches settle
+    for values in latencies:
+        values.clear()
+    for sizes in batch_sizes:
+        sizes.clear()
+    started = time.perf_counter()
+    time.sleep(seconds)
+    flat = [v for values in latencies for v in values]
+    sizes_flat = [s for sizes in batch_sizes for s in sizes]
+    elapsed = time.perf_counter() - started
+    stop.set()
+    for thread in threads:
+        thread.join(90)
+    return {"requests": len(flat), "per_s": len(flat) / elapsed, "p50_ms": percentile(flat, 0.5),
+            "p99_ms": percentile(flat, 0.99), "mean_batch": sum(sizes_flat) / max(1, len(sizes_flat)),
+            "errors": float(sum(errors))}
+
+
+def flood_low(settings: Settings, texts: list[str], count: int) -> None:
+    codec = Codec()
+    producer = Producer({"bootstrap.servers": settings.kafka_bootstrap_servers, "linger.ms": 5})
+    topic = INFERENCE_REQUESTS[Priority.LOW].full_name(settings)
+    deadline = now_millis() + timedelta(minutes=10)
+    for i in range(count):
+        record = {**new_envelope(service="bench-flood", instance="bench"), "model_id": MINILM_ID,
+                  "task_type": "txt2embed", "input_data": {"text": texts[i % len(texts)]}, "parameters": {},
+                  "priority": "low", "deadline": deadline, "timeout_seconds": 600}
+        payload, headers = codec.encode("inference_request", record)
+        producer.produce(topic, payload, key=record["message_id"], headers=list(headers))
+        producer.poll(0)
+    producer.flush(60)
+
+
+def low_backlog(settings: Settings) -> int:
+    return sum(row.lag for row in topic_lag(settings, inference_group(Priority.LOW).group_id))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=float, default=10.0, help="duration of each throughput run")
+    parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--sequential", type=int, default=300, help="requests in each sequential run")
+    parser.add_argument("--min-words", type=int, default=4, help="shortest sentence, in words")
+    parser.add_argument("--max-words", type=int, default=16, help="longest sentence, in words")
+    parser.add_argument("--log-dir", type=Path, default=Path(".local/logs/bench-inference"))
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+
+    suffix = uuid.uuid4().hex[:6]
+    settings = Settings(topic_prefix=f"bench{suffix}.", cassandra_keyspace=f"bench_{suffix}",
+                        api_port=free_port(), admin_api_key=SecretStr(new_api_key()),
+                        rate_limit_per_minute=10_000_000)
+    session = connect(settings)
+    migrate(session, settings)
+    session.cluster.shutdown()
+    apply(settings)
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    texts = sentences(512, args.min_words, args.max_words)
+    headers = {"Authorization": f"Bearer {settings.admin_api_key.get_secret_value()}"}
+
+    # 1. baseline, same texts, same thread count as a worker's session
+    runtime = MiniLMEmbedder(cache_dir=settings.data_dir / "models" / "builtin",
+                             intra_op_threads=settings.inference_intra_op_threads)
+    runtime.load()
+    runtime.infer_batch([{"texts": texts[:64]}])
+    in_process = latency_batch1(runtime, texts, 5.0)
+    runtime.close()
+
+    report: dict[str, Any] = {"model": MINILM_ID, "concurrency": args.concurrency, "in_process_batch1": in_process,
+                              "words_per_text": [args.min_words, args.max_words]}
+    with running_system(settings, args.log_dir / "batching-on") as url, httpx.Client(timeout=60) as http:
+        warm_up(http, url, headers)
+        report["e2e_batch1"] = sequential(http, url, headers, texts, args.sequential)
+        report["batching_on"] = concurrent(url, headers, texts, args.seconds, args.concurrency)
+        # 4. priority isolation: a low backlog of 10x the high requests, served while high runs
+        flood_low(settings, texts, 10 * args.sequential)
+        backlog_before = low_backlog(settings)
+        report["high_under_low_flood"] = sequential(http, url, headers, texts, args.sequential)
+        report["low_backlog"] = {"before": backlog_before, "after": low_backlog(settings)}
+        deadline = time.monotonic() + 300
+        while low_backlog(settings) > 0 and time.monotonic() < deadline:
+            time.sleep(1)
+    with running_system(settings, args.log_dir / "batching-off", TRIBUTARY_INFERENCE_MAX_BATCH_SIZE="1") as url, \
+            httpx.Client(timeout=60) as http:
+        warm_up(http, url, headers)
+        report["batching_off"] = concurrent(url, headers, texts, args.seconds, args.concurrency)
+
+    report["e2e_minus_in_process_p50_ms"] = report["e2e_batch1"]["p50_ms"] - in_process["p50_ms"]
+    report["throughput_ratio_on_vs_off"] = report["batching_on"]["per_s"] / max(1e-9, report["batching_off"]["per_s"])
+    report["high_p99_ratio_flood_vs_unloaded"] = (report["high_under_low_flood"]["p99_ms"]
+                                                  / max(1e-9, report["e2e_batch1"]["p99_ms"]))
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return
+    print(f"txt2embed {MINILM_ID}; texts of {args.min_words}-{args.max_words} words; {args.sequential} sequential "
+          f"requests, {args.concurrency} concurrent clients for {args.seconds:g}s")
+    print(f"{'run':<44}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'batch':>7}")
+    rows = [("in-process ONNX Runtime, batch 1 (baseline)", in_process),
+            ("REST+Kafka, sequential, high", report["e2e_batch1"]),
+            (f"REST+Kafka, {args.concurrency} clients, batching on", report["batching_on"]),
+            (f"REST+Kafka, {args.concurrency} clients, batching off", report["batching_off"]),
+            (f"REST+Kafka, sequential high, low backlog {report['low_backlog']['before']}",
+             report["high_under_low_flood"])]
+    for name, run in rows:
+        print(f"{name:<44}{run.get('per_s', 0.0):>9.1f}{run['p50_ms']:>9.2f}{run['p99_ms']:>9.2f}"
+              f"{run.get('mean_batch', 1.0):>7.1f}")
+    print(f"e2e p50 - in-process p50: {report['e2e_minus_in_process_p50_ms']:.2f} ms (target <= 5)")
+    print(f"throughput batching on / off: {report['throughput_ratio_on_vs_off']:.2f}x (target >= 2.5)")
+    print(f"high p99 under low flood / unloaded: {report['high_p99_ratio_flood_vs_unloaded']:.2f}x (target <= 2)")
+
+
+if __name__ == "__main__":
+    main()
