@@ -12,9 +12,7 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
-from cassandra.cluster import Session
-from cassandra.query import PreparedStatement
-
+from core.cassandra.statements import CassandraRepository, as_utc
 from core.fleet.models import (
     ApiKeyRecord,
     CatalogModel,
@@ -54,31 +52,12 @@ UPDATE_FIELDS = (
 )
 
 
-def _utc(ts: datetime | None) -> datetime | None:
-    """The driver returns naive UTC datetimes; the domain works with aware ones."""
-    if ts is None:
-        return None
-    return ts.replace(tzinfo=UTC) if ts.tzinfo is None else ts.astimezone(UTC)
-
 
 def _insert(table: str, fields: tuple[str, ...], suffix: str = "") -> str:
     return f"INSERT INTO {table} ({', '.join(fields)}) VALUES ({', '.join('?' * len(fields))}) {suffix}".strip()
 
 
-class CassandraFleetStore(FleetStore):
-    def __init__(self, session: Session) -> None:
-        self.session = session
-        self._prepared: dict[str, PreparedStatement] = {}
-
-    def _q(self, cql: str) -> PreparedStatement:
-        statement = self._prepared.get(cql)
-        if statement is None:
-            statement = self._prepared[cql] = self.session.prepare(cql)
-        return statement
-
-    def _run(self, cql: str, *params: Any) -> Any:
-        return self.session.execute(self._q(cql), params)
-
+class CassandraFleetStore(CassandraRepository, FleetStore):
     # --- devices and keys ---------------------------------------------------------------
     def create_device(self, device: Device, key: ApiKeyRecord) -> bool:
         applied = self._run(
@@ -96,8 +75,8 @@ class CassandraFleetStore(FleetStore):
         return Device(
             id=row.id, device_id=row.device_id, platform=Platform(row.platform or "python"),
             capabilities=json.loads(row.capabilities or "{}"), status=DeviceStatus(row.status or "active"),
-            api_key_id=row.api_key_id or "", created_at=_utc(row.created_at) or datetime.now(UTC),
-            updated_at=_utc(row.updated_at) or datetime.now(UTC), last_heartbeat=_utc(row.last_heartbeat),
+            api_key_id=row.api_key_id or "", created_at=as_utc(row.created_at) or datetime.now(UTC),
+            updated_at=as_utc(row.updated_at) or datetime.now(UTC), last_heartbeat=as_utc(row.last_heartbeat),
             freshness=Freshness(row.freshness or "offline"), metrics=json.loads(row.metrics or "{}"),
         )
 
@@ -110,7 +89,7 @@ class CassandraFleetStore(FleetStore):
 
     def record_heartbeat(self, device_id: str, at: datetime, status: str | None,
                          metrics: dict[str, Any]) -> Device | None:
-        at = _utc(at) or at
+        at = as_utc(at) or at
         for _ in range(CAS_RETRIES):
             device = self.get_device(device_id)
             if device is None:
@@ -139,7 +118,7 @@ class CassandraFleetStore(FleetStore):
         rows = self._run("SELECT last_heartbeat FROM devices")
         if heartbeat_since is None:
             return sum(1 for _ in rows)
-        seen = (_utc(r.last_heartbeat) for r in rows)
+        seen = (as_utc(r.last_heartbeat) for r in rows)
         return sum(1 for ts in seen if ts is not None and ts >= heartbeat_since)
 
     def get_api_key(self, key_hash: str) -> ApiKeyRecord | None:
@@ -147,7 +126,7 @@ class CassandraFleetStore(FleetStore):
         if row is None:
             return None
         return ApiKeyRecord(row.key_hash, row.key_id, SubjectType(row.subject_type), row.subject_id,
-                            _utc(row.created_at) or datetime.now(UTC), _utc(row.revoked_at))
+                            as_utc(row.created_at) or datetime.now(UTC), as_utc(row.revoked_at))
 
     def put_api_key(self, key: ApiKeyRecord) -> None:
         self._run(_insert("api_keys", ("key_hash", "key_id", "subject_type", "subject_id", "created_at",
@@ -203,11 +182,11 @@ class CassandraFleetStore(FleetStore):
         return Round(
             id=row.round_id, round_number=row.round_number, status=RoundStatus(row.status),
             target_devices=row.target_devices, min_devices=row.min_devices, timeout_seconds=row.timeout_seconds,
-            created_at=_utc(row.created_at) or datetime.now(UTC), global_model_id=row.global_model_id,
+            created_at=as_utc(row.created_at) or datetime.now(UTC), global_model_id=row.global_model_id,
             global_model_path=row.global_model_path, selected_devices=list(row.selected_devices or []),
             participated_devices=row.participated_devices or 0, completed_devices=row.completed_devices or 0,
-            failed_devices=row.failed_devices or 0, started_at=_utc(row.started_at),
-            timeout_at=_utc(row.timeout_at), completed_at=_utc(row.completed_at),
+            failed_devices=row.failed_devices or 0, started_at=as_utc(row.started_at),
+            timeout_at=as_utc(row.timeout_at), completed_at=as_utc(row.completed_at),
             aggregated_model_id=row.aggregated_model_id, aggregated_model_path=row.aggregated_model_path,
             failure_reason=row.failure_reason,
         )
@@ -254,7 +233,7 @@ class CassandraFleetStore(FleetStore):
         return [
             ModelUpdate(id=r.update_id, round_id=r.round_id, device_id=r.device_id, model_path=r.model_path,
                         artifact_key=r.artifact_key, model_size_bytes=r.model_size_bytes, sha256=r.sha256,
-                        num_samples=r.num_samples, created_at=_utc(r.created_at) or datetime.now(UTC),
+                        num_samples=r.num_samples, created_at=as_utc(r.created_at) or datetime.now(UTC),
                         local_loss=r.local_loss, local_accuracy=r.local_accuracy,
                         training_time_seconds=r.training_time_seconds)
             for r in self._run("SELECT * FROM round_updates WHERE round_id = ?", round_id)
@@ -268,8 +247,8 @@ class CassandraFleetStore(FleetStore):
 
     def _model(self, r: Any) -> CatalogModel:
         return CatalogModel(
-            id=r.model_id, is_baseline=bool(r.is_baseline), created_at=_utc(r.created_at) or datetime.now(UTC),
-            updated_at=_utc(r.updated_at) or datetime.now(UTC), round_id=r.round_id, framework=r.framework,
+            id=r.model_id, is_baseline=bool(r.is_baseline), created_at=as_utc(r.created_at) or datetime.now(UTC),
+            updated_at=as_utc(r.updated_at) or datetime.now(UTC), round_id=r.round_id, framework=r.framework,
             framework_version=r.framework_version, description=r.description, accuracy=r.accuracy, loss=r.loss,
             latest_version=r.latest_version, model_path=r.model_path, model_size_bytes=r.model_size_bytes,
             model_hash=r.model_hash, name=r.name, task_type=r.task_type, extra=json.loads(r.extra or "{}"),
@@ -311,7 +290,7 @@ class CassandraFleetStore(FleetStore):
         return ModelVersion(
             model_id=r.model_id, version=r.version, format=r.format, artifact_key=r.artifact_key,
             model_path=r.model_path, model_size_bytes=r.model_size_bytes, sha256=r.sha256,
-            uploaded_at=_utc(r.uploaded_at) or datetime.now(UTC), description=r.description, onnx_key=r.onnx_key,
+            uploaded_at=as_utc(r.uploaded_at) or datetime.now(UTC), description=r.description, onnx_key=r.onnx_key,
             onnx_size_bytes=r.onnx_size_bytes, onnx_sha256=r.onnx_sha256, round_id=r.round_id,
         )
 

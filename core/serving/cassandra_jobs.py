@@ -7,9 +7,7 @@ import json
 from datetime import UTC, datetime
 from typing import Any
 
-from cassandra.cluster import Session
-from cassandra.query import PreparedStatement
-
+from core.cassandra.statements import CassandraRepository, as_utc
 from core.serving.jobs import Job, JobStatus, JobStore
 
 CAS_RETRIES = 20
@@ -20,33 +18,17 @@ JOB_FIELDS = (
 )
 
 
-def _utc(ts: datetime | None) -> datetime | None:
-    if ts is None:
-        return None
-    return ts.replace(tzinfo=UTC) if ts.tzinfo is None else ts.astimezone(UTC)
-
-
-class CassandraJobStore(JobStore):
-    def __init__(self, session: Session) -> None:
-        self.session = session
-        self._prepared: dict[str, PreparedStatement] = {}
-
-    def _run(self, cql: str, *params: Any) -> Any:
-        statement = self._prepared.get(cql)
-        if statement is None:
-            statement = self._prepared[cql] = self.session.prepare(cql)
-        return self.session.execute(statement, params)
-
+class CassandraJobStore(CassandraRepository, JobStore):
     @staticmethod
     def _job(row: Any) -> Job:
         return Job(
             job_id=row.job_id, model_id=row.model_id or "", task_type=row.task_type or "",
             priority=row.priority or "medium", owner_key_id=row.owner_key_id or "",
-            created_at=_utc(row.created_at) or datetime.now(UTC), deadline=_utc(row.deadline) or datetime.now(UTC),
+            created_at=as_utc(row.created_at) or datetime.now(UTC), deadline=as_utc(row.deadline) or datetime.now(UTC),
             timeout_seconds=row.timeout_seconds or 0, status=JobStatus(row.status or "queued"),
             progress=row.progress or 0.0, attempt=row.attempt or 0, worker=row.worker,
-            started_at=_utc(row.started_at), completed_at=_utc(row.completed_at),
-            cancelled_at=_utc(row.cancelled_at), error_code=row.error_code, error_message=row.error_message,
+            started_at=as_utc(row.started_at), completed_at=as_utc(row.completed_at),
+            cancelled_at=as_utc(row.cancelled_at), error_code=row.error_code, error_message=row.error_message,
             result=json.loads(row.result) if row.result else None,
         )
 

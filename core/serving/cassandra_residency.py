@@ -6,10 +6,8 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from cassandra.cluster import Session
-from cassandra.query import PreparedStatement
-
-from core.serving.residency import Residency, ResidencyState, ResidencyStore, utc
+from core.cassandra.statements import CassandraRepository, as_utc
+from core.serving.residency import Residency, ResidencyState, ResidencyStore
 
 FIELDS = ("model_id", "worker", "state", "memory_bytes", "device", "task_type", "loaded_at", "last_used_at",
           "error_code", "error", "updated_at")
@@ -18,24 +16,15 @@ INSERT = (f"INSERT INTO model_residency ({', '.join(FIELDS)}) VALUES ({', '.join
 SELECT = f"SELECT {', '.join(FIELDS)} FROM model_residency"
 
 
-class CassandraResidencyStore(ResidencyStore):
-    def __init__(self, session: Session) -> None:
-        self.session = session
-        self._prepared: dict[str, PreparedStatement] = {}
-
-    def _run(self, cql: str, *params: Any) -> Any:
-        statement = self._prepared.get(cql)
-        if statement is None:
-            statement = self._prepared[cql] = self.session.prepare(cql)
-        return self.session.execute(statement, params)
+class CassandraResidencyStore(CassandraRepository, ResidencyStore):
 
     @staticmethod
     def _row(row: Any) -> Residency:
         return Residency(
             model_id=row.model_id, worker=row.worker, state=ResidencyState(row.state or "unhealthy"),
-            updated_at=utc(row.updated_at) or datetime.now(UTC), memory_bytes=row.memory_bytes or 0,
-            device=row.device or "cpu", task_type=row.task_type, loaded_at=utc(row.loaded_at),
-            last_used_at=utc(row.last_used_at), error_code=row.error_code, error=row.error,
+            updated_at=as_utc(row.updated_at) or datetime.now(UTC), memory_bytes=row.memory_bytes or 0,
+            device=row.device or "cpu", task_type=row.task_type, loaded_at=as_utc(row.loaded_at),
+            last_used_at=as_utc(row.last_used_at), error_code=row.error_code, error=row.error,
         )
 
     def put(self, row: Residency, ttl_s: int) -> None:

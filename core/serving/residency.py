@@ -21,6 +21,8 @@ from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
+from core.clock import as_utc
+
 
 class ResidencyState(StrEnum):
     LOADING = "loading"
@@ -60,12 +62,6 @@ class Residency:
         return body
 
 
-def utc(ts: datetime | None) -> datetime | None:
-    if ts is None:
-        return None
-    return ts.replace(tzinfo=UTC) if ts.tzinfo is None else ts.astimezone(UTC)
-
-
 class ResidencyStore(ABC):
     @abstractmethod
     def put(self, row: Residency, ttl_s: int) -> None:
@@ -99,8 +95,8 @@ class InMemoryResidencyStore(ResidencyStore):
     def put(self, row: Residency, ttl_s: int) -> None:
         if ttl_s <= 0:
             raise ValueError("ttl_s must be positive")
-        stored = replace(row, updated_at=utc(row.updated_at) or self.clock(), loaded_at=utc(row.loaded_at),
-                         last_used_at=utc(row.last_used_at))
+        stored = replace(row, updated_at=as_utc(row.updated_at) or self.clock(), loaded_at=as_utc(row.loaded_at),
+                         last_used_at=as_utc(row.last_used_at))
         with self._lock:
             self._rows[(row.model_id, row.worker)] = (stored, self.clock() + timedelta(seconds=ttl_s))
 
