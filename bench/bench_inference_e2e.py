@@ -26,12 +26,10 @@ import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import httpx
-from confluent_kafka import Producer
 from pydantic import SecretStr
 
 from bench.bench_inference_inprocess import latency_batch1, percentile, sentences
@@ -42,12 +40,12 @@ from core.cassandra.session import connect
 from core.services import system_services
 from core.settings import Settings
 from core.supervisor import Supervisor
-from schemas.codec import Codec, new_envelope, now_millis
 from tests.e2e.conftest import free_port, settings_env, wait_http
+from tests.e2e.serving import RequestProducer
 from topology.admin import apply
 from topology.groups import inference_group
 from topology.lag import topic_lag
-from topology.topics import INFERENCE_REQUESTS, Priority
+from topology.topics import Priority
 
 ENCODED = MINILM_ID.replace("/", "%2F")
 
@@ -134,18 +132,10 @@ def concurrent(url: str, headers: dict[str, str], texts: list[str], seconds: flo
 
 
 def flood_low(settings: Settings, texts: list[str], count: int) -> None:
-    codec = Codec()
-    producer = Producer({"bootstrap.servers": settings.kafka_bootstrap_servers, "linger.ms": 5})
-    topic = INFERENCE_REQUESTS[Priority.LOW].full_name(settings)
-    deadline = now_millis() + timedelta(minutes=10)
+    flood = RequestProducer(settings, Priority.LOW, service="bench-flood")
     for i in range(count):
-        record = {**new_envelope(service="bench-flood", instance="bench"), "model_id": MINILM_ID,
-                  "task_type": "txt2embed", "input_data": {"text": texts[i % len(texts)]}, "parameters": {},
-                  "priority": "low", "deadline": deadline, "timeout_seconds": 600}
-        payload, headers = codec.encode("inference_request", record)
-        producer.produce(topic, payload, key=record["message_id"], headers=list(headers))
-        producer.poll(0)
-    producer.flush(60)
+        flood.send(texts[i % len(texts)], timeout_s=600)
+    flood.flush()
 
 
 def low_backlog(settings: Settings) -> int:

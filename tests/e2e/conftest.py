@@ -8,6 +8,7 @@ import socket
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -112,3 +113,24 @@ def caller(system: RunningSystem) -> dict[str, str]:
     response = httpx.post(f"{system.base_url}/api/v1/devices/register", json={"device_id": device_id}, timeout=30)
     assert response.status_code == 201, response.text
     return {"Authorization": f"Bearer {response.json()['api_key']}"}
+
+
+@contextmanager
+def ingress_replica(system: RunningSystem, name: str, **env: str) -> Iterator[str]:
+    """Another ingress process on the session's servers (own port, ``env`` on top); yields its URL."""
+    replica: Settings = system.settings.model_copy(update={"api_port": free_port()})
+    api = [s for s in system_services(replica, settings_env(replica, **env)) if s.name == "api"]
+    supervisor = Supervisor(api, system.log_dir / name, progress=lambda _: None)
+    supervisor.start()
+    url = f"http://127.0.0.1:{replica.api_port}"
+    try:
+        wait_http(f"{url}/api/v1/health", timeout_s=90)  # answers once it owns a responses partition
+        yield url
+    finally:
+        supervisor.stop()
+
+
+@pytest.fixture
+def second_replica(system: RunningSystem) -> Iterator[str]:
+    with ingress_replica(system, "replica-2") as url:
+        yield url

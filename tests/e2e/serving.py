@@ -5,14 +5,17 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Callable
+from datetime import timedelta
 from typing import Any
 
 import httpx
 import numpy as np
-from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, Producer, TopicPartition
 
 from consumers.inference.builtin import MINILM_ID
 from core.settings import Settings
+from schemas.codec import Codec, new_envelope, now_millis
+from topology.topics import INFERENCE_REQUESTS, Priority
 
 ENCODED_MINILM = MINILM_ID.replace("/", "%2F")
 HTTP_TIMEOUT = httpx.Timeout(90.0)  # the first request may wait for a worker's group join and model load
@@ -45,3 +48,37 @@ def read_until(settings: Settings, topic: str, partition: int, match: Callable[[
     finally:
         consumer.close()
     raise AssertionError(f"nothing matching in {topic}[{partition}] within {timeout_s}s")
+
+
+class RequestProducer:
+    """A load generator: ``inference_request`` messages straight onto a priority's topic.
+
+    Bypasses the ingress on purpose (no per-key rate limit, no reply waiting); replies go to
+    ``reply_partition`` when given, else to whichever responses partition the key picks.
+    """
+
+    def __init__(self, settings: Settings, priority: Priority, *, service: str = "e2e-load") -> None:
+        self.topic = INFERENCE_REQUESTS[priority].full_name(settings)
+        self.priority = priority
+        self.service = service
+        self.codec = Codec()
+        self.producer = Producer({"bootstrap.servers": settings.kafka_bootstrap_servers, "linger.ms": 2})
+
+    def send(self, text: str, *, reply_partition: int | None = None, timeout_s: int = 300,
+             on_delivery: Callable[[str, KafkaError | None, Message], None] | None = None) -> str:
+        """Produce one request; returns its correlation id (``on_delivery`` gets it with the report)."""
+        correlation_id = str(uuid.uuid4())
+        record = {**new_envelope(service=self.service, instance="e2e", correlation_id=correlation_id),
+                  "model_id": MINILM_ID, "task_type": "txt2embed", "input_data": {"text": text}, "parameters": {},
+                  "priority": self.priority.value, "deadline": now_millis() + timedelta(seconds=timeout_s),
+                  "timeout_seconds": timeout_s, "reply_partition": reply_partition}
+        payload, headers = self.codec.encode("inference_request", record)
+        report = None if on_delivery is None else (
+            lambda error, message: on_delivery(correlation_id, error, message))
+        self.producer.produce(self.topic, payload, key=record["message_id"], headers=list(headers),
+                              on_delivery=report)
+        self.producer.poll(0)
+        return correlation_id
+
+    def flush(self) -> None:
+        assert self.producer.flush(30) == 0

@@ -26,10 +26,8 @@ from core.api_keys import new_api_key
 from core.cassandra.session import connect
 from core.fleet.cassandra_store import CassandraFleetStore
 from core.fleet.models import RoundStatus
-from core.services import system_services
 from core.settings import Settings
-from core.supervisor import Supervisor
-from tests.e2e.conftest import RunningSystem, free_port, settings_env, wait_http
+from tests.e2e.conftest import RunningSystem, ingress_replica
 
 pytestmark = pytest.mark.e2e
 
@@ -42,19 +40,13 @@ FUZZ_ADDRESS = "198.51.100.17"  # TEST-NET-2: never a real client
 
 @pytest.fixture(scope="module")
 def fuzz_replica(system: RunningSystem) -> Iterator[str]:
-    replica: Settings = system.settings.model_copy(update={"api_port": free_port()})
-    env = settings_env(replica, TRIBUTARY_RATE_LIMIT_PER_MINUTE="1000000", TRIBUTARY_MODEL_LOAD_WAIT_S="3",
-                       TRIBUTARY_ADMIN_API_KEY=FUZZ_OPERATOR_KEY,
-                       TRIBUTARY_LEARNING_GRAPH_HMAC_KEY="fuzz-hmac-key", TRIBUTARY_LEARNING_GRAPH_AES_KEY="ab" * 32)
-    api = [s for s in system_services(replica, env) if s.name == "api"]
-    supervisor = Supervisor(api, system.log_dir / "fuzz-replica", progress=lambda _: None)
-    supervisor.start()
-    url = f"http://127.0.0.1:{replica.api_port}"
     try:
-        wait_http(f"{url}/api/v1/health", timeout_s=90)
-        yield url
+        with ingress_replica(system, "fuzz-replica", TRIBUTARY_RATE_LIMIT_PER_MINUTE="1000000",
+                             TRIBUTARY_MODEL_LOAD_WAIT_S="3", TRIBUTARY_ADMIN_API_KEY=FUZZ_OPERATOR_KEY,
+                             TRIBUTARY_LEARNING_GRAPH_HMAC_KEY="fuzz-hmac-key",
+                             TRIBUTARY_LEARNING_GRAPH_AES_KEY="ab" * 32) as url:
+            yield url
     finally:
-        supervisor.stop()
         release_active_round(system.settings)
 
 

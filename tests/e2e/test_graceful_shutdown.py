@@ -15,16 +15,14 @@ import signal
 import threading
 import time
 import uuid
-from collections.abc import Callable
-from datetime import timedelta
 
 import httpx
 import pytest
-from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
 
-from consumers.inference.builtin import MINILM_ID
-from schemas.codec import Codec, new_envelope, now_millis
+from schemas.codec import Codec
 from tests.e2e.conftest import RunningSystem
+from tests.e2e.serving import RequestProducer
 from topology.groups import inference_group
 from topology.lag import log_end, topic_lag
 from topology.topics import INFERENCE_REQUESTS, INFERENCE_RESPONSES, Priority
@@ -38,28 +36,16 @@ TEXT = " ".join(["a request that takes the worker a little while to embed"] * 6)
 
 def produce_requests(system: RunningSystem) -> dict[str, tuple[int, int]]:
     """correlation id -> (partition, offset) of each low-priority request, once acknowledged."""
-    settings, codec = system.settings, Codec()
-    producer = Producer({"bootstrap.servers": settings.kafka_bootstrap_servers, "linger.ms": 2})
-    topic = INFERENCE_REQUESTS[Priority.LOW].full_name(settings)
+    load = RequestProducer(system.settings, Priority.LOW, service="e2e-graceful")
     placed: dict[str, tuple[int, int]] = {}
 
-    def delivered(correlation_id: str) -> Callable[[KafkaError | None, Message], None]:
-        def report(error: KafkaError | None, message: Message) -> None:
-            assert error is None, error
-            placed[correlation_id] = (message.partition() or 0, message.offset() or 0)
-        return report
+    def delivered(correlation_id: str, error: KafkaError | None, message: Message) -> None:
+        assert error is None, error
+        placed[correlation_id] = (message.partition() or 0, message.offset() or 0)
 
     for i in range(REQUESTS):
-        correlation_id = str(uuid.uuid4())
-        record = {**new_envelope(service="e2e-graceful", instance="e2e", correlation_id=correlation_id),
-                  "model_id": MINILM_ID, "task_type": "txt2embed", "input_data": {"text": f"{i} {TEXT}"},
-                  "parameters": {}, "priority": "low", "deadline": now_millis() + timedelta(minutes=5),
-                  "timeout_seconds": 300, "reply_partition": REPLY_PARTITION}
-        payload, headers = codec.encode("inference_request", record)
-        producer.produce(topic, payload, key=record["message_id"], headers=list(headers),
-                         on_delivery=delivered(correlation_id))
-        producer.poll(0)
-    assert producer.flush(30) == 0
+        load.send(f"{i} {TEXT}", reply_partition=REPLY_PARTITION, on_delivery=delivered)
+    load.flush()
     return placed
 
 

@@ -11,19 +11,15 @@ from __future__ import annotations
 
 import time
 import uuid
-from datetime import timedelta
 
 import httpx
 import pytest
-from confluent_kafka import Producer
 
-from consumers.inference.builtin import MINILM_ID
-from schemas.codec import Codec, new_envelope, now_millis
 from tests.e2e.conftest import RunningSystem
-from tests.e2e.serving import ENCODED_MINILM
+from tests.e2e.serving import ENCODED_MINILM, RequestProducer
 from topology.groups import inference_group
 from topology.lag import topic_lag
-from topology.topics import INFERENCE_REQUESTS, Priority
+from topology.topics import Priority
 
 pytestmark = pytest.mark.e2e
 
@@ -34,18 +30,10 @@ LONG_TEXT = " ".join(["a low-priority request with enough words to keep a core b
 
 
 def flood_low(system: RunningSystem, count: int) -> None:
-    settings, codec = system.settings, Codec()
-    producer = Producer({"bootstrap.servers": settings.kafka_bootstrap_servers, "linger.ms": 5})
-    topic = INFERENCE_REQUESTS[Priority.LOW].full_name(settings)
-    deadline = now_millis() + timedelta(minutes=10)
+    flood = RequestProducer(system.settings, Priority.LOW, service="e2e-flood")
     for i in range(count):
-        record = {**new_envelope(service="e2e-flood", instance="e2e"), "model_id": MINILM_ID,
-                  "task_type": "txt2embed", "input_data": {"text": f"{i} {LONG_TEXT}"}, "parameters": {},
-                  "priority": "low", "deadline": deadline, "timeout_seconds": 600}
-        payload, headers = codec.encode("inference_request", record)
-        producer.produce(topic, payload, key=record["message_id"], headers=list(headers))
-        producer.poll(0)
-    assert producer.flush(30) == 0
+        flood.send(f"{i} {LONG_TEXT}", timeout_s=600)
+    flood.flush()
 
 
 def low_lag(system: RunningSystem) -> int:

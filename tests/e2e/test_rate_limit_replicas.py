@@ -3,31 +3,15 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 
 import httpx
 import pytest
 
-from core.services import system_services
-from core.settings import Settings
-from core.supervisor import Supervisor
-from tests.e2e.conftest import RunningSystem, free_port, settings_env, wait_http
+from tests.e2e.conftest import RunningSystem
 
 pytestmark = pytest.mark.e2e
 
 
-@pytest.fixture
-def second_replica(system: RunningSystem) -> Iterator[str]:
-    replica: Settings = system.settings.model_copy(update={"api_port": free_port()})
-    api = [s for s in system_services(replica, settings_env(replica)) if s.name == "api"]
-    supervisor = Supervisor(api, system.log_dir / "replica-2", progress=lambda _: None)
-    supervisor.start()
-    url = f"http://127.0.0.1:{replica.api_port}"
-    try:
-        wait_http(f"{url}/api/v1/health")
-        yield url
-    finally:
-        supervisor.stop()
 
 
 def test_limit_is_shared_by_two_replicas(system: RunningSystem, second_replica: str) -> None:

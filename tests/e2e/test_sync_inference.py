@@ -9,7 +9,7 @@ import statistics
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from typing import Any
@@ -70,18 +70,6 @@ def test_sync_embedding_latency(system: RunningSystem, caller: dict[str, str]) -
     assert p50 < 1000
 
 
-@pytest.fixture
-def second_replica(system: RunningSystem) -> Iterator[str]:
-    replica: Settings = system.settings.model_copy(update={"api_port": free_port()})
-    api = [s for s in system_services(replica, settings_env(replica)) if s.name == "api"]
-    supervisor = Supervisor(api, system.log_dir / "inference-replica-2", progress=lambda _: None)
-    supervisor.start()
-    url = f"http://127.0.0.1:{replica.api_port}"
-    try:
-        wait_http(f"{url}/api/v1/health", timeout_s=90)  # answers once it owns a responses partition
-        yield url
-    finally:
-        supervisor.stop()
 
 
 def replica_partitions(base_url: str, timeout_s: float = 30.0) -> list[int]:

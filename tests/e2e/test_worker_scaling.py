@@ -12,19 +12,18 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from datetime import timedelta
 
 import pytest
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import Consumer, TopicPartition
 
-from consumers.inference.builtin import MINILM_ID
 from core.services import GROUP_COMMANDS
 from core.supervisor import ServiceSpec, Supervisor
-from schemas.codec import Codec, new_envelope, now_millis
+from schemas.codec import Codec
 from tests.e2e.conftest import RunningSystem, settings_env
+from tests.e2e.serving import RequestProducer
 from topology.groups import inference_group
 from topology.lag import log_end, topic_lag
-from topology.topics import INFERENCE_REQUESTS, INFERENCE_RESPONSES, Priority
+from topology.topics import INFERENCE_RESPONSES, Priority
 
 pytestmark = pytest.mark.e2e
 
@@ -43,25 +42,15 @@ class Load:
         self.thread = threading.Thread(target=self.run, daemon=True)
 
     def run(self) -> None:
-        codec = Codec()
-        producer = Producer({"bootstrap.servers": self.settings.kafka_bootstrap_servers, "linger.ms": 2})
-        topic = INFERENCE_REQUESTS[Priority.MEDIUM].full_name(self.settings)
+        load = RequestProducer(self.settings, Priority.MEDIUM)
         i = 0
         next_at = time.monotonic()
         while not self.stop.is_set():
-            correlation_id = str(uuid.uuid4())
-            record = {**new_envelope(service="e2e-load", instance="e2e", correlation_id=correlation_id),
-                      "model_id": MINILM_ID, "task_type": "txt2embed", "input_data": {"text": f"scaling {i}"},
-                      "parameters": {}, "priority": "medium", "deadline": now_millis() + timedelta(minutes=5),
-                      "timeout_seconds": 300, "reply_partition": REPLY_PARTITION}
-            payload, headers = codec.encode("inference_request", record)
-            producer.produce(topic, payload, key=record["message_id"], headers=list(headers))
-            producer.poll(0)
-            self.sent.append(correlation_id)
+            self.sent.append(load.send(f"scaling {i}", reply_partition=REPLY_PARTITION))
             i += 1
             next_at += 1.0 / RATE_PER_S
             time.sleep(max(0.0, next_at - time.monotonic()))
-        assert producer.flush(30) == 0
+        load.flush()
 
 
 def group_lag(system: RunningSystem) -> int:
