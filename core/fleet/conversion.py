@@ -1,8 +1,9 @@
 """Type checks for uploaded model artifacts and their conversion to ONNX where possible.
 
-A PyTorch upload is either a TorchScript archive (convertible: we can run it) or a plain
-state_dict (weights only: no architecture, so no ONNX). Nothing uploaded is unpickled
-beyond torch's ``weights_only`` loader.
+A PyTorch upload is a TorchScript archive or a ``torch.export`` program (both carry their
+architecture, so both convert to ONNX when the exporter can express them), or a plain
+state_dict (weights only: no architecture, so no ONNX). Nothing uploaded is unpickled beyond
+torch's ``weights_only`` loader; an exported program is a JSON graph plus tensors.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ def check_artifact(fmt: str, data: bytes) -> None:
         from core.fleet.weights import check_archive
 
         check_archive(data)  # before TorchScript detection: its conversion inflates every entry too
-        if _is_torchscript(data):
+        if _is_torchscript(data) or _is_exported_program(data):
             return
         from core.fleet.weights import load_state_dict
 
@@ -59,28 +60,57 @@ def _is_torchscript(data: bytes) -> bool:
         return any(name.endswith("constants.pkl") or "/code/" in name for name in archive.namelist())
 
 
+def _is_exported_program(data: bytes) -> bool:
+    """A ``torch.export.save`` archive (``<root>/models/model.json`` + ``archive_format``)."""
+    with zipfile.ZipFile(io.BytesIO(data)) as archive:
+        names = archive.namelist()
+        return any(n.endswith("/archive_format") for n in names) and any(n.endswith("models/model.json")
+                                                                          for n in names)
+
+
 def convert_to_onnx(fmt: str, data: bytes) -> bytes | None:
-    """ONNX bytes for a TorchScript upload whose input shape we can infer, else None."""
-    if fmt != "pytorch" or not _is_torchscript(data):
+    """ONNX bytes for a TorchScript upload whose input shape we can infer, or for an exported
+    program (its own example inputs); None when there is no architecture or the exporter fails."""
+    if fmt != "pytorch":
         return None
     import torch
 
-    module = torch.jit.load(io.BytesIO(data), map_location="cpu")  # type: ignore[no-untyped-call]
-    example = _example_input(module)
+    module: object
+    example: object | None
+    # TorchScript is exported in eval mode; an exported program's module refuses train() and
+    # its mode was fixed when it was exported.
+    mode = torch.onnx.TrainingMode.EVAL
+    if _is_torchscript(data):
+        module = torch.jit.load(io.BytesIO(data), map_location="cpu")  # type: ignore[no-untyped-call]
+        example = _example_input(module)
+    elif _is_exported_program(data):
+        try:
+            program = torch.export.load(io.BytesIO(data))
+        except Exception:
+            return None
+        args: tuple[object, ...] = tuple(program.example_inputs[0]) if program.example_inputs else ()
+        module, mode = program.module(), torch.onnx.TrainingMode.PRESERVE
+        example = args[0] if len(args) == 1 else None  # the tensor contract: one input tensor
+    else:
+        return None
     if example is None:
         return None
-    out = io.BytesIO()
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            torch.onnx.export(
-                module, (example,), out,  # type: ignore[arg-type]  # a BytesIO target works
-                opset_version=17, dynamo=False, input_names=["input"],
-                output_names=["output"], dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}},
-            )
-    except Exception:
-        return None  # architecture the exporter cannot express: the original stays downloadable
-    return out.getvalue()
+    # TorchScript exports with a dynamic batch; an exported program is specialised to its
+    # example shapes unless it says otherwise, so a fixed batch is the fallback.
+    for dynamic_axes in ({"input": {0: "batch"}, "output": {0: "batch"}}, None):
+        out = io.BytesIO()
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                torch.onnx.export(
+                    module, (example,), out,  # type: ignore[arg-type]  # a BytesIO target works
+                    opset_version=17, dynamo=False, input_names=["input"], output_names=["output"],
+                    dynamic_axes=dynamic_axes, training=mode,
+                )
+            return out.getvalue()
+        except Exception:
+            continue  # architecture the exporter cannot express: the original stays downloadable
+    return None
 
 
 def _example_input(module: object) -> object | None:

@@ -272,3 +272,22 @@ def test_openapi_documents_the_seed_operations(api: TestClient) -> None:
                          ("/api/v1/models/{model_id}/versions/{version}/download", "get")]:
         assert method in paths[path], (path, method)
     assert paths["/api/v1/devices/register"]["post"]["security"] == []
+
+
+def test_an_exported_program_upload_converts_to_onnx(api: TestClient) -> None:
+    model = api.post("/api/v1/models", json={"framework": "pytorch", "description": "exported"},
+                     headers=auth(ADMIN))
+    model_id = model.json()["id"]
+    network = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.ReLU()).eval()
+    example = torch.randn(1, 4)
+    buffer = io.BytesIO()
+    torch.export.save(torch.export.export(network, (example,)), buffer)
+    up = api.post(f"/api/v1/models/{model_id}/versions/upload", files={"file": ("model.pt2", buffer.getvalue())},
+                  data={"format": "pytorch"}, headers=auth(ADMIN))
+    assert up.status_code == 201, up.text
+    onnx = api.get(f"/api/v1/models/{model_id}/versions/1/download?format=onnx", headers=auth(ADMIN))
+    assert onnx.status_code == 200, onnx.text
+    import onnxruntime as ort
+
+    (output,) = ort.InferenceSession(onnx.content).run(None, {"input": example.numpy()})
+    assert output == pytest.approx(network(example).detach().numpy(), abs=1e-6)
