@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PYTHON ?= python3
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test lint unit integration e2e up down status clean
+.PHONY: install run test lint unit integration e2e faults up down status clean
 
 install: $(STAMP)
 
@@ -27,6 +27,12 @@ lint: install
 
 test: install lint
 	$(PY) -m pytest
+	$(MAKE) --no-print-directory faults
+
+# Fault injection stops and restarts servers, so it gets its own session and its own stack
+# (after the main session stopped its servers); Tansu on s3:// so a restart keeps its data.
+faults: install
+	TRIBUTARY_DATA_DIR=$(CURDIR)/.local/faults TRIBUTARY_BROKER_STORAGE=s3 $(PY) -m pytest -m faults
 
 unit: install
 	$(PY) -m pytest -m unit

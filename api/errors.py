@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import logging
 from datetime import UTC, datetime
 from http import HTTPStatus
 from typing import Any
@@ -16,11 +17,13 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from core.errors import HTTP_STATUS, DomainError, ErrorKind
+from core.errors import HTTP_STATUS, DomainError, ErrorKind, is_transient_infrastructure_error
 
 # Seed 000's machine-readable `error` values are the snake_case HTTP reason.
 _ERROR_BY_STATUS = {s.value: s.phrase.lower().replace(" ", "_").replace("-", "_") for s in HTTPStatus}
 
+
+log = logging.getLogger(__name__)
 
 class ErrorEnvelope(BaseModel):
     error: str = Field(description="Machine-readable error class, e.g. bad_request, not_found")
@@ -113,6 +116,13 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        if is_transient_infrastructure_error(exc):
+            # Cassandra, S3 or Kafka is unreachable: the request was not applied and may be retried.
+            log.warning("%s %s: infrastructure unavailable: %s: %s", request.method, request.url.path,
+                        type(exc).__name__, exc)
+            body = envelope(503, "SERVICE_UNAVAILABLE", "A backing service is unavailable; nothing was applied.",
+                            hint="Retry after 2s.", trace_id=_trace_id(request))
+            return JSONResponse(body, status_code=503, headers={"Retry-After": "2"})
         body = envelope(
             500, "INTERNAL_SERVER_ERROR", "Unexpected server error", trace_id=_trace_id(request),
             hint="Retry later; report the trace_id if it persists.",

@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 
 from confluent_kafka import Message
 
+from core.errors import is_transient_infrastructure_error
 from core.settings import Settings
 from producers.publisher import Publisher
 from schemas.codec import DecodeError, SchemaValidationError
@@ -25,6 +26,7 @@ log = logging.getLogger(__name__)
 Headers = Sequence[tuple[str, bytes]]
 DLQ_PREFIX = "dlq-"
 
+MAX_OUTAGE_BACKOFF_S = 5.0
 # Failures that no retry can fix: dead-letter on the first attempt.
 PERMANENT: tuple[type[Exception], ...] = (DecodeError, SchemaValidationError, LookupError, KeyError, TypeError)
 
@@ -88,9 +90,11 @@ class DeadLetterRouter:
         """Run the handler with bounded retries; returns False when the message was dead-lettered.
 
         Returns only when the message is handled or safely in the dead-letter topic, so the
-        caller may commit its offset either way.
+        caller may commit its offset either way. While a backing service is unavailable the
+        message is retried without using up its attempts (the caller's partition waits).
         """
-        for attempt in range(1, self.max_attempts + 1):
+        attempt, outage = 1, 0
+        while True:
             try:
                 await handler(message)
                 return True
@@ -98,9 +102,17 @@ class DeadLetterRouter:
                 await self.send(message, exc, attempt)
                 return False
             except Exception as exc:
-                if attempt == self.max_attempts:
+                if is_transient_infrastructure_error(exc):
+                    # Cassandra, S3 or Kafka is down: not this message's fault, so it is retried (the
+                    # partition waits, lag grows) rather than dead-lettered with healthy messages.
+                    outage += 1
+                    log.warning("%s[%d]@%d waits for an unavailable service (%s: %s), retry %d",
+                                message.topic, message.partition, message.offset, type(exc).__name__, exc, outage)
+                    await asyncio.sleep(min(MAX_OUTAGE_BACKOFF_S, backoff_s * 2 ** min(outage, 6)))
+                    continue
+                if attempt >= self.max_attempts:
                     log.debug("final failure: %s", traceback.format_exc())
                     await self.send(message, exc, attempt)
                     return False
                 await asyncio.sleep(backoff_s * 2 ** (attempt - 1))
-        return False
+                attempt += 1

@@ -74,3 +74,24 @@ def forbidden(code: str, message: str) -> DomainError:
 def unavailable(code: str, message: str, retry_after_s: float = 1.0) -> DomainError:
     return DomainError(ErrorKind.UNAVAILABLE, code, message, retry_after_s=retry_after_s,
                        hint=f"Retry after {retry_after_s:.0f}s.")
+
+
+def is_transient_infrastructure_error(exc: BaseException) -> bool:
+    """Cassandra, S3 or Kafka unreachable or overloaded: nothing is wrong with the request or the
+    message, so a client gets 503 + Retry-After and a consumer retries instead of dead-lettering."""
+    from cassandra import OperationTimedOut, RequestExecutionException
+    from cassandra.cluster import NoHostAvailable
+
+    from core.events import EventsUnavailable
+
+    transient: tuple[type[BaseException], ...] = (
+        NoHostAvailable, OperationTimedOut, RequestExecutionException, EventsUnavailable, ConnectionError,
+        TimeoutError,
+    )
+    try:
+        from botocore.exceptions import ConnectionClosedError, EndpointConnectionError, ReadTimeoutError
+
+        transient += (EndpointConnectionError, ConnectionClosedError, ReadTimeoutError)
+    except ImportError:  # pragma: no cover - botocore is a dependency
+        pass
+    return isinstance(exc, transient)

@@ -1,4 +1,4 @@
-"""Integration fixtures: one migrated Cassandra session for every store suite of the test session."""
+"""Integration fixtures: a migrated Cassandra session for each store suite's module."""
 
 from __future__ import annotations
 
@@ -12,9 +12,10 @@ from core.cassandra.session import connect
 from core.settings import Settings
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def session(settings: Settings) -> Iterator[Session]:
-    """The session's keyspace, migrated to the latest schema."""
+    """The test session's keyspace, migrated to the latest schema (per module: some integration
+    tests drop and re-create the keyspace to prove migrations)."""
     session = connect(settings)
     migrate(session, settings)
     yield session
