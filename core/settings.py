@@ -46,6 +46,9 @@ class Settings(BaseSettings):
     fetch_max_wait_ms: int = Field(5, ge=0, description="Fetch max wait; small values cut latency on Tansu")
     producer_max_in_flight: int = Field(10_000, ge=1, description="Unacknowledged messages before back-pressure")
     delivery_timeout_ms: int = Field(10_000, ge=1000, description="Give up on a message after this long")
+    publish_ack_wait_s: float = Field(
+        5.0, gt=0, description="How long a request waits for the broker's acknowledgement before 503"
+    )
     max_processing_attempts: int = Field(3, ge=1, description="Processing failures before dead-lettering")
     default_replication_factor: int = Field(1, ge=1)
     default_min_insync_replicas: int = Field(1, ge=1)

@@ -69,6 +69,7 @@ class KafkaEventSink:
                 self._chain.prev_hash = sealed["prev_hash"]
                 raise EventsUnavailable(str(exc), exc.retry_after_s) from exc
         try:
-            await delivery
-        except DeliveryFailed as exc:
-            raise EventsUnavailable(str(exc), 2.0) from exc
+            await self.publisher.acknowledged(delivery)
+        except (PublisherUnavailable, DeliveryFailed) as exc:
+            retry = exc.retry_after_s if isinstance(exc, PublisherUnavailable) else 2.0
+            raise EventsUnavailable(str(exc), retry) from exc

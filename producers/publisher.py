@@ -128,7 +128,22 @@ class Publisher:
     # --- publishing -------------------------------------------------------------------------
     async def publish(self, topic: str, value: bytes, *, key: bytes | str | None = None,
                       headers: Headers | None = None, partition: int | None = None) -> DeliveryReport:
-        return await self.enqueue(topic, value, key=key, headers=headers, partition=partition)
+        return await self.acknowledged(self.enqueue(topic, value, key=key, headers=headers, partition=partition))
+
+    async def acknowledged(self, delivery: asyncio.Future[DeliveryReport]) -> DeliveryReport:
+        """Wait for the broker's acknowledgement at most ``publish_ack_wait_s``.
+
+        librdkafka keeps retrying for ``delivery_timeout_ms``, and notices a dead broker only when
+        its connections fail; a caller holding an HTTP request must not wait that long. Past the
+        bound the message may still be delivered (at-least-once: a client retrying after the 503
+        sends a duplicate, which every consumer treats idempotently).
+        """
+        try:
+            return await asyncio.wait_for(asyncio.shield(delivery), self.settings.publish_ack_wait_s)
+        except TimeoutError:
+            raise PublisherUnavailable(
+                f"no acknowledgement within {self.settings.publish_ack_wait_s:g}s (broker slow or down)", 2.0
+            ) from None
 
     def enqueue(self, topic: str, value: bytes, *, key: bytes | str | None = None,
                 headers: Headers | None = None, partition: int | None = None) -> asyncio.Future[DeliveryReport]:
