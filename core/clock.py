@@ -10,3 +10,7 @@ def as_utc(ts: datetime | None) -> datetime | None:
     if ts is None:
         return None
     return ts.replace(tzinfo=UTC) if ts.tzinfo is None else ts.astimezone(UTC)
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)

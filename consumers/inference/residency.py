@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from consumers.inference.cache import (
@@ -32,13 +32,11 @@ from consumers.inference.cache import (
     MODEL_UNLOADED,
     LoadedModel,
 )
+from core.clock import utcnow
 from core.serving.residency import Residency, ResidencyState, ResidencyStore
 
 log = logging.getLogger(__name__)
 
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
 
 
 class ResidencyReporter:

@@ -55,6 +55,7 @@ from consumers.inference.residency import ResidencyReporter
 from consumers.inference.runtime import JsonDict, ModelRuntime
 from core.artifacts import ArtifactStore, S3ArtifactStore
 from core.cassandra.session import connect
+from core.clock import utcnow
 from core.events import lifecycle_record
 from core.fleet.cassandra_store import CassandraFleetStore
 from core.fleet.store import FleetStore
@@ -88,9 +89,6 @@ OVERRUN_GRACE_S = 30.0
 # Share of the shutdown bound spent finishing in-flight requests (the rest: commit, leave, close).
 DRAIN_SHARE = 0.6
 
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
 
 
 # ---------------------------------------------------------------------------------------------

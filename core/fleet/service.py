@@ -35,6 +35,7 @@ from core.fleet.models import (
 from core.fleet.store import FleetStore
 from core.fleet.weights import load_state_dict
 from core.settings import Settings
+from schemas.codec import now_millis
 from topology import topics
 
 P = ParamSpec("P")
@@ -50,10 +51,8 @@ MODEL_FORMATS = ("pytorch", "tensorflow", "onnx", "sklearn", "xgboost")
 FILE_SUFFIX = {"pytorch": "pt", "tensorflow": "h5", "onnx": "onnx", "sklearn": "pkl", "xgboost": "json"}
 
 
-def utcnow() -> datetime:
-    """Now at the precision Avro and Cassandra keep (ms): what a response says is what is stored."""
-    now = datetime.now(UTC)
-    return now.replace(microsecond=now.microsecond // 1000 * 1000)
+# Now at the precision Avro and Cassandra keep (ms): what a response says is what is stored.
+utcnow = now_millis
 
 
 def iso(ts: datetime | None) -> str | None:

@@ -21,10 +21,11 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Callable, Mapping
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from core.auth import Principal
+from core.clock import utcnow
 from core.errors import DomainError, ErrorKind, not_found, unavailable
 from core.events import EventSink, EventsUnavailable, lifecycle_record
 from core.fleet.store import FleetStore
@@ -35,9 +36,6 @@ POLL_INTERVAL_S = 0.2
 # Rows are compared with the command's time; allow this much clock difference between hosts.
 CLOCK_SKEW = timedelta(milliseconds=500)
 
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
 
 
 class ModelLifecycleService:
