@@ -16,7 +16,6 @@ from __future__ import annotations
 import io
 import re
 import uuid
-import zipfile
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
@@ -34,6 +33,7 @@ from core.fleet.models import RoundStatus
 from core.settings import Settings
 from tests.e2e.conftest import RunningSystem
 from tests.e2e.serving import ENCODED_MINILM
+from tests.uploads import zip_bomb_state_dict
 
 pytestmark = pytest.mark.e2e
 
@@ -167,16 +167,6 @@ def state_dict_bytes(size: int = 4) -> bytes:
     return buffer.getvalue()
 
 
-def zip_bomb(inflated_bytes: int) -> bytes:
-    buffer = io.BytesIO()
-    torch.save({"weight": torch.zeros(inflated_bytes // 4)}, buffer)
-    source = zipfile.ZipFile(io.BytesIO(buffer.getvalue()))
-    out = io.BytesIO()
-    with zipfile.ZipFile(out, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=9) as bomb:
-        for info in source.infolist():
-            bomb.writestr(info.filename, source.read(info.filename))
-    return out.getvalue()
-
 
 def test_bad_uploads_are_refused_with_4xx_envelopes(
         system: RunningSystem, devices: dict[str, tuple[str, str]]) -> None:
@@ -197,7 +187,7 @@ def test_bad_uploads_are_refused_with_4xx_envelopes(
             ("pytorch claimed onnx", admin, ("model.onnx", good), {"format": "onnx"}, 415, "INVALID_MODEL_FILE"),
             ("pickle claimed hdf5", admin, ("model.h5", b"\x80\x04K\x01."), {"format": "tensorflow"}, 415,
              "INVALID_MODEL_FILE"),
-            ("zip bomb", admin, ("model.pt", zip_bomb(64 * 1024 * 1024)), {}, 415, "INVALID_MODEL_FILE"),
+            ("zip bomb", admin, ("model.pt", zip_bomb_state_dict(64 * 1024 * 1024)), {}, 415, "INVALID_MODEL_FILE"),
             ("over the file limit", admin, ("model.pt", b"\0" * (limit + 1)), {}, 413, "FILE_TOO_LARGE"),
             ("over the request limit", admin, ("model.pt", b"\0" * (limit + 2 * 1024 * 1024)), {}, 413,
              "REQUEST_TOO_LARGE"),

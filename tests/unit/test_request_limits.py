@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import uuid
-import zipfile
 from collections.abc import Iterator
 
 import pytest
@@ -20,6 +19,7 @@ from core.artifacts import MemoryArtifactStore
 from core.events import RecordingSink
 from core.fleet.memory_store import InMemoryFleetStore
 from core.settings import Settings
+from tests.uploads import zip_bomb_state_dict
 
 pytestmark = pytest.mark.unit
 ADMIN = new_api_key()
@@ -94,17 +94,6 @@ def test_round_sizes_beyond_the_int_column_are_400(api: TestClient) -> None:
                         json={"target_devices": 2**31, "min_devices": 1})
     assert response.status_code == 400 and response.json()["error_code"] == "VALIDATION_ERROR", response.text
 
-
-def zip_bomb_state_dict(inflated_bytes: int) -> bytes:
-    """A torch.save archive whose tensor data entry is deflated: tiny on the wire, huge when read."""
-    buffer = io.BytesIO()
-    torch.save({"weight": torch.zeros(inflated_bytes // 4)}, buffer)
-    source = zipfile.ZipFile(io.BytesIO(buffer.getvalue()))
-    out = io.BytesIO()
-    with zipfile.ZipFile(out, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=9) as bomb:
-        for info in source.infolist():
-            bomb.writestr(info.filename, source.read(info.filename))
-    return out.getvalue()
 
 
 def test_zip_bomb_state_dicts_are_refused_before_torch_inflates_them(api: TestClient) -> None:
