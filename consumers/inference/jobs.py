@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import datetime
 from typing import Any, Protocol
 
@@ -63,15 +64,18 @@ class JobRunner:
         response = await self.handler.answer(request)
         ok = response.get("status") == "success"
         error = response.get("error") or {}
-        finished = await asyncio.to_thread(
-            store.finish, job_id, job.attempt, JobStatus.COMPLETED if ok else JobStatus.FAILED, self.clock(),
-            result={"output_data": response.get("output_data") or {}, "metadata": response.get("metadata") or {}}
-            if ok else None,
-            error_code=None if ok else str(error.get("code") or "INFERENCE_FAILED"),
-            error_message=None if ok else str(error.get("message") or ""))
+        status, at = (JobStatus.COMPLETED if ok else JobStatus.FAILED), self.clock()
+        result = ({"output_data": response.get("output_data") or {}, "metadata": response.get("metadata") or {}}
+                  if ok else None)
+        error_code = None if ok else str(error.get("code") or "INFERENCE_FAILED")
+        error_message = None if ok else str(error.get("message") or "")
+        finished = await asyncio.to_thread(store.finish, job_id, job.attempt, status, at, result=result,
+                                           error_code=error_code, error_message=error_message)
         if not finished:
             self.superseded += 1
             log.info("job %s: result of attempt %d refused (cancelled or re-claimed)", job_id, job.attempt)
             return JobOutcome(None, job, None)
-        final = await asyncio.to_thread(store.get, job_id)
-        return JobOutcome(response, final, job_event(final, request.get("correlation_id")) if final else None)
+        # The CAS succeeded, so the row is exactly what was written: no need to read it back.
+        final = replace(job, status=status, completed_at=at, result=result, error_code=error_code,
+                        error_message=error_message, progress=100.0 if ok else job.progress)
+        return JobOutcome(response, final, job_event(final, request.get("correlation_id")))
