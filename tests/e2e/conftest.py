@@ -4,6 +4,7 @@ processes on the session's real servers, with this session's topic prefix and ke
 from __future__ import annotations
 
 import os
+import random
 import socket
 import time
 import uuid
@@ -106,11 +107,19 @@ def reference(system: RunningSystem) -> Callable[[list[str]], np.ndarray]:
     return embed
 
 
+def client_address() -> dict[str, str]:
+    """An X-Forwarded-For of its own (TEST-NET-3) for a registration: registrations are limited per
+    client address, and every test here comes from 127.0.0.1, so without it the session's tests
+    would share one per-minute budget and fail by timing."""
+    return {"X-Forwarded-For": f"203.0.113.{random.randint(1, 254)}"}
+
+
 @pytest.fixture
 def caller(system: RunningSystem) -> dict[str, str]:
     """A fresh device key per test: each key has its own rate-limit window."""
     device_id = f"{system.settings.topic_prefix}infer-{uuid.uuid4().hex[:8]}"
-    response = httpx.post(f"{system.base_url}/api/v1/devices/register", json={"device_id": device_id}, timeout=30)
+    response = httpx.post(f"{system.base_url}/api/v1/devices/register", json={"device_id": device_id},
+                          headers=client_address(), timeout=30)
     assert response.status_code == 201, response.text
     return {"Authorization": f"Bearer {response.json()['api_key']}"}
 

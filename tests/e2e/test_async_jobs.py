@@ -17,7 +17,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
 from consumers.inference.builtin import MINILM_ID
 from schemas.codec import Codec
-from tests.e2e.conftest import RunningSystem
+from tests.e2e.conftest import RunningSystem, client_address
 from tests.e2e.serving import ENCODED_MINILM, HTTP_TIMEOUT, cosine
 from topology.groups import inference_group
 from topology.lag import topic_lag
@@ -132,7 +132,7 @@ def test_job_errors(system: RunningSystem, caller: dict[str, str]) -> None:
     missing = httpx.get(f"{system.base_url}/api/v1/jobs/{uuid.uuid4()}", headers=caller, timeout=30)
     assert missing.status_code == 404 and missing.json()["error_code"] == "JOB_NOT_FOUND"
     job = submit(system, caller, "mine")
-    other = httpx.post(f"{system.base_url}/api/v1/devices/register",
+    other = httpx.post(f"{system.base_url}/api/v1/devices/register", headers=client_address(),
                        json={"device_id": f"{system.settings.topic_prefix}other-{uuid.uuid4().hex[:6]}"}, timeout=30)
     stranger = {"Authorization": f"Bearer {other.json()['api_key']}"}
     foreign = httpx.get(f"{system.base_url}/api/v1/jobs/{job['job_id']}", headers=stranger, timeout=30)

@@ -21,7 +21,7 @@ import pytest
 from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
 
 from schemas.codec import Codec
-from tests.e2e.conftest import RunningSystem
+from tests.e2e.conftest import RunningSystem, client_address
 from tests.e2e.serving import RequestProducer
 from topology.groups import inference_group
 from topology.lag import log_end, topic_lag
@@ -118,6 +118,7 @@ def test_sigterm_processor_commits_what_it_processed(system: RunningSystem) -> N
     for _ in range(5):
         device_id = f"{settings.topic_prefix}grace-{uuid.uuid4().hex[:6]}"
         response = httpx.post(f"{system.base_url}/api/v1/devices/register", json={"device_id": device_id},
+                              headers=client_address(),
                               timeout=30)
         assert response.status_code == 201, response.text
         devices.append((device_id, {"Authorization": f"Bearer {response.json()['api_key']}"}))

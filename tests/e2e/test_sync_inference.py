@@ -24,7 +24,7 @@ from core.services import system_services
 from core.settings import Settings
 from core.supervisor import Supervisor
 from schemas.codec import Codec, new_envelope, now_millis
-from tests.e2e.conftest import RunningSystem, free_port, settings_env, wait_http
+from tests.e2e.conftest import RunningSystem, client_address, free_port, settings_env, wait_http
 from tests.e2e.serving import ENCODED_MINILM, HTTP_TIMEOUT, cosine, infer, read_until
 from topology.groups import inference_group
 from topology.topics import INFERENCE_REQUESTS, INFERENCE_RESPONSES, Priority, dead_letter_topic
@@ -119,6 +119,7 @@ def test_requests_in_flight_survive_rebalances(
     for _ in range(3):  # one key per load thread: each stays far below the per-key rate limit
         device_id = f"{system.settings.topic_prefix}rebalance-{uuid.uuid4().hex[:8]}"
         registered = httpx.post(f"{system.base_url}/api/v1/devices/register", json={"device_id": device_id},
+                              headers=client_address(),
                                 timeout=30)
         keys.append({"Authorization": f"Bearer {registered.json()['api_key']}"})
     stop = threading.Event()

@@ -19,7 +19,7 @@ import httpx
 import numpy as np
 import pytest
 
-from tests.e2e.conftest import RunningSystem
+from tests.e2e.conftest import RunningSystem, client_address
 from tests.e2e.serving import ENCODED_MINILM, HTTP_TIMEOUT, cosine
 from topology.topics import Priority
 
@@ -32,7 +32,8 @@ KILL_AFTER = 5  # sync answers seen after the worker resumes, before the kill
 
 def register(system: RunningSystem) -> dict[str, str]:
     device_id = f"{system.settings.topic_prefix}kill-{uuid.uuid4().hex[:8]}"
-    response = httpx.post(f"{system.base_url}/api/v1/devices/register", json={"device_id": device_id}, timeout=30)
+    response = httpx.post(f"{system.base_url}/api/v1/devices/register", json={"device_id": device_id},
+                          headers=client_address(), timeout=30)
     assert response.status_code == 201, response.text
     return {"Authorization": f"Bearer {response.json()['api_key']}"}
 
