@@ -151,24 +151,34 @@ class CassandraFleetStore(CassandraRepository, FleetStore):
     # --- rounds -----------------------------------------------------------------------
 
     def create_active_round(self, round_: Round) -> Round | None:
-        claim = self._run(
-            "INSERT INTO active_round (slot, round_id) VALUES ('active', ?) IF NOT EXISTS", round_.id
-        ).one()
-        if not claim.applied:
-            # The winner writes its round right after claiming: give it a moment to appear.
-            for _ in range(ORPHAN_WAIT_POLLS):
-                holder = self.get_round(claim.round_id)
-                if holder is not None:
-                    return holder
-                time.sleep(0.05)
-            # A slot pointing at no round for seconds (a crash between claim and write): take it over.
-            if not self._run("UPDATE active_round SET round_id = ? WHERE slot = 'active' IF round_id = ?",
-                             round_.id, claim.round_id).one().applied:
-                return self.get_round(self.active_round_id() or "") or round_
+        while True:
+            claim = self._run(
+                "INSERT INTO active_round (slot, round_id) VALUES ('active', ?) IF NOT EXISTS", round_.id
+            ).one()
+            if claim.applied:
+                break
+            holder = self._claimed_round(claim.round_id)
+            if holder is not None and not holder.status.terminal:
+                return holder
+            # The slot still names a finished round (its release is a second write, so a start can
+            # land between the two, or the releaser crashed) or no round at all: take it over. If
+            # someone else changed the slot meanwhile, look again.
+            if self._run("UPDATE active_round SET round_id = ? WHERE slot = 'active' IF round_id = ?",
+                         round_.id, claim.round_id).one().applied:
+                break
         round_.round_number = self._increment("rounds")
         self._write_round(round_)
         self._run("INSERT INTO rounds_by_number (bucket, round_number, round_id) VALUES ('all', ?, ?)",
                   round_.round_number, round_.id)
+        return None
+
+    def _claimed_round(self, round_id: str) -> Round | None:
+        """The round a slot names; its winner writes it right after claiming, so wait a moment."""
+        for _ in range(ORPHAN_WAIT_POLLS):
+            holder = self.get_round(round_id)
+            if holder is not None:
+                return holder
+            time.sleep(0.05)
         return None
 
     def _write_round(self, r: Round) -> None:

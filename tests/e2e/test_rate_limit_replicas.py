@@ -7,11 +7,9 @@ import time
 import httpx
 import pytest
 
-from tests.e2e.conftest import RunningSystem
+from tests.e2e.conftest import RunningSystem, client_address
 
 pytestmark = pytest.mark.e2e
-
-
 
 
 def test_limit_is_shared_by_two_replicas(system: RunningSystem, second_replica: str) -> None:
@@ -20,7 +18,8 @@ def test_limit_is_shared_by_two_replicas(system: RunningSystem, second_replica: 
     if time.time() % 60 > 40:
         time.sleep(61 - time.time() % 60)
     device_id = f"{system.settings.topic_prefix}rl-device"
-    key = httpx.post(f"{system.base_url}/api/v1/devices/register", json={"device_id": device_id}).json()["api_key"]
+    key = httpx.post(f"{system.base_url}/api/v1/devices/register", json={"device_id": device_id},
+                     headers=client_address()).json()["api_key"]
     headers = {"Authorization": f"Bearer {key}"}
     codes: list[int] = []
     retry_after: list[str] = []

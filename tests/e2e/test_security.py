@@ -31,7 +31,7 @@ from core.cassandra.session import connect
 from core.fleet.cassandra_store import CassandraFleetStore
 from core.fleet.models import RoundStatus
 from core.settings import Settings
-from tests.e2e.conftest import RunningSystem
+from tests.e2e.conftest import RunningSystem, client_address
 from tests.e2e.serving import ENCODED_MINILM
 from tests.uploads import zip_bomb_state_dict
 
@@ -54,7 +54,7 @@ def store(system: RunningSystem) -> Iterator[CassandraFleetStore]:
 def register(system: RunningSystem, name: str) -> tuple[str, str]:
     device_id = f"{system.settings.topic_prefix}sec-{name}-{uuid.uuid4().hex[:6]}"
     response = httpx.post(f"{system.base_url}/api/v1/devices/register", json={"device_id": device_id},
-                          timeout=TIMEOUT)
+                          headers=client_address(), timeout=TIMEOUT)
     assert response.status_code == 201, response.text
     return device_id, response.json()["api_key"]
 
