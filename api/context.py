@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -65,14 +66,16 @@ def context(request: Request) -> AppContext:
 bearer = HTTPBearer(auto_error=False, bearerFormat="sk_live_*", description="Authorization: Bearer sk_live_...")
 
 
-async def authenticated(request: Request) -> Principal:
-    """Authenticate the Bearer key, then count the request against the key's shared rate limit."""
-    import asyncio
+async def admit(ctx: AppContext, key: str | None) -> Principal:
+    """Authenticate a Bearer key, then count the call against the key's rate limit, which every
+    replica and transport (REST, gRPC) shares."""
+    principal = await asyncio.to_thread(ctx.authenticator.authenticate, key)
+    await asyncio.to_thread(ctx.limiter.check, principal.key_id)
+    return principal
 
+
+async def authenticated(request: Request) -> Principal:
     ctx = context(request)
     credentials: HTTPAuthorizationCredentials | None = await bearer(request)
     key = credentials.credentials if credentials else None
-    principal = await asyncio.to_thread(ctx.authenticator.authenticate, key)
-    request.state.key_id = principal.key_id
-    await asyncio.to_thread(ctx.limiter.check, principal.key_id)
-    return principal
+    return await admit(ctx, key)

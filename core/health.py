@@ -1,7 +1,7 @@
 """Component health: each probe answers healthy / degraded / unhealthy with a short detail.
 
-Transports render it: REST's /api/v1/health?detailed=true and /health/ready (and gRPC's
-health service later) all read the same probes.
+Transports render it: REST's /api/v1/health?detailed=true and /health/ready, gRPC's
+ReadinessCheck and the standard ``grpc.health.v1`` service all read the same probes.
 """
 
 from __future__ import annotations
@@ -57,6 +57,14 @@ async def run_probes(probes: dict[str, Probe]) -> tuple[ComponentHealth, dict[st
     else:
         overall = ComponentHealth.HEALTHY
     return overall, by_name
+
+
+async def readiness(probes: dict[str, Probe]) -> dict[str, bool]:
+    """Seed 001's readiness checks: ``database`` (Cassandra answers) and ``queue`` (the producer
+    reaches the broker); a component without a probe (unit tests) counts as ready."""
+    _, results = await run_probes({k: v for k, v in probes.items() if k in ("cassandra", "kafka")})
+    healthy = {name: r.status is ComponentHealth.HEALTHY for name, r in results.items()}
+    return {"database": healthy.get("cassandra", True), "queue": healthy.get("kafka", True)}
 
 
 def degraded(detail: str) -> ProbeResult:

@@ -12,7 +12,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from api.context import AppContext, context
 from api.errors import ErrorEnvelope
-from core.health import ComponentHealth, run_probes
+from core.health import ComponentHealth, readiness, run_probes
 
 API_VERSION = "1.0.0"
 router = APIRouter(tags=["Health"])
@@ -50,9 +50,7 @@ async def live() -> dict[str, str]:
 @router.get("/health/ready", openapi_extra=OPEN, responses={503: {"description": "Service not ready"}})
 async def ready(ctx: Ctx) -> JSONResponse:
     """Ready when Cassandra answers and the producer can reach the broker (seed 001 §2.7)."""
-    _, results = await run_probes({k: v for k, v in ctx.probes.items() if k in ("cassandra", "kafka")})
-    healthy = {name: r.status is ComponentHealth.HEALTHY for name, r in results.items()}
-    checks = {"database": healthy.get("cassandra", True), "queue": healthy.get("kafka", True)}
+    checks = await readiness(ctx.probes)
     ok = all(checks.values())
     return JSONResponse({"status": "ready" if ok else "not_ready", "checks": checks}, status_code=200 if ok else 503)
 

@@ -239,12 +239,17 @@ class InferenceService:
         parameters: dict[str, Any] | None = None,
         priority: str = "medium",
         timeout_seconds: int = 60,
+        *,
+        within_s: float | None = None,
     ) -> dict[str, Any]:
+        """``within_s``: the caller's own deadline, in seconds from now (a gRPC call's); the request
+        then expires at the earlier of it and ``timeout_seconds``, at the worker too."""
         started = time.perf_counter()
         parameters = parameters or {}
         task_type, level = await self.check_async(model_id, input_data, parameters, priority, timeout_seconds)
-        expires = time.monotonic() + timeout_seconds
-        deadline = self.clock() + timedelta(seconds=timeout_seconds)
+        budget = float(timeout_seconds) if within_s is None else max(0.0, min(float(timeout_seconds), within_s))
+        expires = time.monotonic() + budget
+        deadline = self.clock() + timedelta(seconds=budget)
         correlation_id = str(uuid.uuid4())
         trace_id = trace_id_var.get() or uuid.uuid4().hex
         previous: str | None = None
@@ -269,7 +274,7 @@ class InferenceService:
                 self.replies.discard(correlation_id)
                 observe_reply(model_id, level.value, "INFERENCE_TIMEOUT", time.perf_counter() - started, {})
                 raise reply_error("INFERENCE_TIMEOUT",
-                                  f"No result from {model_id} within {timeout_seconds}s.") from None
+                                  f"No result from {model_id} within {budget:g}s.") from None
             except ReplyPartitionRevoked as exc:
                 self.replies.discard(correlation_id)
                 if attempt < MAX_RESENDS and time.monotonic() < expires:
