@@ -18,9 +18,16 @@ from core.logs import trace_id_var
 from core.settings import Settings, get_settings
 
 
-def create_app(settings: Settings | None = None, context: AppContext | None = None) -> FastAPI:
-    """Build the app; without ``context`` it wires itself to Kafka, Cassandra and S3 on start-up."""
+def create_app(settings: Settings | None = None, context: AppContext | None = None, *,
+               serve_grpc: bool | None = None) -> FastAPI:
+    """Build the app; without ``context`` it wires itself to Kafka, Cassandra and S3 on start-up.
+
+    ``serve_grpc`` (default: when it wires itself and ``grpc_port`` is set) also starts the gRPC
+    server on the same context and event loop, so both transports share one core.
+    """
     settings = settings or get_settings()
+    if serve_grpc is None:
+        serve_grpc = context is None and settings.grpc_port > 0
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -30,9 +37,17 @@ def create_app(settings: Settings | None = None, context: AppContext | None = No
             app.state.context = await build_context(settings)
         else:
             app.state.context = context
+        grpc_server = None
+        if serve_grpc:
+            from api.grpc.server import GrpcServer
+
+            grpc_server = GrpcServer(app.state.context, host=settings.api_host, port=settings.grpc_port)
+            await grpc_server.start()
         try:
             yield
         finally:
+            if grpc_server is not None:
+                await grpc_server.stop(grace_s=settings.shutdown_timeout_s / 2)
             for close in reversed(app.state.context.closers):
                 result = close()
                 if hasattr(result, "__await__"):

@@ -116,6 +116,7 @@ def main() -> None:
 
     suffix = uuid.uuid4().hex[:6]
     settings = Settings(topic_prefix=f"load{suffix}.", cassandra_keyspace=f"load_{suffix}", api_port=free_port(),
+                        grpc_port=free_port(),
                         admin_api_key=SecretStr(new_api_key()), rate_limit_per_minute=10_000_000)
     session = connect(settings)
     migrate(session, settings)

@@ -74,6 +74,10 @@ class Settings(BaseSettings):
     # --- API -------------------------------------------------------------------------
     api_host: str = "127.0.0.1"
     api_port: int = 8000
+    grpc_port: int = Field(50051, ge=0, le=65535,
+                           description="gRPC (seed 001 §3) port of the ingress, beside REST; 0 = no gRPC server")
+    grpc_stream_max_in_flight: int = Field(
+        64, ge=1, description="Requests one InferStream call keeps in flight; reading waits beyond it")
     admin_api_key: SecretStr = SecretStr("")
     audit_hmac_key: SecretStr = SecretStr("")
 

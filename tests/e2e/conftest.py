@@ -36,6 +36,11 @@ class RunningSystem:
     log_dir: Path
     supervisor: Supervisor
 
+    @property
+    def grpc_target(self) -> str:
+        """host:port of the ingress's gRPC server (seed 001 §3)."""
+        return f"127.0.0.1:{self.settings.grpc_port}"
+
 
 def free_port() -> int:
     with socket.socket() as sock:
@@ -48,6 +53,7 @@ def settings_env(settings: Settings, **extra: str) -> dict[str, str]:
         "TRIBUTARY_TOPIC_PREFIX": settings.topic_prefix,
         "TRIBUTARY_CASSANDRA_KEYSPACE": settings.cassandra_keyspace,
         "TRIBUTARY_API_PORT": str(settings.api_port),
+        "TRIBUTARY_GRPC_PORT": str(settings.grpc_port),
         "TRIBUTARY_ADMIN_API_KEY": settings.admin_api_key.get_secret_value(),
         "TRIBUTARY_HEARTBEAT_INTERVAL_S": str(settings.heartbeat_interval_s),
         "TRIBUTARY_STRAGGLER_GRACE_S": str(settings.straggler_grace_s),
@@ -73,7 +79,8 @@ def wait_http(url: str, timeout_s: float = 60) -> None:
 @pytest.fixture(scope="session")
 def system(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningSystem]:
     e2e = settings.model_copy(update={
-        "api_port": free_port(), "admin_api_key": SecretStr(new_api_key()), "heartbeat_interval_s": 5.0,
+        "api_port": free_port(), "grpc_port": free_port(), "admin_api_key": SecretStr(new_api_key()),
+        "heartbeat_interval_s": 5.0,
         "straggler_grace_s": 3.0, "freshness_sweep_s": 1.0, "rate_limit_per_minute": 100,
         "max_upload_bytes": 2 * 1024 * 1024,
     })
@@ -125,9 +132,10 @@ def caller(system: RunningSystem) -> dict[str, str]:
 
 
 @contextmanager
-def ingress_replica(system: RunningSystem, name: str, **env: str) -> Iterator[str]:
-    """Another ingress process on the session's servers (own port, ``env`` on top); yields its URL."""
-    replica: Settings = system.settings.model_copy(update={"api_port": free_port()})
+def ingress_replica(system: RunningSystem, name: str, grpc_port: int | None = None, **env: str) -> Iterator[str]:
+    """Another ingress process on the session's servers (own ports, ``env`` on top); yields its URL."""
+    replica: Settings = system.settings.model_copy(update={"api_port": free_port(),
+                                                           "grpc_port": grpc_port or free_port()})
     api = [s for s in system_services(replica, settings_env(replica, **env)) if s.name == "api"]
     supervisor = Supervisor(api, system.log_dir / name, progress=lambda _: None)
     supervisor.start()

@@ -133,7 +133,7 @@ def test_requests_in_flight_survive_rebalances(
             outcomes.append((text, infer(system.base_url, headers, text)))
             time.sleep(0.4)
 
-    replica: Settings = system.settings.model_copy(update={"api_port": free_port()})
+    replica: Settings = system.settings.model_copy(update={"api_port": free_port(), "grpc_port": free_port()})
     api = [s for s in system_services(replica, settings_env(replica)) if s.name == "api"]
     supervisor = Supervisor(api, system.log_dir / "rebalance-replica", progress=lambda _: None)
     with ThreadPoolExecutor(3) as pool:

@@ -1,0 +1,131 @@
+"""Seed 001 §3.3 ``InferenceService`` over the core REST uses: the same Kafka request/response path
+(``InferenceService``) and the same job store (``JobService``)."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+
+import grpc
+
+from api.grpc import convert
+from api.grpc.calls import ServiceHandlers, begin_call, unary
+from api.grpc.errors import abort, failure
+from core.auth import Principal
+from core.errors import invalid, unavailable
+from core.serving.jobs_service import JobService
+from core.serving.service import InferenceService
+from modelmora.v1 import inference_pb2
+
+
+class InferenceHandlers(ServiceHandlers):
+    def _inference(self) -> InferenceService:
+        if self.ctx.inference is None:
+            raise unavailable("SERVICE_UNAVAILABLE", "Inference is not wired on this ingress.", 5.0)
+        return self.ctx.inference
+
+    def _jobs(self) -> JobService:
+        if self.ctx.jobs is None:
+            raise unavailable("SERVICE_UNAVAILABLE", "Async inference is not wired on this ingress.", 5.0)
+        return self.ctx.jobs
+
+    async def _infer(self, principal: Principal, request: inference_pb2.InferenceRequest,
+                     context: grpc.aio.ServicerContext, request_id: str) -> inference_pb2.InferenceResponse:
+        # The call's deadline caps the request's own: the worker drops it once nobody waits.
+        result = await self._inference().infer(principal, **convert.inference_call(request),
+                                               within_s=context.time_remaining())
+        return convert.inference_response(result, request_id)
+
+    @unary
+    async def Infer(self, request: inference_pb2.InferenceRequest,
+                    context: grpc.aio.ServicerContext) -> inference_pb2.InferenceResponse:
+        principal = await self.caller(context)
+        return await self._infer(principal, request, context, request.request_id)
+
+    @unary
+    async def InferAsync(self, request: inference_pb2.InferenceRequest,
+                         context: grpc.aio.ServicerContext) -> inference_pb2.JobReference:
+        principal = await self.caller(context)
+        reference = await self._jobs().submit(principal, **convert.inference_call(request))
+        return convert.job_reference(reference)
+
+    @unary
+    async def GetJobStatus(self, request: inference_pb2.GetJobStatusRequest,
+                           context: grpc.aio.ServicerContext) -> inference_pb2.JobStatusResponse:
+        principal = await self.caller(context)
+        return convert.job_status(await self._jobs().status(principal, job_id(request.job_id)))
+
+    @unary
+    async def GetJobResult(self, request: inference_pb2.GetJobResultRequest,
+                           context: grpc.aio.ServicerContext) -> inference_pb2.InferenceResponse:
+        principal = await self.caller(context)
+        return convert.inference_response(await self._jobs().result(principal, job_id(request.job_id)))
+
+    @unary
+    async def CancelJob(self, request: inference_pb2.CancelJobRequest,
+                        context: grpc.aio.ServicerContext) -> inference_pb2.CancelJobResponse:
+        """Seed 001's cancel: FAILED_PRECONDITION ``JOB_ALREADY_COMPLETED`` when the job is terminal."""
+        principal = await self.caller(context)
+        outcome = await self._jobs().delete(principal, job_id(request.job_id))
+        return inference_pb2.CancelJobResponse(job_id=outcome["job_id"],
+                                               status=convert.JOB_STATUSES[outcome["status"]])
+
+    async def InferStream(self, requests: AsyncIterator[inference_pb2.InferenceRequest],
+                          context: grpc.aio.ServicerContext) -> AsyncIterator[inference_pb2.InferenceResponse]:
+        """Many requests in flight at once, answered as they complete (any order; match them by
+        ``output_data.custom_data.request_id``). A request that fails gets a response with ``error``
+        set and the stream goes on; only a refused key (or the server going away) ends it. Each
+        message counts against the key's rate limit, as a REST request would."""
+        trace_id = begin_call(context)
+        try:
+            principal = await self.caller(context)
+        except Exception as exc:
+            await abort(context, exc, trace_id)
+        answers: asyncio.Queue[inference_pb2.InferenceResponse | BaseException | None] = asyncio.Queue()
+        slots = asyncio.Semaphore(self.ctx.settings.grpc_stream_max_in_flight)
+        running: set[asyncio.Task[None]] = set()
+
+        async def answer(request: inference_pb2.InferenceRequest, request_id: str) -> None:
+            try:
+                await asyncio.to_thread(self.ctx.limiter.check, principal.key_id)
+                response = await self._infer(principal, request, context, request_id)
+            except Exception as exc:
+                response = convert.failed_response(request.model_id, failure(exc, trace_id).error, request_id)
+            finally:
+                slots.release()
+            await answers.put(response)
+
+        async def read() -> None:
+            try:
+                async for request in requests:
+                    await slots.acquire()  # flow control: stop reading while the window is full
+                    task = asyncio.create_task(answer(request, request.request_id or str(uuid.uuid4())))
+                    running.add(task)
+                    task.add_done_callback(running.discard)
+                while running:
+                    await asyncio.gather(*list(running))
+                await answers.put(None)
+            except BaseException as exc:  # the client went away or the read failed: end the stream
+                await answers.put(exc)
+                raise
+
+        reader = asyncio.create_task(read())
+        try:
+            while (item := await answers.get()) is not None:
+                if isinstance(item, BaseException):
+                    await abort(context, item, trace_id)
+                yield item
+        finally:
+            reader.cancel()
+            for task in list(running):
+                task.cancel()
+
+
+def job_id(value: str) -> str:
+    """A job id is a uuid, as REST's path parameter; anything else is INVALID_ARGUMENT, not NOT_FOUND."""
+    try:
+        return str(uuid.UUID(value))
+    except ValueError:
+        raise invalid("VALIDATION_ERROR", f"job_id '{value[:100]}' is not a UUID.",
+                      errors=[{"field": "job_id", "message": "must be a UUID"}]) from None

@@ -1,0 +1,94 @@
+"""Seed 001 §3.5 ``ManagementService`` over the lifecycle, status and health REST serves.
+
+Liveness, readiness and model health need no key, as their REST routes (probes and load
+balancers call them); loading, unloading and the system status do.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import grpc
+
+from api.context import AppContext
+from api.grpc import convert
+from api.grpc.calls import ServiceHandlers, unary
+from api.routers.fleet import validate_catalog_id
+from api.routers.health import API_VERSION
+from core.health import readiness
+from modelmora.v1 import management_pb2
+
+MEMINFO = Path("/proc/meminfo")
+
+
+def host_memory_mb() -> tuple[float, float]:
+    """(total, available) of this host in MiB, from /proc/meminfo; zeros where there is none."""
+    try:
+        fields = dict(line.split(":", 1) for line in MEMINFO.read_text().splitlines() if ":" in line)
+        total = int(fields["MemTotal"].split()[0]) / 1024
+        available = int(fields["MemAvailable"].split()[0]) / 1024
+    except (OSError, KeyError, ValueError, IndexError):
+        return 0.0, 0.0
+    return total, available
+
+
+class ManagementHandlers(ServiceHandlers):
+    def __init__(self, ctx: AppContext) -> None:
+        super().__init__(ctx)
+        self.started = time.monotonic()
+
+    @unary
+    async def LoadModel(self, request: management_pb2.LoadModelRequest,
+                        context: grpc.aio.ServicerContext) -> management_pb2.ModelStatus:
+        """Answers once a worker reports the model loaded; RESOURCE_EXHAUSTED when none has room."""
+        principal = await self.caller(context)
+        validate_catalog_id(request.model_id)
+        return convert.model_status(await self.ctx.lifecycle.load(principal, request.model_id))
+
+    @unary
+    async def UnloadModel(self, request: management_pb2.UnloadModelRequest,
+                          context: grpc.aio.ServicerContext) -> management_pb2.UnloadModelResponse:
+        principal = await self.caller(context)
+        validate_catalog_id(request.model_id)
+        outcome = await self.ctx.lifecycle.unload(principal, request.model_id)
+        return management_pb2.UnloadModelResponse(model_id=outcome["model_id"], unloaded=True)
+
+    @unary
+    async def GetSystemStatus(self, request: management_pb2.GetSystemStatusRequest,
+                              context: grpc.aio.ServicerContext) -> management_pb2.SystemStatus:
+        """This ingress's uptime and host memory; the cluster's loaded models and queue depths.
+        ``gpu.available`` is false: the workers run on the CPU."""
+        await self.caller(context)
+        serving = await self.ctx.lifecycle.status(self.ctx.queue_depth)
+        total, available = host_memory_mb()
+        return management_pb2.SystemStatus(
+            version=API_VERSION, uptime_seconds=int(time.monotonic() - self.started),
+            memory=management_pb2.MemoryStatus(total_mb=round(total, 1), used_mb=round(total - available, 1),
+                                               available_mb=round(available, 1),
+                                               threshold_mb=float(self.ctx.settings.inference_memory_budget_mb)),
+            gpu=management_pb2.GPUStatus(available=False),
+            loaded_models=[convert.model_status(s) for s in serving["loaded_models"]],
+            queue=convert.queue_status(serving["queue_depth"]),
+        )
+
+    @unary
+    async def GetModelHealth(self, request: management_pb2.GetModelHealthRequest,
+                             context: grpc.aio.ServicerContext) -> management_pb2.ModelHealthResponse:
+        health = await self.ctx.lifecycle.models_health()
+        return management_pb2.ModelHealthResponse(
+            healthy_count=health["healthy_count"], unhealthy_count=health["unhealthy_count"],
+            models=[convert.model_status(entry) for entry in health["models"]])
+
+    @unary
+    async def LivenessCheck(self, request: management_pb2.LivenessRequest,
+                            context: grpc.aio.ServicerContext) -> management_pb2.LivenessResponse:
+        return management_pb2.LivenessResponse(status="ok")
+
+    @unary
+    async def ReadinessCheck(self, request: management_pb2.ReadinessRequest,
+                             context: grpc.aio.ServicerContext) -> management_pb2.ReadinessResponse:
+        """``not_ready`` in the body, not an error status: the call itself worked (REST says 503)."""
+        checks = await readiness(self.ctx.probes)
+        return management_pb2.ReadinessResponse(status="ready" if all(checks.values()) else "not_ready",
+                                                checks=management_pb2.HealthChecks(**checks))
