@@ -303,7 +303,10 @@ def run() -> None:
         rows = "\n".join(f"{s.name:10} {s.endpoint}" for s in stack.status())
         console.print(
             Panel(
-                f"API        http://{settings.api_host}:{settings.api_port}  (docs: /docs)\n{rows}\n"
+                f"API        http://{settings.api_host}:{settings.api_port}  (docs: /docs)\n"
+                + (f"gRPC       {settings.api_host}:{settings.grpc_port}  (modelmora.v1, reflection on)\n"
+                   if settings.grpc_port else "")
+                + f"{rows}\n"
                 f"logs       {settings.data_dir / 'logs'}\n"
                 f"operator API key: [bold]{admin_key}[/bold]\n\nCtrl-C stops everything.",
                 title="Tributary is running",

@@ -569,6 +569,21 @@ def test_compose_environment_names_are_settings_fields() -> None:
             assert (settings.default_replication_factor, settings.default_min_insync_replicas) == (3, 2)
 
 
+def test_the_grpc_port_is_declared_where_the_ingress_listens() -> None:
+    """The ingress serves gRPC beside REST (TRIBUTARY_GRPC_PORT): the container declares the port,
+    the Service exposes it as h2c, and compose publishes it."""
+    settings = k8s_settings()
+    container = only(containers(api_deployment()))
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert settings.grpc_port > 0 and ports["grpc"] == settings.grpc_port
+    service = only([s for s in of_kind("Service") if s["metadata"]["name"] == "api"])
+    grpc_port = only([p for p in service["spec"]["ports"] if p["name"] == "grpc"])
+    assert grpc_port["targetPort"] == "grpc" and grpc_port["appProtocol"] == "kubernetes.io/h2c"
+    api_command = next(s.argv for s in system_services(Settings()) if s.name == "api")
+    api = only([s for s in ours().values() if module_of(s["command"]) == api_command[1:]])
+    assert f"{compose_settings(api).grpc_port}:{compose_settings(api).grpc_port}" in api["ports"]
+
+
 def test_compose_api_is_reachable_and_its_healthcheck_hits_a_real_route() -> None:
     api_command = next(s.argv for s in system_services(Settings()) if s.name == "api")
     api = only([s for s in ours().values() if module_of(s["command"]) == api_command[1:]])
