@@ -94,8 +94,8 @@ class Model:
 
 
 class Stack:
-    def __init__(self) -> None:
-        self.settings = Settings(admin_api_key=SecretStr(ADMIN_KEY), rate_limit_per_minute=RATE_LIMIT,
+    def __init__(self, rate_limit: int = RATE_LIMIT) -> None:
+        self.settings = Settings(admin_api_key=SecretStr(ADMIN_KEY), rate_limit_per_minute=rate_limit,
                                  grpc_stream_max_in_flight=16, model_load_wait_s=0.5)
         self.replies = ReplyTable()
         self.replies.assigned([0])
@@ -274,6 +274,35 @@ async def test_stream_answers_every_request_and_keeps_going_after_failures(stack
     assert answers["bad-model"].error.code == "MODEL_NOT_FOUND"
     assert answers["bad-model"].error.details["request_id"] == "bad-model"
     assert answers["bad-run"].error.code == "INFERENCE_FAILED"
+
+
+async def test_stream_messages_over_the_rate_limit_fail_alone() -> None:
+    limited = Stack(rate_limit=10)
+    await limited.server.start()
+    try:
+        device = await limited.device_key()  # the stream's key check counts as one request
+        requests = [embed(f"t{i}", request_id=f"r{i}") for i in range(15)]
+        answers = [r async for r in limited.inference.InferStream(iter(requests), metadata=device)]
+    finally:
+        await limited.channel.close()
+        await limited.server.stop(0)
+    assert len(answers) == 15
+    refused_ids = {a.output_data.custom_data["request_id"] for a in answers if a.error.code == "RATE_LIMITED"}
+    served = [a for a in answers if not a.HasField("error")]
+    assert len(served) == 9 and len(refused_ids) == 6  # 10 per minute, one spent opening the stream
+
+
+async def test_a_cancelled_stream_leaves_nothing_waiting(stack: Stack) -> None:
+    call = stack.inference.InferStream(iter([embed("silent", request_id=f"s{i}") for i in range(5)]),
+                                       metadata=ADMIN)
+    deadline = time.monotonic() + 5
+    while stack.replies.waiting < 5 and time.monotonic() < deadline:
+        await asyncio.sleep(0.01)
+    assert stack.replies.waiting == 5  # all five are in flight, none will be answered
+    call.cancel()
+    while stack.replies.waiting and time.monotonic() < deadline:
+        await asyncio.sleep(0.01)
+    assert stack.replies.waiting == 0
 
 
 async def test_stream_without_a_key_ends_unauthenticated(stack: Stack) -> None:
