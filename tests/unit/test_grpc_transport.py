@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -137,6 +137,14 @@ async def stack() -> AsyncIterator[Stack]:
 
 def embed(text: str, **fields: Any) -> inference_pb2.InferenceRequest:
     return inference_pb2.InferenceRequest(model_id=MINILM, input_data=inference_pb2.InputData(text=text), **fields)
+
+
+async def eventually(condition: Callable[[], bool], timeout_s: float = 5.0) -> bool:
+    for _ in range(int(timeout_s / 0.01)):
+        if condition():
+            return True
+        await asyncio.sleep(0.01)
+    return condition()
 
 
 def spec_error(exc: grpc.aio.AioRpcError) -> common_pb2.Error:
@@ -295,14 +303,9 @@ async def test_stream_messages_over_the_rate_limit_fail_alone() -> None:
 async def test_a_cancelled_stream_leaves_nothing_waiting(stack: Stack) -> None:
     call = stack.inference.InferStream(iter([embed("silent", request_id=f"s{i}") for i in range(5)]),
                                        metadata=ADMIN)
-    deadline = time.monotonic() + 5
-    while stack.replies.waiting < 5 and time.monotonic() < deadline:
-        await asyncio.sleep(0.01)
-    assert stack.replies.waiting == 5  # all five are in flight, none will be answered
+    assert await eventually(lambda: stack.replies.waiting == 5)  # all in flight, none will be answered
     call.cancel()
-    while stack.replies.waiting and time.monotonic() < deadline:
-        await asyncio.sleep(0.01)
-    assert stack.replies.waiting == 0
+    assert await eventually(lambda: stack.replies.waiting == 0)
 
 
 async def test_stream_without_a_key_ends_unauthenticated(stack: Stack) -> None:
