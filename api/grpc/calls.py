@@ -10,7 +10,8 @@ from typing import TypeVar
 import grpc
 
 from api.context import AppContext, admit
-from api.grpc.errors import abort
+from api.grpc.errors import abort, failure
+from api.metrics import grpc_call_metrics
 from core.auth import Principal
 from core.logs import trace_id_var
 
@@ -60,10 +61,13 @@ def unary(handler: UnaryHandler[Handlers, Request, Response]) -> UnaryHandler[Ha
     @functools.wraps(handler)
     async def call(self: Handlers, request: Request, context: grpc.aio.ServicerContext) -> Response:
         trace_id = begin_call(context)
-        try:
-            return await handler(self, request, context)
-        except Exception as exc:
-            await abort(context, exc, trace_id)
+        with grpc_call_metrics(handler.__name__) as outcome:
+            try:
+                return await handler(self, request, context)
+            except Exception as exc:
+                failed = failure(exc, trace_id)
+                outcome[0] = failed.status.name
+                await abort(context, failed)
 
     return call
 

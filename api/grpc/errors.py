@@ -91,8 +91,7 @@ def trailers(failed: Failure) -> Sequence[tuple[str, str | bytes]]:
     return [("grpc-status-details-bin", status.SerializeToString()), *metadata]
 
 
-async def abort(context: grpc.aio.ServicerContext, exc: BaseException, trace_id: str) -> NoReturn:
-    """End the call with ``exc`` as its status (``context.abort`` raises)."""
-    failed = failure(exc, trace_id)
+async def abort(context: grpc.aio.ServicerContext, failed: Failure) -> NoReturn:
+    """End the call with ``failed`` as its status (``context.abort`` raises)."""
     await context.abort(failed.status, failed.error.message, trailing_metadata=tuple(trailers(failed)))
     raise AssertionError("context.abort returned")  # pragma: no cover

@@ -12,6 +12,7 @@ import grpc
 from api.grpc import convert
 from api.grpc.calls import ServiceHandlers, begin_call, unary
 from api.grpc.errors import abort, failure
+from api.metrics import GRPC_STREAM_MESSAGES, grpc_call_metrics
 from core.auth import Principal
 from core.errors import invalid, unavailable
 from core.serving.jobs_service import JobService
@@ -78,10 +79,19 @@ class InferenceHandlers(ServiceHandlers):
         set and the stream goes on; only a refused key (or the server going away) ends it. Each
         message counts against the key's rate limit, as a REST request would."""
         trace_id = begin_call(context)
-        try:
-            principal = await self.caller(context)
-        except Exception as exc:
-            await abort(context, exc, trace_id)
+        with grpc_call_metrics("InferStream") as outcome:
+            try:
+                principal = await self.caller(context)
+            except Exception as exc:
+                failed = failure(exc, trace_id)
+                outcome[0] = failed.status.name
+                await abort(context, failed)
+            async for response in self._stream(principal, requests, context, trace_id, outcome):
+                yield response
+
+    async def _stream(self, principal: Principal, requests: AsyncIterator[inference_pb2.InferenceRequest],
+                      context: grpc.aio.ServicerContext, trace_id: str,
+                      outcome: list[str]) -> AsyncIterator[inference_pb2.InferenceResponse]:
         answers: asyncio.Queue[inference_pb2.InferenceResponse | BaseException | None] = asyncio.Queue()
         slots = asyncio.Semaphore(self.ctx.settings.grpc_stream_max_in_flight)
         running: set[asyncio.Task[None]] = set()
@@ -94,6 +104,7 @@ class InferenceHandlers(ServiceHandlers):
                 response = convert.failed_response(request.model_id, failure(exc, trace_id).error, request_id)
             finally:
                 slots.release()
+            GRPC_STREAM_MESSAGES.labels(response.error.code or "OK").inc()
             await answers.put(response)
 
         async def read() -> None:
@@ -114,7 +125,9 @@ class InferenceHandlers(ServiceHandlers):
         try:
             while (item := await answers.get()) is not None:
                 if isinstance(item, BaseException):
-                    await abort(context, item, trace_id)
+                    failed = failure(item, trace_id)
+                    outcome[0] = failed.status.name
+                    await abort(context, failed)
                 yield item
         finally:
             reader.cancel()

@@ -20,6 +20,7 @@ from google.protobuf import struct_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from grpc_status import rpc_status
+from prometheus_client import REGISTRY
 from pydantic import SecretStr
 
 from api.context import AppContext
@@ -208,7 +209,12 @@ async def test_authentication_and_permissions(stack: Stack) -> None:
     assert code is grpc.StatusCode.PERMISSION_DENIED and error.code == "FORBIDDEN"
 
 
+def calls(method: str, code: str) -> float:
+    return REGISTRY.get_sample_value("tributary_grpc_calls_total", {"method": method, "code": code}) or 0.0
+
+
 async def test_client_mistakes_are_invalid_argument_or_not_found_with_the_spec_error(stack: Stack) -> None:
+    not_found_before, ok_before = calls("Infer", "NOT_FOUND"), calls("Infer", "OK")
     code, error, call = await refused(stack.inference.Infer(
         inference_pb2.InferenceRequest(model_id="nobody/none", input_data=inference_pb2.InputData(text="x")),
         metadata=ADMIN))
@@ -229,6 +235,7 @@ async def test_client_mistakes_are_invalid_argument_or_not_found_with_the_spec_e
     assert code is grpc.StatusCode.INVALID_ARGUMENT and "repeats" in error.message
     code, error, _ = await refused(stack.inference.Infer(embed("boom"), metadata=ADMIN))
     assert code is grpc.StatusCode.UNAVAILABLE and error.code == "INFERENCE_FAILED"
+    assert calls("Infer", "NOT_FOUND") == not_found_before + 1 and calls("Infer", "OK") == ok_before
     assert not stack.workers.audits or all(a["outcome"] != "error" for a in stack.workers.audits)
 
 
@@ -282,6 +289,7 @@ async def test_stream_answers_every_request_and_keeps_going_after_failures(stack
     assert answers["bad-model"].error.code == "MODEL_NOT_FOUND"
     assert answers["bad-model"].error.details["request_id"] == "bad-model"
     assert answers["bad-run"].error.code == "INFERENCE_FAILED"
+    assert (REGISTRY.get_sample_value("tributary_grpc_stream_messages_total", {"code": "MODEL_NOT_FOUND"}) or 0) >= 1
 
 
 async def test_stream_messages_over_the_rate_limit_fail_alone() -> None:
