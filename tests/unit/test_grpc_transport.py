@@ -455,3 +455,9 @@ async def test_standard_health_follows_readiness_and_reflection_lists_the_servic
         listed += [s.name for s in reply.list_services_response.service]
     assert {"modelmora.v1.InferenceService", "modelmora.v1.RegistryService", "modelmora.v1.ManagementService",
             "grpc.health.v1.Health"} <= set(listed)
+
+
+async def test_a_taken_port_fails_at_start_instead_of_being_shared(stack: Stack) -> None:
+    """gRPC turns SO_REUSEPORT on by default on Linux; two replicas on one port must not both bind."""
+    with pytest.raises(RuntimeError, match="Failed to bind"):
+        GrpcServer(stack.ctx, host="127.0.0.1", port=stack.server.port)
