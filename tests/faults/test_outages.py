@@ -14,10 +14,13 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+import grpc
 import httpx
 import pytest
 
+from consumers.inference.builtin import MINILM_ID
 from infra.local_stack import LocalStack
+from modelmora.v1 import common_pb2, inference_pb2, inference_pb2_grpc
 from tests.e2e.conftest import RunningSystem
 from topology.lag import topic_lag
 
@@ -74,8 +77,24 @@ def register_devices(system: RunningSystem, count: int) -> list[tuple[str, dict[
     return devices
 
 
+def grpc_infer_during_outage(system: RunningSystem, headers: dict[str, str]) -> tuple[grpc.StatusCode, float, str]:
+    """One gRPC Infer while a server is down: (status code, seconds to the answer, retry-after trailer)."""
+    request = inference_pb2.InferenceRequest(model_id=MINILM_ID, input_data=inference_pb2.InputData(text="outage"),
+                                             priority=common_pb2.PRIORITY_HIGH, timeout_seconds=10)
+    started = time.monotonic()
+    with grpc.insecure_channel(system.grpc_target) as channel:
+        try:
+            inference_pb2_grpc.InferenceServiceStub(channel).Infer(
+                request, metadata=(("authorization", headers["Authorization"]),), timeout=REQUEST_TIMEOUT_S)
+            return grpc.StatusCode.OK, time.monotonic() - started, ""
+        except grpc.RpcError as exc:
+            trailers = dict(exc.trailing_metadata() or ())
+            return exc.code(), time.monotonic() - started, str(trailers.get("retry-after", ""))
+
+
 def outage_under_heartbeat_load(system: RunningSystem, stack: LocalStack, name: str, down_s: float) -> None:
-    """Stop server ``name`` for ``down_s`` under heartbeat load and check every promise."""
+    """Stop server ``name`` for ``down_s`` under heartbeat load and check every promise; a gRPC
+    call made during the outage is UNAVAILABLE with a retry hint, as REST's 503."""
     server = next(server for server in stack if server.name == name)
     devices = register_devices(system, 10)
     load = HeartbeatLoad(system, devices)
@@ -85,7 +104,9 @@ def outage_under_heartbeat_load(system: RunningSystem, stack: LocalStack, name: 
         time.sleep(3)
         down_at = time.monotonic()
         server.stop()
-        time.sleep(down_s)
+        time.sleep(1)
+        grpc_code, grpc_s, grpc_retry = grpc_infer_during_outage(system, devices[0][1])
+        time.sleep(max(0.0, down_s - (time.monotonic() - down_at)))
         server.start(progress=lambda _: None)
         up_at = time.monotonic()
         deadline = up_at + 120
@@ -104,7 +125,9 @@ def outage_under_heartbeat_load(system: RunningSystem, stack: LocalStack, name: 
     statuses = sorted({o.status for o in outcomes})
     print(f"\n{name} outage ({down_s:.0f}s down + restart): {len(outcomes)} heartbeats, statuses {statuses}; "
           f"{sum(o.status == 503 for o in outcomes)} x 503; recovered {recovered_s:.1f}s after restart; "
-          f"slowest answer {max(o.elapsed_s for o in outcomes):.1f}s")
+          f"slowest answer {max(o.elapsed_s for o in outcomes):.1f}s; gRPC Infer during it: {grpc_code.name} "
+          f"in {grpc_s:.1f}s, retry-after {grpc_retry or '-'}")
+    assert grpc_code is grpc.StatusCode.UNAVAILABLE and grpc_retry, (grpc_code, grpc_retry)
     assert set(statuses) <= {200, 503}, statuses  # never a 500, never no answer (0)
     assert all(o.retry_after for o in outcomes if o.status == 503)
     assert any(o.status == 503 for o in during)  # the outage was seen, and answered as such
