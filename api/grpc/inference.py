@@ -42,7 +42,7 @@ class InferenceHandlers(ServiceHandlers):
     async def Infer(self, request: inference_pb2.InferenceRequest,
                     context: grpc.aio.ServicerContext) -> inference_pb2.InferenceResponse:
         principal = await self.caller(context)
-        return await self._infer(principal, request, context, request.request_id)
+        return await self._infer(principal, request, context, request.request_id or str(uuid.uuid4()))
 
     @unary
     async def InferAsync(self, request: inference_pb2.InferenceRequest,
