@@ -102,8 +102,6 @@ class InferenceHandlers(ServiceHandlers):
                 response = await self._infer(principal, request, context, request_id)
             except Exception as exc:
                 response = convert.failed_response(request.model_id, failure(exc, trace_id).error, request_id)
-            finally:
-                slots.release()
             GRPC_STREAM_MESSAGES.labels(response.error.code or "OK").inc()
             await answers.put(response)
 
@@ -129,6 +127,9 @@ class InferenceHandlers(ServiceHandlers):
                     outcome[0] = failed.status.name
                     await abort(context, failed)
                 yield item
+                # The slot is freed once the answer is sent, not when it is ready: a client that
+                # keeps sending but stops reading holds at most the window in memory.
+                slots.release()
         finally:
             reader.cancel()
             for task in list(running):
