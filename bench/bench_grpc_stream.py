@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -28,18 +27,12 @@ from typing import Any
 
 import grpc
 import httpx
-from pydantic import SecretStr
 
 from bench.bench_inference_e2e import concurrent, running_system, sequential, warm_up
 from bench.bench_inference_inprocess import percentile, sentences
+from bench.environment import isolated_settings
 from consumers.inference.builtin import MINILM_ID
-from core.api_keys import new_api_key
-from core.cassandra.migrate import migrate
-from core.cassandra.session import connect
-from core.settings import Settings
 from modelmora.v1 import common_pb2, inference_pb2, inference_pb2_grpc
-from tests.e2e.conftest import free_port
-from topology.admin import apply
 
 
 def request(text: str, request_id: str = "") -> inference_pb2.InferenceRequest:
@@ -110,15 +103,7 @@ def main() -> None:
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
 
-    suffix = uuid.uuid4().hex[:6]
-    settings = Settings(topic_prefix=f"benchg{suffix}.", cassandra_keyspace=f"benchg_{suffix}",
-                        api_port=free_port(), grpc_port=free_port(), admin_api_key=SecretStr(new_api_key()),
-                        rate_limit_per_minute=10_000_000, grpc_stream_max_in_flight=max(64, args.concurrency))
-    session = connect(settings)
-    migrate(session, settings)
-    session.cluster.shutdown()
-    apply(settings)
-    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    settings = isolated_settings("benchg", grpc_stream_max_in_flight=max(64, args.concurrency))
     texts = sentences(512, 4, 16)
     key = settings.admin_api_key.get_secret_value()
     headers = {"Authorization": f"Bearer {key}"}

@@ -20,29 +20,23 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import httpx
-from pydantic import SecretStr
 
 from bench.bench_inference_inprocess import latency_batch1, percentile, sentences
+from bench.environment import isolated_settings
 from consumers.inference.builtin import MINILM_ID, MiniLMEmbedder
-from core.api_keys import new_api_key
-from core.cassandra.migrate import migrate
-from core.cassandra.session import connect
 from core.services import system_services
 from core.settings import Settings
 from core.supervisor import Supervisor
-from tests.e2e.conftest import free_port, settings_env, wait_http
+from tests.e2e.conftest import settings_env, wait_http
 from tests.e2e.serving import RequestProducer
-from topology.admin import apply
 from topology.groups import inference_group
 from topology.lag import topic_lag
 from topology.topics import Priority
@@ -153,15 +147,7 @@ def main() -> None:
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
 
-    suffix = uuid.uuid4().hex[:6]
-    settings = Settings(topic_prefix=f"bench{suffix}.", cassandra_keyspace=f"bench_{suffix}",
-                        api_port=free_port(), grpc_port=free_port(), admin_api_key=SecretStr(new_api_key()),
-                        rate_limit_per_minute=10_000_000)
-    session = connect(settings)
-    migrate(session, settings)
-    session.cluster.shutdown()
-    apply(settings)
-    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    settings = isolated_settings("bench")
     texts = sentences(512, args.min_words, args.max_words)
     headers = {"Authorization": f"Bearer {settings.admin_api_key.get_secret_value()}"}
 

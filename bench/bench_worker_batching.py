@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import time
 import uuid
 from pathlib import Path
@@ -29,15 +28,13 @@ from typing import Any
 from confluent_kafka import OFFSET_END, Consumer, TopicPartition
 
 from bench.bench_inference_inprocess import sentences
-from core.cassandra.migrate import migrate
-from core.cassandra.session import connect
+from bench.environment import isolated_settings
 from core.services import system_services
 from core.settings import Settings
 from core.supervisor import Supervisor
 from schemas.codec import Codec
-from tests.e2e.conftest import free_port, settings_env
+from tests.e2e.conftest import settings_env
 from tests.e2e.serving import RequestProducer
-from topology.admin import apply
 from topology.topics import INFERENCE_RESPONSES, Priority
 
 
@@ -112,14 +109,7 @@ def main() -> None:
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
 
-    suffix = uuid.uuid4().hex[:6]
-    settings = Settings(topic_prefix=f"benchw{suffix}.", cassandra_keyspace=f"benchw_{suffix}",
-                        api_port=free_port(), grpc_port=free_port())
-    session = connect(settings)
-    migrate(session, settings)
-    session.cluster.shutdown()
-    apply(settings)
-    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    settings = isolated_settings("benchw")
     texts = sentences(512, args.min_words, args.max_words)
 
     on = drain(settings, texts, args.requests, args.max_batch_size, args.log_dir)

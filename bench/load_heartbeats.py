@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import statistics
 import time
 import uuid
@@ -26,18 +25,15 @@ from typing import Any
 
 import aiohttp
 from confluent_kafka import Consumer, TopicPartition
-from pydantic import SecretStr
 
 from bench.bench_inference_inprocess import percentile
-from core.api_keys import new_api_key
-from core.cassandra.migrate import migrate
+from bench.environment import isolated_settings
 from core.cassandra.session import connect
 from core.fleet.cassandra_store import CassandraFleetStore
 from core.services import system_services
 from core.settings import Settings
 from core.supervisor import Supervisor
-from tests.e2e.conftest import free_port, settings_env, wait_http
-from topology.admin import apply
+from tests.e2e.conftest import settings_env, wait_http
 from topology.lag import log_end, topic_lag
 from topology.topics import DEVICE_HEARTBEATS
 
@@ -114,14 +110,8 @@ def main() -> None:
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
 
-    suffix = uuid.uuid4().hex[:6]
-    settings = Settings(topic_prefix=f"load{suffix}.", cassandra_keyspace=f"load_{suffix}", api_port=free_port(),
-                        grpc_port=free_port(),
-                        admin_api_key=SecretStr(new_api_key()), rate_limit_per_minute=10_000_000)
-    session = connect(settings)
-    migrate(session, settings)
-    apply(settings)
-    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    settings = isolated_settings("load")
+    session = connect(settings, settings.cassandra_keyspace)  # to check the stored rows at the end
     services = [s for s in system_services(settings, settings_env(settings)) if s.name in ("api", "device-processor")]
     supervisor = Supervisor(services, args.log_dir, stop_timeout_s=20, progress=lambda _: None)
     supervisor.start()
