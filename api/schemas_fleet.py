@@ -8,7 +8,7 @@ from typing import Any, Literal
 from pydantic import AnyUrl, BaseModel, ConfigDict, Field
 
 from core.fleet.models import CatalogModel, Device, ModelUpdate, ModelVersion, Round
-from core.registry import registry_status
+from core.registry import TaskType, registry_status
 
 PlatformName = Literal["python", "ios", "android", "edge"]
 FrameworkName = Literal["pytorch", "tensorflow", "xgboost", "sklearn"]
@@ -252,12 +252,28 @@ class RegisterModelRequest(StrictBody):
     resource_requirements: ResourceRequirements | None = None
     config: dict[str, Any] | None = None
 
+    def registration(self) -> dict[str, Any]:
+        """Keyword arguments of ``RegistryService.register`` (REST and gRPC)."""
+        return {"model_id": self.model_id, "task_type": TaskType(self.task_type), "version": self.version,
+                "display_name": self.display_name, "description": self.description,
+                "source_url": str(self.source_url) if self.source_url else None,
+                "resource_requirements": _requirements(self.resource_requirements), "config": self.config}
+
 
 class UpdateModelRequest(StrictBody):
     display_name: str | None = Field(None, max_length=200)
     description: str | None = Field(None, max_length=1000)
     config: dict[str, Any] | None = None
     resource_requirements: ResourceRequirements | None = None
+
+    def changes(self) -> dict[str, Any]:
+        """Keyword arguments of ``RegistryService.update`` (REST and gRPC); None leaves a field as it is."""
+        return {"display_name": self.display_name, "description": self.description, "config": self.config,
+                "resource_requirements": _requirements(self.resource_requirements)}
+
+
+def _requirements(requirements: ResourceRequirements | None) -> dict[str, Any] | None:
+    return requirements.model_dump(exclude_none=True) if requirements else None
 
 
 class DownloadAccepted(BaseModel):

@@ -9,7 +9,7 @@ from api.grpc.calls import ServiceHandlers, unary
 from api.routers.fleet import validate_catalog_id
 from api.schemas_fleet import RegisterModelRequest, UpdateModelRequest
 from core.errors import invalid
-from core.registry import TaskType
+from core.registry import RegistryStatus
 from modelmora.v1 import common_pb2, registry_pb2
 
 DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE = 20, 100
@@ -28,12 +28,7 @@ class RegistryHandlers(ServiceHandlers):
             if request.HasField("resource_requirements") else None,
             "config": convert.struct_to_dict(request.config) if request.HasField("config") else None,
         })
-        model = await self.ctx.registry.register(
-            principal, model_id=body.model_id, task_type=TaskType(body.task_type), version=body.version,
-            display_name=body.display_name, description=body.description,
-            source_url=str(body.source_url) if body.source_url else None,
-            resource_requirements=body.resource_requirements.model_dump(exclude_none=True)
-            if body.resource_requirements else None, config=body.config)
+        model = await self.ctx.registry.register(principal, **body.registration())
         return convert.model(model)
 
     @unary
@@ -47,7 +42,7 @@ class RegistryHandlers(ServiceHandlers):
                                                       f"{MAX_PAGE_SIZE}.",
                                   errors=[{"field": "pagination", "message": "out of range"}])
         status = request.status or None
-        if status is not None and status not in ("registered", "downloading", "ready", "failed"):
+        if status is not None and status not in {s.value for s in RegistryStatus}:
             raise invalid("VALIDATION_ERROR", f"status '{status[:50]}' is not a registry status.",
                                   errors=[{"field": "status",
                                            "message": "registered, downloading, ready or failed"}])
@@ -78,10 +73,7 @@ class RegistryHandlers(ServiceHandlers):
             "resource_requirements": convert.resource_requirements(request.resource_requirements)
             if request.HasField("resource_requirements") else None,
         })
-        model = await self.ctx.registry.update(
-            principal, request.model_id, display_name=body.display_name, description=body.description,
-            config=body.config, resource_requirements=body.resource_requirements.model_dump(exclude_none=True)
-            if body.resource_requirements else None)
+        model = await self.ctx.registry.update(principal, request.model_id, **body.changes())
         return convert.model(model)
 
     @unary

@@ -34,7 +34,7 @@ from api.schemas_fleet import (
 from core.auth import Principal
 from core.errors import DomainError, ErrorKind
 from core.fleet.models import Platform
-from core.registry import TaskType, validate_model_id
+from core.registry import validate_model_id
 
 router = APIRouter(prefix="/api/v1")
 Ctx = Annotated[AppContext, Depends(context)]
@@ -149,12 +149,7 @@ async def submit_update(
 async def create_model(body: RegisterModelRequest | ModelCreateRequest, ctx: Ctx, caller: Caller) -> ModelOut:
     """Seed 000 createModel (framework, is_baseline, ...) or seed 001 registerModel (model_id + task_type)."""
     if isinstance(body, RegisterModelRequest):
-        model = await ctx.registry.register(
-            caller, model_id=body.model_id, task_type=TaskType(body.task_type), version=body.version,
-            display_name=body.display_name, description=body.description,
-            source_url=str(body.source_url) if body.source_url else None,
-            resource_requirements=body.resource_requirements.model_dump(exclude_none=True)
-            if body.resource_requirements else None, config=body.config)
+        model = await ctx.registry.register(caller, **body.registration())
     else:
         model = await ctx.fleet.create_model(caller, framework=body.framework,
                                              framework_version=body.framework_version,
@@ -242,10 +237,7 @@ async def get_model(model_id: CatalogId, ctx: Ctx, _: Caller) -> ModelDetail:
 @router.put("/models/{model_id:path}", response_model=ModelOut, tags=["Registry"], responses=ERRORS)
 async def update_model(model_id: CatalogId, body: UpdateModelRequest, ctx: Ctx, caller: Caller) -> ModelOut:
     validate_catalog_id(model_id)
-    model = await ctx.registry.update(
-        caller, model_id, display_name=body.display_name, description=body.description, config=body.config,
-        resource_requirements=body.resource_requirements.model_dump(exclude_none=True)
-        if body.resource_requirements else None)
+    model = await ctx.registry.update(caller, model_id, **body.changes())
     return ModelOut.of(model)
 
 
