@@ -12,6 +12,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from core.artifacts import ArtifactStore
 from core.auth import Authenticator, Principal, RateLimiter
+from core.errors import unavailable
 from core.events import EventSink
 from core.fleet.service import FleetService
 from core.fleet.store import FleetStore
@@ -53,6 +54,17 @@ class AppContext:
         self.registry = RegistryService(self.store, self.events, residency=self.residency)
         self.lifecycle = ModelLifecycleService(self.store, self.residency, self.events, builtins=self.served_builtins,
                                                wait_s=self.settings.model_load_wait_s)
+
+    def inference_service(self) -> InferenceService:
+        """Sync inference, or 503 where this ingress has no reply router (unit tests wire none)."""
+        if self.inference is None:
+            raise unavailable("SERVICE_UNAVAILABLE", "Inference is not wired on this ingress.", 5.0)
+        return self.inference
+
+    def job_service(self) -> JobService:
+        if self.jobs is None:
+            raise unavailable("SERVICE_UNAVAILABLE", "Async inference is not wired on this ingress.", 5.0)
+        return self.jobs
 
     def served_builtins(self) -> Mapping[str, str]:
         return self.inference.models if self.inference is not None else builtin_models()

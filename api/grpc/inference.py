@@ -14,27 +14,15 @@ from api.grpc.calls import ServiceHandlers, begin_call, unary
 from api.grpc.errors import abort, failure
 from api.metrics import GRPC_STREAM_MESSAGES, grpc_call_metrics
 from core.auth import Principal
-from core.errors import invalid, unavailable
-from core.serving.jobs_service import JobService
-from core.serving.service import InferenceService
+from core.errors import invalid
 from modelmora.v1 import inference_pb2
 
 
 class InferenceHandlers(ServiceHandlers):
-    def _inference(self) -> InferenceService:
-        if self.ctx.inference is None:
-            raise unavailable("SERVICE_UNAVAILABLE", "Inference is not wired on this ingress.", 5.0)
-        return self.ctx.inference
-
-    def _jobs(self) -> JobService:
-        if self.ctx.jobs is None:
-            raise unavailable("SERVICE_UNAVAILABLE", "Async inference is not wired on this ingress.", 5.0)
-        return self.ctx.jobs
-
     async def _infer(self, principal: Principal, request: inference_pb2.InferenceRequest,
                      context: grpc.aio.ServicerContext, request_id: str) -> inference_pb2.InferenceResponse:
         # The call's deadline caps the request's own: the worker drops it once nobody waits.
-        result = await self._inference().infer(principal, **convert.inference_call(request),
+        result = await self.ctx.inference_service().infer(principal, **convert.inference_call(request),
                                                within_s=context.time_remaining())
         return convert.inference_response(result, request_id)
 
@@ -48,27 +36,27 @@ class InferenceHandlers(ServiceHandlers):
     async def InferAsync(self, request: inference_pb2.InferenceRequest,
                          context: grpc.aio.ServicerContext) -> inference_pb2.JobReference:
         principal = await self.caller(context)
-        reference = await self._jobs().submit(principal, **convert.inference_call(request))
+        reference = await self.ctx.job_service().submit(principal, **convert.inference_call(request))
         return convert.job_reference(reference)
 
     @unary
     async def GetJobStatus(self, request: inference_pb2.GetJobStatusRequest,
                            context: grpc.aio.ServicerContext) -> inference_pb2.JobStatusResponse:
         principal = await self.caller(context)
-        return convert.job_status(await self._jobs().status(principal, job_id(request.job_id)))
+        return convert.job_status(await self.ctx.job_service().status(principal, job_id(request.job_id)))
 
     @unary
     async def GetJobResult(self, request: inference_pb2.GetJobResultRequest,
                            context: grpc.aio.ServicerContext) -> inference_pb2.InferenceResponse:
         principal = await self.caller(context)
-        return convert.inference_response(await self._jobs().result(principal, job_id(request.job_id)))
+        return convert.inference_response(await self.ctx.job_service().result(principal, job_id(request.job_id)))
 
     @unary
     async def CancelJob(self, request: inference_pb2.CancelJobRequest,
                         context: grpc.aio.ServicerContext) -> inference_pb2.CancelJobResponse:
         """Seed 001's cancel: FAILED_PRECONDITION ``JOB_ALREADY_COMPLETED`` when the job is terminal."""
         principal = await self.caller(context)
-        outcome = await self._jobs().delete(principal, job_id(request.job_id))
+        outcome = await self.ctx.job_service().delete(principal, job_id(request.job_id))
         return inference_pb2.CancelJobResponse(job_id=outcome["job_id"],
                                                status=convert.JOB_STATUSES[outcome["status"]])
 

@@ -11,7 +11,6 @@ from pydantic import BaseModel, ConfigDict, Field
 from api.context import AppContext, authenticated, context
 from api.errors import ErrorEnvelope
 from core.auth import Principal
-from core.errors import unavailable
 
 router = APIRouter(prefix="/api/v1", tags=["Inference"])
 Ctx = Annotated[AppContext, Depends(context)]
@@ -69,9 +68,7 @@ class JobReference(BaseModel):
              summary="Execute asynchronous inference")
 async def infer_async(model_id: ModelIdPath, body: InferenceRequest, ctx: Ctx, caller: Caller) -> JobReference:
     """Queues the request as a job and answers at once; poll ``status_url``, then fetch ``/result``."""
-    if ctx.jobs is None:
-        raise unavailable("SERVICE_UNAVAILABLE", "Async inference is not wired on this ingress.", 5.0)
-    reference = await ctx.jobs.submit(caller, model_id, body.input_data, body.parameters, body.priority,
+    reference = await ctx.job_service().submit(caller, model_id, body.input_data, body.parameters, body.priority,
                                       body.timeout_seconds)
     return JobReference.model_validate(reference)
 
@@ -80,8 +77,6 @@ async def infer_async(model_id: ModelIdPath, body: InferenceRequest, ctx: Ctx, c
              summary="Execute synchronous inference")
 async def infer(model_id: ModelIdPath, body: InferenceRequest, ctx: Ctx, caller: Caller) -> InferenceResponse:
     """Runs the model on a worker of the request's priority and waits for the result (up to ``timeout_seconds``)."""
-    if ctx.inference is None:
-        raise unavailable("SERVICE_UNAVAILABLE", "Inference is not wired on this ingress.", 5.0)
-    result = await ctx.inference.infer(caller, model_id, body.input_data, body.parameters, body.priority,
+    result = await ctx.inference_service().infer(caller, model_id, body.input_data, body.parameters, body.priority,
                                        body.timeout_seconds)
     return InferenceResponse.model_validate(result)

@@ -13,8 +13,6 @@ from api.context import AppContext, authenticated, context
 from api.errors import ErrorEnvelope
 from api.routers.inference import InferenceResponse, JobStatusName
 from core.auth import Principal
-from core.errors import unavailable
-from core.serving.jobs_service import JobService
 
 router = APIRouter(prefix="/api/v1/jobs", tags=["Jobs"])
 Ctx = Annotated[AppContext, Depends(context)]
@@ -61,32 +59,26 @@ class CancellationResponse(BaseModel):
     message: str
 
 
-def _jobs(ctx: AppContext) -> JobService:
-    if ctx.jobs is None:
-        raise unavailable("SERVICE_UNAVAILABLE", "Async inference is not wired on this ingress.", 5.0)
-    return ctx.jobs
-
-
 @router.get("/{job_id}", response_model=JobStatusResponse, responses=_errors(404), summary="Get job status")
 async def get_job_status(job_id: JobId, ctx: Ctx, caller: Caller) -> JobStatusResponse:
-    return JobStatusResponse.model_validate(await _jobs(ctx).status(caller, str(job_id)))
+    return JobStatusResponse.model_validate(await ctx.job_service().status(caller, str(job_id)))
 
 
 @router.get("/{job_id}/result", response_model=InferenceResponse, responses=_errors(404, 409),
             summary="Retrieve job result")
 async def get_job_result(job_id: JobId, ctx: Ctx, caller: Caller) -> InferenceResponse:
     """409 ``JOB_NOT_READY`` while queued or processing; ``JOB_FAILED`` / ``JOB_CANCELLED`` when it never will be."""
-    return InferenceResponse.model_validate(await _jobs(ctx).result(caller, str(job_id)))
+    return InferenceResponse.model_validate(await ctx.job_service().result(caller, str(job_id)))
 
 
 @router.delete("/{job_id}", response_model=CancelJobResponse, responses=_errors(404, 409), summary="Cancel job")
 async def cancel_job(job_id: JobId, ctx: Ctx, caller: Caller) -> CancelJobResponse:
     """Seed 001: cancels a queued or processing job; 409 ``JOB_ALREADY_COMPLETED`` when it is terminal."""
-    return CancelJobResponse.model_validate(await _jobs(ctx).delete(caller, str(job_id)))
+    return CancelJobResponse.model_validate(await ctx.job_service().delete(caller, str(job_id)))
 
 
 @router.post("/{job_id}/cancel", response_model=CancellationResponse, responses=_errors(404),
              summary="Cancel a job (idempotent)")
 async def cancel_job_idempotent(job_id: JobId, ctx: Ctx, caller: Caller) -> CancellationResponse:
     """Seed 004: safe to repeat; 200 also when the job already completed, failed or was cancelled."""
-    return CancellationResponse.model_validate(await _jobs(ctx).cancel(caller, str(job_id)))
+    return CancellationResponse.model_validate(await ctx.job_service().cancel(caller, str(job_id)))
