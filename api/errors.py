@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from http import HTTPStatus
 from typing import Any
@@ -64,6 +65,18 @@ def envelope(
     ).model_dump()
 
 
+def validation_failed(errors: Iterable[Any]) -> DomainError:
+    """A pydantic error list as the 400 ``VALIDATION_ERROR`` every transport sends, each field named."""
+    fields = [
+        {"field": ".".join(str(p) for p in err.get("loc", ()) if p != "body"), "message": err.get("msg", "")}
+        for err in errors
+    ]
+    first = fields[0] if fields else {"field": "", "message": "invalid request"}
+    return DomainError(ErrorKind.INVALID, "VALIDATION_ERROR",
+                       f"Validation failed: '{first['field']}' {first['message']}",
+                       details={"errors": fields}, hint="Fix the listed fields and retry.")
+
+
 def _field_errors(errors: object) -> list[dict[str, str]] | None:
     if not isinstance(errors, list) or not errors:
         return None
@@ -96,17 +109,7 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
         # Client mistakes are 400 with every field error, never a 500.
-        fields = [
-            {"field": ".".join(str(p) for p in err.get("loc", ()) if p != "body"), "message": err.get("msg", "")}
-            for err in exc.errors()
-        ]
-        first = fields[0] if fields else {"field": "", "message": "invalid request"}
-        body = envelope(
-            400, "VALIDATION_ERROR", f"Validation failed: '{first['field']}' {first['message']}",
-            details={"errors": fields}, hint="Fix the listed fields and retry.", trace_id=_trace_id(request),
-            validation_errors=fields,
-        )
-        return JSONResponse(body, status_code=400)
+        return await _domain_error(request, validation_failed(exc.errors()))
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:

@@ -26,6 +26,7 @@ from typing import Any, TypeVar
 from google.protobuf import json_format, struct_pb2, timestamp_pb2
 from pydantic import BaseModel, ValidationError
 
+from api.errors import validation_failed
 from api.schemas_fleet import ModelOut
 from core.errors import invalid
 from core.fleet.models import CatalogModel
@@ -280,8 +281,4 @@ def validated(schema: type[BodyT], values: Mapping[str, Any]) -> BodyT:
     try:
         return schema.model_validate(dict(values))
     except ValidationError as exc:
-        fields = [{"field": ".".join(str(p) for p in err.get("loc", ())), "message": err.get("msg", "")}
-                  for err in exc.errors()]
-        first = fields[0] if fields else {"field": "", "message": "invalid request"}
-        raise invalid("VALIDATION_ERROR", f"Validation failed: '{first['field']}' {first['message']}",
-                      errors=fields) from None
+        raise validation_failed(exc.errors()) from None
