@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import uuid
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import NoReturn, TypeVar
 
 import grpc
 
@@ -65,9 +65,15 @@ def unary(handler: UnaryHandler[Handlers, Request, Response]) -> UnaryHandler[Ha
             try:
                 return await handler(self, request, context)
             except Exception as exc:
-                failed = failure(exc, trace_id)
-                outcome[0] = failed.status.name
-                await abort(context, failed)
+                await end_call(context, exc, trace_id, outcome)
 
     return call
+
+
+async def end_call(context: grpc.aio.ServicerContext, exc: BaseException, trace_id: str,
+                   outcome: list[str]) -> NoReturn:
+    """End the call with ``exc``'s mapped status, recorded as the call's outcome in the metrics."""
+    failed = failure(exc, trace_id)
+    outcome[0] = failed.status.name
+    await abort(context, failed)
 

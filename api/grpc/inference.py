@@ -10,8 +10,8 @@ from collections.abc import AsyncIterator
 import grpc
 
 from api.grpc import convert
-from api.grpc.calls import ServiceHandlers, begin_call, unary
-from api.grpc.errors import abort, failure
+from api.grpc.calls import ServiceHandlers, begin_call, end_call, unary
+from api.grpc.errors import failure
 from api.metrics import GRPC_STREAM_MESSAGES, grpc_call_metrics
 from core.auth import Principal
 from core.errors import invalid
@@ -71,9 +71,7 @@ class InferenceHandlers(ServiceHandlers):
             try:
                 principal = await self.caller(context)
             except Exception as exc:
-                failed = failure(exc, trace_id)
-                outcome[0] = failed.status.name
-                await abort(context, failed)
+                await end_call(context, exc, trace_id, outcome)
             async for response in self._stream(principal, requests, context, trace_id, outcome):
                 yield response
 
@@ -111,9 +109,7 @@ class InferenceHandlers(ServiceHandlers):
         try:
             while (item := await answers.get()) is not None:
                 if isinstance(item, BaseException):
-                    failed = failure(item, trace_id)
-                    outcome[0] = failed.status.name
-                    await abort(context, failed)
+                    await end_call(context, item, trace_id, outcome)
                 yield item
                 # The slot is freed once the answer is sent, not when it is ready: a client that
                 # keeps sending but stops reading holds at most the window in memory.
