@@ -15,7 +15,6 @@ import pytest
 from google.protobuf import struct_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
-from grpc_status import rpc_status
 
 from consumers.inference.builtin import MINILM_ID
 from modelmora.v1 import (
@@ -29,6 +28,7 @@ from modelmora.v1 import (
 )
 from tests.e2e.conftest import RunningSystem, free_port, ingress_replica
 from tests.e2e.serving import HTTP_TIMEOUT, cosine
+from tests.grpc_errors import spec_error
 from tests.onnx_models import expected, linear_onnx
 
 pytestmark = pytest.mark.e2e
@@ -62,11 +62,7 @@ def embed(text: str, request_id: str = "", model_id: str = MINILM_ID) -> inferen
 def refused(call: Callable[[], object]) -> tuple[grpc.StatusCode, common_pb2.Error]:
     with pytest.raises(grpc.RpcError) as caught:
         call()
-    error = common_pb2.Error()
-    status = rpc_status.from_call(caught.value)
-    if status is not None:
-        assert status.details[0].Unpack(error)
-    return caught.value.code(), error
+    return caught.value.code(), spec_error(caught.value) or common_pb2.Error()
 
 
 def test_infer_returns_the_models_embedding(channel: grpc.Channel, device: Metadata,
@@ -181,9 +177,8 @@ def refused_or(call: Callable[[], inference_pb2.CancelJobResponse]) -> str:
     try:
         response = call()
     except grpc.RpcError as exc:
-        status = rpc_status.from_call(exc)
-        error = common_pb2.Error()
-        assert status is not None and status.details[0].Unpack(error)
+        error = spec_error(exc)
+        assert error is not None
         return error.code
     assert response.status == common_pb2.JOB_STATUS_CANCELLED
     return "cancelled"

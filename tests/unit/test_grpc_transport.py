@@ -43,6 +43,7 @@ from modelmora.v1 import (
     registry_pb2_grpc,
 )
 from producers.replies import ReplyTable
+from tests.grpc_errors import spec_error
 
 pytestmark = [pytest.mark.unit, pytest.mark.asyncio(loop_scope="session")]
 
@@ -151,19 +152,12 @@ async def eventually(condition: Callable[[], bool], timeout_s: float = 5.0) -> b
     return condition()
 
 
-def spec_error(exc: grpc.aio.AioRpcError) -> common_pb2.Error:
-    """The modelmora.v1.Error in the call's google.rpc.Status details."""
-    status = rpc_status.from_call(exc)
-    assert status is not None, "no grpc-status-details-bin trailer"
-    error = common_pb2.Error()
-    assert status.details[0].Unpack(error)
-    return error
-
-
 async def refused(call: Any) -> tuple[grpc.StatusCode, common_pb2.Error, grpc.aio.AioRpcError]:
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await call
-    return caught.value.code(), spec_error(caught.value), caught.value
+    error = spec_error(caught.value)
+    assert error is not None, "no grpc-status-details-bin trailer"
+    return caught.value.code(), error, caught.value
 
 
 async def test_infer_answers_with_the_embedding_and_echoes_the_request_id(stack: Stack) -> None:
