@@ -82,8 +82,14 @@ async def admit(ctx: AppContext, key: str | None) -> Principal:
     """Authenticate a Bearer key, then count the call against the key's rate limit, which every
     replica and transport (REST, gRPC) shares."""
     principal = await asyncio.to_thread(ctx.authenticator.authenticate, key)
-    await asyncio.to_thread(ctx.limiter.check, principal.key_id)
+    await spend(ctx, principal)
     return principal
+
+
+async def spend(ctx: AppContext, principal: Principal) -> None:
+    """Count one request against the key's rate limit; a thread only when the store must be asked."""
+    if not ctx.limiter.try_spend(principal.key_id):
+        await asyncio.to_thread(ctx.limiter.check, principal.key_id)
 
 
 async def authenticated(request: Request) -> Principal:

@@ -91,15 +91,25 @@ class RateLimiter:
         # (subject, window_start) -> [tokens left here, shared count last seen]
         self._leases: dict[tuple[str, int], list[int]] = {}
 
+    def try_spend(self, subject: str) -> bool:
+        """Spend a token this replica already leased, without I/O (safe on the event loop);
+        False when ``check`` must ask the shared store."""
+        window_start = int(self.clock() // self.WINDOW_S) * self.WINDOW_S
+        with self._lock:
+            lease = self._leases.get((subject, window_start))
+            if lease is not None and lease[0] > 0:
+                lease[0] -= 1
+                return True
+        return False
+
     def check(self, subject: str) -> None:
+        if self.try_spend(subject):
+            return
         now = self.clock()
         window_start = int(now // self.WINDOW_S) * self.WINDOW_S
         key = (subject, window_start)
         with self._lock:
             lease = self._leases.get(key)
-            if lease is not None and lease[0] > 0:
-                lease[0] -= 1
-                return
             seen = lease[1] if lease is not None else 0
         block = max(1, min(self.MAX_BLOCK, (self.limit - seen) // self.BLOCK_SHARE))
         total = self.store.hit(subject, window_start, self.WINDOW_S, block)

@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 
 import grpc
 
+from api.context import spend
 from api.grpc import convert
 from api.grpc.calls import ServiceHandlers, begin_call, end_call, unary
 from api.grpc.errors import failure
@@ -84,7 +85,7 @@ class InferenceHandlers(ServiceHandlers):
 
         async def answer(request: inference_pb2.InferenceRequest, request_id: str) -> None:
             try:
-                await asyncio.to_thread(self.ctx.limiter.check, principal.key_id)
+                await spend(self.ctx, principal)
                 response = await self._infer(principal, request, context, request_id)
             except Exception as exc:
                 response = convert.failed_response(request.model_id, failure(exc, trace_id).error, request_id)
