@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI, Request, Response
+from fastapi import FastAPI
 
 from api.context import AppContext
 from api.errors import install_error_handlers
 from api.limits import BodySizeLimit
-from api.metrics import record_http_metrics
+from api.middleware import TraceAndMeasure
 from api.routers import fleet, health, inference, jobs, learning, lifecycle, pipelines
 from api.routers.health import API_VERSION
-from core.logs import trace_id_var
 from core.settings import Settings, get_settings
 
 
@@ -62,16 +60,7 @@ def create_app(settings: Settings | None = None, context: AppContext | None = No
     # Added first, so it runs inside the trace and metrics middlewares (its 413 carries the trace id).
     app.add_middleware(BodySizeLimit, max_request_bytes=settings.max_request_bytes,
                        max_upload_bytes=settings.max_upload_bytes)
-
-    @app.middleware("http")
-    async def trace(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-        request.state.trace_id = request.headers.get("x-trace-id") or uuid.uuid4().hex
-        trace_id_var.set(request.state.trace_id)  # every log line of this request carries it
-        response = await call_next(request)
-        response.headers["X-Trace-Id"] = request.state.trace_id
-        return response
-
-    app.middleware("http")(record_http_metrics)
+    app.add_middleware(TraceAndMeasure)
     app.include_router(health.router)
     # /models/latest must be matched before /models/{model_id}
     app.include_router(learning.router)

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 
-from fastapi import Request, Response
 from prometheus_client import Counter, Histogram
 
 HTTP_REQUESTS = Counter("tributary_http_requests_total", "HTTP requests by route and status",
@@ -15,15 +14,6 @@ HTTP_REQUESTS = Counter("tributary_http_requests_total", "HTTP requests by route
 HTTP_DURATION = Histogram("tributary_http_request_duration_seconds", "HTTP request duration by route",
                           ["method", "route"], buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
 
-
-async def record_http_metrics(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-    started = time.perf_counter()
-    response = await call_next(request)
-    # The route template, not the raw path, so ids do not explode the label space.
-    route = getattr(request.scope.get("route"), "path", "unmatched")
-    HTTP_REQUESTS.labels(request.method, route, str(response.status_code)).inc()
-    HTTP_DURATION.labels(request.method, route).observe(time.perf_counter() - started)
-    return response
 
 GRPC_CALLS = Counter("tributary_grpc_calls_total", "gRPC calls by method and status code", ["method", "code"])
 GRPC_DURATION = Histogram("tributary_grpc_call_duration_seconds", "gRPC call duration by method (streams: whole call)",
