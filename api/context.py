@@ -81,7 +81,9 @@ bearer = HTTPBearer(auto_error=False, bearerFormat="sk_live_*", description="Aut
 async def admit(ctx: AppContext, key: str | None) -> Principal:
     """Authenticate a Bearer key, then count the call against the key's rate limit, which every
     replica and transport (REST, gRPC) shares."""
-    principal = await asyncio.to_thread(ctx.authenticator.authenticate, key)
+    principal = ctx.authenticator.try_authenticate(key)
+    if principal is None:  # a device key: the store is asked, off the event loop
+        principal = await asyncio.to_thread(ctx.authenticator.authenticate, key)
     await spend(ctx, principal)
     return principal
 

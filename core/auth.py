@@ -52,15 +52,23 @@ class Authenticator:
         admin = settings.admin_api_key.get_secret_value()
         self._admin_hash = hash_api_key(admin) if admin else None
 
-    def authenticate(self, key: str | None) -> Principal:
+    def try_authenticate(self, key: str | None) -> Principal | None:
+        """Answer without I/O (safe on the event loop) for a missing or malformed key and for the
+        operator key; None when ``authenticate`` must look the key up in the store."""
         if not key:
             raise _unauthenticated()
         if not is_well_formed(key):
             raise _unauthenticated("Malformed API key: expected sk_live_ followed by 32 letters or digits.")
-        digest = hash_api_key(key)
-        if self._admin_hash is not None and hmac.compare_digest(digest, self._admin_hash):
+        if self._admin_hash is not None and hmac.compare_digest(hash_api_key(key), self._admin_hash):
             return Principal(key_id(key), SubjectType.OPERATOR, "operator")
-        record = self.store.get_api_key(digest)
+        return None
+
+    def authenticate(self, key: str | None) -> Principal:
+        principal = self.try_authenticate(key)
+        if principal is not None:
+            return principal
+        assert key is not None  # try_authenticate refused a missing key
+        record = self.store.get_api_key(hash_api_key(key))
         if record is None:
             raise _unauthenticated()
         if record.revoked_at is not None:
