@@ -44,6 +44,9 @@ class Settings(BaseSettings):
         20.0, gt=1, description="Bound on a consumer's graceful stop (finish in flight, commit, leave the group)"
     )
     fetch_max_wait_ms: int = Field(5, ge=0, description="Fetch max wait; small values cut latency on Tansu")
+    producer_linger_ms: float = Field(
+        0, ge=0, description="Producer linger; 0 sends at once (batches still form behind in-flight requests)"
+    )
     producer_max_in_flight: int = Field(10_000, ge=1, description="Unacknowledged messages before back-pressure")
     delivery_timeout_ms: int = Field(10_000, ge=1000, description="Give up on a message after this long")
     publish_ack_wait_s: float = Field(

@@ -63,7 +63,7 @@ class Publisher:
             "client.id": client_id or f"tributary-{socket.gethostname()}-{uuid.uuid4().hex[:6]}",
             "enable.idempotence": True,
             "acks": "all",
-            "linger.ms": 2,
+            "linger.ms": settings.producer_linger_ms,
             "message.timeout.ms": settings.delivery_timeout_ms,
             "queue.buffering.max.messages": max(1000, settings.producer_max_in_flight * 2),
             "error_cb": self._on_error,
