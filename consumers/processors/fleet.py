@@ -74,10 +74,14 @@ def build(kind: str, settings: Settings) -> ProcessorSpec:
 
 def make_app(spec: ProcessorSpec, settings: Settings) -> faust.App:
     group = BY_GROUP[spec.group_id]
+    processors_dir = settings.data_dir / "processors"
+    processors_dir.mkdir(parents=True, exist_ok=True)  # faust creates only the last level
     app = faust.App(
         settings.topic(group.group_id),  # the app id is the consumer group id
         broker=f"kafka://{settings.kafka_bootstrap_servers}",
         store="memory://",
+        # Faust keeps table metadata in a directory of its own; not in the working directory.
+        datadir=str(processors_dir / "{conf.name}-data"),
         topic_allow_declare=False,  # topology/ owns topic creation
         topic_disable_leader=True,
         consumer_auto_offset_reset="earliest",
