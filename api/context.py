@@ -70,7 +70,8 @@ class AppContext:
         return self.inference.models if self.inference is not None else builtin_models()
 
 
-def context(request: Request) -> AppContext:
+async def context(request: Request) -> AppContext:
+    # async: FastAPI runs a plain ``def`` dependency on its thread pool, a thread hop per request.
     ctx: AppContext = request.app.state.context
     return ctx
 
@@ -95,7 +96,7 @@ async def spend(ctx: AppContext, principal: Principal) -> None:
 
 
 async def authenticated(request: Request) -> Principal:
-    ctx = context(request)
+    ctx = await context(request)
     credentials: HTTPAuthorizationCredentials | None = await bearer(request)
     key = credentials.credentials if credentials else None
     return await admit(ctx, key)
