@@ -83,8 +83,9 @@ async def admit(ctx: AppContext, key: str | None) -> Principal:
     """Authenticate a Bearer key, then count the call against the key's rate limit, which every
     replica and transport (REST, gRPC) shares."""
     principal = ctx.authenticator.try_authenticate(key)
-    if principal is None:  # a device key: the store is asked, off the event loop
-        principal = await asyncio.to_thread(ctx.authenticator.authenticate, key)
+    if principal is None:  # a device key (well-formed, checked above): the store is asked, off the event loop
+        assert key is not None
+        principal = await asyncio.to_thread(ctx.authenticator.lookup, key)
     await spend(ctx, principal)
     return principal
 

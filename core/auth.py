@@ -54,7 +54,7 @@ class Authenticator:
 
     def try_authenticate(self, key: str | None) -> Principal | None:
         """Answer without I/O (safe on the event loop) for a missing or malformed key and for the
-        operator key; None when ``authenticate`` must look the key up in the store."""
+        operator key; None when the key must be looked up in the store (``lookup``)."""
         if not key:
             raise _unauthenticated()
         if not is_well_formed(key):
@@ -68,6 +68,10 @@ class Authenticator:
         if principal is not None:
             return principal
         assert key is not None  # try_authenticate refused a missing key
+        return self.lookup(key)
+
+    def lookup(self, key: str) -> Principal:
+        """The store's answer for a well-formed key that is not the operator's (blocking I/O)."""
         record = self.store.get_api_key(hash_api_key(key))
         if record is None:
             raise _unauthenticated()
