@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 from collections.abc import AsyncIterator
 
@@ -17,6 +18,22 @@ from api.metrics import GRPC_STREAM_MESSAGES, grpc_call_metrics
 from core.auth import Principal
 from core.errors import invalid
 from modelmora.v1 import inference_pb2
+
+# How long a refused stream may go on sending before it is ended anyway.
+REFUSED_STREAM_DRAIN_S = 1.0
+
+
+async def drain(requests: AsyncIterator[inference_pb2.InferenceRequest]) -> None:
+    """Let the client finish sending before its stream is refused. grpc's asyncio client reports
+    INTERNAL, not the server's status, when one of its own writes fails because the call ended
+    (grpc/grpc#36066): without this, ~30 % of refused 20-message streams saw INTERNAL instead of
+    UNAUTHENTICATED. Bounded, so a client that never half-closes is refused within a second."""
+    async def read_to_end() -> None:
+        async for _ in requests:
+            pass
+
+    with contextlib.suppress(Exception):  # the bound passed, or the client went away
+        await asyncio.wait_for(read_to_end(), REFUSED_STREAM_DRAIN_S)
 
 
 class InferenceHandlers(ServiceHandlers):
@@ -72,6 +89,7 @@ class InferenceHandlers(ServiceHandlers):
             try:
                 principal = await self.caller(context)
             except Exception as exc:
+                await drain(requests)
                 await end_call(context, exc, trace_id, outcome)
             async for response in self._stream(principal, requests, context, trace_id, outcome):
                 yield response

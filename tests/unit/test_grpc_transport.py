@@ -24,6 +24,7 @@ from prometheus_client import REGISTRY
 from pydantic import SecretStr
 
 from api.context import AppContext
+from api.grpc.inference import REFUSED_STREAM_DRAIN_S
 from api.grpc.server import GrpcServer
 from consumers.inference.jobs import JobRunner
 from core.api_keys import new_api_key
@@ -320,6 +321,32 @@ async def test_stream_without_a_key_ends_unauthenticated(stack: Stack) -> None:
         async for _ in call:
             pass
     assert caught.value.code() is grpc.StatusCode.UNAUTHENTICATED
+
+
+async def test_refused_streams_still_sending_get_their_status_not_internal(stack: Stack) -> None:
+    # grpc/grpc#36066: a client write failing as the call ends used to turn ~30 % of these into INTERNAL.
+    async def refused() -> grpc.StatusCode:
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            async for _ in stack.inference.InferStream(iter([embed("x")] * 20)):
+                pass
+        return caught.value.code()
+
+    codes = [code for _ in range(5) for code in await asyncio.gather(*[refused() for _ in range(20)])]
+    assert codes == [grpc.StatusCode.UNAUTHENTICATED] * 100
+
+
+async def test_a_refused_stream_that_never_half_closes_is_ended_within_the_bound(stack: Stack) -> None:
+    async def endless() -> AsyncIterator[inference_pb2.InferenceRequest]:
+        while True:
+            yield embed("x")
+            await asyncio.sleep(0.01)
+
+    started = time.monotonic()
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        async for _ in stack.inference.InferStream(endless()):
+            pass
+    assert caught.value.code() is grpc.StatusCode.UNAUTHENTICATED
+    assert REFUSED_STREAM_DRAIN_S <= time.monotonic() - started < REFUSED_STREAM_DRAIN_S + 2
 
 
 async def test_stream_requests_without_ids_get_one(stack: Stack) -> None:
