@@ -31,9 +31,9 @@ test: install lint
 	$(MAKE) --no-print-directory faults
 
 # Fault injection stops and restarts servers, so it gets its own session and its own stack
-# (after the main session stopped its servers); Tansu on s3:// so a restart keeps its data.
+# (after the main session stopped its servers); Kafka and Cassandra keep their data across restarts.
 faults: install
-	TRIBUTARY_DATA_DIR=$(CURDIR)/.local/faults TRIBUTARY_BROKER_STORAGE=s3 $(PY) -m pytest -m faults
+	TRIBUTARY_DATA_DIR=$(CURDIR)/.local/faults $(PY) -m pytest -m faults
 
 unit: install
 	$(PY) -m pytest -m unit

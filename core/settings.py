@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -21,7 +20,7 @@ class Settings(BaseSettings):
 
     # --- where the servers are -------------------------------------------------------
     # Empty means "start the local one from infra/"; set to use an existing server.
-    kafka_bootstrap: str = Field("", description="Kafka bootstrap servers; empty = local Tansu broker")
+    kafka_bootstrap: str = Field("", description="Kafka bootstrap servers; empty = local Apache Kafka")
     cassandra_hosts: str = Field("", description="Comma-separated Cassandra contact points; empty = local")
     s3_endpoint: str = Field("", description="S3 endpoint URL; empty = local SeaweedFS")
 
@@ -30,12 +29,15 @@ class Settings(BaseSettings):
     kafka_port: int = 9092
     cassandra_port: int = 9042
     s3_port: int = 8333
-    broker_storage: Literal["memory", "s3"] = Field(
-        "memory", description="Tansu storage engine: memory (fast, lost on restart) or s3 (durable)"
+    tools_dir: Path = Field(
+        REPO_ROOT / ".local" / "opt", description="Kafka and Cassandra jars from Maven Central, shared by local stacks"
     )
-    broker_storage_bucket: str = "tributary-broker"
-    cassandra_heap_mb: int = 512
-    startup_timeout_s: float = 90.0
+    java_home: Path | None = Field(
+        None, description="JDK 17 for Kafka and Cassandra; unset = JAVA_HOME, /usr/lib/jvm/*-17-*, then PATH"
+    )
+    kafka_heap_mb: int = Field(512, ge=128)
+    cassandra_heap_mb: int = Field(1024, ge=256)
+    startup_timeout_s: float = 120.0
 
     # --- Kafka clients -------------------------------------------------------------------
     topic_prefix: str = Field("", description="Prefix for every topic name, so environments can share a cluster")
@@ -43,7 +45,8 @@ class Settings(BaseSettings):
     shutdown_timeout_s: float = Field(
         20.0, gt=1, description="Bound on a consumer's graceful stop (finish in flight, commit, leave the group)"
     )
-    fetch_max_wait_ms: int = Field(5, ge=0, description="Fetch max wait; small values cut latency on Tansu")
+    # Kafka answers a waiting fetch as soon as data arrives, so this bounds only idle polling.
+    fetch_max_wait_ms: int = Field(500, ge=0, description="Consumer fetch max wait (idle cost, not latency)")
     producer_linger_ms: float = Field(
         0, ge=0, description="Producer linger; 0 sends at once (batches still form behind in-flight requests)"
     )
@@ -61,9 +64,6 @@ class Settings(BaseSettings):
     cassandra_replication: str = Field(
         "{'class': 'SimpleStrategy', 'replication_factor': 1}",
         description="Keyspace replication map in CQL syntax",
-    )
-    cassandra_protocol_version: int | None = Field(
-        None, description="CQL protocol version; unset = 3 for the local 2.1 server, negotiated otherwise"
     )
     cassandra_username: str = ""
     cassandra_password: SecretStr = SecretStr("")
@@ -135,13 +135,6 @@ class Settings(BaseSettings):
     @property
     def s3_endpoint_url(self) -> str:
         return self.s3_endpoint or f"http://127.0.0.1:{self.s3_port}"
-
-    @property
-    def effective_cassandra_protocol_version(self) -> int | None:
-        if self.cassandra_protocol_version is not None:
-            return self.cassandra_protocol_version
-        # The bundled Cassandra 2.1 fails protocol negotiation; real clusters negotiate.
-        return None if self.cassandra_hosts else 3
 
     def topic(self, name: str) -> str:
         return f"{self.topic_prefix}{name}"

@@ -109,8 +109,8 @@ class Publisher:
     def _renew_producer(self) -> None:
         """Start a fresh idempotent producer session after an outage.
 
-        A broker that lost its state (Tansu on memory://) no longer knows our producer id,
-        and the old session's sequence numbers would time out forever; a new session gets a
+        A broker that lost its state (a wiped or replaced cluster) no longer knows our producer
+        id, and the old session's sequence numbers would time out forever; a new session gets a
         new id. Messages still queued in the old one fail (they were never acknowledged).
         """
         old, self._producer = self._producer, Producer(self._config)

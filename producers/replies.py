@@ -6,14 +6,13 @@ its replica owns (``reply_partition``) and workers produce the reply to exactly 
 partition; the replica's consumer thread reads it and resolves the waiting asyncio future by
 ``correlation_id``.
 
-Rebalances (Tansu, like Kafka's classic protocol with eager assignors, revokes *every*
-partition on each rebalance and assigns ~half a session timeout later):
+Rebalances (Kafka's classic group protocol with an eager assignor revokes *every* partition on
+each rebalance and assigns them again once every member has rejoined):
 
 - a revoke only *suspends* the partitions: waiters keep waiting and new requests may still
   name them, because an eager rebalance revokes everything and usually hands much of it
   back. The consumer resumes each partition it got back from its own last position, so
-  replies produced during the gap are read (late by the gap, ~half a session timeout on
-  Tansu), never skipped;
+  replies produced during the gap are read (late by the gap), never skipped;
 - partitions that did not come back (or were lost, or no assignment arrived within the grace
   period) fail their waiters with ``ReplyPartitionRevoked``; the inference service re-sends
   such a request on a partition it owns while its deadline allows, else answers 503;
@@ -275,7 +274,8 @@ class ReplyRouter(ReplyTable):
             "session.timeout.ms": session,
             "heartbeat.interval.ms": max(100, min(1000, session // 3)),
             "fetch.wait.max.ms": self.settings.fetch_max_wait_ms,
-            # Eager: cooperative-sticky did not complete rebalances on Tansu 0.6 (partitions left unassigned).
+            # Eager: the revoke/resume handling above is written for it (cooperative-sticky would
+            # need incremental assign callbacks).
             "partition.assignment.strategy": "roundrobin",
         }
 
@@ -372,8 +372,6 @@ class ReplyRouter(ReplyTable):
             offset = self._positions.get(tp.partition)
             if offset is None:
                 try:
-                    # Tansu 0.6 may answer the last batch's base offset + 1: a few old replies are re-read
-                    # and dropped as late; never a new one skipped.
                     _, offset = consumer.get_watermark_offsets(TopicPartition(self.topic, tp.partition), timeout=5)
                 except KafkaException as exc:
                     log.warning("no log end for responses partition %d (%s); starting at the end", tp.partition, exc)

@@ -2,6 +2,6 @@
 
 - ``topology.topics``: ``TopicSpec``, ``Topic``, ``Priority``, ``topic_name(settings, Topic.X)``
 - ``topology.groups``: ``ConsumerGroupSpec``, ``Group``, ``GROUPS``, ``dlq_for(group)``
-- ``topology.admin``: ``apply`` / ``verify`` / ``inspect`` (and what Tansu supports)
+- ``topology.admin``: ``apply`` / ``verify`` / ``inspect``
 - ``topology.lag``: consumer lag per partition (``topic_lag(settings, group_id)``)
 """

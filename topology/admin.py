@@ -7,49 +7,19 @@ never be removed and keys would move), a different replication factor (needs a r
 partition raises or config changes the broker refuses. Applying twice changes nothing.
 ``verify`` / ``inspect`` only read; the CLI exits non-zero on any drift.
 
-What Tansu 0.6.0 (the local broker) supports, seen with confluent-kafka 2.16.1 on memory://:
-
-- CreateTopics works (partitions, replication factor, configs); a second create answers
-  TOPIC_ALREADY_EXISTS. It validates nothing: 0 partitions, ``cleanup.policy=nonsense`` and
-  replication factor 3 on one broker are all accepted (metadata then lists the single broker
-  three times as replicas and ISR). ``TopicSpec`` therefore validates itself, and the
-  replication check compares the length of the replica list, which Tansu reports as asked.
-- ``validate_only=True`` is ignored: the topic IS created. Never use it as a dry run.
-- A metadata request naming a topic (``AdminClient.list_topics(topic=...)``) auto-creates it
-  with 4 partitions, like a produce does. This module only lists all topics;
-  DescribeTopics of a missing topic answers UNKNOWN_TOPIC_OR_PART without creating it, and
-  ``Consumer.get_watermark_offsets`` answers _UNKNOWN_PARTITION without creating it.
-- DescribeConfigs(topic) answers only the configs set explicitly (at creation or later), each
-  flagged as a default; a topic created without configs and a topic that does not exist both
-  answer ``{}``. So an unreported key counts as drift ("unset"), and when no present topic
-  reports any config the broker keeps none: "config drift not checkable on this broker".
-  DescribeConfigs(broker) answers nothing.
-- IncrementalAlterConfigs is accepted for any key (``bogus.key``), any value
-  (``min.insync.replicas=5`` at replication 1) and even a topic that does not exist (no error,
-  nothing created). Success proves nothing, so ``apply`` reads the configs back.
-- AlterConfigs (legacy, KIP-133): _UNSUPPORTED_FEATURE. Used only as a fallback for brokers
-  without IncrementalAlterConfigs.
-- CreatePartitions (KIP-195): _UNSUPPORTED_FEATURE. A partition count that is too low is
-  reported; with ``apply(..., recreate_empty=True)`` a topic that never held a record is
-  deleted and recreated with the declared count instead.
-- DeleteTopics works at once: the name is free immediately, and a re-create with another
-  partition count is seen by clients. Deleting a missing topic: UNKNOWN_TOPIC_OR_PART.
-- ``retention.ms`` is stored but was not seen enforced (1000 ms, low watermark still 0 after
-  8 s; inconclusive, since Apache Kafka also deletes only closed segments).
-- DescribeCluster: cluster id ``tansu_cluster``, one node (id 111). ListConsumerGroups works.
-- ListOffsets(latest) answers the base offset of the last batch + 1, not the last record's
-  offset + 1 (see ``topology.lag.log_end``).
+Apache Kafka validates what it is asked (partition counts, config values, replication against
+the live brokers) and DescribeConfigs answers every config of a topic, defaults included, so a
+declared key that differs is drift whether it was set at creation or never set at all.
 """
 
 from __future__ import annotations
 
 import time
-import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
+from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import (
     AdminClient,
     AlterConfigOpType,
@@ -64,6 +34,7 @@ from topology.groups import all_topics
 from topology.topics import TopicSpec
 
 TIMEOUT_S = 15.0
+READ_BACK_S = 5.0
 NOT_CHECKABLE = "config drift not checkable on this broker"
 
 
@@ -94,20 +65,17 @@ class Drift:
 class ApplyReport:
     created: list[str] = field(default_factory=list)
     partitions_raised: list[str] = field(default_factory=list)
-    recreated: list[str] = field(default_factory=list)  # empty topics re-made with more partitions
     configs_altered: list[str] = field(default_factory=list)
     unfixable: list[Drift] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
     @property
     def changed(self) -> bool:
-        return bool(self.created or self.partitions_raised or self.recreated or self.configs_altered)
+        return bool(self.created or self.partitions_raised or self.configs_altered)
 
     def rows(self) -> list[dict[str, str]]:
         rows = [{"topic": t, "action": "created", "detail": ""} for t in self.created]
         rows += [{"topic": t, "action": "partitions raised", "detail": ""} for t in self.partitions_raised]
-        rows += [{"topic": t, "action": "recreated", "detail": "was empty; partition count raised"}
-                 for t in self.recreated]
         rows += [{"topic": t, "action": "configs altered", "detail": ""} for t in self.configs_altered]
         rows += [{"topic": d.topic, "action": f"UNFIXABLE {d.kind}",
                   "detail": f"want {d.expected}, have {d.actual}" + (f" ({d.detail})" if d.detail else "")}
@@ -142,7 +110,6 @@ def _error(exc: KafkaException) -> KafkaError:
 
 
 def _describe(admin: AdminClient) -> dict[str, _Actual]:
-    # All topics, never one by name: a metadata request naming a topic auto-creates it on Tansu.
     metadata = admin.list_topics(timeout=TIMEOUT_S)
     actual = {}
     for name, topic in metadata.topics.items():
@@ -171,16 +138,15 @@ def _read_configs(admin: AdminClient, names: list[str]) -> tuple[dict[str, dict[
         return {}, None
     resources = {name: ConfigResource(ConfigResource.Type.TOPIC, name) for name in names}
     out: dict[str, dict[str, str]] = {}
-    try:
-        futures = admin.describe_configs(list(resources.values()), request_timeout=TIMEOUT_S)
-        for name, resource in resources.items():
+    futures = admin.describe_configs(list(resources.values()), request_timeout=TIMEOUT_S)
+    for name, resource in resources.items():
+        try:
             entries = futures[resource].result()
-            out[name] = {key: entry.value for key, entry in entries.items() if entry.value is not None}
-    except KafkaException as exc:
-        return {}, f"{NOT_CHECKABLE}: {_error(exc).str()}"
-    if not any(out.values()):
-        # Tansu answers only explicitly set configs; if no topic has any, it keeps none.
-        return {}, f"{NOT_CHECKABLE} (it reports no topic configs)"
+        except KafkaException as exc:
+            if _error(exc).code() == KafkaError.UNKNOWN_TOPIC_OR_PART:
+                continue  # deleted since it was listed: the next look reports it missing
+            return {}, f"{NOT_CHECKABLE}: {_error(exc).str()}"
+        out[name] = {key: entry.value for key, entry in entries.items() if entry.value is not None}
     return out, None
 
 
@@ -230,13 +196,8 @@ def verify(settings: Settings, admin: AdminClient | None = None) -> list[Drift]:
     return inspect(settings, admin).drift
 
 
-def apply(settings: Settings, admin: AdminClient | None = None, *, recreate_empty: bool = False) -> ApplyReport:
-    """Make the cluster match the declaration as far as that is safe; report the rest.
-
-    ``recreate_empty``: when the broker cannot add partitions (Tansu), delete and recreate a
-    topic whose partitions are too few if it never held a record. Off by default: a producer
-    writing between the check and the delete would lose that record.
-    """
+def apply(settings: Settings, admin: AdminClient | None = None) -> ApplyReport:
+    """Make the cluster match the declaration as far as that is safe; report the rest."""
     admin = admin or admin_client(settings)
     report = ApplyReport()
     actual = _describe(admin)
@@ -277,14 +238,6 @@ def apply(settings: Settings, admin: AdminClient | None = None, *, recreate_empt
                 report.partitions_raised.append(name)
             except KafkaException as exc:
                 refused = f"partitions not raised: {_error(exc).str()}"
-                if recreate_empty and _never_written(settings, name, actual[name].partitions):
-                    reason = _recreate(admin, settings, spec)
-                    if reason is None:
-                        report.recreated.append(name)
-                        continue
-                    refused += f"; recreate failed: {reason}"
-                elif recreate_empty:
-                    refused += "; not recreated: it holds records"
                 report.unfixable.append(Drift(name, DriftKind.PARTITIONS_LOW, str(spec.partitions),
                                               str(actual[name].partitions), refused))
 
@@ -299,16 +252,17 @@ def apply(settings: Settings, admin: AdminClient | None = None, *, recreate_empt
     refused_by: dict[str, str] = {}
     for name, drifts in wanted.items():
         want = dict(d.expected.split("=", 1) for d in drifts)
-        reason = _alter_configs(admin, name, want, specs[name].configs(settings))
+        reason = _alter_configs(admin, name, want)
         if reason is not None:
             refused_by[name] = reason
-    # Read back: Tansu accepts any alter, even one it does not apply.
-    after, _ = _read_configs(admin, list(wanted)) if wanted else ({}, None)
+    after = _read_back(settings, admin, [specs[name] for name in wanted if name not in refused_by])
     for name, drifts in wanted.items():
-        if name in after:
+        if name in refused_by:
+            left = drifts
+        elif name in after:
             left = _config_drift(settings, [specs[name]], {name: after[name]})
         else:  # the broker cannot show them: trust its answer to the alter
-            left = drifts if name in refused_by else []
+            left = []
         if not left:
             report.configs_altered.append(name)
         for drift in left:
@@ -317,63 +271,29 @@ def apply(settings: Settings, admin: AdminClient | None = None, *, recreate_empt
     return report
 
 
+def _read_back(settings: Settings, admin: AdminClient, specs: list[TopicSpec]) -> dict[str, dict[str, str]]:
+    """Configs after an accepted alter. The controller commits the change before answering, and
+    the broker that DescribeConfigs asks applies it from the metadata log a moment later: give it
+    a few seconds to show the new values before calling what is left drift."""
+    names = [spec.full_name(settings) for spec in specs]
+    deadline = time.monotonic() + READ_BACK_S
+    while True:
+        after, _ = _read_configs(admin, names)
+        if not _config_drift(settings, specs, after) or time.monotonic() > deadline:
+            return after
+        time.sleep(0.1)
+
+
 def _with(drift: Drift, detail: str) -> Drift:
     return Drift(drift.topic, drift.kind, drift.expected, drift.actual, detail)
 
 
-def _alter_configs(admin: AdminClient, name: str, want: dict[str, str], full: dict[str, str]) -> str | None:
-    """Set the wanted configs; None on success, else why the broker refused."""
+def _alter_configs(admin: AdminClient, name: str, want: dict[str, str]) -> str | None:
+    """Set the wanted configs (leaving the others alone); None on success, else why the broker refused."""
     entries = [ConfigEntry(key, value, incremental_operation=AlterConfigOpType.SET) for key, value in want.items()]
     resource = ConfigResource(ConfigResource.Type.TOPIC, name, incremental_configs=entries)
     try:
         admin.incremental_alter_configs([resource], request_timeout=TIMEOUT_S)[resource].result()
         return None
     except KafkaException as exc:
-        if _error(exc).code() != KafkaError._UNSUPPORTED_FEATURE:
-            return f"alter refused: {_error(exc).str()}"
-    # Brokers before 2.3 only have AlterConfigs, which replaces the whole set: send all we declare.
-    legacy = ConfigResource(ConfigResource.Type.TOPIC, name, set_config=full)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", DeprecationWarning)
-            admin.alter_configs([legacy], request_timeout=TIMEOUT_S)[legacy].result()
-        return None
-    except KafkaException as exc:
         return f"alter refused: {_error(exc).str()}"
-
-
-def _never_written(settings: Settings, name: str, partitions: int) -> bool:
-    """True when no partition ever held a record (high watermark 0 everywhere)."""
-    reader = Consumer({"bootstrap.servers": settings.kafka_bootstrap_servers, "group.id": "tributary-topology",
-                       "enable.auto.commit": False})
-    try:
-        for partition in range(partitions):
-            _low, high = reader.get_watermark_offsets(TopicPartition(name, partition), timeout=TIMEOUT_S)
-            if high > 0:
-                return False
-        return True
-    except KafkaException:
-        return False  # cannot tell: keep the data
-    finally:
-        reader.close()
-
-
-def _recreate(admin: AdminClient, settings: Settings, spec: TopicSpec) -> str | None:
-    """Delete and create again with the declared shape; None on success, else the reason."""
-    name = spec.full_name(settings)
-    try:
-        admin.delete_topics([name], request_timeout=TIMEOUT_S, operation_timeout=TIMEOUT_S)[name].result()
-    except KafkaException as exc:
-        return f"delete refused: {_error(exc).str()}"
-    new = NewTopic(name, num_partitions=spec.partitions, replication_factor=spec.replication(settings),
-                   config=spec.configs(settings))
-    deadline = time.monotonic() + 2 * TIMEOUT_S
-    while True:
-        try:
-            admin.create_topics([new], request_timeout=TIMEOUT_S, operation_timeout=TIMEOUT_S)[name].result()
-            return None
-        except KafkaException as exc:
-            # Apache Kafka deletes asynchronously: the name stays taken for a moment.
-            if _error(exc).code() != KafkaError.TOPIC_ALREADY_EXISTS or time.monotonic() > deadline:
-                return f"create refused: {_error(exc).str()}"
-            time.sleep(0.5)

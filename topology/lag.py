@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -27,25 +26,10 @@ class PartitionLag:
 
 
 def log_end(reader: Consumer, tp: TopicPartition, timeout_s: float = 5.0) -> tuple[int, int]:
-    """(low, end) of a partition, where end is the offset after the last record.
-
-    Tansu 0.6 answers ListOffsets(latest) with the base offset of the last record batch + 1,
-    not the last record's offset + 1; reading that last batch gives the true end (on Apache
-    Kafka this reads one record and changes nothing).
-    """
+    """(low, end) of a partition as the broker reports them (ListOffsets): ``end`` is the offset the
+    next record will get, so ``end - committed`` is exactly what a group has not yet processed."""
     low, high = reader.get_watermark_offsets(tp, timeout=timeout_s)
-    if high <= low:
-        return low, high
-    reader.assign([TopicPartition(tp.topic, tp.partition, high - 1)])
-    end = high
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        batch = [m for m in reader.consume(num_messages=1000, timeout=0.5) if not m.error()]
-        if not batch:
-            break
-        end = max(end, max((m.offset() or 0) for m in batch) + 1)
-    reader.unassign()
-    return low, end
+    return low, high
 
 
 def group_lag(settings: Settings, group: ConsumerGroupSpec, admin: AdminClient,
@@ -96,12 +80,7 @@ def totals(rows: list[PartitionLag]) -> dict[str, int]:
 
 
 def queue_depths(settings: Settings, admin: AdminClient, reader: Consumer, timeout_s: float = 2.0) -> dict[str, int]:
-    """Requests waiting per priority: high watermark minus the inference group's committed offset.
-
-    Cheap (one ListOffsets per partition, no reads) and so slightly approximate on Tansu, whose
-    high watermark is the last batch's base offset + 1 (``log_end`` reads the batch for the
-    exact end, which is too slow for a status call).
-    """
+    """Requests waiting per priority: log end minus the inference group's committed offset."""
     from topology.groups import inference_group
     from topology.topics import Priority
 

@@ -74,7 +74,7 @@ class TopicSpec:
     min_insync_replicas: int | None = None  # None: settings.default_min_insync_replicas
 
     def __post_init__(self) -> None:
-        # Tansu accepts any value (0 partitions, "nonsense" cleanup policy): catch mistakes here.
+        # Fail at import, not at `topology apply` against a live cluster.
         if self.partitions < 1:
             raise ValueError(f"{self.name}: partitions must be >= 1")
         if self.retention_ms < -1 or self.retention_ms == 0:

@@ -1,6 +1,6 @@
 """Versioned CQL migrations: ``NNNN_name.cql`` files applied in order, each recorded once.
 
-CQL is kept to what Cassandra 2.1 accepts so the same files run on 2.1 and 4/5.
+Migrations target Cassandra 5.0 CQL (SAI indexes, ``USING TTL``, ``default_time_to_live``).
 A migration's statements are idempotent (``IF NOT EXISTS``) so that a run cut off
 between a statement and its ledger row is safe to repeat.
 """

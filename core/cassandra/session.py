@@ -21,8 +21,6 @@ def connect(settings: Settings, keyspace: str | None = None, connect_timeout: fl
         },
         "connect_timeout": connect_timeout,
     }
-    if settings.effective_cassandra_protocol_version is not None:
-        kwargs["protocol_version"] = settings.effective_cassandra_protocol_version
     if settings.cassandra_username:
         kwargs["auth_provider"] = PlainTextAuthProvider(
             settings.cassandra_username, settings.cassandra_password.get_secret_value()

@@ -1,7 +1,6 @@
 """Fault injection runs in its own test session (``make faults``, also the last step of ``make test``):
-it stops and restarts the servers it started, so nothing else may share them. The broker runs on
-Tansu's s3:// storage there, so a restart keeps its topics, messages and group offsets, as a real
-cluster's would."""
+it stops and restarts the servers it started, so nothing else may share them. Kafka and Cassandra
+keep their data on disk, so a restart keeps topics, messages, group offsets and tables."""
 
 from __future__ import annotations
 

@@ -34,11 +34,8 @@ def _listening_ports_of(pids: set[int]) -> set[int]:
 
 def test_up_status_down_leaves_nothing_behind(tmp_path: Path, base_settings: Settings, stack: LocalStack) -> None:
     # Ports and data dir of their own, so the session's stack keeps running beside this one.
+    # The jars are shared (settings.tools_dir): nothing is fetched again.
     data_dir = tmp_path / "stack"
-    (data_dir / "opt").mkdir(parents=True)
-    # Reuse the Cassandra install of the session stack rather than unpacking it again.
-    for entry in (base_settings.data_dir / "opt").iterdir():
-        (data_dir / "opt" / entry.name).symlink_to(entry)
     env = {
         **os.environ,
         "TRIBUTARY_DATA_DIR": str(data_dir),

@@ -1,12 +1,14 @@
-"""Topology apply/verify against the real broker (Tansu locally; Apache Kafka elsewhere)."""
+"""Topology apply/verify and lag against the real Apache Kafka broker."""
 
 from __future__ import annotations
 
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import TypeVar
 
 import pytest
-from confluent_kafka import ConsumerGroupTopicPartitions, Producer, TopicPartition
+from confluent_kafka import Consumer, ConsumerGroupTopicPartitions, Producer, TopicPartition
 from confluent_kafka.admin import (
     AdminClient,
     AlterConfigOpType,
@@ -22,6 +24,8 @@ from topology.lag import topic_lag
 from topology.topics import AUDIT_EVENTS, DEVICE_HEARTBEATS, JOB_EVENTS, LEARNING_GRAPHS, TRAINING_UPDATES
 
 pytestmark = pytest.mark.integration
+
+T = TypeVar("T")
 
 
 @pytest.fixture
@@ -42,8 +46,18 @@ def admin(fresh: Settings) -> Iterator[AdminClient]:
 
 
 def _partitions(admin: AdminClient, name: str) -> int:
-    # All topics, never one by name: naming a topic in a metadata request creates it on Tansu.
     return len(admin.list_topics(timeout=10).topics[name].partitions)
+
+
+def _settled(look: Callable[[], T], done: Callable[[T], bool], timeout_s: float = 10.0) -> T:
+    """What ``look`` returns once ``done`` holds. Admin calls answer when the controller has
+    committed a change; the broker that metadata and DescribeConfigs ask applies it a moment later."""
+    deadline = time.monotonic() + timeout_s
+    seen = look()
+    while not done(seen) and time.monotonic() < deadline:
+        time.sleep(0.1)
+        seen = look()
+    return seen
 
 
 def _is_noop(report: ApplyReport) -> bool:
@@ -61,12 +75,11 @@ def test_apply_creates_everything_then_is_a_no_op(fresh: Settings, admin: AdminC
 
     second = apply(fresh, admin)
     assert _is_noop(second), second.rows()
-    assert second.created == second.partitions_raised == second.configs_altered == second.recreated == []
+    assert second.created == second.partitions_raised == second.configs_altered == []
 
     inspection = inspect(fresh, admin)
     assert inspection.drift == [] and verify(fresh) == []
-    if inspection.config_checkable:  # Tansu 0.6 reports the configs set at creation
-        assert inspection.notes == []
+    assert inspection.notes == [] and inspection.config_checkable
 
 
 def test_verify_reports_a_deleted_topic_and_apply_recreates_it(fresh: Settings, admin: AdminClient) -> None:
@@ -74,7 +87,7 @@ def test_verify_reports_a_deleted_topic_and_apply_recreates_it(fresh: Settings, 
     victim = DEVICE_HEARTBEATS.full_name(fresh)
     admin.delete_topics([victim], operation_timeout=10)[victim].result()
 
-    drift = verify(fresh, admin)
+    drift = _settled(lambda: verify(fresh, admin), bool)
     assert drift  # the CLI exits non-zero on a non-empty list
     assert [(d.topic, d.kind) for d in drift] == [(victim, DriftKind.MISSING)]
     assert drift[0].row()["drift"] == "missing"
@@ -89,43 +102,53 @@ def test_verify_reports_a_deleted_topic_and_apply_recreates_it(fresh: Settings, 
 def test_apply_raises_partitions_that_are_too_low(fresh: Settings, admin: AdminClient) -> None:
     name = TRAINING_UPDATES.full_name(fresh)
     admin.create_topics([NewTopic(name, num_partitions=1, replication_factor=1)])[name].result()
-    before = [d for d in verify(fresh, admin) if d.topic == name]
+    before = _settled(lambda: [d for d in verify(fresh, admin) if d.topic == name],
+                      lambda drift: DriftKind.MISSING not in {d.kind for d in drift})
     assert (name, DriftKind.PARTITIONS_LOW, "3", "1") in [(d.topic, d.kind, d.expected, d.actual) for d in before]
 
     report = apply(fresh, admin)
-    if report.partitions_raised:  # Apache Kafka: CreatePartitions
-        assert report.partitions_raised == [name]
-    else:  # Tansu 0.6 has no CreatePartitions: the drift is reported, never hidden
-        [unfixable] = [d for d in report.unfixable if d.kind == DriftKind.PARTITIONS_LOW]
-        assert (unfixable.topic, unfixable.expected, unfixable.actual) == (name, "3", "1")
-        assert "not supported" in unfixable.detail
-        assert [d.topic for d in verify(fresh, admin)] == [name]
-        # The topic never held a record, so apply may re-make it with the declared count.
-        report = apply(fresh, admin, recreate_empty=True)
-        assert report.recreated == [name], report.rows()
-    assert not report.unfixable, report.rows()
+    assert report.partitions_raised == [name] and not report.unfixable, report.rows()
     assert _partitions(admin, name) == TRAINING_UPDATES.partitions
     assert verify(fresh, admin) == []
+    assert _is_noop(apply(fresh, admin))
 
 
-def test_apply_never_recreates_a_topic_that_holds_records(fresh: Settings, admin: AdminClient) -> None:
+def test_raising_partitions_keeps_the_records_already_written(fresh: Settings, admin: AdminClient) -> None:
     name = LEARNING_GRAPHS.full_name(fresh)
     admin.create_topics([NewTopic(name, num_partitions=2, replication_factor=1)])[name].result()
+    _settled(lambda: _partitions(admin, name), lambda n: n == 2)
     producer = Producer({"bootstrap.servers": fresh.kafka_bootstrap_servers})
     producer.produce(name, b"keep me", partition=0)
     assert producer.flush(10) == 0
 
-    report = apply(fresh, admin, recreate_empty=True)
-    assert name not in report.recreated
-    if name not in report.partitions_raised:  # Tansu: reported, and the record is still there
-        [unfixable] = [d for d in report.unfixable if d.topic == name]
-        assert unfixable.kind == DriftKind.PARTITIONS_LOW and "holds records" in unfixable.detail
-        assert _partitions(admin, name) == 2
+    report = apply(fresh, admin)
+    assert name in report.partitions_raised and not report.unfixable, report.rows()
+    assert _partitions(admin, name) == LEARNING_GRAPHS.partitions
+    reader = Consumer({"bootstrap.servers": fresh.kafka_bootstrap_servers, "group.id": f"{fresh.topic_prefix}keep"})
+    try:
+        assert reader.get_watermark_offsets(TopicPartition(name, 0), timeout=10) == (0, 1)
+    finally:
+        reader.close()
+
+
+def test_config_drift_on_an_unset_key_is_found_and_fixed(fresh: Settings, admin: AdminClient) -> None:
+    """A topic made by hand without our configs: Kafka reports its defaults, which differ."""
+    name = AUDIT_EVENTS.full_name(fresh)
+    admin.create_topics([NewTopic(name, num_partitions=AUDIT_EVENTS.partitions, replication_factor=1)])[name].result()
+    drift = _settled(lambda: [d for d in verify(fresh, admin) if d.topic == name],
+                     lambda drift: DriftKind.MISSING not in {d.kind for d in drift})
+    assert {d.kind for d in drift} == {DriftKind.CONFIG}
+    assert f"retention.ms={AUDIT_EVENTS.retention_ms}" in {d.expected for d in drift}
+
+    report = apply(fresh, admin)
+    assert name in report.configs_altered and not report.unfixable, report.rows()
+    assert verify(fresh, admin) == []
 
 
 def test_too_many_partitions_are_reported_not_touched(fresh: Settings, admin: AdminClient) -> None:
     name = AUDIT_EVENTS.full_name(fresh)  # declared with 3
     admin.create_topics([NewTopic(name, num_partitions=4, replication_factor=1)])[name].result()
+    _settled(lambda: name in admin.list_topics(timeout=10).topics, bool)
     report = apply(fresh, admin)
     assert [(d.topic, d.kind, d.expected, d.actual) for d in report.unfixable] == [
         (name, DriftKind.PARTITIONS_HIGH, "3", "4")]
@@ -140,10 +163,8 @@ def test_config_drift_is_found_and_fixed(fresh: Settings, admin: AdminClient) ->
         ConfigEntry("retention.ms", "60000", incremental_operation=AlterConfigOpType.SET)])
     admin.incremental_alter_configs([resource])[resource].result()
 
-    inspection = inspect(fresh, admin)
-    if not inspection.config_checkable:
-        assert inspection.drift == [] and inspection.notes  # said so, did not crash
-        pytest.skip(inspection.notes[0])
+    inspection = _settled(lambda: inspect(fresh, admin), lambda seen: bool(seen.drift))
+    assert inspection.notes == []
     [drift] = inspection.drift
     assert (drift.topic, drift.kind, drift.actual) == (name, DriftKind.CONFIG, "retention.ms=60000")
     assert drift.expected == f"retention.ms={AUDIT_EVENTS.retention_ms}"

@@ -22,17 +22,17 @@ def test_settings_read_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     s = Settings()
     assert s.kafka_bootstrap_servers == "kafka-1:9092,kafka-2:9092"
     assert s.cassandra_contact_points == ["c1", "c2"]
-    assert s.effective_cassandra_protocol_version is None  # external clusters negotiate
     assert s.topic("audit.events") == "staging.audit.events"
 
 
-def test_local_defaults_use_protocol_3_and_loopback() -> None:
+def test_local_defaults_use_loopback() -> None:
     s = Settings(_env_file=None)
-    assert s.effective_cassandra_protocol_version == 3
+    assert s.kafka_bootstrap_servers == f"127.0.0.1:{s.kafka_port}"
+    assert s.cassandra_contact_points == ["127.0.0.1"]
     assert s.s3_endpoint_url == f"http://127.0.0.1:{s.s3_port}"
 
 
 def test_invalid_values_are_rejected(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("TRIBUTARY_BROKER_STORAGE", "sqlite")
-    with pytest.raises(ValueError, match="broker_storage"):
+    monkeypatch.setenv("TRIBUTARY_KAFKA_HEAP_MB", "lots")
+    with pytest.raises(ValueError, match="kafka_heap_mb"):
         Settings()
