@@ -9,7 +9,8 @@ import sys
 import time
 
 import pytest
-from confluent_kafka import Consumer, Producer
+from confluent_kafka import Consumer, ConsumerGroupTopicPartitions, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient, OffsetSpec
 
 from core.settings import Settings
 from topology.admin import apply
@@ -18,6 +19,19 @@ from topology.lag import all_lag, totals
 from topology.topics import DEVICE_HEARTBEATS
 
 pytestmark = pytest.mark.integration
+
+
+def keda_lag(settings: Settings, group_id: str, topic: str) -> dict[tuple[str, int], int]:
+    admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap_servers})
+    partitions = [TopicPartition(topic, p) for p in range(DEVICE_HEARTBEATS.partitions)]
+    answers = admin.list_offsets({tp: OffsetSpec.latest() for tp in partitions},  # type: ignore[no-untyped-call]
+                                 request_timeout=10)
+    latest = {(tp.topic, tp.partition): future.result().offset for tp, future in answers.items()}
+    request = [ConsumerGroupTopicPartitions(group_id, partitions)]
+    committed = {(tp.topic, tp.partition): tp.offset
+                 for tp in admin.list_consumer_group_offsets(request)[group_id].result().topic_partitions
+                 if tp.offset >= 0}
+    return {key: end - committed.get(key, 0) for key, end in latest.items()}
 
 
 def test_lag_counts_what_the_group_has_not_committed(settings: Settings) -> None:
@@ -33,7 +47,8 @@ def test_lag_counts_what_the_group_has_not_committed(settings: Settings) -> None
     assert totals(all_lag(own, (group,))) == {"device-processor": 10}  # never committed: all of it
 
     consumer = Consumer({"bootstrap.servers": own.kafka_bootstrap_servers, "group.id": own.topic(group.group_id),
-                         "auto.offset.reset": "earliest", "enable.auto.commit": False, "fetch.wait.max.ms": 5,
+                         "auto.offset.reset": "earliest", "enable.auto.commit": False,
+                         "fetch.wait.max.ms": own.fetch_max_wait_ms,
                          "session.timeout.ms": own.session_timeout_ms})
     consumer.subscribe([topic])
     taken = 0
@@ -47,6 +62,10 @@ def test_lag_counts_what_the_group_has_not_committed(settings: Settings) -> None
     rows = all_lag(own, (group,))
     assert sum(r.lag for r in rows) == 6
     assert sum(r.end for r in rows) == 10 and len(rows) == DEVICE_HEARTBEATS.partitions
+    # Per partition, exactly what KEDA's Kafka scaler computes (infra/k8s/keda-scaledobjects.yaml):
+    # ListOffsets(latest) minus the committed offset, or the latest offset where the group never
+    # committed (offsetResetPolicy: earliest), asked through the admin API rather than a consumer.
+    assert {(r.topic, r.partition): r.lag for r in rows} == keda_lag(own, own.topic(group.group_id), topic)
 
     env = {**os.environ, "TRIBUTARY_TOPIC_PREFIX": own.topic_prefix}
     out = subprocess.run([sys.executable, "-m", "core.cli", "lag", "--group", "device-processor", "--json"],
