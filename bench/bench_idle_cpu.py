@@ -113,7 +113,7 @@ def main() -> None:
         deadline = time.monotonic() + 180
         while time.monotonic() < deadline:
             try:
-                if httpx.get(f"http://127.0.0.1:{api_port}/api/v1/health/ready", timeout=2).status_code == 200:
+                if httpx.get(f"http://127.0.0.1:{api_port}/health/ready", timeout=2).status_code == 200:
                     break
             except httpx.HTTPError:
                 pass
