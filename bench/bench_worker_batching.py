@@ -45,7 +45,7 @@ class Answers:
         self.codec = Codec()
         self.consumer = Consumer({"bootstrap.servers": settings.kafka_bootstrap_servers,
                                   "group.id": f"bench-answers-{uuid.uuid4().hex[:8]}",
-                                  "enable.auto.commit": False, "fetch.wait.max.ms": 5})
+                                  "enable.auto.commit": False})
         topic = INFERENCE_RESPONSES.full_name(settings)
         self.consumer.assign([TopicPartition(topic, p, OFFSET_END) for p in range(INFERENCE_RESPONSES.partitions)])
         self.consumer.poll(0.5)  # resolve OFFSET_END before anything is produced

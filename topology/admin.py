@@ -240,6 +240,7 @@ def apply(settings: Settings, admin: AdminClient | None = None) -> ApplyReport:
                 refused = f"partitions not raised: {_error(exc).str()}"
                 report.unfixable.append(Drift(name, DriftKind.PARTITIONS_LOW, str(spec.partitions),
                                               str(actual[name].partitions), refused))
+    _await_metadata(admin, {name: specs[name].partitions for name in report.created + report.partitions_raised})
 
     # Configs last, over every topic that exists now (new ones included: they must read back).
     existing = [spec for name, spec in specs.items() if name in actual or name in report.created]
@@ -269,6 +270,19 @@ def apply(settings: Settings, admin: AdminClient | None = None) -> ApplyReport:
             report.unfixable.append(_with(drift, refused_by.get(name, "broker accepted the change but still "
                                                                       "reports the old value")))
     return report
+
+
+def _await_metadata(admin: AdminClient, partitions: dict[str, int]) -> None:
+    """Return once metadata shows these topics with these partition counts (bounded). The controller
+    answers CreateTopics/CreatePartitions when it has committed them; brokers learn of them from
+    the metadata log a moment later, and a client that subscribes or describes in between is told
+    the topic does not exist. Waiting here makes "apply returned" mean "usable"."""
+    deadline = time.monotonic() + READ_BACK_S
+    while partitions and time.monotonic() < deadline:
+        actual = _describe(admin)
+        if all(name in actual and actual[name].partitions >= count for name, count in partitions.items()):
+            return
+        time.sleep(0.05)
 
 
 def _read_back(settings: Settings, admin: AdminClient, specs: list[TopicSpec]) -> dict[str, dict[str, str]]:

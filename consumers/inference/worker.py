@@ -335,7 +335,7 @@ class InferenceWorker:
             "client.id": f"{self.instance}-commands-{socket.gethostname()}",
             "enable.auto.commit": False,
             "enable.auto.offset.store": False,
-            "fetch.wait.max.ms": max(self.settings.fetch_max_wait_ms, 50),
+            "fetch.wait.max.ms": self.settings.fetch_max_wait_ms,
         }
 
     def _session(self) -> Any:

@@ -25,7 +25,7 @@ pytestmark = pytest.mark.integration
 def read_chain(settings: Settings, topic: str, chain_prefix: str, want: int) -> list[dict[str, Any]]:
     """The records of one chain, in log order (other services write the same topic)."""
     consumer = Consumer({"bootstrap.servers": settings.kafka_bootstrap_servers, "group.id": f"audit-{time.time()}",
-                         "auto.offset.reset": "earliest", "fetch.wait.max.ms": 5,
+                         "auto.offset.reset": "earliest",
                          "session.timeout.ms": settings.session_timeout_ms})
     consumer.subscribe([topic])
     codec, records = Codec(), list[dict[str, Any]]()

@@ -44,7 +44,7 @@ def test_list_and_redrive_a_dead_letter(settings: Settings) -> None:
     assert "redriven: 1" in out
 
     consumer = Consumer({"bootstrap.servers": settings.kafka_bootstrap_servers, "group.id": "cli-dlq-check",
-                         "auto.offset.reset": "earliest", "fetch.wait.max.ms": 5,
+                         "auto.offset.reset": "earliest",
                          "session.timeout.ms": settings.session_timeout_ms})
     consumer.subscribe([origin])
     found = None

@@ -34,7 +34,7 @@ def topics(settings: Settings) -> Iterator[tuple[str, str]]:
 def consume(settings: Settings, topic: str, group: str, want: int, timeout_s: float = 30) -> list[Message]:
     consumer = Consumer({"bootstrap.servers": settings.kafka_bootstrap_servers, "group.id": group,
                          "auto.offset.reset": "earliest", "enable.auto.commit": False,
-                         "session.timeout.ms": settings.session_timeout_ms, "fetch.wait.max.ms": 5})
+                         "session.timeout.ms": settings.session_timeout_ms})
     consumer.subscribe([topic])
     got: list[Message] = []
     deadline = time.monotonic() + timeout_s
@@ -76,7 +76,7 @@ def test_poison_messages_are_dead_lettered_and_the_rest_processed(
         router = DeadLetterRouter(settings.model_copy(update={"max_processing_attempts": 3}), publisher, GROUP)
         consumer = Consumer({"bootstrap.servers": settings.kafka_bootstrap_servers, "group.id": GROUP,
                              "auto.offset.reset": "earliest", "enable.auto.commit": False,
-                             "session.timeout.ms": settings.session_timeout_ms, "fetch.wait.max.ms": 5})
+                             "session.timeout.ms": settings.session_timeout_ms})
         consumer.subscribe([source])
         seen = 0
         deadline = time.monotonic() + 30

@@ -35,7 +35,7 @@ def test_publish_returns_after_the_broker_stored_it(settings: Settings) -> None:
     assert len(set(acknowledged)) == 50  # every message has its own (partition, offset)
 
     consumer = Consumer({"bootstrap.servers": settings.kafka_bootstrap_servers, "group.id": "ack-check",
-                         "auto.offset.reset": "earliest", "fetch.wait.max.ms": 5,
+                         "auto.offset.reset": "earliest",
                          "session.timeout.ms": settings.session_timeout_ms})
     consumer.subscribe([topic])
     seen: set[tuple[int | None, int | None]] = set()

@@ -46,7 +46,8 @@ def admin(fresh: Settings) -> Iterator[AdminClient]:
 
 
 def _partitions(admin: AdminClient, name: str) -> int:
-    return len(admin.list_topics(timeout=10).topics[name].partitions)
+    topic = admin.list_topics(timeout=10).topics.get(name)
+    return 0 if topic is None else len(topic.partitions)
 
 
 def _settled(look: Callable[[], T], done: Callable[[T], bool], timeout_s: float = 10.0) -> T:
