@@ -21,10 +21,10 @@ from core.serving.cassandra_residency import CassandraResidencyStore
 from core.serving.jobs_service import JobService
 from core.serving.metrics import register_queue_depth
 from core.serving.service import InferenceService
-from core.settings import Settings
 from producers.events import KafkaEventSink
 from producers.publisher import Publisher
 from producers.replies import REPLY_GROUP, ReplyRouter
+from settings import Settings
 from topology.lag import queue_depths
 
 QUEUE_DEPTH_CACHE_S = 2.0

@@ -10,8 +10,8 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from core.settings import get_settings
 from infra.local_stack import LocalStack, StackError
+from settings import get_settings
 
 console = Console()
 

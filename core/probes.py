@@ -9,8 +9,8 @@ from confluent_kafka.admin import AdminClient
 
 from core.artifacts import S3ArtifactStore
 from core.health import Probe, ProbeResult, degraded
-from core.settings import Settings
 from producers.publisher import Publisher
+from settings import Settings
 from topology.groups import GROUPS
 
 

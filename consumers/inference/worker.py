@@ -65,11 +65,11 @@ from core.serving.cassandra_residency import CassandraResidencyStore
 from core.serving.jobs import JobStore
 from core.serving.metrics import MODEL_EVENTS, WORKER_REQUESTS, observe_batch
 from core.serving.residency import ResidencyStore
-from core.settings import Settings, get_settings
 from core.shutdown import arm_shutdown_deadline
 from producers.events import KafkaEventSink, instance_name
 from producers.publisher import Publisher
 from schemas.codec import Codec
+from settings import Settings, get_settings
 from topology.groups import inference_group
 from topology.topics import (
     INFERENCE_REQUESTS,

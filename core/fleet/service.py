@@ -34,8 +34,8 @@ from core.fleet.models import (
 )
 from core.fleet.store import FleetStore
 from core.fleet.weights import load_state_dict
-from core.settings import Settings
 from schemas.codec import now_millis
+from settings import Settings
 from topology import topics
 
 P = ParamSpec("P")

@@ -26,8 +26,8 @@ from core.events import EventsUnavailable
 from core.logs import trace_id_var
 from core.serving.jobs import Job, JobStatus, JobStore
 from core.serving.service import InferenceService, request_record
-from core.settings import Settings
 from schemas.codec import now_millis
+from settings import Settings
 from topology.topics import INFERENCE_REQUESTS, JOB_EVENTS
 
 log = logging.getLogger(__name__)

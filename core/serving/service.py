@@ -43,8 +43,8 @@ from core.fleet.models import CatalogModel
 from core.logs import trace_id_var
 from core.serving.metrics import observe_reply
 from core.serving.validation import GENERIC_TASK_TYPE, SERVED_TASK_TYPES, validate_request
-from core.settings import Settings
 from schemas.codec import now_millis
+from settings import Settings
 from topology.topics import INFERENCE_REQUESTS, Priority
 
 Reply = dict[str, Any]

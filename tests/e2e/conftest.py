@@ -23,8 +23,8 @@ from core.api_keys import new_api_key
 from core.cassandra.migrate import migrate
 from core.cassandra.session import connect
 from core.services import system_services
-from core.settings import Settings
 from core.supervisor import Supervisor
+from settings import Settings
 from topology.admin import apply
 
 

@@ -12,10 +12,10 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from pydantic import SecretStr
 
-from core.settings import Settings
 from producers.events import KafkaEventSink
 from producers.publisher import Publisher
 from schemas.codec import Codec
+from settings import Settings
 from topology.admin import apply
 from topology.topics import AUDIT_EVENTS
 

@@ -10,7 +10,7 @@ import sys
 import pytest
 from confluent_kafka import Consumer, Producer
 
-from core.settings import Settings
+from settings import Settings
 from topology.admin import apply
 from topology.topics import DEVICE_HEARTBEATS, dead_letter_topic
 

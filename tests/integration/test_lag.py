@@ -12,7 +12,7 @@ import pytest
 from confluent_kafka import Consumer, ConsumerGroupTopicPartitions, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, OffsetSpec
 
-from core.settings import Settings
+from settings import Settings
 from topology.admin import apply
 from topology.groups import BY_GROUP
 from topology.lag import all_lag, totals

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from core.settings import Settings
 from infra.local_stack import LocalStack, pid_alive, port_open
+from settings import Settings
 
 pytestmark = pytest.mark.integration
 

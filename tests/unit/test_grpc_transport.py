@@ -33,7 +33,6 @@ from core.fleet.memory_store import InMemoryFleetStore
 from core.serving.jobs import InMemoryJobStore
 from core.serving.jobs_service import JobService
 from core.serving.service import InferenceService
-from core.settings import Settings
 from modelmora.v1 import (
     common_pb2,
     inference_pb2,
@@ -44,6 +43,7 @@ from modelmora.v1 import (
     registry_pb2_grpc,
 )
 from producers.replies import ReplyTable
+from settings import Settings
 from tests.grpc_errors import spec_error
 
 pytestmark = [pytest.mark.unit, pytest.mark.asyncio(loop_scope="session")]

@@ -25,9 +25,9 @@ from core.fleet.memory_store import InMemoryFleetStore
 from core.fleet.models import CatalogModel, ModelVersion
 from core.serving.residency import InMemoryResidencyStore, ResidencyState
 from core.serving.validation import GENERIC_TASK_TYPE as CORE_GENERIC
-from core.settings import Settings
 from schemas.codec import Codec, DecodeError, new_envelope
 from schemas.samples import sample
+from settings import Settings
 from tests.onnx_models import expected, linear_onnx
 
 pytestmark = pytest.mark.unit

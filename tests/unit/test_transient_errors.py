@@ -17,7 +17,7 @@ from core.artifacts import MemoryArtifactStore
 from core.errors import is_transient_infrastructure_error
 from core.events import RecordingSink
 from core.fleet.memory_store import InMemoryFleetStore
-from core.settings import Settings
+from settings import Settings
 
 pytestmark = pytest.mark.unit
 
