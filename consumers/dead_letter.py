@@ -18,7 +18,8 @@ from confluent_kafka import Message
 
 from core.errors import is_transient_infrastructure_error
 from producers.publisher import Publisher
-from schemas.codec import DecodeError, SchemaValidationError
+from schemas.base import SchemaValidationError
+from schemas.codec import DecodeError
 from settings import Settings
 from topology.topics import dead_letter_topic
 
