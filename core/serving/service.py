@@ -41,6 +41,7 @@ from core.errors import DomainError, ErrorKind, invalid, unavailable
 from core.events import EventsUnavailable
 from core.fleet.models import CatalogModel
 from core.logs import trace_id_var
+from core.serving.builtin_specs import BUILTIN_SPECS
 from core.serving.metrics import observe_reply
 from core.serving.validation import GENERIC_TASK_TYPE, SERVED_TASK_TYPES, validate_request
 from schemas.codec import now_millis
@@ -116,9 +117,6 @@ class ModelCatalog(Protocol):
 
 def builtin_models() -> dict[str, str]:
     """Model id -> task type of the models every worker can serve."""
-    # Imported here: the module pulls onnxruntime, tokenizers and Pillow, which only workers need eagerly.
-    from consumers.inference.builtin import BUILTIN_SPECS
-
     return {model_id: str(spec.task_type) for model_id, spec in BUILTIN_SPECS.items()}
 
 

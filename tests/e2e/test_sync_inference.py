@@ -19,8 +19,8 @@ import numpy as np
 import pytest
 from confluent_kafka import Producer
 
-from consumers.inference.builtin import MINILM_ID
 from core.services import system_services
+from core.serving.builtin_specs import MINILM_ID
 from core.supervisor import Supervisor
 from schemas.codec import Codec, new_envelope, now_millis
 from settings import Settings

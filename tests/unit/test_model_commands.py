@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from consumers.dead_letter import DeadLetterRouter, RawMessage
-from consumers.inference.builtin import MINILM_ID, BuiltinModels
+from consumers.inference.builtin import BuiltinModels
 from consumers.inference.cache import ModelCache
 from consumers.inference.catalog import CatalogModels, ModelFactory, safe_name
 from consumers.inference.commands import ModelCommandHandler
@@ -23,6 +23,7 @@ from consumers.inference.runtime import GENERIC_TASK_TYPE, OnnxRuntimeModel
 from core.artifacts import MemoryArtifactStore
 from core.fleet.memory_store import InMemoryFleetStore
 from core.fleet.models import CatalogModel, ModelVersion
+from core.serving.builtin_specs import MINILM_ID
 from core.serving.residency import InMemoryResidencyStore, ResidencyState
 from core.serving.validation import GENERIC_TASK_TYPE as CORE_GENERIC
 from schemas.codec import Codec, DecodeError, new_envelope
