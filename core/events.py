@@ -28,6 +28,25 @@ class EventSink(Protocol):
         """Record an accepted command or a state change on the audit topic (actor = key id)."""
 
 
+class RequestSink(Protocol):
+    """Publishes one message to a chosen topic (and partition): ``producers.events.KafkaEventSink`` in production."""
+
+    async def publish(self, topic: str, message_type: str, record: dict[str, Any], *,
+                      key: str | None = None, partition: int | None = None) -> Any: ...
+
+
+class JobEventSink(Protocol):
+    """An ``EventSink`` that also publishes (``JobService``): ``producers.events.KafkaEventSink`` in production."""
+
+    async def publish(self, topic: str, message_type: str, record: dict[str, Any], *,
+                      key: str | None = None, partition: int | None = None) -> Any: ...
+
+    async def emit(self, topic: str, message_type: str, record: dict[str, Any], *, key: str) -> None: ...
+
+    async def audit(self, *, actor: str, action: str, subject: str, outcome: str,
+                    before: dict[str, Any] | None = None, after: dict[str, Any] | None = None) -> None: ...
+
+
 def lifecycle_record(event_type: str, subject_kind: str, subject_id: str, **details: Any) -> dict[str, Any]:
     """A lifecycle event body; ``model_id`` names the model for model events (seed 001 requires it)."""
     return {

@@ -45,7 +45,7 @@ from prometheus_client import Counter
 
 from consumers.dead_letter import DeadLetterRouter, from_confluent
 from core.health import ProbeResult, degraded
-from core.serving.service import NoReplyPartition, ReplyPartitionRevoked, ReplyRouterClosed
+from core.serving.replies import NoReplyPartition, ReplyPartitionRevoked, ReplyRouterClosed
 from schemas.codec import Codec, DecodeError
 from settings import Settings
 from topology.groups import BY_GROUP

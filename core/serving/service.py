@@ -38,17 +38,16 @@ from typing import Any, Protocol
 
 from core.auth import Principal
 from core.errors import DomainError, ErrorKind, invalid, unavailable
-from core.events import EventsUnavailable
+from core.events import EventsUnavailable, RequestSink
 from core.fleet.models import CatalogModel
 from core.logs import trace_id_var
 from core.serving.builtin_specs import BUILTIN_SPECS
 from core.serving.metrics import observe_reply
+from core.serving.replies import NoReplyPartition, Reply, ReplyPartitionRevoked, ReplyRouterClosed, ReplySource
 from core.serving.validation import GENERIC_TASK_TYPE, SERVED_TASK_TYPES, validate_request
 from schemas.codec import now_millis
 from settings import Settings
 from topology.topics import INFERENCE_REQUESTS, Priority
-
-Reply = dict[str, Any]
 
 MIN_TIMEOUT_S, MAX_TIMEOUT_S = 1, 600
 # A request whose reply partition moved away is re-sent at most this often (each re-send may
@@ -72,41 +71,6 @@ RETRYABLE_S: dict[str, float] = {
     "SERVICE_UNAVAILABLE": 1.0,
 }
 NOT_SERVED_HINT = "This deployment has no model for this task; retrying will not help."
-
-
-class NoReplyPartition(RuntimeError):
-    """This replica owns no responses partition right now (rebalance, or more replicas than partitions)."""
-
-
-class ReplyPartitionRevoked(RuntimeError):
-    """The partition the reply was routed to is no longer ours; the reply will not reach this replica."""
-
-    def __init__(self, partition: int) -> None:
-        super().__init__(f"responses partition {partition} was revoked")
-        self.partition = partition
-
-
-class ReplyRouterClosed(RuntimeError):
-    """The ingress is shutting down."""
-
-
-class RequestSink(Protocol):
-    """Publishes one message (``producers.events.KafkaEventSink`` in production)."""
-
-    async def publish(self, topic: str, message_type: str, record: dict[str, Any], *,
-                      key: str | None = None, partition: int | None = None) -> Any: ...
-
-
-class ReplySource(Protocol):
-    """Where replies come back (``producers.replies.ReplyRouter`` in production)."""
-
-    def owned_partition(self) -> int: ...
-
-    async def wait_for_partition(self, timeout_s: float) -> int: ...
-
-    def expect(self, correlation_id: str, partition: int) -> asyncio.Future[Reply]: ...
-
-    def discard(self, correlation_id: str) -> None: ...
 
 
 class ModelCatalog(Protocol):
