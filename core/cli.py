@@ -243,7 +243,7 @@ def dlq_list() -> None:
 @click.option("--dry-run", is_flag=True, help="Count what would be sent back; send nothing.")
 def dlq_redrive(group_id: str, limit: int | None, dry_run: bool) -> None:
     """Send a group's dead letters back to the topics they came from."""
-    from consumers.redrive import redrive
+    from messaging.redrive import redrive
     from topology.topics import dead_letter_topic
 
     settings = get_settings()

@@ -1,6 +1,6 @@
 """How the domain core emits events, independent of transport.
 
-The domain calls ``EventSink.emit``/``audit``; the Kafka implementation (producers/) encodes
+The domain calls ``EventSink.emit``/``audit``; the Kafka implementation (messaging/) encodes
 with the codec and awaits the broker's acknowledgement, so a command is only answered
 once its event is stored. Unit tests use ``RecordingSink``.
 """
@@ -29,14 +29,14 @@ class EventSink(Protocol):
 
 
 class RequestSink(Protocol):
-    """Publishes one message to a chosen topic (and partition): ``producers.events.KafkaEventSink`` in production."""
+    """Publishes one message to a chosen topic (and partition): ``messaging.events.KafkaEventSink`` in production."""
 
     async def publish(self, topic: str, message_type: str, record: dict[str, Any], *,
                       key: str | None = None, partition: int | None = None) -> Any: ...
 
 
 class JobEventSink(Protocol):
-    """An ``EventSink`` that also publishes (``JobService``): ``producers.events.KafkaEventSink`` in production."""
+    """An ``EventSink`` that also publishes (``JobService``): ``messaging.events.KafkaEventSink`` in production."""
 
     async def publish(self, topic: str, message_type: str, record: dict[str, Any], *,
                       key: str | None = None, partition: int | None = None) -> Any: ...

@@ -1,5 +1,5 @@
 """How synchronous inference gets its reply back: the contract between ``InferenceService`` and
-the transport's reply router (``producers.replies.ReplyRouter`` in production).
+the transport's reply router (``messaging.replies.ReplyRouter`` in production).
 
 The core owns it, so the router implements it from above and the service never imports the router.
 """
@@ -29,7 +29,7 @@ class ReplyRouterClosed(RuntimeError):
 
 
 class ReplySource(Protocol):
-    """Where replies come back (``producers.replies.ReplyRouter`` in production)."""
+    """Where replies come back (``messaging.replies.ReplyRouter`` in production)."""
 
     def owned_partition(self) -> int: ...
 

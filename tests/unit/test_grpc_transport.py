@@ -33,6 +33,7 @@ from core.fleet.memory_store import InMemoryFleetStore
 from core.serving.jobs import InMemoryJobStore
 from core.serving.jobs_service import JobService
 from core.serving.service import InferenceService
+from messaging.replies import ReplyTable
 from modelmora.v1 import (
     common_pb2,
     inference_pb2,
@@ -42,7 +43,6 @@ from modelmora.v1 import (
     registry_pb2,
     registry_pb2_grpc,
 )
-from producers.replies import ReplyTable
 from settings import Settings
 from tests.grpc_errors import spec_error
 

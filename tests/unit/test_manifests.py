@@ -32,7 +32,7 @@ from core.artifacts import MemoryArtifactStore
 from core.events import RecordingSink
 from core.fleet.memory_store import InMemoryFleetStore
 from core.services import GROUP_COMMANDS, system_services
-from producers.publisher import Publisher
+from messaging.publisher import Publisher
 from settings import Settings
 from topology.groups import BY_GROUP, Group, group_spec
 from topology.topics import BY_NAME, INFERENCE_REQUESTS, Priority

@@ -12,7 +12,6 @@ from typing import Any
 import numpy as np
 import pytest
 
-from consumers.dead_letter import DeadLetterRouter, RawMessage
 from consumers.inference.builtin import BuiltinModels
 from consumers.inference.cache import ModelCache
 from consumers.inference.catalog import CatalogModels, ModelFactory, safe_name
@@ -26,6 +25,7 @@ from core.fleet.models import CatalogModel, ModelVersion
 from core.serving.builtin_specs import MINILM_ID
 from core.serving.residency import InMemoryResidencyStore, ResidencyState
 from core.serving.validation import GENERIC_TASK_TYPE as CORE_GENERIC
+from messaging.dead_letter import DeadLetterRouter, RawMessage
 from schemas.codec import Codec, DecodeError, new_envelope
 from schemas.samples import sample
 from settings import Settings

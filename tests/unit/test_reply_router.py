@@ -28,7 +28,7 @@ from core.fleet.models import SubjectType
 from core.serving import service as service_module
 from core.serving.replies import NoReplyPartition, ReplyPartitionRevoked, ReplyRouterClosed
 from core.serving.service import InferenceService
-from producers.replies import ReplyTable
+from messaging.replies import ReplyTable
 from schemas.codec import Codec, DecodeError, new_envelope, now_millis
 from settings import Settings
 
