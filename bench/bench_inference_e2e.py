@@ -31,10 +31,10 @@ import httpx
 
 from bench.bench_inference_inprocess import latency_batch1, percentile, sentences
 from bench.environment import isolated_settings
+from cli.services import system_services
+from cli.supervisor import Supervisor
 from consumers.inference.builtin import MiniLMEmbedder
-from core.services import system_services
 from core.serving.builtin_specs import MINILM_ID
-from core.supervisor import Supervisor
 from settings import Settings
 from tests.e2e.conftest import settings_env, wait_http
 from tests.e2e.serving import RequestProducer

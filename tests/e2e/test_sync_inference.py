@@ -19,9 +19,9 @@ import numpy as np
 import pytest
 from confluent_kafka import Producer
 
-from core.services import system_services
+from cli.services import system_services
+from cli.supervisor import Supervisor
 from core.serving.builtin_specs import MINILM_ID
-from core.supervisor import Supervisor
 from schemas.codec import Codec, new_envelope, now_millis
 from settings import Settings
 from tests.e2e.conftest import RunningSystem, client_address, free_port, settings_env, wait_http

@@ -25,7 +25,7 @@ KEY = "replay-key"
 
 def replay(settings: Settings, start: datetime, end: datetime, *args: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "TRIBUTARY_TOPIC_PREFIX": settings.topic_prefix, "TRIBUTARY_AUDIT_HMAC_KEY": KEY}
-    return subprocess.run([sys.executable, "-m", "core.cli", "audit", "replay", "--from",
+    return subprocess.run([sys.executable, "-m", "cli", "audit", "replay", "--from",
                            start.strftime("%Y-%m-%dT%H:%M:%S"), "--to", end.strftime("%Y-%m-%dT%H:%M:%S"), *args],
                           env=env, capture_output=True, text=True, timeout=120)
 

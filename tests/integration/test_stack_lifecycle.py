@@ -18,7 +18,7 @@ pytestmark = pytest.mark.integration
 
 def _cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "core.cli", *args], env=env, capture_output=True, text=True, timeout=240
+        [sys.executable, "-m", "cli", *args], env=env, capture_output=True, text=True, timeout=240
     )
 
 

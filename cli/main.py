@@ -150,8 +150,8 @@ def lag(group_ids: tuple[str, ...], as_json: bool) -> None:
 @click.option("--replicas", type=click.IntRange(1, 64), default=1, show_default=True)
 def workers(group_id: str, replicas: int) -> None:
     """Run N members of one consumer group; restart one that crashes; Ctrl-C stops them gracefully."""
-    from core.services import GROUP_COMMANDS, group_replicas
-    from core.supervisor import Supervisor
+    from cli.services import GROUP_COMMANDS, group_replicas
+    from cli.supervisor import Supervisor
     from topology.groups import BY_GROUP
 
     if group_id not in GROUP_COMMANDS:
@@ -275,9 +275,9 @@ def run() -> None:
 
     from rich.panel import Panel
 
+    from cli.services import system_services
+    from cli.supervisor import Supervisor
     from core.api_keys import new_api_key
-    from core.services import system_services
-    from core.supervisor import Supervisor
 
     settings = get_settings()
     stack = LocalStack(settings)
@@ -319,6 +319,3 @@ def run() -> None:
                 server.stop()
                 _progress(f"{server.name}: stopped")
 
-
-if __name__ == "__main__":
-    main()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from core.supervisor import ServiceSpec, python_module
+from cli.supervisor import ServiceSpec, python_module
 from settings import Settings
 from topology.topics import Priority
 
