@@ -6,7 +6,7 @@ import uvicorn
 
 from api.app import create_app
 from core.logs import configure
-from core.settings import get_settings
+from settings import get_settings
 
 
 def main() -> None:

@@ -13,7 +13,7 @@ from api.limits import BodySizeLimit
 from api.middleware import TraceAndMeasure
 from api.routers import fleet, health, inference, jobs, learning, lifecycle, pipelines
 from api.routers.health import API_VERSION
-from core.settings import Settings, get_settings
+from settings import Settings, get_settings
 
 
 def create_app(settings: Settings | None = None, context: AppContext | None = None, *,

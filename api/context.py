@@ -21,7 +21,7 @@ from core.serving.jobs_service import JobService
 from core.serving.lifecycle import ModelLifecycleService
 from core.serving.residency import InMemoryResidencyStore, ResidencyStore
 from core.serving.service import InferenceService, builtin_models
-from core.settings import Settings
+from settings import Settings
 
 
 @dataclass

@@ -7,8 +7,8 @@ from typing import Any, Literal
 
 from pydantic import AnyUrl, BaseModel, ConfigDict, Field
 
-from core.fleet.models import CatalogModel, Device, ModelUpdate, ModelVersion, Round
-from core.registry import TaskType, registry_status
+from core.fleet.models import CatalogModel, Device, ModelUpdate, ModelVersion, Round, registry_status
+from core.registry import TaskType
 
 PlatformName = Literal["python", "ios", "android", "edge"]
 FrameworkName = Literal["pytorch", "tensorflow", "xgboost", "sklearn"]

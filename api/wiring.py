@@ -11,7 +11,6 @@ from confluent_kafka import Consumer
 from confluent_kafka.admin import AdminClient
 
 from api.context import AppContext
-from consumers.dead_letter import DeadLetterRouter
 from core.artifacts import S3ArtifactStore
 from core.cassandra.session import connect
 from core.fleet.cassandra_store import CassandraFleetStore
@@ -21,10 +20,11 @@ from core.serving.cassandra_residency import CassandraResidencyStore
 from core.serving.jobs_service import JobService
 from core.serving.metrics import register_queue_depth
 from core.serving.service import InferenceService
-from core.settings import Settings
-from producers.events import KafkaEventSink
-from producers.publisher import Publisher
-from producers.replies import REPLY_GROUP, ReplyRouter
+from messaging.dead_letter import DeadLetterRouter
+from messaging.events import KafkaEventSink
+from messaging.publisher import Publisher
+from messaging.replies import REPLY_GROUP, ReplyRouter
+from settings import Settings
 from topology.lag import queue_depths
 
 QUEUE_DEPTH_CACHE_S = 2.0

@@ -19,8 +19,8 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 
 from core.audit import AuditChain, verify_chain
 from core.audit_replay import read_audit
-from core.settings import Settings
 from schemas.codec import Codec, new_envelope
+from settings import Settings
 from topology.admin import apply
 from topology.topics import AUDIT_EVENTS
 

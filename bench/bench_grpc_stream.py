@@ -31,7 +31,7 @@ import httpx
 from bench.bench_inference_e2e import concurrent, running_system, sequential, warm_up
 from bench.bench_inference_inprocess import percentile, sentences
 from bench.environment import isolated_settings
-from consumers.inference.builtin import MINILM_ID
+from core.serving.builtin_specs import MINILM_ID
 from modelmora.v1 import common_pb2, inference_pb2, inference_pb2_grpc
 
 

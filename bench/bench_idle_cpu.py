@@ -23,8 +23,8 @@ from pathlib import Path
 
 import httpx
 
-from core.settings import Settings
 from infra.local_stack import LocalStack
+from settings import Settings
 from tests.e2e.conftest import free_port
 
 TICKS = os.sysconf("SC_CLK_TCK")

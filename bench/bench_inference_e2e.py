@@ -31,10 +31,11 @@ import httpx
 
 from bench.bench_inference_inprocess import latency_batch1, percentile, sentences
 from bench.environment import isolated_settings
-from consumers.inference.builtin import MINILM_ID, MiniLMEmbedder
-from core.services import system_services
-from core.settings import Settings
-from core.supervisor import Supervisor
+from cli.services import system_services
+from cli.supervisor import Supervisor
+from consumers.inference.builtin import MiniLMEmbedder
+from core.serving.builtin_specs import MINILM_ID
+from settings import Settings
 from tests.e2e.conftest import settings_env, wait_http
 from tests.e2e.serving import RequestProducer
 from topology.groups import inference_group

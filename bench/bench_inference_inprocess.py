@@ -22,8 +22,9 @@ from pathlib import Path
 from typing import Any
 
 from consumers.inference.batching import DynamicBatcher
-from consumers.inference.builtin import MINILM_ID, MiniLMEmbedder
-from core.settings import Settings
+from consumers.inference.builtin import MiniLMEmbedder
+from core.serving.builtin_specs import MINILM_ID
+from settings import Settings
 
 _VOCABULARY = ("sensor battery fleet device update round model gradient kafka partition replica broker latency "
                "throughput embedding vector sentence cluster quickly slowly reports failed healthy firmware "

@@ -33,7 +33,7 @@ from confluent_kafka import Consumer, Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from bench.bench_inference_inprocess import percentile
-from core.settings import Settings
+from settings import Settings
 from tests.e2e.conftest import free_port, wait_http
 
 ECHO_APP = """

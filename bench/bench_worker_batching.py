@@ -29,10 +29,10 @@ from confluent_kafka import OFFSET_END, Consumer, TopicPartition
 
 from bench.bench_inference_inprocess import sentences
 from bench.environment import isolated_settings
-from core.services import system_services
-from core.settings import Settings
-from core.supervisor import Supervisor
+from cli.services import system_services
+from cli.supervisor import Supervisor
 from schemas.codec import Codec
+from settings import Settings
 from tests.e2e.conftest import settings_env
 from tests.e2e.serving import RequestProducer
 from topology.topics import INFERENCE_RESPONSES, Priority

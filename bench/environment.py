@@ -11,7 +11,7 @@ from pydantic import SecretStr
 from core.api_keys import new_api_key
 from core.cassandra.migrate import migrate
 from core.cassandra.session import connect
-from core.settings import Settings
+from settings import Settings
 from tests.e2e.conftest import free_port
 from topology.admin import apply
 

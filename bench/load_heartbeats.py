@@ -28,11 +28,11 @@ from confluent_kafka import Consumer, TopicPartition
 
 from bench.bench_inference_inprocess import percentile
 from bench.environment import isolated_settings
+from cli.services import system_services
+from cli.supervisor import Supervisor
 from core.cassandra.session import connect
 from core.fleet.cassandra_store import CassandraFleetStore
-from core.services import system_services
-from core.settings import Settings
-from core.supervisor import Supervisor
+from settings import Settings
 from tests.e2e.conftest import settings_env, wait_http
 from topology.lag import log_end, topic_lag
 from topology.topics import DEVICE_HEARTBEATS

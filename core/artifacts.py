@@ -15,7 +15,7 @@ import boto3
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
-from core.settings import Settings
+from settings import Settings
 
 CHUNK = 1024 * 1024
 

@@ -9,8 +9,8 @@ from typing import Any
 
 from confluent_kafka import Consumer, TopicPartition
 
-from core.settings import Settings
 from schemas.codec import Codec
+from settings import Settings
 from topology.lag import log_end
 from topology.topics import AUDIT_EVENTS
 

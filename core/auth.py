@@ -16,7 +16,7 @@ from core.api_keys import hash_api_key, is_well_formed, key_id
 from core.errors import DomainError, ErrorKind
 from core.fleet.models import SubjectType
 from core.fleet.store import FleetStore
-from core.settings import Settings
+from settings import Settings
 
 
 @dataclass(frozen=True)

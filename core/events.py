@@ -1,6 +1,6 @@
 """How the domain core emits events, independent of transport.
 
-The domain calls ``EventSink.emit``/``audit``; the Kafka implementation (producers/) encodes
+The domain calls ``EventSink.emit``/``audit``; the Kafka implementation (messaging/) encodes
 with the codec and awaits the broker's acknowledgement, so a command is only answered
 once its event is stored. Unit tests use ``RecordingSink``.
 """
@@ -26,6 +26,25 @@ class EventSink(Protocol):
         after: dict[str, Any] | None = None,
     ) -> None:
         """Record an accepted command or a state change on the audit topic (actor = key id)."""
+
+
+class RequestSink(Protocol):
+    """Publishes one message to a chosen topic (and partition): ``messaging.events.KafkaEventSink`` in production."""
+
+    async def publish(self, topic: str, message_type: str, record: dict[str, Any], *,
+                      key: str | None = None, partition: int | None = None) -> Any: ...
+
+
+class JobEventSink(Protocol):
+    """An ``EventSink`` that also publishes (``JobService``): ``messaging.events.KafkaEventSink`` in production."""
+
+    async def publish(self, topic: str, message_type: str, record: dict[str, Any], *,
+                      key: str | None = None, partition: int | None = None) -> Any: ...
+
+    async def emit(self, topic: str, message_type: str, record: dict[str, Any], *, key: str) -> None: ...
+
+    async def audit(self, *, actor: str, action: str, subject: str, outcome: str,
+                    before: dict[str, Any] | None = None, after: dict[str, Any] | None = None) -> None: ...
 
 
 def lifecycle_record(event_type: str, subject_kind: str, subject_id: str, **details: Any) -> dict[str, Any]:

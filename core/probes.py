@@ -2,16 +2,25 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Protocol
 
 from cassandra.cluster import Session
 from confluent_kafka.admin import AdminClient
 
 from core.artifacts import S3ArtifactStore
 from core.health import Probe, ProbeResult, degraded
-from core.settings import Settings
-from producers.publisher import Publisher
+from settings import Settings
 from topology.groups import GROUPS
+
+
+class ProducerState(Protocol):
+    """What the Kafka probe reads from the process's producer (``messaging.publisher.Publisher``)."""
+
+    @property
+    def broker_down(self) -> bool: ...
+
+    @property
+    def in_flight(self) -> int: ...
 
 
 def cassandra_probe(session: Session) -> Probe:
@@ -22,7 +31,7 @@ def cassandra_probe(session: Session) -> Probe:
     return probe
 
 
-def kafka_probe(publisher: Publisher, admin: AdminClient) -> Probe:
+def kafka_probe(publisher: ProducerState, admin: AdminClient) -> Probe:
     def probe() -> str:
         if publisher.broker_down:
             raise ConnectionError("the producer reports the broker unreachable")
@@ -61,7 +70,7 @@ def workers_probe(settings: Settings, admin: AdminClient) -> Probe:
     return probe
 
 
-def component_probes(settings: Settings, session: Session, publisher: Publisher,
+def component_probes(settings: Settings, session: Session, publisher: ProducerState,
                      artifacts: S3ArtifactStore) -> dict[str, Probe]:
     admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap_servers})
     return {

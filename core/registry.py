@@ -18,7 +18,7 @@ from typing import Any
 from core.auth import Principal
 from core.errors import conflict, invalid, not_found
 from core.events import EventSink, lifecycle_record
-from core.fleet.models import CatalogModel
+from core.fleet.models import CatalogModel, RegistryStatus
 from core.fleet.service import LIFECYCLE, utcnow
 from core.fleet.store import FleetStore
 from core.serving.residency import ResidencyStore
@@ -36,24 +36,10 @@ class TaskType(StrEnum):
     TXT2TXT = "txt2txt"
 
 
-class RegistryStatus(StrEnum):
-    REGISTERED = "registered"
-    DOWNLOADING = "downloading"
-    READY = "ready"
-    FAILED = "failed"
-
-
 def validate_model_id(model_id: str) -> None:
     if not MODEL_ID.match(model_id):
         raise invalid("INVALID_MODEL_ID", f"Invalid model id '{model_id[:100]}'.",
                       hint="Use 'name' or 'org/name' with letters, digits, '.', '_' or '-'.")
-
-
-def registry_status(model: CatalogModel) -> str:
-    value = model.extra.get("status")
-    if isinstance(value, str):
-        return value
-    return RegistryStatus.READY.value if model.model_path else RegistryStatus.REGISTERED.value
 
 
 class RegistryService:

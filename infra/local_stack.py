@@ -30,7 +30,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from core.settings import Settings
+from settings import Settings
 
 MAVEN_DIR = Path(__file__).resolve().parent / "maven"
 # Runs on Maven 3.8.7, the version Debian ships.

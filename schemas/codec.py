@@ -27,8 +27,8 @@ from typing import Any
 import fastavro
 from fastavro.schema import fingerprint, to_parsing_canonical_form
 
-AVRO_DIR = Path(__file__).parent / "avro"
-JSON_DIR = Path(__file__).parent / "json"
+from schemas.base import AVRO_DIR, SchemaValidationError
+
 MAGIC = b"\xc3\x01"
 CONTENT_TYPE = b"application/vnd.tributary.avro"
 
@@ -45,10 +45,6 @@ class MalformedMessageError(DecodeError):
 
 class UnknownSchemaError(DecodeError):
     pass
-
-
-class SchemaValidationError(ValueError):
-    """A record that does not match its schema; the message names the field."""
 
 
 @dataclass(frozen=True)
@@ -200,6 +196,7 @@ class Codec:
         return {k: _jsonable(v) for k, v in record.items() if v is not None}
 
     def from_json(self, message_type: str, doc: dict[str, Any], version: int | None = None) -> dict[str, Any]:
+        # Imported on use: it loads jsonschema, which processes that never read JSON views skip.
         from schemas.json_views import validate_json_view
 
         entry = self.registry.get(message_type, version)

@@ -16,7 +16,7 @@ from typing import Any
 
 import jsonschema
 
-from schemas.codec import AVRO_DIR, JSON_DIR, SchemaValidationError
+from schemas.base import AVRO_DIR, JSON_DIR, SchemaValidationError
 
 LIFECYCLE_EVENT_TYPES = [
     # seed 001 §4.2.3

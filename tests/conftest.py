@@ -12,8 +12,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from core.settings import Settings
 from infra.local_stack import LocalStack
+from settings import Settings
 
 
 @pytest.fixture(scope="session")

@@ -29,7 +29,7 @@ from confluent_kafka.admin import (
     NewTopic,
 )
 
-from core.settings import Settings
+from settings import Settings
 from topology.groups import all_topics
 from topology.topics import TopicSpec
 

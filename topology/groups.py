@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
-from core.settings import Settings
+from settings import Settings
 from topology.topics import (
     AUDIT_EVENTS,
     DATA_TOPICS,

@@ -8,7 +8,7 @@ from typing import Any
 from confluent_kafka import Consumer, ConsumerGroupTopicPartitions, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient
 
-from core.settings import Settings
+from settings import Settings
 from topology.groups import GROUPS, ConsumerGroupSpec, group_spec
 
 

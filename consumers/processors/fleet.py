@@ -17,18 +17,18 @@ from typing import Any
 
 import faust
 
-from consumers.dead_letter import DeadLetterRouter, RawMessage
 from core.artifacts import S3ArtifactStore
 from core.cassandra.session import connect
 from core.fleet.cassandra_store import CassandraFleetStore
 from core.fleet.processing import DeviceProcessor, RoundProcessor
 from core.fleet.service import FleetService
 from core.logs import configure, correlation_id_var, trace_id_var
-from core.settings import Settings, get_settings
 from core.shutdown import arm_shutdown_deadline
-from producers.events import KafkaEventSink
-from producers.publisher import Publisher
+from messaging.dead_letter import DeadLetterRouter, RawMessage
+from messaging.events import KafkaEventSink
+from messaging.publisher import Publisher
 from schemas.codec import Codec
+from settings import Settings, get_settings
 from topology.groups import BY_GROUP
 from topology.topics import DEVICE_HEARTBEATS, TRAINING_UPDATES
 

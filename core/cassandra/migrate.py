@@ -15,7 +15,7 @@ from pathlib import Path
 
 from cassandra.cluster import Session
 
-from core.settings import Settings
+from settings import Settings
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 _NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.cql$")

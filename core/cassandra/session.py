@@ -8,7 +8,7 @@ from cassandra.auth import PlainTextAuthProvider
 from cassandra.cluster import EXEC_PROFILE_DEFAULT, Cluster, ExecutionProfile, Session
 from cassandra.policies import DCAwareRoundRobinPolicy
 
-from core.settings import Settings
+from settings import Settings
 
 
 def connect(settings: Settings, keyspace: str | None = None, connect_timeout: float = 10.0) -> Session:

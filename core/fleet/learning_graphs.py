@@ -32,7 +32,7 @@ from core.events import EventSink, lifecycle_record
 from core.fleet.models import LearningGraph
 from core.fleet.service import LIFECYCLE, iso, utcnow
 from core.fleet.store import FleetStore
-from core.settings import Settings
+from settings import Settings
 from topology.topics import LEARNING_GRAPHS
 
 RAW_TEXT_KEYS = {"text", "raw_text", "transcript", "content", "message", "utterance"}

@@ -112,6 +112,15 @@ class ModelUpdate:
     training_time_seconds: int | None = None
 
 
+class RegistryStatus(StrEnum):
+    """A serving registry entry's status (seed 001)."""
+
+    REGISTERED = "registered"
+    DOWNLOADING = "downloading"
+    READY = "ready"
+    FAILED = "failed"
+
+
 @dataclass
 class CatalogModel:
     """One catalog serves both the fleet spec (seed 000) and the serving registry (seed 001)."""
@@ -134,6 +143,14 @@ class CatalogModel:
     name: str | None = None
     task_type: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+
+
+def registry_status(model: CatalogModel) -> str:
+    """The registry status of a catalog entry (seed 001): set explicitly, else derived from its artifact."""
+    value = model.extra.get("status")
+    if isinstance(value, str):
+        return value
+    return RegistryStatus.READY.value if model.model_path else RegistryStatus.REGISTERED.value
 
 
 @dataclass(frozen=True)

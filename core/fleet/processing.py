@@ -22,7 +22,7 @@ from core.fleet.models import CatalogModel, Freshness, Round, RoundStatus
 from core.fleet.service import LIFECYCLE, ROUND_EVENTS, FleetService, freshness_of, iso, utcnow
 from core.fleet.store import FleetStore
 from core.fleet.weights import FedAvgAccumulator, StateDict, dump_state_dict, load_state_dict
-from core.settings import Settings
+from settings import Settings
 
 log = logging.getLogger(__name__)
 P = ParamSpec("P")

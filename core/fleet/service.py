@@ -31,11 +31,12 @@ from core.fleet.models import (
     Round,
     RoundStatus,
     SubjectType,
+    registry_status,
 )
 from core.fleet.store import FleetStore
 from core.fleet.weights import load_state_dict
-from core.settings import Settings
 from schemas.codec import now_millis
+from settings import Settings
 from topology import topics
 
 P = ParamSpec("P")
@@ -365,8 +366,6 @@ class FleetService:
         if status is None:
             return await self._io(self.store.list_models, limit=limit, offset=offset, framework=framework,
                                   is_baseline=is_baseline, task_type=task_type)
-        from core.registry import registry_status
-
         # Registry status is derived per entry, so filter it here (catalogs are small).
         everything, _ = await self._io(self.store.list_models, limit=100_000, offset=0, framework=framework,
                                        is_baseline=is_baseline, task_type=task_type)

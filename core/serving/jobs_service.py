@@ -18,34 +18,22 @@ import logging
 import uuid
 from collections.abc import Callable
 from datetime import datetime, timedelta
-from typing import Any, ParamSpec, Protocol, TypeVar
+from typing import Any, ParamSpec, TypeVar
 
 from core.auth import Principal
 from core.errors import DomainError, ErrorKind, conflict, unavailable
-from core.events import EventsUnavailable
+from core.events import EventsUnavailable, JobEventSink
 from core.logs import trace_id_var
 from core.serving.jobs import Job, JobStatus, JobStore
 from core.serving.service import InferenceService, request_record
-from core.settings import Settings
 from schemas.codec import now_millis
+from settings import Settings
 from topology.topics import INFERENCE_REQUESTS, JOB_EVENTS
 
 log = logging.getLogger(__name__)
 P = ParamSpec("P")
 T = TypeVar("T")
 JOB_NOT_READY_HINT = "Poll GET /api/v1/jobs/{job_id} until its status is completed."
-
-
-class JobEventSink(Protocol):
-    """``producers.events.KafkaEventSink`` in production."""
-
-    async def publish(self, topic: str, message_type: str, record: dict[str, Any], *,
-                      key: str | None = None, partition: int | None = None) -> Any: ...
-
-    async def emit(self, topic: str, message_type: str, record: dict[str, Any], *, key: str) -> None: ...
-
-    async def audit(self, *, actor: str, action: str, subject: str, outcome: str,
-                    before: dict[str, Any] | None = None, after: dict[str, Any] | None = None) -> None: ...
 
 
 def job_event(job: Job, correlation_id: str | None = None) -> dict[str, Any]:

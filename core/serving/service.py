@@ -38,16 +38,16 @@ from typing import Any, Protocol
 
 from core.auth import Principal
 from core.errors import DomainError, ErrorKind, invalid, unavailable
-from core.events import EventsUnavailable
+from core.events import EventsUnavailable, RequestSink
 from core.fleet.models import CatalogModel
 from core.logs import trace_id_var
+from core.serving.builtin_specs import BUILTIN_SPECS
 from core.serving.metrics import observe_reply
+from core.serving.replies import NoReplyPartition, Reply, ReplyPartitionRevoked, ReplyRouterClosed, ReplySource
 from core.serving.validation import GENERIC_TASK_TYPE, SERVED_TASK_TYPES, validate_request
-from core.settings import Settings
 from schemas.codec import now_millis
+from settings import Settings
 from topology.topics import INFERENCE_REQUESTS, Priority
-
-Reply = dict[str, Any]
 
 MIN_TIMEOUT_S, MAX_TIMEOUT_S = 1, 600
 # A request whose reply partition moved away is re-sent at most this often (each re-send may
@@ -73,41 +73,6 @@ RETRYABLE_S: dict[str, float] = {
 NOT_SERVED_HINT = "This deployment has no model for this task; retrying will not help."
 
 
-class NoReplyPartition(RuntimeError):
-    """This replica owns no responses partition right now (rebalance, or more replicas than partitions)."""
-
-
-class ReplyPartitionRevoked(RuntimeError):
-    """The partition the reply was routed to is no longer ours; the reply will not reach this replica."""
-
-    def __init__(self, partition: int) -> None:
-        super().__init__(f"responses partition {partition} was revoked")
-        self.partition = partition
-
-
-class ReplyRouterClosed(RuntimeError):
-    """The ingress is shutting down."""
-
-
-class RequestSink(Protocol):
-    """Publishes one message (``producers.events.KafkaEventSink`` in production)."""
-
-    async def publish(self, topic: str, message_type: str, record: dict[str, Any], *,
-                      key: str | None = None, partition: int | None = None) -> Any: ...
-
-
-class ReplySource(Protocol):
-    """Where replies come back (``producers.replies.ReplyRouter`` in production)."""
-
-    def owned_partition(self) -> int: ...
-
-    async def wait_for_partition(self, timeout_s: float) -> int: ...
-
-    def expect(self, correlation_id: str, partition: int) -> asyncio.Future[Reply]: ...
-
-    def discard(self, correlation_id: str) -> None: ...
-
-
 class ModelCatalog(Protocol):
     """Where non-built-in models are looked up (``core.fleet.store.FleetStore``); blocking."""
 
@@ -116,9 +81,6 @@ class ModelCatalog(Protocol):
 
 def builtin_models() -> dict[str, str]:
     """Model id -> task type of the models every worker can serve."""
-    # Imported here: the module pulls onnxruntime, tokenizers and Pillow, which only workers need eagerly.
-    from consumers.inference.builtin import BUILTIN_SPECS
-
     return {model_id: str(spec.task_type) for model_id, spec in BUILTIN_SPECS.items()}
 
 

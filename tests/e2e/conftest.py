@@ -18,13 +18,14 @@ import numpy as np
 import pytest
 from pydantic import SecretStr
 
-from consumers.inference.builtin import MINILM_ID, BuiltinModels
+from cli.services import system_services
+from cli.supervisor import Supervisor
+from consumers.inference.builtin import BuiltinModels
 from core.api_keys import new_api_key
 from core.cassandra.migrate import migrate
 from core.cassandra.session import connect
-from core.services import system_services
-from core.settings import Settings
-from core.supervisor import Supervisor
+from core.serving.builtin_specs import MINILM_ID
+from settings import Settings
 from topology.admin import apply
 
 

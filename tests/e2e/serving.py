@@ -12,9 +12,9 @@ import httpx
 import numpy as np
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, Producer, TopicPartition
 
-from consumers.inference.builtin import MINILM_ID
-from core.settings import Settings
+from core.serving.builtin_specs import MINILM_ID
 from schemas.codec import Codec, new_envelope, now_millis
+from settings import Settings
 from topology.topics import INFERENCE_REQUESTS, Priority
 
 ENCODED_MINILM = MINILM_ID.replace("/", "%2F")

@@ -26,7 +26,7 @@ from core.api_keys import new_api_key
 from core.cassandra.session import connect
 from core.fleet.cassandra_store import CassandraFleetStore
 from core.fleet.models import RoundStatus
-from core.settings import Settings
+from settings import Settings
 from tests.e2e.conftest import RunningSystem, ingress_replica
 
 pytestmark = pytest.mark.e2e

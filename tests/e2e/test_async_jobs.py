@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
-from consumers.inference.builtin import MINILM_ID
+from core.serving.builtin_specs import MINILM_ID
 from schemas.codec import Codec
 from tests.e2e.conftest import RunningSystem, client_address
 from tests.e2e.serving import ENCODED_MINILM, HTTP_TIMEOUT, cosine

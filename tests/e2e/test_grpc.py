@@ -16,7 +16,7 @@ from google.protobuf import struct_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from consumers.inference.builtin import MINILM_ID
+from core.serving.builtin_specs import MINILM_ID
 from modelmora.v1 import (
     common_pb2,
     inference_pb2,

@@ -13,7 +13,7 @@ import httpx
 import numpy as np
 import pytest
 
-from consumers.inference.builtin import MINILM_ID
+from core.serving.builtin_specs import MINILM_ID
 from tests.e2e.conftest import RunningSystem
 from tests.e2e.serving import ENCODED_MINILM, HTTP_TIMEOUT
 from tests.onnx_models import expected, linear_onnx

@@ -30,7 +30,7 @@ from core.api_keys import hash_api_key, key_id, new_api_key
 from core.cassandra.session import connect
 from core.fleet.cassandra_store import CassandraFleetStore
 from core.fleet.models import RoundStatus
-from core.settings import Settings
+from settings import Settings
 from tests.e2e.conftest import RunningSystem, client_address
 from tests.e2e.serving import ENCODED_MINILM
 from tests.uploads import zip_bomb_state_dict

@@ -19,11 +19,11 @@ import numpy as np
 import pytest
 from confluent_kafka import Producer
 
-from consumers.inference.builtin import MINILM_ID
-from core.services import system_services
-from core.settings import Settings
-from core.supervisor import Supervisor
+from cli.services import system_services
+from cli.supervisor import Supervisor
+from core.serving.builtin_specs import MINILM_ID
 from schemas.codec import Codec, new_envelope, now_millis
+from settings import Settings
 from tests.e2e.conftest import RunningSystem, client_address, free_port, settings_env, wait_http
 from tests.e2e.serving import ENCODED_MINILM, HTTP_TIMEOUT, cosine, infer, read_until
 from topology.groups import inference_group

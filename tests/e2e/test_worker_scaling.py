@@ -16,8 +16,8 @@ import uuid
 import pytest
 from confluent_kafka import Consumer, TopicPartition
 
-from core.services import GROUP_COMMANDS
-from core.supervisor import ServiceSpec, Supervisor
+from cli.services import GROUP_COMMANDS
+from cli.supervisor import ServiceSpec, Supervisor
 from schemas.codec import Codec
 from tests.e2e.conftest import RunningSystem, settings_env
 from tests.e2e.serving import RequestProducer

@@ -18,7 +18,7 @@ import grpc
 import httpx
 import pytest
 
-from consumers.inference.builtin import MINILM_ID
+from core.serving.builtin_specs import MINILM_ID
 from infra.local_stack import LocalStack
 from modelmora.v1 import common_pb2, inference_pb2, inference_pb2_grpc
 from tests.e2e.conftest import RunningSystem

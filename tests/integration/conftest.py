@@ -9,7 +9,7 @@ from cassandra.cluster import Session
 
 from core.cassandra.migrate import migrate
 from core.cassandra.session import connect
-from core.settings import Settings
+from settings import Settings
 
 
 @pytest.fixture(scope="module")

@@ -12,10 +12,10 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from pydantic import SecretStr
 
-from core.settings import Settings
-from producers.events import KafkaEventSink
-from producers.publisher import Publisher
+from messaging.events import KafkaEventSink
+from messaging.publisher import Publisher
 from schemas.codec import Codec
+from settings import Settings
 from topology.admin import apply
 from topology.topics import AUDIT_EVENTS
 
@@ -25,7 +25,7 @@ KEY = "replay-key"
 
 def replay(settings: Settings, start: datetime, end: datetime, *args: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "TRIBUTARY_TOPIC_PREFIX": settings.topic_prefix, "TRIBUTARY_AUDIT_HMAC_KEY": KEY}
-    return subprocess.run([sys.executable, "-m", "core.cli", "audit", "replay", "--from",
+    return subprocess.run([sys.executable, "-m", "cli", "audit", "replay", "--from",
                            start.strftime("%Y-%m-%dT%H:%M:%S"), "--to", end.strftime("%Y-%m-%dT%H:%M:%S"), *args],
                           env=env, capture_output=True, text=True, timeout=120)
 

@@ -10,7 +10,7 @@ import sys
 import pytest
 from confluent_kafka import Consumer, Producer
 
-from core.settings import Settings
+from settings import Settings
 from topology.admin import apply
 from topology.topics import DEVICE_HEARTBEATS, dead_letter_topic
 
@@ -19,7 +19,7 @@ pytestmark = pytest.mark.integration
 
 def cli(settings: Settings, *args: str) -> str:
     env = {**os.environ, "TRIBUTARY_TOPIC_PREFIX": settings.topic_prefix, "COLUMNS": "240"}  # rows on one line
-    done = subprocess.run([sys.executable, "-m", "core.cli", *args], env=env, capture_output=True, text=True,
+    done = subprocess.run([sys.executable, "-m", "cli", *args], env=env, capture_output=True, text=True,
                           timeout=120)
     assert done.returncode == 0, done.stdout + done.stderr
     return done.stdout

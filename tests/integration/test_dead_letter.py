@@ -10,12 +10,12 @@ import pytest
 from confluent_kafka import Consumer, Message, Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from consumers.dead_letter import DeadLetterRouter, RawMessage, from_confluent, normalize_headers
-from consumers.redrive import redrive
-from core.settings import Settings
-from producers.publisher import Publisher
+from messaging.dead_letter import DeadLetterRouter, RawMessage, from_confluent, normalize_headers
+from messaging.publisher import Publisher
+from messaging.redrive import redrive
 from schemas.codec import Codec
 from schemas.samples import sample
+from settings import Settings
 
 pytestmark = pytest.mark.integration
 GROUP = "dlq-test-group"

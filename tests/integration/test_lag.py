@@ -12,7 +12,7 @@ import pytest
 from confluent_kafka import Consumer, ConsumerGroupTopicPartitions, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, OffsetSpec
 
-from core.settings import Settings
+from settings import Settings
 from topology.admin import apply
 from topology.groups import BY_GROUP
 from topology.lag import all_lag, totals
@@ -68,7 +68,7 @@ def test_lag_counts_what_the_group_has_not_committed(settings: Settings) -> None
     assert {(r.topic, r.partition): r.lag for r in rows} == keda_lag(own, own.topic(group.group_id), topic)
 
     env = {**os.environ, "TRIBUTARY_TOPIC_PREFIX": own.topic_prefix}
-    out = subprocess.run([sys.executable, "-m", "core.cli", "lag", "--group", "device-processor", "--json"],
+    out = subprocess.run([sys.executable, "-m", "cli", "lag", "--group", "device-processor", "--json"],
                          env=env, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     report = json.loads(out.stdout)

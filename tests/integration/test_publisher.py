@@ -11,9 +11,9 @@ import pytest
 from confluent_kafka import Consumer
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from core.settings import Settings
 from infra.local_stack import KafkaBroker
-from producers.publisher import DeliveryFailed, Publisher, PublisherUnavailable
+from messaging.publisher import DeliveryFailed, Publisher, PublisherUnavailable
+from settings import Settings
 
 pytestmark = pytest.mark.integration
 

@@ -16,7 +16,7 @@ from confluent_kafka.admin import AdminClient, NewTopic
 from core.artifacts import ArtifactNotFound, S3ArtifactStore
 from core.cassandra.migrate import current_version, load_migrations, migrate
 from core.cassandra.session import connect
-from core.settings import Settings
+from settings import Settings
 
 pytestmark = pytest.mark.integration
 

@@ -10,15 +10,15 @@ from pathlib import Path
 
 import pytest
 
-from core.settings import Settings
 from infra.local_stack import LocalStack, pid_alive, port_open
+from settings import Settings
 
 pytestmark = pytest.mark.integration
 
 
 def _cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "core.cli", *args], env=env, capture_output=True, text=True, timeout=240
+        [sys.executable, "-m", "cli", *args], env=env, capture_output=True, text=True, timeout=240
     )
 
 

@@ -17,7 +17,7 @@ from confluent_kafka.admin import (
     NewTopic,
 )
 
-from core.settings import Settings
+from settings import Settings
 from topology.admin import ApplyReport, DriftKind, apply, inspect, verify
 from topology.groups import Group, all_topics, group_spec
 from topology.lag import topic_lag

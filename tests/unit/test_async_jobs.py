@@ -29,9 +29,9 @@ from core.fleet.models import SubjectType
 from core.serving.jobs import InMemoryJobStore, JobStatus
 from core.serving.jobs_service import JobService
 from core.serving.service import InferenceService
-from core.settings import Settings
-from producers.replies import ReplyTable
+from messaging.replies import ReplyTable
 from schemas.codec import Codec, new_envelope
+from settings import Settings
 
 pytestmark = pytest.mark.unit
 

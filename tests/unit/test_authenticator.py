@@ -12,7 +12,7 @@ from core.auth import Authenticator
 from core.errors import DomainError, ErrorKind
 from core.fleet.memory_store import InMemoryFleetStore
 from core.fleet.models import ApiKeyRecord, SubjectType
-from core.settings import Settings
+from settings import Settings
 
 pytestmark = pytest.mark.unit
 ADMIN = new_api_key()

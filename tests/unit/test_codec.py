@@ -7,12 +7,12 @@ from datetime import UTC, datetime
 
 import pytest
 
+from schemas.base import SchemaValidationError
 from schemas.codec import (
     MAGIC,
     Codec,
     ConfluentFraming,
     MalformedMessageError,
-    SchemaValidationError,
     UnknownSchemaError,
     default_registry,
     new_envelope,

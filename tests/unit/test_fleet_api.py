@@ -18,7 +18,7 @@ from core.api_keys import new_api_key
 from core.artifacts import MemoryArtifactStore
 from core.events import EventsUnavailable, RecordingSink
 from core.fleet.memory_store import InMemoryFleetStore
-from core.settings import Settings
+from settings import Settings
 
 pytestmark = pytest.mark.unit
 ADMIN = new_api_key()

@@ -19,7 +19,7 @@ from core.fleet.memory_store import InMemoryFleetStore
 from core.fleet.models import Freshness, RoundStatus
 from core.fleet.processing import DeviceProcessor, RoundProcessor
 from core.fleet.service import FleetService
-from core.settings import Settings
+from settings import Settings
 from tests.store_contract import make_device, make_round, make_update
 
 pytestmark = pytest.mark.unit

@@ -33,7 +33,7 @@ from core.fleet.memory_store import InMemoryFleetStore
 from core.serving.jobs import InMemoryJobStore
 from core.serving.jobs_service import JobService
 from core.serving.service import InferenceService
-from core.settings import Settings
+from messaging.replies import ReplyTable
 from modelmora.v1 import (
     common_pb2,
     inference_pb2,
@@ -43,7 +43,7 @@ from modelmora.v1 import (
     registry_pb2,
     registry_pb2_grpc,
 )
-from producers.replies import ReplyTable
+from settings import Settings
 from tests.grpc_errors import spec_error
 
 pytestmark = [pytest.mark.unit, pytest.mark.asyncio(loop_scope="session")]

@@ -11,7 +11,7 @@ from core.artifacts import MemoryArtifactStore
 from core.events import RecordingSink
 from core.fleet.memory_store import InMemoryFleetStore
 from core.health import degraded
-from core.settings import Settings
+from settings import Settings
 
 pytestmark = pytest.mark.unit
 

@@ -21,12 +21,6 @@ from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
 from consumers.inference import builtin
 from consumers.inference.builtin import (
-    EFFICIENTNET_ID,
-    MINILM_ID,
-    OCR_ID,
-    TRANSLATE_EN_PT_ID,
-    TRANSLATE_PT_EN_ID,
-    TXT2IMG_ID,
     BuiltinModels,
     EfficientNetEmbedder,
     FastTranslateModel,
@@ -43,6 +37,15 @@ from consumers.inference.errors import (
 )
 from consumers.inference.runtime import JsonDict, OnnxRuntimeModel, TaskType, TensorContract, TorchScriptModel
 from consumers.inference.textgen import count_tokens, truncate_to_tokens
+from core.serving.builtin_specs import (
+    BUILTIN_SPECS,
+    EFFICIENTNET_ID,
+    MINILM_ID,
+    OCR_ID,
+    TRANSLATE_EN_PT_ID,
+    TRANSLATE_PT_EN_ID,
+    TXT2IMG_ID,
+)
 
 # The tiny user models are made with torch's legacy TorchScript tools on purpose (what users upload).
 pytestmark = [pytest.mark.unit, pytest.mark.filterwarnings("ignore::DeprecationWarning")]
@@ -382,6 +385,12 @@ def test_unknown_builtin_model_is_not_found(models: BuiltinModels) -> None:
     with pytest.raises(ModelNotFoundError):
         models.create("no/such-model")
     assert set(models.ids()) >= {MINILM_ID, EFFICIENTNET_ID, OCR_ID, TRANSLATE_EN_PT_ID, TXT2IMG_ID}
+
+
+def test_builtin_specs_give_each_runtime_its_own_task_type(models: BuiltinModels) -> None:
+    # The ingress routes and validates by BUILTIN_SPECS; the worker runs the runtime's task type.
+    for model_id, spec in BUILTIN_SPECS.items():
+        assert models.create(model_id).task_type == spec.task_type, model_id
 
 
 # -- user models: ONNX and TorchScript with the generic tensor contract --------------------------

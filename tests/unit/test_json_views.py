@@ -8,7 +8,8 @@ from pathlib import Path
 import jsonschema
 import pytest
 
-from schemas.codec import JSON_DIR, Codec, default_registry
+from schemas.base import JSON_DIR
+from schemas.codec import Codec, default_registry
 from schemas.json_views import generate, validate_json_view
 from schemas.samples import sample
 

@@ -19,7 +19,7 @@ from core.artifacts import MemoryArtifactStore
 from core.events import RecordingSink
 from core.fleet.learning_graphs import encrypt_graph, privacy_violations
 from core.fleet.memory_store import InMemoryFleetStore
-from core.settings import Settings
+from settings import Settings
 
 pytestmark = pytest.mark.unit
 HMAC_KEY = b"graph-signing-key"

@@ -23,7 +23,7 @@ from core.fleet.models import CatalogModel
 from core.serving.residency import InMemoryResidencyStore, Residency, ResidencyState
 from core.serving.service import InferenceService
 from core.serving.validation import validate_request
-from core.settings import Settings
+from settings import Settings
 
 pytestmark = pytest.mark.unit
 ADMIN = {"Authorization": f"Bearer {(ADMIN_KEY := new_api_key())}"}

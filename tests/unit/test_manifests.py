@@ -2,8 +2,8 @@
 
 Every YAML file must parse; every built-in Kubernetes object must validate against the official
 Kubernetes JSON schemas (bundled by ``kubernetes-validate``, no network); and the rules that tie
-the manifests to the code are checked against the code itself: setting names (core/settings.py),
-topics, partitions and consumer groups (topology/), the process commands (core/services.py), the
+the manifests to the code are checked against the code itself: setting names (settings/),
+topics, partitions and consumer groups (topology/), the process commands (cli/services.py), the
 routes the probes hit (api/app.py) and the shutdown bounds of the consumers.
 """
 
@@ -28,12 +28,12 @@ from pydantic import SecretStr
 
 from api.app import create_app
 from api.context import AppContext
+from cli.services import GROUP_COMMANDS, system_services
 from core.artifacts import MemoryArtifactStore
 from core.events import RecordingSink
 from core.fleet.memory_store import InMemoryFleetStore
-from core.services import GROUP_COMMANDS, system_services
-from core.settings import Settings
-from producers.publisher import Publisher
+from messaging.publisher import Publisher
+from settings import Settings
 from topology.groups import BY_GROUP, Group, group_spec
 from topology.topics import BY_NAME, INFERENCE_REQUESTS, Priority
 

@@ -12,8 +12,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from consumers.dead_letter import DeadLetterRouter, RawMessage
-from consumers.inference.builtin import MINILM_ID, BuiltinModels
+from consumers.inference.builtin import BuiltinModels
 from consumers.inference.cache import ModelCache
 from consumers.inference.catalog import CatalogModels, ModelFactory, safe_name
 from consumers.inference.commands import ModelCommandHandler
@@ -23,11 +22,13 @@ from consumers.inference.runtime import GENERIC_TASK_TYPE, OnnxRuntimeModel
 from core.artifacts import MemoryArtifactStore
 from core.fleet.memory_store import InMemoryFleetStore
 from core.fleet.models import CatalogModel, ModelVersion
+from core.serving.builtin_specs import MINILM_ID
 from core.serving.residency import InMemoryResidencyStore, ResidencyState
 from core.serving.validation import GENERIC_TASK_TYPE as CORE_GENERIC
-from core.settings import Settings
+from messaging.dead_letter import DeadLetterRouter, RawMessage
 from schemas.codec import Codec, DecodeError, new_envelope
 from schemas.samples import sample
+from settings import Settings
 from tests.onnx_models import expected, linear_onnx
 
 pytestmark = pytest.mark.unit

@@ -17,7 +17,7 @@ from core.artifacts import MemoryArtifactStore
 from core.events import RecordingSink
 from core.fleet.memory_store import InMemoryFleetStore
 from core.serving.validation import field_errors
-from core.settings import Settings
+from settings import Settings
 
 pytestmark = pytest.mark.unit
 ADMIN = {"Authorization": f"Bearer {(ADMIN_KEY := new_api_key())}"}

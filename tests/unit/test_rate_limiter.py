@@ -7,7 +7,7 @@ import pytest
 from core.auth import RateLimiter
 from core.errors import DomainError, ErrorKind
 from core.fleet.memory_store import InMemoryFleetStore
-from core.settings import Settings
+from settings import Settings
 
 pytestmark = pytest.mark.unit
 

@@ -26,10 +26,11 @@ from core.events import EventsUnavailable, RecordingSink
 from core.fleet.memory_store import InMemoryFleetStore
 from core.fleet.models import SubjectType
 from core.serving import service as service_module
-from core.serving.service import InferenceService, NoReplyPartition, ReplyPartitionRevoked, ReplyRouterClosed
-from core.settings import Settings
-from producers.replies import ReplyTable
+from core.serving.replies import NoReplyPartition, ReplyPartitionRevoked, ReplyRouterClosed
+from core.serving.service import InferenceService
+from messaging.replies import ReplyTable
 from schemas.codec import Codec, DecodeError, new_envelope, now_millis
+from settings import Settings
 
 pytestmark = pytest.mark.unit
 

@@ -10,8 +10,8 @@ from core.auth import Principal
 from core.fleet.models import SubjectType
 from core.serving.metrics import QueueDepthCollector, observe_batch, register_queue_depth
 from core.serving.service import InferenceService
-from core.settings import Settings
-from producers.replies import ReplyTable
+from messaging.replies import ReplyTable
+from settings import Settings
 from tests.unit.test_reply_router import MINILM, MODELS, FakeSink
 
 pytestmark = pytest.mark.unit

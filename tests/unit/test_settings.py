@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from core.settings import REPO_ROOT, Settings
+from settings import REPO_ROOT, Settings
 
 pytestmark = pytest.mark.unit
 

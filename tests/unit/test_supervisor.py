@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from core.services import group_replicas
-from core.supervisor import ServiceSpec, Supervisor
+from cli.services import group_replicas
+from cli.supervisor import ServiceSpec, Supervisor
 
 pytestmark = pytest.mark.unit
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from core.settings import Settings
+from settings import Settings
 from topology.admin import Drift, DriftKind
 from topology.groups import BY_GROUP, GROUPS, Group, all_topics, dlq_for, group_spec, inference_group
 from topology.topics import (

@@ -11,13 +11,13 @@ from pydantic import SecretStr
 
 from api.app import create_app
 from api.context import AppContext
-from consumers.dead_letter import DeadLetterRouter, RawMessage
 from core.api_keys import new_api_key
 from core.artifacts import MemoryArtifactStore
 from core.errors import is_transient_infrastructure_error
 from core.events import RecordingSink
 from core.fleet.memory_store import InMemoryFleetStore
-from core.settings import Settings
+from messaging.dead_letter import DeadLetterRouter, RawMessage
+from settings import Settings
 
 pytestmark = pytest.mark.unit
 

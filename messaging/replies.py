@@ -43,11 +43,11 @@ from typing import Any
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 from prometheus_client import Counter
 
-from consumers.dead_letter import DeadLetterRouter, from_confluent
 from core.health import ProbeResult, degraded
-from core.serving.service import NoReplyPartition, ReplyPartitionRevoked, ReplyRouterClosed
-from core.settings import Settings
+from core.serving.replies import NoReplyPartition, ReplyPartitionRevoked, ReplyRouterClosed
+from messaging.dead_letter import DeadLetterRouter, from_confluent
 from schemas.codec import Codec, DecodeError
+from settings import Settings
 from topology.groups import BY_GROUP
 from topology.topics import INFERENCE_RESPONSES
 

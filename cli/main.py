@@ -10,8 +10,8 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from core.settings import get_settings
 from infra.local_stack import LocalStack, StackError
+from settings import get_settings
 
 console = Console()
 
@@ -150,8 +150,8 @@ def lag(group_ids: tuple[str, ...], as_json: bool) -> None:
 @click.option("--replicas", type=click.IntRange(1, 64), default=1, show_default=True)
 def workers(group_id: str, replicas: int) -> None:
     """Run N members of one consumer group; restart one that crashes; Ctrl-C stops them gracefully."""
-    from core.services import GROUP_COMMANDS, group_replicas
-    from core.supervisor import Supervisor
+    from cli.services import GROUP_COMMANDS, group_replicas
+    from cli.supervisor import Supervisor
     from topology.groups import BY_GROUP
 
     if group_id not in GROUP_COMMANDS:
@@ -243,7 +243,7 @@ def dlq_list() -> None:
 @click.option("--dry-run", is_flag=True, help="Count what would be sent back; send nothing.")
 def dlq_redrive(group_id: str, limit: int | None, dry_run: bool) -> None:
     """Send a group's dead letters back to the topics they came from."""
-    from consumers.redrive import redrive
+    from messaging.redrive import redrive
     from topology.topics import dead_letter_topic
 
     settings = get_settings()
@@ -275,9 +275,9 @@ def run() -> None:
 
     from rich.panel import Panel
 
+    from cli.services import system_services
+    from cli.supervisor import Supervisor
     from core.api_keys import new_api_key
-    from core.services import system_services
-    from core.supervisor import Supervisor
 
     settings = get_settings()
     stack = LocalStack(settings)
@@ -319,6 +319,3 @@ def run() -> None:
                 server.stop()
                 _progress(f"{server.name}: stopped")
 
-
-if __name__ == "__main__":
-    main()

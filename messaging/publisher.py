@@ -21,7 +21,7 @@ from typing import Any
 
 from confluent_kafka import KafkaError, Message, Producer
 
-from core.settings import Settings
+from settings import Settings
 
 log = logging.getLogger(__name__)
 Headers = Sequence[tuple[str, bytes]]

@@ -17,9 +17,10 @@ from datetime import UTC, datetime
 from confluent_kafka import Message
 
 from core.errors import is_transient_infrastructure_error
-from core.settings import Settings
-from producers.publisher import Publisher
-from schemas.codec import DecodeError, SchemaValidationError
+from messaging.publisher import Publisher
+from schemas.base import SchemaValidationError
+from schemas.codec import DecodeError
+from settings import Settings
 from topology.topics import dead_letter_topic
 
 log = logging.getLogger(__name__)

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from core.settings import Settings
-from core.supervisor import ServiceSpec, python_module
+from cli.supervisor import ServiceSpec, python_module
+from settings import Settings
 from topology.topics import Priority
 
 # How to start one member of each consumer group we run as our own process.

@@ -12,9 +12,9 @@ from dataclasses import dataclass, field
 
 from confluent_kafka import Consumer, TopicPartition
 
-from consumers.dead_letter import DLQ_PREFIX, from_confluent
-from core.settings import Settings
-from producers.publisher import Publisher
+from messaging.dead_letter import DLQ_PREFIX, from_confluent
+from messaging.publisher import Publisher
+from settings import Settings
 from topology.lag import log_end
 
 

@@ -9,10 +9,10 @@ from typing import Any
 
 from core.audit import AuditChain
 from core.events import EventsUnavailable
-from core.settings import Settings
-from producers.keys import message_key
-from producers.publisher import DeliveryFailed, DeliveryReport, Publisher, PublisherUnavailable
+from messaging.keys import message_key
+from messaging.publisher import DeliveryFailed, DeliveryReport, Publisher, PublisherUnavailable
 from schemas.codec import Codec, new_envelope
+from settings import Settings
 from topology.topics import AUDIT_EVENTS
 
 

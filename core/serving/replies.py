@@ -1,0 +1,40 @@
+"""How synchronous inference gets its reply back: the contract between ``InferenceService`` and
+the transport's reply router (``messaging.replies.ReplyRouter`` in production).
+
+The core owns it, so the router implements it from above and the service never imports the router.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, Protocol
+
+Reply = dict[str, Any]
+
+
+class NoReplyPartition(RuntimeError):
+    """This replica owns no responses partition right now (rebalance, or more replicas than partitions)."""
+
+
+class ReplyPartitionRevoked(RuntimeError):
+    """The partition the reply was routed to is no longer ours; the reply will not reach this replica."""
+
+    def __init__(self, partition: int) -> None:
+        super().__init__(f"responses partition {partition} was revoked")
+        self.partition = partition
+
+
+class ReplyRouterClosed(RuntimeError):
+    """The ingress is shutting down."""
+
+
+class ReplySource(Protocol):
+    """Where replies come back (``messaging.replies.ReplyRouter`` in production)."""
+
+    def owned_partition(self) -> int: ...
+
+    async def wait_for_partition(self, timeout_s: float) -> int: ...
+
+    def expect(self, correlation_id: str, partition: int) -> asyncio.Future[Reply]: ...
+
+    def discard(self, correlation_id: str) -> None: ...
