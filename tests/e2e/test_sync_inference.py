@@ -52,8 +52,9 @@ def test_sync_embedding_equals_the_in_process_onnx_result(
     assert [round(cosine(v, r), 3) for v, r in zip(vectors, reference(texts), strict=True)] == [1.0, 1.0]
 
 
-def test_sync_embedding_latency(system: RunningSystem, caller: dict[str, str]) -> None:
-    """p50 of sequential requests through REST, Kafka and a worker (printed; run with -s to see it)."""
+def test_sync_embedding_p50_is_within_the_seeds_50_ms(system: RunningSystem, caller: dict[str, str]) -> None:
+    """p50 of sequential requests through REST, Kafka and a worker within seed 001's "typical latency:
+    <50ms for simple inference" (the benches measure it; this holds the promise)."""
     timings = []
     with httpx.Client(timeout=HTTP_TIMEOUT) as http:
         url = f"{system.base_url}/api/v1/infer/{ENCODED_MINILM}"
@@ -67,7 +68,7 @@ def test_sync_embedding_latency(system: RunningSystem, caller: dict[str, str]) -
     timings.sort()
     p50, p90 = statistics.median(timings), timings[int(len(timings) * 0.9)]
     print(f"\nsync txt2embed over REST + Kafka: p50 {p50:.1f} ms, p90 {p90:.1f} ms, max {timings[-1]:.1f} ms (n=50)")
-    assert p50 < 1000
+    assert p50 < 50
 
 
 

@@ -12,16 +12,20 @@ import signal
 import threading
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import numpy as np
 import pytest
+from confluent_kafka import Consumer, TopicPartition
 
+from schemas.codec import Codec
+from settings import Settings
 from tests.e2e.conftest import RunningSystem, client_address
 from tests.e2e.serving import ENCODED_MINILM, HTTP_TIMEOUT, cosine
-from topology.topics import Priority
+from topology.topics import INFERENCE_RESPONSES, Priority
 
 pytestmark = pytest.mark.e2e
 
@@ -45,6 +49,35 @@ def late_replies(system: RunningSystem) -> float:
                if line.startswith("tributary_inference_late_replies_total"))
 
 
+def duplicate_sync_replies(settings: Settings, since_ms: int) -> int:
+    """Sync replies (no job id) in the responses topic since ``since_ms`` beyond the first per
+    correlation id: what a re-delivered request made the restarted worker answer twice."""
+    topic = INFERENCE_RESPONSES.full_name(settings)
+    reader = Consumer({"bootstrap.servers": settings.kafka_bootstrap_servers,
+                       "group.id": f"e2e-dupes-{uuid.uuid4().hex[:8]}", "enable.auto.commit": False})
+    codec = Codec()
+    seen: Counter[str] = Counter()
+    try:
+        for partition in range(INFERENCE_RESPONSES.partitions):
+            tp = TopicPartition(topic, partition)
+            low, end = reader.get_watermark_offsets(tp, timeout=10)
+            if end <= low:
+                continue
+            reader.assign([TopicPartition(topic, partition, low)])
+            position = low
+            while position < end:
+                for message in reader.consume(500, timeout=1.0):
+                    if message.error() is not None:
+                        continue
+                    position = (message.offset() or 0) + 1
+                    record = codec.decode(message.value()).record
+                    if record["job_id"] is None and message.timestamp()[1] >= since_ms:
+                        seen[record["correlation_id"]] += 1
+    finally:
+        reader.close()
+    return sum(count - 1 for count in seen.values())
+
+
 def test_sigkill_mid_batch_loses_and_duplicates_no_answer(
         system: RunningSystem, reference: Callable[[list[str]], np.ndarray]) -> None:
     name = f"inference-worker-{Priority.MEDIUM.value}"
@@ -65,6 +98,7 @@ def test_sigkill_mid_batch_loses_and_duplicates_no_answer(
     warm = call("warm-up")
     assert warm.status_code == 200, warm.text
     late_before = late_replies(system)
+    since_ms = int(time.time() * 1000)
     worker = system.supervisor.running[name].proc
     worker.send_signal(signal.SIGSTOP)
     try:
@@ -97,6 +131,14 @@ def test_sigkill_mid_batch_loses_and_duplicates_no_answer(
           f"{time.monotonic() - killed_at:.1f}s after it; {late_replies(system) - late_before:.0f} duplicate "
           "replies dropped as late")
     assert in_flight > 0  # the kill really landed while requests were in flight
+    # Every reply produced twice (answered before the kill, re-run after it) was dropped by the
+    # ingress as late, none handed to a caller: the late count grows by exactly the duplicates.
+    deadline = time.monotonic() + 30
+    duplicates = duplicate_sync_replies(system.settings, since_ms)
+    while late_replies(system) - late_before < duplicates and time.monotonic() < deadline:
+        time.sleep(0.5)
+        duplicates = duplicate_sync_replies(system.settings, since_ms)
+    assert late_replies(system) - late_before == duplicates
     failures = [r.text for r in responses if r.status_code != 200]
     assert [r.status_code for r in responses] == [200] * SYNC_REQUESTS, failures
     # Each caller got its own request's answer, not someone else's (nor a duplicate's).
