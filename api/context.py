@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -46,6 +47,12 @@ class AppContext:
     residency: ResidencyStore = field(default_factory=InMemoryResidencyStore)
     # priority -> requests waiting in its topic (consumer lag); None where no broker is wired
     queue_depth: Callable[[], dict[str, int]] | None = None
+    # when this replica started (time.monotonic): uptime for REST and gRPC status
+    started: float = field(default_factory=time.monotonic)
+
+    @property
+    def uptime_seconds(self) -> int:
+        return int(time.monotonic() - self.started)
 
     def __post_init__(self) -> None:
         self.fleet = FleetService(self.settings, self.store, self.artifacts, self.events)

@@ -28,7 +28,10 @@ class ResourceRequirements(StrictBody):
 
 
 class StatusResponse(BaseModel):
-    status: Literal["operational", "degraded", "maintenance"]
+    status: Literal["operational", "degraded", "maintenance"] = Field(
+        description="degraded when a component of detailed health (Cassandra, Kafka, S3, worker groups) is not healthy")
+    version: str = Field(description="API version (seed 001 /status)")
+    uptime_seconds: int = Field(description="Seconds since this ingress replica started (seed 001 /status)")
     active_devices: int
     total_devices: int
     current_round_number: int | None = None
@@ -68,12 +71,19 @@ class DeviceOut(BaseModel):
     last_heartbeat: datetime | None = None
     created_at: datetime
     updated_at: datetime
+    metrics: dict[str, Any] = Field(
+        default_factory=dict, description="The metrics of the device's last applied heartbeat ({} before the first)")
 
     @classmethod
     def of(cls, d: Device) -> DeviceOut:
         return cls(id=d.id, device_id=d.device_id, platform=d.platform.value, capabilities=d.capabilities,
                    status=d.status.value, last_heartbeat=d.last_heartbeat, created_at=d.created_at,
-                   updated_at=d.updated_at)
+                   updated_at=d.updated_at, metrics=d.metrics)
+
+
+class DeviceList(BaseModel):
+    devices: list[DeviceOut]
+    next_cursor: str | None = Field(None, description="Pass as `cursor` for the next page; null on the last page")
 
 
 class HeartbeatRequest(StrictBody):

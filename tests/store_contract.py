@@ -7,12 +7,16 @@ from __future__ import annotations
 
 import threading
 import uuid
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
+
+import pytest
 
 from core.fleet.models import (
     ApiKeyRecord,
     CatalogModel,
     Device,
+    DeviceQuery,
     DeviceStatus,
     Freshness,
     LearningGraph,
@@ -88,6 +92,65 @@ def test_heartbeat_never_moves_backwards(store: FleetStore) -> None:
     assert stored is not None and stored.metrics == {"cpu": 5.0}
 
 
+def test_heartbeat_stores_the_reported_status(store: FleetStore) -> None:
+    device, key = make_device()
+    store.create_device(device, key)
+    applied = store.record_heartbeat(device.device_id, T0 + timedelta(seconds=1), "inactive", {"battery_level": 3})
+    assert applied is not None and applied.status is DeviceStatus.INACTIVE
+    stored = store.get_device(device.device_id)
+    assert stored is not None and (stored.status, stored.metrics) == (DeviceStatus.INACTIVE, {"battery_level": 3})
+    store.record_heartbeat(device.device_id, T0 + timedelta(seconds=2), None, {})  # no status: unchanged
+    assert (store.get_device(device.device_id) or device).status is DeviceStatus.INACTIVE
+    store.record_heartbeat(device.device_id, T0 + timedelta(seconds=3), "active", {})
+    assert (store.get_device(device.device_id) or device).status is DeviceStatus.ACTIVE
+
+
+def _fleet_in_a_window(store: FleetStore) -> tuple[datetime, dict[str, tuple[str, Platform, datetime]]]:
+    """Six devices that beat inside an hour nobody else's test uses: (status, platform, last heartbeat)."""
+    start = T0 + timedelta(days=900 + uuid.uuid4().int % 10_000)
+    made = {}
+    for i, (status, platform) in enumerate([("active", Platform.PYTHON), ("inactive", Platform.PYTHON),
+                                            ("active", Platform.IOS), ("active", Platform.ANDROID),
+                                            ("inactive", Platform.IOS), ("active", Platform.PYTHON)]):
+        device, key = make_device()
+        device.platform = platform
+        store.create_device(device, key)
+        at = start + timedelta(minutes=10 * i)
+        store.record_heartbeat(device.device_id, at, status, {})
+        made[device.device_id] = (status, platform, at)
+    return start, made
+
+
+def _all_pages(store: FleetStore, query: DeviceQuery) -> list[str]:
+    seen: list[str] = []
+    while True:
+        page = store.find_devices(query)
+        assert len(page.devices) <= query.limit
+        seen += [d.device_id for d in page.devices]
+        if page.next_cursor is None:
+            return seen
+        query = replace(query, cursor=page.next_cursor)
+
+
+def test_find_devices_filters_and_pages(store: FleetStore) -> None:
+    start, made = _fleet_in_a_window(store)
+    window = DeviceQuery(heartbeat_since=start, heartbeat_before=start + timedelta(hours=1), limit=2)
+    # every page at most `limit` long, every device exactly once across the pages
+    assert sorted(_all_pages(store, window)) == sorted(made)
+    active = _all_pages(store, replace(window, status=DeviceStatus.ACTIVE))
+    assert sorted(active) == sorted(d for d, (s, _, _) in made.items() if s == "active")
+    ios_inactive = _all_pages(store, replace(window, status=DeviceStatus.INACTIVE, platform=Platform.IOS))
+    assert ios_inactive == [d for d, (s, p, _) in made.items() if s == "inactive" and p is Platform.IOS]
+    older = _all_pages(store, replace(window, heartbeat_before=start + timedelta(minutes=25)))
+    assert sorted(older) == sorted(d for d, (_, _, at) in made.items() if at < start + timedelta(minutes=25))
+
+
+def test_a_cursor_the_store_did_not_make_is_refused(store: FleetStore) -> None:
+    for forged in ("%%%", "4pyT_w==", "abc", "é"):  # not base64; invalid UTF-8; bad length; not ASCII
+        with pytest.raises(ValueError):
+            store.find_devices(DeviceQuery(cursor=forged))
+
+
 def test_freshness_compare_and_set(store: FleetStore) -> None:
     device, key = make_device()
     store.create_device(device, key)
@@ -98,14 +161,15 @@ def test_freshness_compare_and_set(store: FleetStore) -> None:
 
 
 def test_count_devices_by_heartbeat(store: FleetStore) -> None:
-    before = store.count_devices()
+    since = T0 + timedelta(days=399)
+    before, recent_before = store.count_devices(), store.count_devices(since)
     recent, key = make_device()
     store.create_device(recent, key)
     store.record_heartbeat(recent.device_id, T0 + timedelta(days=400), None, {})
     silent, key2 = make_device()
     store.create_device(silent, key2)
     assert store.count_devices() == before + 2
-    assert store.count_devices(T0 + timedelta(days=399)) == 1
+    assert store.count_devices(since) == recent_before + 1
 
 
 def test_revoke_key(store: FleetStore) -> None:

@@ -6,12 +6,10 @@ balancers call them); loading, unloading and the system status do.
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import grpc
 
-from api.context import AppContext
 from api.grpc import convert
 from api.grpc.calls import ServiceHandlers, unary
 from api.routers.fleet import validate_catalog_id
@@ -34,10 +32,6 @@ def host_memory_mb() -> tuple[float, float]:
 
 
 class ManagementHandlers(ServiceHandlers):
-    def __init__(self, ctx: AppContext) -> None:
-        super().__init__(ctx)
-        self.started = time.monotonic()
-
     @unary
     async def LoadModel(self, request: management_pb2.LoadModelRequest,
                         context: grpc.aio.ServicerContext) -> management_pb2.ModelStatus:
@@ -63,7 +57,7 @@ class ManagementHandlers(ServiceHandlers):
         serving = await self.ctx.lifecycle.status(self.ctx.queue_depth)
         total, available = host_memory_mb()
         return management_pb2.SystemStatus(
-            version=API_VERSION, uptime_seconds=int(time.monotonic() - self.started),
+            version=API_VERSION, uptime_seconds=self.ctx.uptime_seconds,
             memory=management_pb2.MemoryStatus(total_mb=round(total, 1), used_mb=round(total - available, 1),
                                                available_mb=round(available, 1),
                                                threshold_mb=float(self.ctx.settings.inference_memory_budget_mb)),

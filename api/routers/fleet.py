@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, File, Form, Path, Query, Request, Response, UploadFile
@@ -10,7 +11,9 @@ from fastapi.responses import StreamingResponse
 
 from api.context import AppContext, authenticated, context
 from api.errors import ErrorEnvelope
+from api.routers.health import API_VERSION
 from api.schemas_fleet import (
+    DeviceList,
     DeviceOut,
     DeviceRegisterRequest,
     DeviceRegisterResponse,
@@ -25,6 +28,7 @@ from api.schemas_fleet import (
     ModelUpdateOut,
     ModelVersionOut,
     PaginationMeta,
+    PlatformName,
     RegisterModelRequest,
     RoundOut,
     RoundStartRequest,
@@ -33,7 +37,8 @@ from api.schemas_fleet import (
 )
 from core.auth import Principal
 from core.errors import DomainError, ErrorKind
-from core.fleet.models import Platform
+from core.fleet.models import DeviceStatus, Platform
+from core.health import ComponentHealth, run_probes
 from core.registry import validate_model_id
 
 router = APIRouter(prefix="/api/v1")
@@ -80,7 +85,30 @@ async def read_upload(upload: UploadFile, limit: int) -> bytes:
 
 @router.get("/status", response_model=StatusResponse, tags=["Health"], responses=ERRORS)
 async def system_status(ctx: Ctx, _: Caller) -> StatusResponse:
-    return StatusResponse(**await ctx.fleet.status(), **await ctx.lifecycle.status(ctx.queue_depth))
+    overall, _results = await run_probes(ctx.probes)
+    fleet = await ctx.fleet.status()
+    fleet["status"] = "operational" if overall is ComponentHealth.HEALTHY else "degraded"
+    return StatusResponse(**fleet, **await ctx.lifecycle.status(ctx.queue_depth), version=API_VERSION,
+                          uptime_seconds=ctx.uptime_seconds)
+
+
+@router.get("/devices", response_model=DeviceList, tags=["Devices"], responses=ERRORS)
+async def list_devices(
+    ctx: Ctx, caller: Caller,
+    status: Annotated[Literal["active", "inactive", "offline"] | None, Query(
+        description="active/inactive: what the device last reported (and not offline); offline: no heartbeat "
+                    "within 5 heartbeat intervals")] = None,
+    platform: Annotated[PlatformName | None, Query()] = None,
+    last_heartbeat_before: Annotated[datetime | None, Query(
+        description="Only devices whose last heartbeat is older than this (ISO 8601)")] = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 100,
+    cursor: Annotated[str | None, Query(max_length=4096, description="next_cursor of the previous page")] = None,
+) -> DeviceList:
+    """Operators: the fleet with filters, a page at a time (read through indexes, not a table scan)."""
+    page = await ctx.fleet.list_devices(
+        caller, DeviceStatus(status) if status else None, Platform(platform) if platform else None,
+        last_heartbeat_before, limit, cursor)
+    return DeviceList(devices=[DeviceOut.of(d) for d in page.devices], next_cursor=page.next_cursor)
 
 
 @router.post("/devices/register", status_code=201, response_model=DeviceRegisterResponse, tags=["Devices"],

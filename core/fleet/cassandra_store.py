@@ -1,8 +1,8 @@
-"""``FleetStore`` on Cassandra (2.1 through 5): LWT where a decision must be unique across replicas.
+"""``FleetStore`` on Cassandra 5: LWT where a decision must be unique across replicas.
 
-Full-table reads (``list_devices``, ``count_devices``, ``list_models``) are fine for fleets of
-thousands and catalogs of hundreds; past that they want per-minute heartbeat buckets and a
-time-ordered model index (noted in docs/architecture.md).
+Device lists, counts and round selection go through storage-attached indexes (migration 0005) and
+page by token from the previous page's last device. ``list_devices`` (the freshness sweep) and ``list_models``
+still read whole tables: fine for catalogs of hundreds; the sweep is issue 18's.
 """
 
 from __future__ import annotations
@@ -17,6 +17,8 @@ from core.fleet.models import (
     ApiKeyRecord,
     CatalogModel,
     Device,
+    DevicePage,
+    DeviceQuery,
     DeviceStatus,
     Freshness,
     LearningGraph,
@@ -27,7 +29,7 @@ from core.fleet.models import (
     RoundStatus,
     SubjectType,
 )
-from core.fleet.store import FleetStore
+from core.fleet.store import FleetStore, decode_cursor, encode_cursor
 
 CAS_RETRIES = 50
 ORPHAN_WAIT_POLLS = 60  # x 50 ms
@@ -96,14 +98,16 @@ class CassandraFleetStore(CassandraRepository, FleetStore):
                 return None
             if device.last_heartbeat is not None and at <= device.last_heartbeat:
                 return device  # older or redelivered: never move backwards
+            reported = DeviceStatus(status) if status else device.status
             # CAS on the value we read: concurrent heartbeats of one device serialise here.
             applied = self._run(
-                "UPDATE devices SET last_heartbeat = ?, updated_at = ?, metrics = ? WHERE device_id = ? "
+                "UPDATE devices SET last_heartbeat = ?, updated_at = ?, metrics = ?, status = ? WHERE device_id = ? "
                 "IF last_heartbeat = ?",
-                at, at, json.dumps(metrics), device_id, device.last_heartbeat,
+                at, at, json.dumps(metrics), reported.value, device_id, device.last_heartbeat,
             ).one().applied
             if applied:
                 device.last_heartbeat, device.updated_at, device.metrics = at, at, dict(metrics)
+                device.status = reported
                 return device
         raise RuntimeError(f"heartbeat CAS on {device_id} kept losing")
 
@@ -114,12 +118,24 @@ class CassandraFleetStore(CassandraRepository, FleetStore):
     def list_devices(self) -> list[Device]:
         return [self._device(row) for row in self._run("SELECT * FROM devices")]
 
+    def find_devices(self, query: DeviceQuery) -> DevicePage:
+        # Pages in token order from the last device of the previous page. Not the driver's paging
+        # state: Cassandra answers a forged one with a protocol error that closes the connection.
+        where, params = _device_filters(query)
+        if query.cursor is not None:
+            where.append("token(device_id) > token(?)")
+            params.append(decode_cursor(query.cursor))
+        cql = "SELECT * FROM devices" + (f" WHERE {' AND '.join(where)}" if where else "") + " LIMIT ?"
+        rows = list(self._run(cql, *params, query.limit + 1))  # one more tells whether a next page exists
+        devices = [self._device(row) for row in rows[:query.limit]]
+        more = len(rows) > query.limit
+        return DevicePage(devices, encode_cursor(devices[-1].device_id) if more else None)
+
     def count_devices(self, heartbeat_since: datetime | None = None) -> int:
-        rows = self._run("SELECT last_heartbeat FROM devices")
         if heartbeat_since is None:
-            return sum(1 for _ in rows)
-        seen = (as_utc(r.last_heartbeat) for r in rows)
-        return sum(1 for ts in seen if ts is not None and ts >= heartbeat_since)
+            return int(self._run("SELECT COUNT(*) FROM devices").one()[0])
+        # Through the last_heartbeat index: only the devices that beat since then are read.
+        return int(self._run("SELECT COUNT(*) FROM devices WHERE last_heartbeat >= ?", heartbeat_since).one()[0])
 
     def get_api_key(self, key_hash: str) -> ApiKeyRecord | None:
         row = self._run("SELECT * FROM api_keys WHERE key_hash = ?", key_hash).one()
@@ -336,3 +352,18 @@ class CassandraFleetStore(CassandraRepository, FleetStore):
         row = self._run("SELECT hits FROM rate_limits WHERE subject = ? AND window_start = ?", subject,
                         window_start).one()
         return int(row.hits) if row else 1
+
+
+def _device_filters(query: DeviceQuery) -> tuple[list[str], list[Any]]:
+    """CQL predicates on the indexed columns (migration 0005) and their values."""
+    where: list[str] = []
+    params: list[Any] = []
+    for clause, value in (("status = ?", query.status.value if query.status else None),
+                          ("platform = ?", query.platform.value if query.platform else None),
+                          ("last_heartbeat < ?", query.heartbeat_before),
+                          ("last_heartbeat >= ?", query.heartbeat_since)):
+        if value is not None:
+            where.append(clause)
+            params.append(value)
+    return where, params
+

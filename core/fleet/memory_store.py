@@ -12,6 +12,9 @@ from core.fleet.models import (
     ApiKeyRecord,
     CatalogModel,
     Device,
+    DevicePage,
+    DeviceQuery,
+    DeviceStatus,
     Freshness,
     LearningGraph,
     ModelUpdate,
@@ -19,7 +22,7 @@ from core.fleet.models import (
     Round,
     RoundStatus,
 )
-from core.fleet.store import FleetStore
+from core.fleet.store import FleetStore, decode_cursor, encode_cursor
 
 
 def _aware(ts: datetime | None) -> datetime | None:
@@ -67,6 +70,8 @@ class InMemoryFleetStore(FleetStore):
                 device.last_heartbeat = at
                 device.metrics = dict(metrics)
                 device.updated_at = at
+                if status:
+                    device.status = DeviceStatus(status)
             return copy.deepcopy(device)
 
     def set_freshness(self, device_id: str, expected: Freshness, new: Freshness) -> bool:
@@ -80,6 +85,16 @@ class InMemoryFleetStore(FleetStore):
     def list_devices(self) -> list[Device]:
         with self._lock:
             return [copy.deepcopy(d) for d in self.devices.values()]
+
+    def find_devices(self, query: DeviceQuery) -> DevicePage:
+        with self._lock:
+            matching = sorted((d for d in self.devices.values() if _matches(d, query)), key=lambda d: d.device_id)
+        if query.cursor is not None:
+            after = decode_cursor(query.cursor)
+            matching = [d for d in matching if d.device_id > after]
+        page = [copy.deepcopy(d) for d in matching[:query.limit]]
+        more = len(matching) > query.limit
+        return DevicePage(page, encode_cursor(page[-1].device_id) if more and page else None)
 
     def count_devices(self, heartbeat_since: datetime | None = None) -> int:
         with self._lock:
@@ -226,3 +241,11 @@ class InMemoryFleetStore(FleetStore):
             key = (subject, window_start)
             self.hits[key] = self.hits.get(key, 0) + count
             return self.hits[key]
+
+
+def _matches(device: Device, query: DeviceQuery) -> bool:
+    seen = device.last_heartbeat
+    return ((query.status is None or device.status is query.status)
+            and (query.platform is None or device.platform is query.platform)
+            and (query.heartbeat_before is None or (seen is not None and seen < query.heartbeat_before))
+            and (query.heartbeat_since is None or (seen is not None and seen >= query.heartbeat_since)))

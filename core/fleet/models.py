@@ -64,6 +64,24 @@ class Device:
 
 
 @dataclass(frozen=True)
+class DeviceQuery:
+    """Which devices to list: every given filter must hold (None: no filter on it)."""
+
+    status: DeviceStatus | None = None  # the status the device last reported
+    platform: Platform | None = None
+    heartbeat_before: datetime | None = None  # last heartbeat strictly older (never-beaten devices excluded)
+    heartbeat_since: datetime | None = None  # last heartbeat at or after
+    limit: int = 100
+    cursor: str | None = None  # opaque: the previous page's next_cursor
+
+
+@dataclass(frozen=True)
+class DevicePage:
+    devices: list[Device]
+    next_cursor: str | None  # None: this was the last page
+
+
+@dataclass(frozen=True)
 class ApiKeyRecord:
     key_hash: str
     key_id: str

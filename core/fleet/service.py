@@ -10,19 +10,22 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, ParamSpec, TypeVar
 
 from core.api_keys import hash_api_key, key_id, new_api_key
 from core.artifacts import ArtifactStore, ArtifactStoreUnavailable
 from core.auth import Principal
+from core.clock import as_utc
 from core.errors import DomainError, ErrorKind, conflict, invalid, not_found, unavailable
 from core.events import EventSink, EventsUnavailable, lifecycle_record
 from core.fleet.models import (
     ApiKeyRecord,
     CatalogModel,
     Device,
+    DevicePage,
+    DeviceQuery,
     DeviceStatus,
     Freshness,
     ModelUpdate,
@@ -64,6 +67,9 @@ def iso(ts: datetime | None) -> str | None:
     return ts.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
+OFFLINE_AFTER_INTERVALS = 5  # DESIGN: online within 2x the heartbeat interval, stale within 5x, offline beyond
+
+
 def freshness_of(last_heartbeat: datetime | None, now: datetime, interval_s: float) -> Freshness:
     if last_heartbeat is None:
         return Freshness.OFFLINE
@@ -72,7 +78,7 @@ def freshness_of(last_heartbeat: datetime | None, now: datetime, interval_s: flo
     age = (now - last_heartbeat).total_seconds()
     if age < 2 * interval_s:
         return Freshness.ONLINE
-    if age < 5 * interval_s:
+    if age < OFFLINE_AFTER_INTERVALS * interval_s:
         return Freshness.STALE
     return Freshness.OFFLINE
 
@@ -149,10 +155,39 @@ class FleetService:
         device = await self._io(self.store.get_device, device_id)
         if device is None:
             raise not_found("DEVICE_NOT_FOUND", f"Device '{device_id}' not found.")
-        device.freshness = freshness_of(device.last_heartbeat, self.clock(), self.settings.heartbeat_interval_s)
+        return self._as_seen_now(device, self.clock())
+
+    def _as_seen_now(self, device: Device, now: datetime) -> Device:
+        """The reported status, except ``offline`` once its last heartbeat is older than 5 intervals."""
+        device.freshness = freshness_of(device.last_heartbeat, now, self.settings.heartbeat_interval_s)
         if device.freshness is Freshness.OFFLINE and device.last_heartbeat is not None:
             device.status = DeviceStatus.OFFLINE
         return device
+
+    def _offline_before(self, now: datetime) -> datetime:
+        return now - timedelta(seconds=OFFLINE_AFTER_INTERVALS * self.settings.heartbeat_interval_s)
+
+    async def list_devices(self, principal: Principal, status: DeviceStatus | None, platform: Platform | None,
+                           heartbeat_before: datetime | None, limit: int, cursor: str | None) -> DevicePage:
+        """Operators' fleet view, one page at a time. ``offline`` is derived (no heartbeat within 5
+        intervals), so it filters on the heartbeat time; ``active``/``inactive`` are what devices reported
+        and also exclude the offline ones."""
+        principal.require_operator()
+        heartbeat_before = as_utc(heartbeat_before)  # a time without a zone is read as UTC
+        now = self.clock()
+        cutoff = self._offline_before(now)
+        if status is DeviceStatus.OFFLINE:
+            before = cutoff if heartbeat_before is None else min(cutoff, heartbeat_before)
+            query = DeviceQuery(platform=platform, heartbeat_before=before, limit=limit, cursor=cursor)
+        else:
+            since = cutoff if status is not None else None
+            query = DeviceQuery(status=status, platform=platform, heartbeat_before=heartbeat_before,
+                                heartbeat_since=since, limit=limit, cursor=cursor)
+        try:
+            page = await self._io(self.store.find_devices, query)
+        except ValueError as exc:  # a cursor that is not one of ours
+            raise invalid("INVALID_CURSOR", "The cursor is not one this API returned.") from exc
+        return DevicePage([self._as_seen_now(d, now) for d in page.devices], page.next_cursor)
 
     async def heartbeat(
         self, principal: Principal, device_id: str, status: str | None, metrics: dict[str, Any] | None
@@ -253,13 +288,17 @@ class FleetService:
         return round_
 
     async def _select_devices(self, target: int, now: datetime) -> list[str]:
-        """Freshest devices first (online before stale); offline devices are never selected."""
-        devices = await self._io(self.store.list_devices)
-        interval = self.settings.heartbeat_interval_s
-        fresh = [d for d in devices
-                 if freshness_of(d.last_heartbeat, now, interval) is not Freshness.OFFLINE]
-        fresh.sort(key=lambda d: d.last_heartbeat or now, reverse=True)
-        return [d.device_id for d in fresh[:target]]
+        """Freshest devices first (online before stale). Devices that last reported ``inactive`` and
+        offline devices are never selected; the index query reads only the eligible ones."""
+        eligible: list[Device] = []
+        query: DeviceQuery | None = DeviceQuery(status=DeviceStatus.ACTIVE, heartbeat_since=self._offline_before(now),
+                                                limit=500)
+        while query is not None:
+            page = await self._io(self.store.find_devices, query)
+            eligible += page.devices
+            query = replace(query, cursor=page.next_cursor) if page.next_cursor else None
+        eligible.sort(key=lambda d: d.last_heartbeat or now, reverse=True)
+        return [d.device_id for d in eligible[:target]]
 
     async def _latest_global_model(self) -> CatalogModel | None:
         models, _ = await self._io(self.store.list_models, limit=100, offset=0)

@@ -8,6 +8,8 @@ answer them without races across replicas.
 
 from __future__ import annotations
 
+import base64
+import binascii
 from abc import ABC, abstractmethod
 from datetime import datetime
 from typing import Any
@@ -16,6 +18,8 @@ from core.fleet.models import (
     ApiKeyRecord,
     CatalogModel,
     Device,
+    DevicePage,
+    DeviceQuery,
     Freshness,
     LearningGraph,
     ModelUpdate,
@@ -42,14 +46,20 @@ class FleetStore(ABC):
     def record_heartbeat(
         self, device_id: str, at: datetime, status: str | None, metrics: dict[str, Any]
     ) -> Device | None:
-        """Apply a heartbeat unless an equal or newer one was applied (idempotent); None if unknown."""
+        """Apply a heartbeat (time, reported status when given, metrics) unless an equal or newer one was
+        applied (idempotent); None if unknown."""
 
     @abstractmethod
     def set_freshness(self, device_id: str, expected: Freshness, new: Freshness) -> bool:
         """Compare-and-set the freshness; False when another writer changed it first."""
 
     @abstractmethod
-    def list_devices(self) -> list[Device]: ...
+    def list_devices(self) -> list[Device]:
+        """Every device (the freshness sweep); callers that filter use ``find_devices``."""
+
+    @abstractmethod
+    def find_devices(self, query: DeviceQuery) -> DevicePage:
+        """One page of the devices ``query`` matches, read through indexes, not a table scan."""
 
     @abstractmethod
     def count_devices(self, heartbeat_since: datetime | None = None) -> int:
@@ -142,3 +152,17 @@ class FleetStore(ABC):
     @abstractmethod
     def hit(self, subject: str, window_start: int, window_s: int, count: int = 1) -> int:
         """Count ``count`` requests of ``subject`` in the window; returns the count so far."""
+
+
+
+def encode_cursor(device_id: str) -> str:
+    """A page cursor: the last device id of the page, opaque to clients."""
+    return base64.urlsafe_b64encode(device_id.encode()).decode()
+
+
+def decode_cursor(cursor: str) -> str:
+    """The device id a cursor names; ValueError when it is not one ``encode_cursor`` made."""
+    try:
+        return base64.b64decode(cursor.encode("ascii"), altchars=b"-_", validate=True).decode()
+    except (UnicodeError, binascii.Error) as exc:
+        raise ValueError("not a device cursor") from exc
