@@ -6,8 +6,6 @@ balancers call them); loading, unloading and the system status do.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import grpc
 
 from api.grpc import convert
@@ -16,19 +14,6 @@ from api.routers.fleet import validate_catalog_id
 from api.routers.health import API_VERSION
 from core.health import readiness
 from modelmora.v1 import management_pb2
-
-MEMINFO = Path("/proc/meminfo")
-
-
-def host_memory_mb() -> tuple[float, float]:
-    """(total, available) of this host in MiB, from /proc/meminfo; zeros where there is none."""
-    try:
-        fields = dict(line.split(":", 1) for line in MEMINFO.read_text().splitlines() if ":" in line)
-        total = int(fields["MemTotal"].split()[0]) / 1024
-        available = int(fields["MemAvailable"].split()[0]) / 1024
-    except (OSError, KeyError, ValueError, IndexError):
-        return 0.0, 0.0
-    return total, available
 
 
 class ManagementHandlers(ServiceHandlers):
@@ -51,16 +36,14 @@ class ManagementHandlers(ServiceHandlers):
     @unary
     async def GetSystemStatus(self, request: management_pb2.GetSystemStatusRequest,
                               context: grpc.aio.ServicerContext) -> management_pb2.SystemStatus:
-        """This ingress's uptime and host memory; the cluster's loaded models and queue depths.
+        """This ingress's uptime; the cluster's loaded models and queue depths. ``memory`` is left unset:
+        models live in the workers, each with its own budget, and each loaded model's memory is in
+        ``loaded_models``; the ingress host's memory would describe the wrong machine.
         ``gpu.available`` is false: the workers run on the CPU."""
         await self.caller(context)
         serving = await self.ctx.lifecycle.status(self.ctx.queue_depth)
-        total, available = host_memory_mb()
         return management_pb2.SystemStatus(
             version=API_VERSION, uptime_seconds=self.ctx.uptime_seconds,
-            memory=management_pb2.MemoryStatus(total_mb=round(total, 1), used_mb=round(total - available, 1),
-                                               available_mb=round(available, 1),
-                                               threshold_mb=float(self.ctx.settings.inference_memory_budget_mb)),
             gpu=management_pb2.GPUStatus(available=False),
             loaded_models=[convert.model_status(s) for s in serving["loaded_models"]],
             queue=convert.queue_status(serving["queue_depth"]),

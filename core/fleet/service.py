@@ -314,6 +314,41 @@ class FleetService:
             raise not_found("MODEL_NOT_FOUND", "No aggregated or baseline model with a version exists yet.")
         return latest
 
+    async def improvements_of(self, model: CatalogModel) -> list[str]:
+        """What the round that made ``model`` improved over the round before it, from the devices'
+        reported training metrics (sample-weighted means over the updates each round received).
+        Empty for a baseline, a first round, or metrics that did not improve or were not reported."""
+        if model.round_id is None:
+            return []
+        models, _ = await self._io(self.store.list_models, limit=100, offset=0)
+        earlier = [m for m in models if m.round_id is not None and m.created_at < model.created_at]
+        if not earlier:
+            return []
+        before, after = earlier[0], model  # newest first
+        old = await self._round_metrics(before.round_id or "")
+        new = await self._round_metrics(model.round_id)
+        numbers = {r.id: r.round_number for r in await asyncio.gather(
+            self._io(self.store.get_round, before.round_id or ""), self._io(self.store.get_round, after.round_id or ""))
+            if r is not None}
+        span = f"round {numbers.get(before.round_id or '', '?')} -> {numbers.get(model.round_id, '?')}"
+        out = []
+        if old["loss"] is not None and new["loss"] is not None and new["loss"] < old["loss"]:
+            out.append(f"mean local loss {old['loss']:.4f} -> {new['loss']:.4f} ({span})")
+        if old["accuracy"] is not None and new["accuracy"] is not None and new["accuracy"] > old["accuracy"]:
+            out.append(f"mean local accuracy {old['accuracy']:.4f} -> {new['accuracy']:.4f} ({span})")
+        return out
+
+    async def _round_metrics(self, round_id: str) -> dict[str, float | None]:
+        updates = await self._io(self.store.list_updates, round_id)
+
+        def weighted(values: list[tuple[float, int]]) -> float | None:
+            samples = sum(n for _, n in values)
+            return sum(v * n for v, n in values) / samples if samples else None
+
+        return {"loss": weighted([(u.local_loss, u.num_samples) for u in updates if u.local_loss is not None]),
+                "accuracy": weighted([(u.local_accuracy, u.num_samples) for u in updates
+                                      if u.local_accuracy is not None])}
+
     async def current_round(self) -> Round:
         latest = await self._io(self.store.latest_round)
         if latest is None:

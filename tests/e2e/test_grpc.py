@@ -266,7 +266,7 @@ def test_management_rpcs(channel: grpc.Channel, system: RunningSystem, device: M
     assert health.healthy_count + health.unhealthy_count == len(health.models)
     system_status = stub.GetSystemStatus(management_pb2.GetSystemStatusRequest(), metadata=admin, timeout=30)
     assert model_id in {m.model_id for m in system_status.loaded_models}
-    assert system_status.uptime_seconds >= 0 and system_status.memory.total_mb > 0
+    assert system_status.uptime_seconds >= 0 and not system_status.HasField("memory")
     assert system_status.queue.high_priority >= 0
 
     unloaded = stub.UnloadModel(management_pb2.UnloadModelRequest(model_id=model_id), metadata=admin, timeout=90)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
@@ -19,6 +20,7 @@ from core.artifacts import MemoryArtifactStore
 from core.events import RecordingSink
 from core.fleet.learning_graphs import encrypt_graph, privacy_violations
 from core.fleet.memory_store import InMemoryFleetStore
+from core.fleet.models import CatalogModel, ModelUpdate, Round, RoundStatus
 from settings import Settings
 
 pytestmark = pytest.mark.unit
@@ -133,3 +135,29 @@ def test_latest_model_reports_the_newest_aggregate(client: tuple[TestClient, dic
     assert latest.status_code == 200, latest.text
     assert latest.json()["version"] == f"{model['id']}/v1"
     assert latest.json()["download_url"].endswith("/versions/1/download")
+
+
+def test_latest_model_improvements_are_computed_from_the_rounds(client: tuple[TestClient, dict[str, str]],
+                                                                ctx: AppContext) -> None:
+    """Two rounds' aggregates: the newer one's entry names what its devices' training improved, and
+    no delta size is claimed for a download that is the whole model."""
+    api, auth = client
+    store = ctx.store
+    assert isinstance(store, InMemoryFleetStore)
+    for number, losses in ((1, [(0.80, 100), (0.60, 300)]), (2, [(0.50, 100), (0.30, 100)])):
+        round_ = Round(id=str(uuid.uuid4()), round_number=number, status=RoundStatus.COMPLETED, target_devices=2,
+                       min_devices=1, timeout_seconds=60, created_at=datetime(2026, 1, number, tzinfo=UTC))
+        store.rounds[round_.id] = round_
+        for loss, samples in losses:
+            assert store.add_update(ModelUpdate(
+                id=str(uuid.uuid4()), round_id=round_.id, device_id=str(uuid.uuid4()), model_path="s3://b/k",
+                artifact_key="k", model_size_bytes=1, sha256="x", num_samples=samples,
+                created_at=round_.created_at, local_loss=loss))
+        at = datetime(2026, 1, number, 1, tzinfo=UTC)
+        store.create_model(CatalogModel(id=str(uuid.uuid4()), is_baseline=False, created_at=at, updated_at=at,
+                                        round_id=round_.id, latest_version=1, model_path="s3://b/m",
+                                        model_size_bytes=2_500_000, description="not an improvement"))
+    latest = api.get("/api/v1/models/latest", headers=auth).json()
+    # round 1: (0.8*100 + 0.6*300) / 400 = 0.65; round 2: 0.40; accuracy was never reported
+    assert latest["improvements"] == ["mean local loss 0.6500 -> 0.4000 (round 1 -> 2)"]
+    assert latest["delta_size_mb"] is None and latest["size_mb"] == 2.5
