@@ -55,7 +55,7 @@ class AppContext:
         return int(time.monotonic() - self.started)
 
     def __post_init__(self) -> None:
-        self.fleet = FleetService(self.settings, self.store, self.artifacts, self.events)
+        self.fleet = FleetService(self.settings, self.store, self.artifacts, self.events, residency=self.residency)
         self.authenticator = Authenticator(self.store, self.settings)
         self.limiter = RateLimiter(self.store, self.settings)
         self.registry = RegistryService(self.store, self.events, residency=self.residency)

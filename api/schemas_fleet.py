@@ -178,7 +178,10 @@ class ModelOut(BaseModel):
     version: str | None = None
     task_type: TaskTypeName | None = None
     display_name: str | None = None
-    status: Literal["registered", "downloading", "ready", "failed"]
+    status: Literal["registered", "downloading", "ready", "failed"] = Field(
+        description="What the inference workers report (ready when one holds it, downloading while one loads it, "
+                    "failed when the load failed), else ready when its files are stored, else registered")
+    status_reason: str | None = Field(None, description="Why it failed, as the worker reported it")
     resource_requirements: dict[str, Any] = {}
     config: dict[str, Any] = {}
     updated_at: datetime
@@ -191,7 +194,7 @@ class ModelOut(BaseModel):
                     model_hash=m.model_hash, framework=framework, framework_version=m.framework_version,
                     accuracy=m.accuracy, loss=m.loss, is_baseline=m.is_baseline, description=m.description,
                     created_at=m.created_at, model_id=m.id, version=version, task_type=m.task_type,
-                    display_name=m.name, status=registry_status(m),
+                    display_name=m.name, status=registry_status(m), status_reason=m.observed_reason,
                     resource_requirements=m.extra.get("resource_requirements") or {},
                     config=m.extra.get("config") or {}, updated_at=m.updated_at)
 

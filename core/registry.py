@@ -18,10 +18,10 @@ from typing import Any
 from core.auth import Principal
 from core.errors import conflict, invalid, not_found
 from core.events import EventSink, lifecycle_record
-from core.fleet.models import CatalogModel, RegistryStatus
+from core.fleet.models import CatalogModel
 from core.fleet.service import LIFECYCLE, utcnow
 from core.fleet.store import FleetStore
-from core.serving.residency import ResidencyStore
+from core.serving.residency import ResidencyStore, observe
 from topology.topics import MODEL_COMMANDS
 
 # HuggingFace-style ids: org/name with letters, digits, . _ -; no traversal, no spaces.
@@ -66,7 +66,7 @@ class RegistryService:
         model = CatalogModel(
             id=model_id, is_baseline=False, created_at=now, updated_at=now, name=display_name,
             task_type=task_type.value, description=description,
-            extra={"version": version, "status": RegistryStatus.REGISTERED.value, "source_url": source_url,
+            extra={"version": version, "source_url": source_url,
                    "resource_requirements": resource_requirements or {}, "config": config or {}},
         )
         if not await asyncio.to_thread(self.store.create_model, model):
@@ -80,6 +80,8 @@ class RegistryService:
         model = await asyncio.to_thread(self.store.get_model, model_id)
         if model is None:
             raise not_found("MODEL_NOT_FOUND", f"Model '{model_id}' not found in registry")
+        if self.residency is not None:
+            observe([model], await asyncio.to_thread(self.residency.for_model, model_id))
         return model
 
     async def update(self, principal: Principal, model_id: str, *, display_name: str | None,
@@ -119,12 +121,16 @@ class RegistryService:
                                 outcome="accepted", before={"task_type": model.task_type})
 
     async def download(self, principal: Principal, model_id: str) -> CatalogModel:
-        """Ask the workers to fetch and load the model (202: it happens asynchronously)."""
+        """Ask the workers to fetch the model's stored files into their caches and load them (202: it
+        happens asynchronously; the status reads ``downloading`` while a worker loads it, then ``ready``
+        or ``failed`` as the workers report). An entry without stored files is refused: nothing here
+        fetches a ``source_url`` yet, and a status that no process would ever move is not an answer."""
         principal.require_operator()
         model = await self.get(model_id)
-        model.extra["status"] = RegistryStatus.DOWNLOADING.value
-        model.updated_at = self.clock()
-        await asyncio.to_thread(self.store.update_model, model)
+        if not model.model_path:
+            raise conflict("MODEL_FILES_MISSING",
+                           f"Model '{model_id}' has no stored files to download: upload a version first "
+                           "(fetching source_url is not supported yet).", source_url=model.extra.get("source_url"))
         await self._command("load", model_id, "download requested")
         await self._lifecycle("model_load_requested", model_id)
         await self.events.audit(actor=principal.key_id, action="model.download", subject=f"model/{model_id}",

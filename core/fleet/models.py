@@ -161,13 +161,18 @@ class CatalogModel:
     name: str | None = None
     task_type: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    # What the inference workers report about this model right now (core.serving.residency.observe):
+    # read-time only, never stored, None where nobody asked them.
+    observed_status: RegistryStatus | None = None
+    observed_reason: str | None = None
 
 
 def registry_status(model: CatalogModel) -> str:
-    """The registry status of a catalog entry (seed 001): set explicitly, else derived from its artifact."""
-    value = model.extra.get("status")
-    if isinstance(value, str):
-        return value
+    """The registry status of a catalog entry (seed 001): what the workers report when they hold or
+    tried to load it, else ``ready`` when its files are stored, else ``registered``. Nothing is
+    ``downloading`` or ``failed`` unless a worker says so, so no status is one nothing will leave."""
+    if model.observed_status is not None:
+        return model.observed_status.value
     return RegistryStatus.READY.value if model.model_path else RegistryStatus.REGISTERED.value
 
 

@@ -38,6 +38,7 @@ from core.fleet.models import (
 )
 from core.fleet.store import FleetStore
 from core.fleet.weights import load_state_dict
+from core.serving.residency import ResidencyStore, observe
 from schemas.codec import now_millis
 from settings import Settings
 from topology import topics
@@ -91,12 +92,19 @@ class FleetService:
         artifacts: ArtifactStore,
         events: EventSink,
         clock: Callable[[], datetime] = utcnow,
+        residency: ResidencyStore | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
         self.artifacts = artifacts
         self.events = events
         self.clock = clock
+        self.residency = residency  # what the workers report: a catalog entry's registry status
+
+    async def observed(self, models: list[CatalogModel]) -> list[CatalogModel]:
+        if self.residency is None or not models:
+            return models
+        return observe(models, await self._io(self.residency.all))
 
     # Blocking store and S3 calls run in threads so one slow call does not stall the loop.
     async def _io(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
@@ -438,18 +446,20 @@ class FleetService:
         task_type: str | None = None, status: str | None = None,
     ) -> tuple[list[CatalogModel], int]:
         if status is None:
-            return await self._io(self.store.list_models, limit=limit, offset=offset, framework=framework,
-                                  is_baseline=is_baseline, task_type=task_type)
+            models, total = await self._io(self.store.list_models, limit=limit, offset=offset, framework=framework,
+                                           is_baseline=is_baseline, task_type=task_type)
+            return await self.observed(models), total
         # Registry status is derived per entry, so filter it here (catalogs are small).
         everything, _ = await self._io(self.store.list_models, limit=100_000, offset=0, framework=framework,
                                        is_baseline=is_baseline, task_type=task_type)
-        matching = [m for m in everything if registry_status(m) == status]
+        matching = [m for m in await self.observed(everything) if registry_status(m) == status]
         return matching[offset:offset + limit], len(matching)
 
     async def get_model(self, model_id: str) -> tuple[CatalogModel, list[ModelVersion]]:
         model = await self._io(self.store.get_model, model_id)
         if model is None:
             raise not_found("MODEL_NOT_FOUND", f"Model '{model_id}' not found.")
+        [model] = await self.observed([model])
         return model, await self._io(self.store.list_versions, model_id)
 
     async def upload_version(

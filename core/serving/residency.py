@@ -22,6 +22,7 @@ from enum import StrEnum
 from typing import Any
 
 from core.clock import as_utc
+from core.fleet.models import CatalogModel, RegistryStatus
 
 
 class ResidencyState(StrEnum):
@@ -116,3 +117,23 @@ class InMemoryResidencyStore(ResidencyStore):
 
     def all(self) -> list[Residency]:
         return sorted(self._live(), key=lambda r: (r.model_id, r.worker))
+
+
+def observe(models: list[CatalogModel], rows: list[Residency]) -> list[CatalogModel]:
+    """Set each model's observed registry status from the workers' residency rows: ``ready`` when a
+    worker holds it, ``downloading`` while one loads it, ``failed`` (with the worker's reason) when
+    every worker that tried reports the load failed; untouched when no worker has a row for it."""
+    by_model: dict[str, list[Residency]] = {}
+    for row in rows:
+        by_model.setdefault(row.model_id, []).append(row)
+    for model in models:
+        states = {r.state for r in by_model.get(model.id, [])}
+        if ResidencyState.LOADED in states:
+            model.observed_status = RegistryStatus.READY
+        elif ResidencyState.LOADING in states:
+            model.observed_status = RegistryStatus.DOWNLOADING
+        elif states:
+            failed = by_model[model.id][0]
+            model.observed_status = RegistryStatus.FAILED
+            model.observed_reason = f"{failed.error_code or 'LOAD_FAILED'}: {failed.error or 'load failed'}"
+    return models

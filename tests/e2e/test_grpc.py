@@ -212,8 +212,9 @@ def test_registry_rpcs(channel: grpc.Channel, system: RunningSystem) -> None:
     updated = stub.UpdateModel(registry_pb2.UpdateModelRequest(model_id=model_id, description="updated over gRPC"),
                                metadata=admin, timeout=30)
     assert updated.description == "updated over gRPC" and updated.display_name == "E2E"
-    download = stub.DownloadModel(registry_pb2.DownloadModelRequest(model_id=model_id), metadata=admin, timeout=30)
-    assert download.status == "downloading"
+    code, error = refused(lambda: stub.DownloadModel(registry_pb2.DownloadModelRequest(model_id=model_id),
+                                                     metadata=admin, timeout=30))
+    assert (code, error.code) == (grpc.StatusCode.FAILED_PRECONDITION, "MODEL_FILES_MISSING")  # no stored files
     lock = stub.GenerateLock(registry_pb2.GenerateLockRequest(), metadata=admin, timeout=30)
     assert model_id in [m.model_id for m in lock.models]
     assert stub.DeleteModel(registry_pb2.DeleteModelRequest(model_id=model_id, force=True), metadata=admin,

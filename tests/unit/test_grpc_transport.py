@@ -432,11 +432,11 @@ async def test_registry(stack: Stack) -> None:
     updated = await stack.registry.UpdateModel(registry_pb2.UpdateModelRequest(
         model_id="org/embedder", description="better"), metadata=ADMIN)
     assert updated.description == "better" and updated.display_name == "Embedder"  # empty = unchanged
-    download = await stack.registry.DownloadModel(registry_pb2.DownloadModelRequest(model_id="org/embedder"),
-                                                  metadata=ADMIN)
-    assert download.status == "downloading"
-    assert ("model_command", {"command": "load", "model_id": "org/embedder", "version": None,
-                              "reason": "download requested"}) in stack.workers.events
+    # No stored files: nothing could carry the download out, so it is refused (REST: 409).
+    code, error, _ = await refused(stack.registry.DownloadModel(
+        registry_pb2.DownloadModelRequest(model_id="org/embedder"), metadata=ADMIN))
+    assert (code, error.code) == (grpc.StatusCode.FAILED_PRECONDITION, "MODEL_FILES_MISSING")
+    assert got.status == "registered"
     lock = await stack.registry.GenerateLock(registry_pb2.GenerateLockRequest(), metadata=ADMIN)
     assert "org/embedder" in [m.model_id for m in lock.models] and lock.generated_at.seconds > 0
     deleted = await stack.registry.DeleteModel(registry_pb2.DeleteModelRequest(model_id="org/embedder"),

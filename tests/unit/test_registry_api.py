@@ -4,6 +4,7 @@ URL-encoded id, update, download (202), delete (409 while loaded), lock file."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -16,6 +17,7 @@ from core.api_keys import new_api_key
 from core.artifacts import MemoryArtifactStore
 from core.events import RecordingSink
 from core.fleet.memory_store import InMemoryFleetStore
+from core.serving.residency import Residency, ResidencyState
 from settings import Settings
 
 pytestmark = pytest.mark.unit
@@ -79,14 +81,48 @@ def test_validation_and_ids(api: TestClient) -> None:
     assert forbidden.status_code == 403
 
 
+def test_registry_status_is_what_the_workers_report(api: TestClient, ctx: AppContext) -> None:
+    api.post("/api/v1/models", json=MINILM, headers=ADMIN)
+    model_id = str(MINILM["model_id"])
+
+    def status() -> tuple[str, str | None]:
+        body = api.get(f"/api/v1/models/{model_id}", headers=ADMIN).json()
+        return body["status"], body["status_reason"]
+
+    assert status() == ("registered", None)
+    # No files: a download nothing could carry out is refused, and the status does not move.
+    refused = api.post(f"/api/v1/models/{model_id}/download", headers=ADMIN)
+    assert refused.status_code == 409 and refused.json()["error_code"] == "MODEL_FILES_MISSING"
+    assert status() == ("registered", None)
+    events = ctx.events
+    assert isinstance(events, RecordingSink) and events.of_type("model_command") == []
+
+    model = ctx.store.get_model(model_id)
+    assert model is not None
+    model.model_path = "s3://tributary-artifacts/models/minilm/v1/model.onnx"  # as a stored version sets it
+    ctx.store.update_model(model)
+    assert status() == ("ready", None)
+    accepted = api.post(f"/api/v1/models/{model_id}/download", headers=ADMIN)
+    assert accepted.status_code == 202 and accepted.json()["status"] == "downloading"
+    assert events.of_type("model_command")[-1]["command"] == "load"
+    now = datetime.now(UTC)
+    for state, expected in ((ResidencyState.LOADING, ("downloading", None)),
+                            (ResidencyState.UNHEALTHY, ("failed", "MODEL_LOAD_FAILED: bad graph")),
+                            (ResidencyState.LOADED, ("ready", None))):
+        ctx.residency.put(Residency(model_id, "inference-worker-high-1", state, now, error_code="MODEL_LOAD_FAILED"
+                                    if state is ResidencyState.UNHEALTHY else None,
+                                    error="bad graph" if state is ResidencyState.UNHEALTHY else None), ttl_s=30)
+        assert status() == expected, state
+        listed = api.get("/api/v1/models", params={"status": expected[0]}, headers=ADMIN).json()["models"]
+        assert model_id in [m["model_id"] for m in listed]
+    ctx.residency.delete(model_id, "inference-worker-high-1")
+
+
 def test_download_delete_and_lock(api: TestClient, ctx: AppContext) -> None:
     api.post("/api/v1/models", json=MINILM, headers=ADMIN)
     model_id = str(MINILM["model_id"])
-    accepted = api.post(f"/api/v1/models/{model_id}/download", headers=ADMIN)
-    assert accepted.status_code == 202 and accepted.json()["status"] == "downloading"
     events = ctx.events
     assert isinstance(events, RecordingSink)
-    assert events.of_type("model_command")[-1]["command"] == "load"
 
     lock = api.post("/api/v1/models/lock", headers=ADMIN).json()
     assert lock["models"][0]["model_id"] == model_id and lock["models"][0]["version"] == "v2.2.2"
