@@ -159,6 +159,132 @@ def fuzz(
     return results
 
 
+# --- hostile input: what a generator that keeps to the schema's shape rarely sends ---------------
+
+ENVELOPE_KEYS = {"error", "error_code", "message", "status_code"}
+HOSTILE_DEPTH = 100_000
+
+
+def hostile_bodies(max_request_bytes: int) -> list[tuple[str, bytes, str]]:
+    """(name, body, content type): malformed, wrongly typed, deeply nested, huge, not UTF-8."""
+    nested = b"[" * HOSTILE_DEPTH + b"]" * HOSTILE_DEPTH
+    nested_field = b'{"device_id": ' + b'{"a": ' * 20_000 + b"1" + b"}" * 20_000 + b"}"
+    huge = b'{"x": "' + b"a" * (max_request_bytes + 1) + b'"}'
+    return [
+        ("truncated JSON", b'{"device_id": ', "application/json"),
+        ("array", b"[]", "application/json"),
+        ("string", b'"text"', "application/json"),
+        ("number", b"12", "application/json"),
+        ("null", b"null", "application/json"),
+        ("nested array", nested, "application/json"),
+        ("nested object in a field", nested_field, "application/json"),
+        ("over the size limit", huge, "application/json"),
+        ("not UTF-8", b"\xff\xfe{\x00", "application/json"),
+        ("JSON sent as text", b'{"a": 1}', "text/plain"),
+        ("multipart without parts", b"--x--\r\n", "multipart/form-data; boundary=x"),
+        ("multipart without boundary", b"garbage", "multipart/form-data"),
+    ]
+
+
+ODD_IDS = ["..%2F..%2Fetc%2Fpasswd", "a" * 5000, "%00", "%F0%9F%92%A9", "%20", "-1", "9" * 40, "%ff", "x%0Ay"]
+ODD_QUERY_VALUES = ["-1", "9" * 40, "%ff", "", "a" * 5000, "true%00"]
+
+
+@dataclass
+class HostileResult:
+    operation: str
+    tried: int = 0
+    statuses: dict[int, int] = field(default_factory=dict)
+    slowest_s: float = 0.0
+    failures: list[str] = field(default_factory=list)
+
+
+def _hostile_requests(operation: Any, max_request_bytes: int) -> list[tuple[str, str, bytes | None, str | None]]:
+    """(what, path with query, body, content type) for one operation."""
+    definition = operation.definition.raw
+    params = [p for p in definition.get("parameters", []) if isinstance(p, dict)]
+    path_params = [p["name"] for p in params if p.get("in") == "path"]
+    query_params = [p["name"] for p in params if p.get("in") == "query"]
+    path = operation.path
+    benign = path
+    for name in path_params:
+        benign = benign.replace(f"{{{name}}}", "x").replace(f"{{{name}:path}}", "x")
+    out: list[tuple[str, str, bytes | None, str | None]] = []
+    for name in path_params:
+        for odd in ODD_IDS:
+            odd_path = path.replace(f"{{{name}}}", odd)
+            for other in path_params:
+                odd_path = odd_path.replace(f"{{{other}}}", "x")
+            out.append((f"path {name}={odd[:20]}", odd_path, None, None))
+    for name in query_params:
+        for odd in ODD_QUERY_VALUES:
+            out.append((f"query {name}={odd[:20]}", f"{benign}?{name}={odd}", None, None))
+    if "requestBody" in definition:
+        for what, body, content_type in hostile_bodies(max_request_bytes):
+            out.append((f"body: {what}", benign, body, content_type))
+    else:  # a body where none is expected, and parameters nobody declared
+        out.append(("unexpected nested body", benign, b"[" * HOSTILE_DEPTH + b"]" * HOSTILE_DEPTH,
+                    "application/json"))
+    out.append(("undeclared query", f"{benign}?%ff=%ff&{'a' * 5000}=1", None, None))
+    return out
+
+
+def hostile(base_url: str, key: str, *, max_request_bytes: int, bound_s: float = 10.0,
+            selected: Sequence[str] = (), extra_headers: dict[str, str] | None = None,
+            progress: Callable[[HostileResult], None] | None = None) -> list[HostileResult]:
+    """Every operation with odd path ids, odd query values and hostile bodies: each answer must come
+    within ``bound_s``, be no 5xx but 503, and a 4xx must carry the error envelope."""
+    _, ops = operations(base_url, selected)
+    headers = {**(extra_headers or {}), "Authorization": f"Bearer {key}"}
+    results = []
+    with httpx.Client(base_url=base_url, timeout=bound_s + 5) as client:
+        for operation in ops:
+            result = HostileResult(operation.label)
+            for what, path, body, content_type in _hostile_requests(operation, max_request_bytes):
+                request_headers = {**headers, **({"Content-Type": content_type} if content_type else {})}
+                started = time.monotonic()
+                try:
+                    response = client.request(operation.method.upper(), path, content=body, headers=request_headers)
+                except httpx.HTTPError as exc:
+                    result.failures.append(f"{what}: {_first_line(exc)}")
+                    continue
+                elapsed = time.monotonic() - started
+                result.tried += 1
+                result.slowest_s = max(result.slowest_s, elapsed)
+                result.statuses[response.status_code] = result.statuses.get(response.status_code, 0) + 1
+                problem = _hostile_problem(response, elapsed, bound_s)
+                if problem and len(result.failures) < 5:
+                    result.failures.append(f"{what}: {problem}")
+            results.append(result)
+            if progress is not None:
+                progress(result)
+    return results
+
+
+def _hostile_problem(response: httpx.Response, elapsed: float, bound_s: float) -> str | None:
+    if elapsed > bound_s:
+        return f"answered after {elapsed:.1f}s (bound {bound_s:.0f}s)"
+    if response.status_code >= 500 and response.status_code != 503:
+        return f"{response.status_code} {response.text[:200]}"
+    if 400 <= response.status_code < 500:
+        try:
+            body = response.json()
+        except ValueError:
+            return f"{response.status_code} without a JSON error envelope: {response.text[:200]}"
+        if not isinstance(body, dict) or not set(body) >= ENVELOPE_KEYS:
+            return f"{response.status_code} without the error envelope: {response.text[:200]}"
+    return None
+
+
+def print_hostile(result: HostileResult) -> None:
+    statuses = " ".join(f"{code}x{count}" for code, count in sorted(result.statuses.items()))
+    mark = "FAIL" if result.failures else "ok"
+    print(f"{mark:4} {result.operation:55} hostile={result.tried:3} slowest={result.slowest_s:5.2f}s [{statuses}]",
+          flush=True)
+    for failure in result.failures:
+        print(f"     - {failure[:400]}", flush=True)
+
+
 def print_result(result: OperationResult) -> None:
     statuses = " ".join(f"{code}x{count}" for code, count in sorted(result.statuses.items()))
     mark = "FAIL" if result.failures else "ok"
@@ -179,6 +305,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--operation", action="append", default=[], help="only operations containing this")
     parser.add_argument("--header", action="append", default=[], metavar="NAME:VALUE",
                         help="extra header on every request, e.g. 'X-Forwarded-For: 198.51.100.17'")
+    parser.add_argument("--hostile", action="store_true",
+                        help="also send odd path ids, odd query values and hostile bodies (as the operator)")
+    parser.add_argument("--max-request-bytes", type=int, default=16 * 1024 * 1024,
+                        help="the ingress's TRIBUTARY_MAX_REQUEST_BYTES: the hostile 'huge' body is one byte over")
     args = parser.parse_args(argv)
     extra = dict((name.strip(), value.strip()) for name, _, value in (h.partition(":") for h in args.header))
 
@@ -190,10 +320,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     started = time.monotonic()
     results = fuzz(args.url, identities, args.examples, selected=args.operation, progress=print_result,
                    extra_headers=extra)
-    failures = [f for r in results for f in r.failures]
+    failures: list[Any] = [f for r in results for f in r.failures]
     print(f"\noperations={len({r.operation for r in results})} runs={len(results)} "
           f"examples={sum(r.examples for r in results)} failures={len(failures)} "
           f"seconds={time.monotonic() - started:.1f}")
+    if args.hostile:
+        key = identities.get("operator", identities["device"])
+        hostile_results = hostile(args.url, key, max_request_bytes=args.max_request_bytes, selected=args.operation,
+                                  extra_headers=extra, progress=print_hostile)
+        hostile_failures = [f for r in hostile_results for f in r.failures]
+        failures += hostile_failures
+        print(f"hostile: operations={len(hostile_results)} requests={sum(r.tried for r in hostile_results)} "
+              f"failures={len(hostile_failures)} slowest={max(r.slowest_s for r in hostile_results):.2f}s")
     return 1 if failures else 0
 
 

@@ -82,6 +82,9 @@ def parse_request(raw: bytes) -> tuple[str, dict[str, Any]]:
     except ValueError:  # invalid JSON or not UTF-8
         raise malformed([FieldIssue("", "the body is not valid JSON",
                                     "Send a JSON object with Content-Type: application/json")]) from None
+    except RecursionError:  # nested deeper than the parser goes (~1,000 levels): a client's body, not our bug
+        raise malformed([FieldIssue("", "the body is nested too deeply",
+                                    "Send a JSON object nested at most a few hundred levels")]) from None
     if not isinstance(payload, dict):
         raise malformed([FieldIssue("", "the body must be a JSON object", "Value must be an object")])
     issues: list[FieldIssue] = []

@@ -21,7 +21,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from bench.fuzz_api import OperationResult, fuzz, print_result, register_device
+from bench.fuzz_api import OperationResult, fuzz, hostile, print_hostile, print_result, register_device
 from core.api_keys import new_api_key
 from core.cassandra.session import connect
 from core.fleet.cassandra_store import CassandraFleetStore
@@ -36,6 +36,8 @@ EXAMPLES = 15  # per operation, identity and mode: 32 operations x 2 identities 
 
 FUZZ_OPERATOR_KEY = new_api_key()
 FUZZ_ADDRESS = "198.51.100.17"  # TEST-NET-2: never a real client
+MAX_REQUEST_BYTES = 256 * 1024  # the replica's JSON body limit: the hostile "huge" body is one byte over
+HOSTILE_BOUND_S = 10.0
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +46,8 @@ def fuzz_replica(system: RunningSystem) -> Iterator[str]:
         with ingress_replica(system, "fuzz-replica", TRIBUTARY_RATE_LIMIT_PER_MINUTE="1000000",
                              TRIBUTARY_MODEL_LOAD_WAIT_S="3", TRIBUTARY_ADMIN_API_KEY=FUZZ_OPERATOR_KEY,
                              TRIBUTARY_LEARNING_GRAPH_HMAC_KEY="fuzz-hmac-key",
-                             TRIBUTARY_LEARNING_GRAPH_AES_KEY="ab" * 32) as url:
+                             TRIBUTARY_LEARNING_GRAPH_AES_KEY="ab" * 32,
+                             TRIBUTARY_MAX_REQUEST_BYTES=str(MAX_REQUEST_BYTES)) as url:
             yield url
     finally:
         release_active_round(system.settings)
@@ -78,3 +81,17 @@ def test_every_operation_as_device_and_operator(system: RunningSystem, fuzz_repl
     assert not failures, "\n".join(
         f"{f.operation} as {f.identity} ({f.mode}): {f.message}\n  {f.status} {f.body}\n  {f.reproduce}"
         for f in failures)
+
+
+def test_hostile_input_to_every_operation_is_a_prompt_4xx_with_the_envelope(fuzz_replica: str) -> None:
+    """Odd path ids (traversal, 5,000 characters, NUL, non-UTF-8, 40-digit numbers), odd query values
+    and hostile bodies (truncated, wrongly typed, nested 100,000 deep, one byte over the size limit,
+    not UTF-8, wrong content type, broken multipart) to every operation: each answer within 10 s, no 5xx
+    but 503, and every 4xx in the error envelope."""
+    results = hostile(fuzz_replica, FUZZ_OPERATOR_KEY, max_request_bytes=MAX_REQUEST_BYTES, bound_s=HOSTILE_BOUND_S,
+                      extra_headers={"X-Forwarded-For": FUZZ_ADDRESS}, progress=print_hostile)
+    tried = sum(r.tried for r in results)
+    print(f"hostile: {len(results)} operations, {tried} requests, slowest {max(r.slowest_s for r in results):.2f}s")
+    assert len(results) >= 30 and all(r.tried > 0 for r in results)
+    failures = [f"{r.operation}: {f}" for r in results for f in r.failures]
+    assert not failures, "\n".join(failures)

@@ -14,8 +14,10 @@ from api.app import create_app
 from api.context import AppContext
 from core.api_keys import new_api_key
 from core.artifacts import MemoryArtifactStore
+from core.errors import DomainError, ErrorKind
 from core.events import RecordingSink
 from core.fleet.memory_store import InMemoryFleetStore
+from core.serving.pipelines import parse_request
 from core.serving.validation import field_errors
 from settings import Settings
 
@@ -200,3 +202,13 @@ def test_contract_is_in_openapi(api: TestClient) -> None:
     schema = operation["requestBody"]["content"]["application/json"]["schema"]
     assert set(schema["required"]) == {"pipeline_name", "config"}
     assert {"200", "400", "401", "404"} <= set(operation["responses"])
+
+
+DEEP_CONFIG = b'{"pipeline_name": "x", "config": ' + b'{"a": ' * 20_000 + b"1" + b"}" * 20_000 + b"}"
+
+
+@pytest.mark.parametrize("body", [b"[" * 100_000 + b"]" * 100_000, DEEP_CONFIG])
+def test_a_body_nested_too_deeply_is_400_not_500(body: bytes) -> None:
+    with pytest.raises(DomainError) as refused:
+        parse_request(body)
+    assert refused.value.kind is ErrorKind.INVALID and "nested too deeply" in str(refused.value.details)
