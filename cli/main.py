@@ -1,4 +1,5 @@
-"""``tributary``: the operator's command line (local stack, topology, migrations, running)."""
+"""``tributary``: the operator's command line (local stack, topology, migrations, running) and the one
+way every process of the system starts (``api``, ``worker``, ``processor``)."""
 
 from __future__ import annotations
 
@@ -10,8 +11,10 @@ import click
 from rich.console import Console
 from rich.table import Table
 
+from consumers.processors.kinds import PROCESSORS
 from infra.local_stack import LocalStack, StackError
 from settings import get_settings
+from topology.topics import Priority
 
 console = Console()
 
@@ -66,6 +69,51 @@ def status(as_json: bool) -> None:
 
 def _yes(flag: bool) -> str:
     return "[green]yes[/green]" if flag else "[red]no[/red]"
+
+
+# --- the processes of the system: compose, Kubernetes, `run` and `workers` start these -------------
+
+
+@main.command(short_help="Serve the ingress (REST and gRPC).")
+def api() -> None:
+    """Serve the ingress: REST on TRIBUTARY_API_HOST:TRIBUTARY_API_PORT and gRPC on TRIBUTARY_GRPC_PORT.
+
+    Stateless; each replica is a member of the `ingress-replies` group (its sync-inference replies).
+    Logs are JSON lines on stderr; SIGTERM lets in-flight requests finish.
+    """
+    from api.serve import main as serve
+
+    serve(get_settings())
+
+
+@main.command(short_help="Run one inference worker of one priority.")
+@click.option("--priority", required=True, type=click.Choice([p.value for p in Priority]),
+              help="Which request topic to serve; each priority is its own group, scaled on its own.")
+def worker(priority: str) -> None:
+    """Run one inference worker: a member of the `inference-workers-<priority>` group.
+
+    Answers the priority's inference requests and async jobs, applies model load/unload commands.
+    Logs are JSON lines on stderr; SIGTERM finishes in-flight requests, commits and leaves the group.
+    """
+    from consumers.inference.worker import main as serve
+
+    sys.exit(serve(get_settings(), Priority(priority)))
+
+
+def _processor_help() -> str:
+    rows = "\n".join(f"  {k.name:<16} group {k.group.group_id}, reads {k.topic.name}\n  {'':<16} {k.summary}"
+                     for k in PROCESSORS.values())
+    return ("Run one state processor (a faust app): a member of its consumer group.\n\n"
+            f"\b\n{rows}\n\n"
+            "Logs are JSON lines on stderr; SIGTERM flushes events, commits and leaves the group.")
+
+
+@main.command(help=_processor_help(), short_help=f"Run one state processor: {', '.join(PROCESSORS)}.")
+@click.argument("name", type=click.Choice(list(PROCESSORS)))
+def processor(name: str) -> None:
+    from consumers.processors.fleet import main as serve
+
+    serve(get_settings(), name)
 
 
 @main.group()

@@ -1,22 +1,23 @@
 """Device and round processors as faust apps: one consumer group each, scalable on their own.
 
-    python -m consumers.processors.fleet devices   # heartbeats → device rows, freshness events
-    python -m consumers.processors.fleet rounds    # updates → counters, streaming FedAvg, round closing
+    tributary processor devices   # heartbeats → device rows, freshness events
+    tributary processor rounds    # updates → counters, streaming FedAvg, round closing
 
-Events are decoded with the project codec (faust sees raw bytes); failures go through the
-shared dead-letter router, so the agent always moves on and faust commits past the message.
+``consumers/processors/kinds.py`` names them, with the group and topic of each. Events are
+decoded with the project codec (faust sees raw bytes); failures go through the shared
+dead-letter router, so the agent always moves on and faust commits past the message.
 """
 
 from __future__ import annotations
 
 import logging
-import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
 import faust
 
+from consumers.processors.kinds import PROCESSORS
 from core.artifacts import S3ArtifactStore
 from core.cassandra.session import connect
 from core.fleet.cassandra_store import CassandraFleetStore
@@ -28,9 +29,8 @@ from messaging.dead_letter import DeadLetterRouter, RawMessage
 from messaging.events import KafkaEventSink
 from messaging.publisher import Publisher
 from schemas.codec import Codec
-from settings import Settings, get_settings
+from settings import Settings
 from topology.groups import BY_GROUP
-from topology.topics import DEVICE_HEARTBEATS, TRAINING_UPDATES
 
 log = logging.getLogger(__name__)
 Handler = Callable[[str, dict[str, Any]], Awaitable[None]]
@@ -47,6 +47,9 @@ class ProcessorSpec:
 
 
 def build(kind: str, settings: Settings) -> ProcessorSpec:
+    if kind not in PROCESSORS:
+        raise ValueError(f"unknown processor {kind!r}; choose one of {sorted(PROCESSORS)}")
+    group, topic = PROCESSORS[kind].group.group_id, PROCESSORS[kind].topic.name
     session = connect(settings, settings.cassandra_keyspace)
     store = CassandraFleetStore(session)
     publisher = Publisher(settings, client_id=f"tributary-{kind}-processor")
@@ -58,8 +61,8 @@ def build(kind: str, settings: Settings) -> ProcessorSpec:
         async def on_heartbeat(_: str, record: dict[str, Any]) -> None:
             await devices.on_heartbeat(record)
 
-        return ProcessorSpec("device-processor", DEVICE_HEARTBEATS.name, {"device_heartbeat": on_heartbeat},
-                             settings.freshness_sweep_s, devices.sweep, closers)
+        return ProcessorSpec(group, topic, {"device_heartbeat": on_heartbeat}, settings.freshness_sweep_s,
+                             devices.sweep, closers)
     if kind == "rounds":
         artifacts = S3ArtifactStore(settings)
         rounds = RoundProcessor(settings, store, artifacts, events, FleetService(settings, store, artifacts, events))
@@ -67,9 +70,8 @@ def build(kind: str, settings: Settings) -> ProcessorSpec:
         async def on_update(_: str, record: dict[str, Any]) -> None:
             await rounds.on_update(record)
 
-        return ProcessorSpec("round-processor", TRAINING_UPDATES.name, {"model_update_submitted": on_update},
-                             1.0, rounds.tick, closers)
-    raise SystemExit(f"unknown processor {kind!r}; choose devices or rounds")
+        return ProcessorSpec(group, topic, {"model_update_submitted": on_update}, 1.0, rounds.tick, closers)
+    raise AssertionError(f"processor {kind!r} is listed but not built")
 
 
 def make_app(spec: ProcessorSpec, settings: Settings) -> faust.App:
@@ -132,18 +134,11 @@ def make_app(spec: ProcessorSpec, settings: Settings) -> faust.App:
     return app
 
 
-def main(argv: list[str] | None = None) -> None:
-    args = argv if argv is not None else sys.argv[1:]
-    if not args:
-        raise SystemExit("usage: python -m consumers.processors.fleet devices|rounds")
-    settings = get_settings()
-    configure(f"{args[0]}-processor")
-    spec = build(args[0], settings)
+def main(settings: Settings, kind: str) -> None:
+    """Run processor ``kind`` (a name of ``PROCESSORS``) until SIGTERM/SIGINT; faust exits the process."""
+    configure(f"{kind}-processor")
+    spec = build(kind, settings)
     app = make_app(spec, settings)
     # override_logging=False keeps the JSON handler configure() installed.
     worker = faust.Worker(app, loglevel="info", quiet=True, override_logging=False, redirect_stdouts=False)
     worker.execute_from_commandline()
-
-
-if __name__ == "__main__":
-    main()
