@@ -1,7 +1,8 @@
-"""Device and round processors as faust apps: one consumer group each, scalable on their own.
+"""The fleet's state processors as faust apps: one consumer group each, scalable on their own.
 
-    tributary processor devices   # heartbeats → device rows, freshness events
-    tributary processor rounds    # updates → counters, streaming FedAvg, round closing
+    tributary processor devices           # heartbeats → device rows, freshness events
+    tributary processor rounds            # updates → counters, streaming FedAvg, round closing
+    tributary processor learning-graphs   # retraining requests → a training round (or why not)
 
 ``consumers/processors/kinds.py`` names them, with the group and topic of each. Events are
 decoded with the project codec (faust sees raw bytes); failures go through the shared
@@ -22,6 +23,7 @@ from core.artifacts import S3ArtifactStore
 from core.cassandra.session import connect
 from core.fleet.cassandra_store import CassandraFleetStore
 from core.fleet.processing import DeviceProcessor, RoundProcessor
+from core.fleet.retraining import RetrainingTrigger
 from core.fleet.service import FleetService
 from core.logs import configure, correlation_id_var, trace_id_var
 from core.shutdown import arm_shutdown_deadline
@@ -41,9 +43,9 @@ class ProcessorSpec:
     group_id: str
     topic: str
     handlers: dict[str, Handler]
-    timer_s: float
-    on_timer: Callable[[], Awaitable[Any]]
     closers: list[Callable[[], Any]]
+    timer_s: float = 0.0
+    on_timer: Callable[[], Awaitable[Any]] | None = None  # work that no message triggers
 
 
 def build(kind: str, settings: Settings) -> ProcessorSpec:
@@ -61,8 +63,8 @@ def build(kind: str, settings: Settings) -> ProcessorSpec:
         async def on_heartbeat(_: str, record: dict[str, Any]) -> None:
             await devices.on_heartbeat(record)
 
-        return ProcessorSpec(group, topic, {"device_heartbeat": on_heartbeat}, settings.freshness_sweep_s,
-                             devices.sweep, closers)
+        return ProcessorSpec(group, topic, {"device_heartbeat": on_heartbeat}, closers, settings.freshness_sweep_s,
+                             devices.sweep)
     if kind == "rounds":
         artifacts = S3ArtifactStore(settings)
         rounds = RoundProcessor(settings, store, artifacts, events, FleetService(settings, store, artifacts, events))
@@ -70,7 +72,15 @@ def build(kind: str, settings: Settings) -> ProcessorSpec:
         async def on_update(_: str, record: dict[str, Any]) -> None:
             await rounds.on_update(record)
 
-        return ProcessorSpec(group, topic, {"model_update_submitted": on_update}, 1.0, rounds.tick, closers)
+        return ProcessorSpec(group, topic, {"model_update_submitted": on_update}, closers, 1.0, rounds.tick)
+    if kind == "learning-graphs":
+        artifacts = S3ArtifactStore(settings)
+        trigger = RetrainingTrigger(settings, store, FleetService(settings, store, artifacts, events), events)
+
+        async def on_graph(_: str, record: dict[str, Any]) -> None:
+            await trigger.on_graph_submitted(record)
+
+        return ProcessorSpec(group, topic, {"learning_graph_submitted": on_graph}, closers)
     raise AssertionError(f"processor {kind!r} is listed but not built")
 
 
@@ -117,12 +127,14 @@ def make_app(spec: ProcessorSpec, settings: Settings) -> faust.App:
             # Returns once handled or dead-lettered; faust then acks (commits) the offset.
             await router.process(raw, handle)
 
-    @app.timer(interval=spec.timer_s)  # type: ignore[untyped-decorator]
-    async def periodic() -> None:
-        try:
-            await spec.on_timer()
-        except Exception:
-            log.exception("%s timer failed; retrying next tick", spec.group_id)
+    on_timer = spec.on_timer
+    if on_timer is not None:
+        @app.timer(interval=spec.timer_s)  # type: ignore[untyped-decorator]
+        async def periodic() -> None:
+            try:
+                await on_timer()
+            except Exception:
+                log.exception("%s timer failed; retrying next tick", spec.group_id)
 
     @app.on_before_shutdown.connect  # type: ignore[arg-type]
     async def close(app: faust.App, **_: Any) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from topology.groups import BY_GROUP, ConsumerGroupSpec, Group
-from topology.topics import DEVICE_HEARTBEATS, TRAINING_UPDATES, TopicSpec
+from topology.topics import DEVICE_HEARTBEATS, LEARNING_GRAPHS, TRAINING_UPDATES, TopicSpec
 
 
 @dataclass(frozen=True)
@@ -25,4 +25,6 @@ PROCESSORS: dict[str, ProcessorKind] = {kind.name: kind for kind in (
                   "heartbeats -> device rows; a timer re-derives freshness (lifecycle events)"),
     ProcessorKind("rounds", BY_GROUP[Group.ROUND_PROCESSOR], TRAINING_UPDATES,
                   "model updates -> counters and streaming FedAvg; a timer closes rounds"),
+    ProcessorKind("learning-graphs", BY_GROUP[Group.LEARNING_GRAPH_PROCESSOR], LEARNING_GRAPHS,
+                  "retraining requests (seed 002) -> a training round, or an event saying why not"),
 )}
