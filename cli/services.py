@@ -15,11 +15,15 @@ from topology.groups import Group
 from topology.topics import Priority
 
 API_ARGS: tuple[str, ...] = ("api",)
-# The subcommand that runs one member of each consumer group we run as our own process.
+# The subcommand that runs one member of each consumer group that has a process of its own
+# (`tributary workers --group G` runs N of them).
 GROUP_ARGS: dict[str, tuple[str, ...]] = {
     **{kind.group.group_id: ("processor", name) for name, kind in PROCESSORS.items()},
     **{Group.inference(p).value: ("worker", "--priority", p.value) for p in Priority},
 }
+
+# The subcommand whose process is a member of each declared group: the ingress reads its own replies.
+MEMBER_ARGS: dict[str, tuple[str, ...]] = {Group.INGRESS_REPLIES.value: API_ARGS, **GROUP_ARGS}
 
 
 def tributary(*args: str) -> list[str]:

@@ -262,6 +262,11 @@ class ReplyRouter(ReplyTable):
         # Consumer-thread state: the next offset to read per partition we hold or held at the last revoke.
         self._positions: dict[int, int] = {}
 
+    @property
+    def subscriptions(self) -> list[str]:
+        """The topics the reply group's consumer subscribes to."""
+        return [self.topic]
+
     def consumer_config(self) -> dict[str, Any]:
         session = self.settings.session_timeout_ms
         return {
@@ -283,7 +288,7 @@ class ReplyRouter(ReplyTable):
         """Join the group and wait for the first assignment; False if none came within the timeout."""
         self._loop = asyncio.get_running_loop()
         self._consumer = Consumer(self.consumer_config())
-        self._consumer.subscribe([self.topic], on_assign=self._on_assign, on_revoke=self._on_revoke,
+        self._consumer.subscribe(self.subscriptions, on_assign=self._on_assign, on_revoke=self._on_revoke,
                                  on_lost=self._on_lost)
         self._thread = threading.Thread(target=self._run, name="ingress-replies", daemon=True)
         self._thread.start()

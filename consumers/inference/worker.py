@@ -311,6 +311,11 @@ class InferenceWorker:
         self._commands_kafka = ThreadPoolExecutor(1, thread_name_prefix="kafka-commands")
         self.commands_consumer = Consumer(self.commands_consumer_config())
 
+    @staticmethod
+    def subscriptions(settings: Settings, priority: Priority) -> list[str]:
+        """The topics the worker's group consumer subscribes to (model commands are assign()ed, no group)."""
+        return [INFERENCE_REQUESTS[priority].full_name(settings)]
+
     def consumer_config(self) -> dict[str, Any]:
         session = self.settings.session_timeout_ms
         return {
@@ -543,7 +548,8 @@ class InferenceWorker:
         preload = asyncio.create_task(self._preload())
         background = [asyncio.create_task(self._command_loop()), asyncio.create_task(self._refresh_residency())]
         await loop.run_in_executor(self._kafka, lambda: self.consumer.subscribe(
-            [self.topic], on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost))
+            self.subscriptions(self.settings, self.priority), on_assign=self._on_assign, on_revoke=self._on_revoke,
+            on_lost=self._on_lost))
         log.info("serving %s as %s", self.topic, self.group_id)
         limit = self.settings.inference_max_in_flight
         try:

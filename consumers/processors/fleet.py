@@ -84,7 +84,8 @@ def build(kind: str, settings: Settings) -> ProcessorSpec:
     raise AssertionError(f"processor {kind!r} is listed but not built")
 
 
-def make_app(spec: ProcessorSpec, settings: Settings) -> faust.App:
+def make_app(spec: ProcessorSpec, settings: Settings, dead_letters: DeadLetterRouter) -> faust.App:
+    """The faust app of one processor: its id is the group id, its one agent reads ``spec.topic``."""
     group = BY_GROUP[spec.group_id]
     processors_dir = settings.data_dir / "processors"
     processors_dir.mkdir(parents=True, exist_ok=True)  # faust creates only the last level
@@ -102,9 +103,6 @@ def make_app(spec: ProcessorSpec, settings: Settings) -> faust.App:
         web_enabled=False,
         producer_acks=-1,
     )
-    publisher = Publisher(settings, client_id=f"tributary-{spec.group_id}-dlq")
-    router = DeadLetterRouter(settings, publisher, group.group_id)
-    spec.closers.insert(0, publisher.close)
     codec = Codec()
     topic = app.topic(settings.topic(spec.topic), key_type=bytes, value_type=bytes, key_serializer="raw",
                       value_serializer="raw")
@@ -125,7 +123,7 @@ def make_app(spec: ProcessorSpec, settings: Settings) -> faust.App:
             raw = RawMessage(msg.topic, msg.partition, msg.offset, msg.key, msg.value,
                              [(k, bytes(v)) for k, v in (msg.headers or [])])
             # Returns once handled or dead-lettered; faust then acks (commits) the offset.
-            await router.process(raw, handle)
+            await dead_letters.process(raw, handle)
 
     on_timer = spec.on_timer
     if on_timer is not None:
@@ -150,7 +148,9 @@ def main(settings: Settings, kind: str) -> None:
     """Run processor ``kind`` (a name of ``PROCESSORS``) until SIGTERM/SIGINT; faust exits the process."""
     configure(f"{kind}-processor")
     spec = build(kind, settings)
-    app = make_app(spec, settings)
+    publisher = Publisher(settings, client_id=f"tributary-{spec.group_id}-dlq")
+    spec.closers.insert(0, publisher.close)
+    app = make_app(spec, settings, DeadLetterRouter(settings, publisher, spec.group_id))
     # override_logging=False keeps the JSON handler configure() installed.
     worker = faust.Worker(app, loglevel="info", quiet=True, override_logging=False, redirect_stdouts=False)
     worker.execute_from_commandline()

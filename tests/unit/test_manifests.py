@@ -29,13 +29,13 @@ from pydantic import SecretStr
 
 from api.app import create_app
 from api.context import AppContext
-from cli.services import API_ARGS, GROUP_ARGS, system_services
+from cli.services import API_ARGS, GROUP_ARGS, MEMBER_ARGS, system_services
 from core.artifacts import MemoryArtifactStore
 from core.events import RecordingSink
 from core.fleet.memory_store import InMemoryFleetStore
 from messaging.publisher import Publisher
 from settings import Settings
-from topology.groups import BY_GROUP, Group, group_spec
+from topology.groups import BY_GROUP, GROUPS, Group, group_spec
 from topology.topics import BY_NAME, INFERENCE_REQUESTS, Priority
 
 pytestmark = pytest.mark.unit
@@ -253,6 +253,16 @@ def test_every_process_of_the_system_has_a_deployment() -> None:
     assert set(consumers) == CONSUMER_GROUPS
     assert api_deployment()["metadata"]["name"] not in {d["metadata"]["name"] for d in consumers.values()}
     assert len(of_kind("Deployment")) == len(system_services(Settings()))
+
+
+def test_every_declared_consumer_group_has_a_deployment_whose_command_starts_it() -> None:
+    """No phantom groups: a group nobody runs never gets a member (degraded health, lag that only grows)."""
+    commands = [cli_args(containers(d)[0]["command"]) for d in of_kind("Deployment")]
+    for group in GROUPS:
+        assert list(MEMBER_ARGS[group.group_id]) in commands, f"no Deployment runs a member of {group.group_id}"
+    compose_commands = [cli_args(s["command"]) for s in ours().values()]
+    for group in GROUPS:
+        assert list(MEMBER_ARGS[group.group_id]) in compose_commands, f"no compose service runs {group.group_id}"
 
 
 def test_every_consumer_deployment_is_scaled_by_keda_on_its_group_lag() -> None:
