@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 import uuid
 from collections.abc import Callable
 from datetime import datetime
@@ -31,6 +32,7 @@ from core.fleet.service import LIFECYCLE, FleetService, utcnow
 from core.fleet.store import FleetStore
 from settings import Settings
 
+log = logging.getLogger(__name__)
 # Namespace of retraining round ids: uuid5(RETRAINING_ROUNDS, trigger graph id).
 RETRAINING_ROUNDS = uuid.UUID("5f0c1d9e-2b7a-4e43-9a51-6f4b8e0d7c21")
 # The processor acts as an operator would on the REST endpoint; audits name it, not a key.
@@ -60,6 +62,8 @@ class RetrainingTrigger:
             decision = await self._decide(trigger_id, str(record.get("model_version") or ""),
                                           int(record.get("pending_count") or 0))
             decision = await asyncio.to_thread(self.store.record_retraining_decision, decision)
+            outcome = f"round {decision.round_id} started" if decision.started else decision.reason
+            log.info("retraining request %s: %s (%s)", trigger_id, outcome, decision.detail or "")
         await self._announce(decision)
         return decision
 
