@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from typing import Any
 
@@ -113,3 +114,42 @@ def test_a_worker_exit_code_is_the_process_exit_code(monkeypatch: pytest.MonkeyP
 
     monkeypatch.setattr(consumers.inference.worker, "main", lambda settings, priority: 1)
     assert CliRunner().invoke(main, ["worker", "--priority", "high"]).exit_code == 1
+
+
+def test_topology_apply_and_verify_print_json(monkeypatch: pytest.MonkeyPatch) -> None:
+    import topology.admin
+    from topology.admin import ApplyReport, Drift
+
+    drift = Drift("t.x", "partitions_high", "3", "6", "partitions can never be removed")
+    monkeypatch.setattr(topology.admin, "apply", lambda _: ApplyReport(created=["t.a"], unfixable=[drift]))
+    monkeypatch.setattr(topology.admin, "verify", lambda _: [drift])
+    applied = CliRunner().invoke(main, ["topology", "apply", "--json"])
+    assert applied.exit_code == 2  # unfixable drift, as without --json
+    report = json.loads(applied.output)
+    assert report["created"] == ["t.a"] and report["unfixable"] == [drift.row()]
+    verified = CliRunner().invoke(main, ["topology", "verify", "--json"])
+    assert verified.exit_code == 1 and json.loads(verified.output) == {"drift": [drift.row()]}
+    monkeypatch.setattr(topology.admin, "verify", lambda _: [])
+    clean = CliRunner().invoke(main, ["topology", "verify", "--json"])
+    assert clean.exit_code == 0 and json.loads(clean.output) == {"drift": []}
+
+
+def test_db_migrate_prints_json(monkeypatch: pytest.MonkeyPatch) -> None:
+    import core.cassandra.migrate
+    import core.cassandra.session
+    from core.cassandra.migrate import Migration
+
+    class Session:
+        class cluster:  # the driver names it so
+            @staticmethod
+            def shutdown() -> None:
+                pass
+
+    monkeypatch.setattr(core.cassandra.session, "connect", lambda *_: Session())
+    monkeypatch.setattr(core.cassandra.migrate, "migrate",
+                        lambda *_: [Migration(5, "retraining_decisions", [], "sum")])
+    monkeypatch.setattr(core.cassandra.migrate, "current_version", lambda *_: 5)
+    result = CliRunner().invoke(main, ["db", "migrate", "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output) == {"keyspace": Settings().cassandra_keyspace, "version": 5,
+                                         "applied": ["0005_retraining_decisions"]}
