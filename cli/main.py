@@ -1,4 +1,5 @@
-"""``tributary``: the operator's command line (local stack, topology, migrations, running)."""
+"""``tributary``: the operator's command line (local stack, topology, migrations, running) and the one
+way every process of the system starts (``api``, ``worker``, ``processor``)."""
 
 from __future__ import annotations
 
@@ -10,8 +11,10 @@ import click
 from rich.console import Console
 from rich.table import Table
 
+from consumers.processors.kinds import PROCESSORS
 from infra.local_stack import LocalStack, StackError
 from settings import get_settings
+from topology.topics import Priority
 
 console = Console()
 
@@ -68,13 +71,59 @@ def _yes(flag: bool) -> str:
     return "[green]yes[/green]" if flag else "[red]no[/red]"
 
 
+# --- the processes of the system: compose, Kubernetes, `run` and `workers` start these -------------
+
+
+@main.command(short_help="Serve the ingress (REST and gRPC).")
+def api() -> None:
+    """Serve the ingress: REST on TRIBUTARY_API_HOST:TRIBUTARY_API_PORT and gRPC on TRIBUTARY_GRPC_PORT.
+
+    Stateless; each replica is a member of the `ingress-replies` group (its sync-inference replies).
+    Logs are JSON lines on stderr; SIGTERM lets in-flight requests finish.
+    """
+    from api.serve import main as serve
+
+    serve(get_settings())
+
+
+@main.command(short_help="Run one inference worker of one priority.")
+@click.option("--priority", required=True, type=click.Choice([p.value for p in Priority]),
+              help="Which request topic to serve; each priority is its own group, scaled on its own.")
+def worker(priority: str) -> None:
+    """Run one inference worker: a member of the `inference-workers-<priority>` group.
+
+    Answers the priority's inference requests and async jobs, applies model load/unload commands.
+    Logs are JSON lines on stderr; SIGTERM finishes in-flight requests, commits and leaves the group.
+    """
+    from consumers.inference.worker import main as serve
+
+    sys.exit(serve(get_settings(), Priority(priority)))
+
+
+def _processor_help() -> str:
+    rows = "\n".join(f"  {k.name:<16} group {k.group.group_id}, reads {k.topic.name}\n  {'':<16} {k.summary}"
+                     for k in PROCESSORS.values())
+    return ("Run one state processor (a faust app): a member of its consumer group.\n\n"
+            f"\b\n{rows}\n\n"
+            "Logs are JSON lines on stderr; SIGTERM flushes events, commits and leaves the group.")
+
+
+@main.command(help=_processor_help(), short_help=f"Run one state processor: {', '.join(PROCESSORS)}.")
+@click.argument("name", type=click.Choice(list(PROCESSORS)))
+def processor(name: str) -> None:
+    from consumers.processors.fleet import main as serve
+
+    serve(get_settings(), name)
+
+
 @main.group()
 def db() -> None:
     """Cassandra schema."""
 
 
 @db.command()
-def migrate() -> None:
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of progress lines.")
+def migrate(as_json: bool) -> None:
     """Create the keyspace and apply pending CQL migrations (idempotent)."""
     from core.cassandra.migrate import current_version
     from core.cassandra.migrate import migrate as run_migrations
@@ -84,12 +133,14 @@ def migrate() -> None:
     session = connect(settings)
     try:
         applied = run_migrations(session, settings)
+        version = current_version(session, settings)
+        if as_json:
+            click.echo(json.dumps({"keyspace": settings.cassandra_keyspace, "version": version,
+                                   "applied": [f"{m.version:04d}_{m.name}" for m in applied]}, indent=2))
+            return
         for m in applied:
             _progress(f"applied {m.version:04d}_{m.name}")
-        console.print(
-            f"keyspace {settings.cassandra_keyspace} at version {current_version(session, settings)}"
-            f" ({len(applied)} applied)"
-        )
+        console.print(f"keyspace {settings.cassandra_keyspace} at version {version} ({len(applied)} applied)")
     finally:
         session.cluster.shutdown()
 
@@ -100,22 +151,32 @@ def topology() -> None:
 
 
 @topology.command("apply")
-def topology_apply() -> None:
-    """Create missing topics, raise low partition counts, report drift that cannot be fixed."""
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def topology_apply(as_json: bool) -> None:
+    """Create missing topics, raise low partition counts, report drift that cannot be fixed (exit 2)."""
     from topology.admin import apply
 
     report = apply(get_settings())
-    _print_rows("topology apply", report.rows())
+    if as_json:
+        click.echo(json.dumps({"created": report.created, "partitions_raised": report.partitions_raised,
+                               "configs_altered": report.configs_altered,
+                               "unfixable": [d.row() for d in report.unfixable], "notes": report.notes}, indent=2))
+    else:
+        _print_rows("topology apply", report.rows())
     if report.unfixable:
         sys.exit(2)
 
 
 @topology.command("verify")
-def topology_verify() -> None:
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def topology_verify(as_json: bool) -> None:
     """Exit non-zero on any drift between the declared and the actual topics."""
     from topology.admin import verify
 
     drift = verify(get_settings())
+    if as_json:
+        click.echo(json.dumps({"drift": [d.row() for d in drift]}, indent=2))
+        sys.exit(1 if drift else 0)
     if drift:
         _print_rows("topology drift", [d.row() for d in drift])
         sys.exit(1)
@@ -211,7 +272,8 @@ def dlq() -> None:
 
 
 @dlq.command("list")
-def dlq_list() -> None:
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def dlq_list(as_json: bool) -> None:
     """Messages waiting in each group's dead-letter topic."""
     from confluent_kafka import Consumer, KafkaException, TopicPartition
 
@@ -234,6 +296,9 @@ def dlq_list() -> None:
             rows.append({"group": group.group_id, "dead-letter topic": topic, "messages": total})
     finally:
         consumer.close()
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
     _print_rows("dead letters", rows)
 
 
@@ -241,13 +306,18 @@ def dlq_list() -> None:
 @click.argument("group_id")
 @click.option("--limit", type=int, default=None, help="At most this many messages.")
 @click.option("--dry-run", is_flag=True, help="Count what would be sent back; send nothing.")
-def dlq_redrive(group_id: str, limit: int | None, dry_run: bool) -> None:
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def dlq_redrive(group_id: str, limit: int | None, dry_run: bool, as_json: bool) -> None:
     """Send a group's dead letters back to the topics they came from."""
     from messaging.redrive import redrive
     from topology.topics import dead_letter_topic
 
     settings = get_settings()
     report = redrive(settings, dead_letter_topic(group_id).full_name(settings), limit=limit, dry_run=dry_run)
+    if as_json:
+        click.echo(json.dumps({"by_origin": report.by_origin, "redriven": report.redriven,
+                               "skipped": report.skipped, "dry_run": dry_run}, indent=2))
+        return
     _print_rows("redrive", [{"origin": k, "messages": v} for k, v in report.by_origin.items()])
     console.print(f"redriven: {report.redriven}, skipped (no origin header): {report.skipped}"
                   + (" (dry run)" if dry_run else ""))

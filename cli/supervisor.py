@@ -10,7 +10,6 @@ import contextlib
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -29,6 +28,7 @@ class _Running:
     spec: ServiceSpec
     proc: subprocess.Popen[bytes]
     restarts: int = 0
+    held: bool = False  # stopped on purpose (stop_service): not restarted until start_service
 
 
 class Supervisor:
@@ -66,13 +66,35 @@ class Supervisor:
         """Restart services that exited unexpectedly (bounded, so a crash loop is visible)."""
         for name, run in self.running.items():
             code = run.proc.poll()
-            if code is None or self._stopping:
+            if code is None or self._stopping or run.held:
                 continue
             if run.restarts >= self.max_restarts:
                 continue
             run.restarts += 1
             self.progress(f"{name}: exited with {code}; restarting ({run.restarts}/{self.max_restarts})")
             run.proc = self._spawn(run.spec)
+
+    def stop_service(self, name: str) -> int:
+        """Stop one service gracefully (SIGKILL after the bound) and keep it down; returns its exit code."""
+        run = self.running[name]
+        run.held = True
+        if run.proc.poll() is None:
+            _signal(run.proc.pid, signal.SIGTERM)
+            try:
+                run.proc.wait(self.stop_timeout_s)
+            except subprocess.TimeoutExpired:
+                _signal(run.proc.pid, signal.SIGKILL)
+                run.proc.wait()
+        self.progress(f"{name}: stopped ({run.proc.returncode}), held down")
+        return run.proc.returncode
+
+    def start_service(self, name: str) -> None:
+        """Start a service that ``stop_service`` held down (or that exited) again."""
+        run = self.running[name]
+        if run.proc.poll() is None:
+            raise RuntimeError(f"{name} is running (pid {run.proc.pid})")
+        run.proc, run.held = self._spawn(run.spec), False
+        self.progress(f"{name}: started (pid {run.proc.pid})")
 
     def stop(self) -> None:
         """SIGTERM everyone (they finish in-flight work and commit), SIGKILL after the bound."""
@@ -114,7 +136,3 @@ class Supervisor:
 def _signal(pid: int, sig: signal.Signals) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pid, sig)
-
-
-def python_module(module: str, *args: str) -> list[str]:
-    return [sys.executable, "-m", module, *args]

@@ -10,7 +10,7 @@ from confluent_kafka.admin import AdminClient
 from core.artifacts import S3ArtifactStore
 from core.health import Probe, ProbeResult, degraded
 from settings import Settings
-from topology.groups import GROUPS
+from topology.groups import GROUPS, Group
 
 
 class ProducerState(Protocol):
@@ -50,8 +50,11 @@ def s3_probe(artifacts: S3ArtifactStore) -> Probe:
 
 
 def workers_probe(settings: Settings, admin: AdminClient) -> Probe:
-    """Every consumer group that does work should have at least one live member."""
-    worker_groups = [g.group_id for g in GROUPS if g.group_id not in ("ingress-replies", "audit-sink")]
+    """Every declared consumer group that does work should have at least one live member.
+
+    The ingress's own reply group is left out: this probe runs inside an ingress, which is its member.
+    """
+    worker_groups = [g.group_id for g in GROUPS if g.group_id != Group.INGRESS_REPLIES]
 
     def probe() -> str | ProbeResult:
         names = [settings.topic(g) for g in worker_groups]

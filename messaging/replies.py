@@ -22,6 +22,10 @@ each rebalance and assigns them again once every member has rejoined):
 Replies nobody waits for (the request timed out, a duplicate after a re-send or a worker
 retry, a partition that changed hands) are dropped and counted (``late_replies``).
 
+Committed offsets are only a report: every second the consumer commits how far it has read on
+the partitions it holds, so ``tributary lag`` shows replies not yet read (0 when idle) rather
+than every reply ever produced. Start positions never come from them (see above).
+
 Limit: a replica without partitions cannot serve sync inference; with more replicas than
 the topic's partitions (6) the extra replicas answer 503, so scale partitions first.
 """
@@ -36,6 +40,7 @@ import logging
 import os
 import socket
 import threading
+import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -55,6 +60,7 @@ log = logging.getLogger(__name__)
 __all__ = ["NoReplyPartition", "ReplyPartitionRevoked", "ReplyRouter", "ReplyRouterClosed", "ReplyTable"]
 
 REPLY_GROUP = BY_GROUP["ingress-replies"]
+COMMIT_INTERVAL_S = 1.0
 Reply = dict[str, Any]
 
 LATE_REPLIES = Counter("tributary_inference_late_replies_total",
@@ -261,6 +267,13 @@ class ReplyRouter(ReplyTable):
         self._consumer: Consumer | None = None
         # Consumer-thread state: the next offset to read per partition we hold or held at the last revoke.
         self._positions: dict[int, int] = {}
+        self._committed: dict[int, int] = {}  # what we last committed, per partition of this assignment
+        self._next_commit = 0.0
+
+    @property
+    def subscriptions(self) -> list[str]:
+        """The topics the reply group's consumer subscribes to."""
+        return [self.topic]
 
     def consumer_config(self) -> dict[str, Any]:
         session = self.settings.session_timeout_ms
@@ -277,13 +290,14 @@ class ReplyRouter(ReplyTable):
             # Eager: the revoke/resume handling above is written for it (cooperative-sticky would
             # need incremental assign callbacks).
             "partition.assignment.strategy": "roundrobin",
+            "on_commit": self._on_commit,
         }
 
     async def start(self, timeout_s: float | None = None) -> bool:
         """Join the group and wait for the first assignment; False if none came within the timeout."""
         self._loop = asyncio.get_running_loop()
         self._consumer = Consumer(self.consumer_config())
-        self._consumer.subscribe([self.topic], on_assign=self._on_assign, on_revoke=self._on_revoke,
+        self._consumer.subscribe(self.subscriptions, on_assign=self._on_assign, on_revoke=self._on_revoke,
                                  on_lost=self._on_lost)
         self._thread = threading.Thread(target=self._run, name="ingress-replies", daemon=True)
         self._thread.start()
@@ -309,18 +323,46 @@ class ReplyRouter(ReplyTable):
         try:
             while not self._stop.is_set():
                 first = consumer.poll(0.1)
-                if first is None:
-                    continue
-                # poll() returns on the first message; drain what is already fetched without waiting.
-                for message in [first, *consumer.consume(499, 0)]:
-                    self._handle(message)
+                if first is not None:
+                    # poll() returns on the first message; drain what is already fetched without waiting.
+                    for message in [first, *consumer.consume(499, 0)]:
+                        self._handle(message)
+                self._commit_positions(consumer)
         except Exception:
             log.exception("reply consumer failed")
         finally:
+            with contextlib.suppress(Exception):  # best effort: leaving the group matters more
+                self._commit_positions(consumer, force=True)
             try:
                 consumer.close()
             except Exception:
                 log.exception("closing the reply consumer failed")
+
+    def _commit_positions(self, consumer: Consumer, *, force: bool = False) -> None:
+        """Commit what changed of our read positions on the partitions we hold (for lag reports only)."""
+        now = time.monotonic()
+        if not force and now < self._next_commit:
+            return
+        self._next_commit = now + COMMIT_INTERVAL_S
+        held = {tp.partition for tp in consumer.assignment()}
+        offsets = [TopicPartition(self.topic, p, o) for p, o in self._positions.items()
+                   if p in held and self._committed.get(p) != o]
+        if not offsets:
+            return
+        try:
+            # Asynchronous: a slow or absent coordinator must never hold up the replies.
+            consumer.commit(offsets=offsets, asynchronous=True)
+        except KafkaException as exc:
+            log.debug("reply offsets not committed: %s", exc)
+
+    def _on_commit(self, error: KafkaError | None, partitions: list[TopicPartition]) -> None:
+        """Consumer thread (from poll): remember what the broker took; a failure is retried next interval."""
+        if error is not None:
+            log.debug("reply offsets not committed: %s", error)
+            return
+        for tp in partitions:
+            if tp.error is None and tp.topic == self.topic:
+                self._committed[tp.partition] = tp.offset
 
     def _call(self, fn: Any, *args: Any) -> None:
         loop = self._loop
@@ -379,6 +421,7 @@ class ReplyRouter(ReplyTable):
             positioned.append(TopicPartition(self.topic, tp.partition, offset))
         consumer.assign(positioned)
         self._positions = {tp.partition: tp.offset for tp in positioned if tp.offset >= 0}
+        self._committed = {}  # another member may have committed meanwhile: report ours afresh
         self._call(self.assigned, [tp.partition for tp in partitions])
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:

@@ -31,7 +31,7 @@ LIFECYCLE_EVENT_TYPES = [
     # jobs
     "job_queued", "job_started", "job_completed", "job_failed", "job_cancelled",
     # learning graphs
-    "retraining_requested",
+    "retraining_requested", "retraining_started", "retraining_not_started",
 ]
 _PRIMITIVE = {"string": {"type": "string"}, "int": {"type": "integer"}, "long": {"type": "integer"},
               "double": {"type": "number"}, "float": {"type": "number"}, "boolean": {"type": "boolean"},

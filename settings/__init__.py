@@ -97,6 +97,11 @@ class Settings(BaseSettings):
     learning_graph_threshold: int = Field(1000, ge=1, description="Pending graphs that trigger retraining")
     learning_graph_hmac_key: SecretStr = SecretStr("")
     learning_graph_aes_key: SecretStr = Field(SecretStr(""), description="Hex AES-256 key (64 hex chars)")
+    # The round a retraining request starts (the learning-graph processor; REST callers choose their own).
+    retraining_target_devices: int = Field(10, ge=1, le=2**31 - 1, description="Devices a retraining round asks for")
+    retraining_min_devices: int = Field(
+        2, ge=1, le=2**31 - 1, description="Updates a retraining round needs; fewer eligible devices: not started")
+    retraining_round_timeout_s: int = Field(600, ge=60, le=3600, description="Timeout of a retraining round")
 
     # --- model serving -----------------------------------------------------------------
     worker_metrics_port: int = Field(

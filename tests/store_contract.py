@@ -23,6 +23,7 @@ from core.fleet.models import (
     ModelUpdate,
     ModelVersion,
     Platform,
+    RetrainingDecision,
     Round,
     RoundStatus,
     SubjectType,
@@ -269,6 +270,19 @@ def test_learning_graph_pending_count(store: FleetStore) -> None:
         assert store.add_learning_graph(graph) == i + 1
     assert store.take_pending_graphs() == 3
     assert store.take_pending_graphs() == 0
+
+
+def test_the_first_retraining_decision_holds(store: FleetStore) -> None:
+    trigger = str(uuid.uuid4())
+    assert store.get_retraining_decision(trigger) is None
+    started = RetrainingDecision(trigger, "m-1", 1000, T0, round_id=str(uuid.uuid4()))
+    assert store.record_retraining_decision(started) == started
+    refused = RetrainingDecision(trigger, "m-1", 1000, T0 + timedelta(seconds=1), reason="ROUND_ALREADY_ACTIVE",
+                                 detail="a round is active")
+    assert store.record_retraining_decision(refused) == started  # a redelivery does not change the answer
+    assert store.get_retraining_decision(trigger) == started and started.started and not refused.started
+    other = RetrainingDecision(str(uuid.uuid4()), "m-2", 7, T0, reason="NOT_ENOUGH_DEVICES", detail="0 of 2")
+    assert store.record_retraining_decision(other) == other == store.get_retraining_decision(other.trigger_id)
 
 
 def test_rate_limit_windows(store: FleetStore) -> None:

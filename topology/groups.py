@@ -11,15 +11,11 @@ from enum import StrEnum
 
 from settings import Settings
 from topology.topics import (
-    AUDIT_EVENTS,
     DATA_TOPICS,
     DEVICE_HEARTBEATS,
     INFERENCE_REQUESTS,
     INFERENCE_RESPONSES,
-    JOB_EVENTS,
     LEARNING_GRAPHS,
-    MODEL_COMMANDS,
-    TRAINING_ROUNDS,
     TRAINING_UPDATES,
     Priority,
     TopicSpec,
@@ -28,17 +24,23 @@ from topology.topics import (
 
 
 class Group(StrEnum):
-    """Every consumer group id (without the environment prefix)."""
+    """Every consumer group id (without the environment prefix).
+
+    Each one is a process that runs (``cli.services.MEMBER_ARGS``: its ``tributary`` subcommand), and
+    its inputs are exactly the topics that process subscribes to (tests/unit/test_group_processes.py
+    reads them from the code): a declared group nobody runs shows as lag that only grows and as a
+    group without members in detailed health. Topics nobody reads as a group are not consumed here: job events
+    and lifecycle events are for other services, model commands are a broadcast every inference
+    worker ``assign()``s without a group, and the audit topic is replayed by time
+    (``tributary audit replay``), not by a group.
+    """
 
     INFERENCE_HIGH = "inference-workers-high"
     INFERENCE_MEDIUM = "inference-workers-medium"
     INFERENCE_LOW = "inference-workers-low"
     DEVICE_PROCESSOR = "device-processor"
     ROUND_PROCESSOR = "round-processor"
-    JOB_PROCESSOR = "job-processor"
-    MODEL_PROCESSOR = "model-processor"
     LEARNING_GRAPH_PROCESSOR = "learning-graph-processor"
-    AUDIT_SINK = "audit-sink"
     INGRESS_REPLIES = "ingress-replies"
 
     @classmethod
@@ -81,12 +83,12 @@ GROUPS: tuple[ConsumerGroupSpec, ...] = (
     *(inference_group(p) for p in Priority),
     ConsumerGroupSpec(Group.DEVICE_PROCESSOR.value, (DEVICE_HEARTBEATS,),
                       "applies heartbeats, tracks device freshness"),
-    ConsumerGroupSpec(Group.ROUND_PROCESSOR.value, (TRAINING_UPDATES, TRAINING_ROUNDS),
-                      "round commands, update counting, FedAvg aggregation"),
-    ConsumerGroupSpec(Group.JOB_PROCESSOR.value, (JOB_EVENTS,), "async job state in Cassandra"),
-    ConsumerGroupSpec(Group.MODEL_PROCESSOR.value, (MODEL_COMMANDS,), "model load/unload bookkeeping"),
-    ConsumerGroupSpec(Group.LEARNING_GRAPH_PROCESSOR.value, (LEARNING_GRAPHS,), "retraining requests"),
-    ConsumerGroupSpec(Group.AUDIT_SINK.value, (AUDIT_EVENTS,), "audit archive and verification"),
+    # Round commands are answered by the ingress itself (the active-round CAS); the processor
+    # reads only the updates, and closes rounds on a timer.
+    ConsumerGroupSpec(Group.ROUND_PROCESSOR.value, (TRAINING_UPDATES,),
+                      "update counting, FedAvg aggregation, round closing"),
+    ConsumerGroupSpec(Group.LEARNING_GRAPH_PROCESSOR.value, (LEARNING_GRAPHS,),
+                      "retraining requests (seed 002) start a training round"),
     ConsumerGroupSpec(Group.INGRESS_REPLIES.value, (INFERENCE_RESPONSES,),
                       "ingress replicas awaiting synchronous inference replies"),
 )

@@ -1,4 +1,4 @@
-"""Inference worker: ``python -m consumers.inference.worker --priority high|medium|low``.
+"""Inference worker: ``tributary worker --priority high|medium|low`` runs ``main(settings, priority)``.
 
 One process is one member of its priority's consumer group (``inference-workers-<p>``). It
 reads ``inference_request`` messages, runs them through ``ModelCache`` + ``BuiltinModels`` +
@@ -24,14 +24,12 @@ the responses partition the request names, with the same ``correlation_id``.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import itertools
 import logging
 import signal
 import socket
-import sys
 import threading
 import time
 from collections import OrderedDict
@@ -69,7 +67,7 @@ from messaging.dead_letter import DeadLetterRouter, RawMessage, from_confluent
 from messaging.events import KafkaEventSink, instance_name
 from messaging.publisher import Publisher
 from schemas.codec import Codec
-from settings import Settings, get_settings
+from settings import Settings
 from topology.groups import inference_group
 from topology.topics import (
     INFERENCE_REQUESTS,
@@ -313,6 +311,11 @@ class InferenceWorker:
         self._commands_kafka = ThreadPoolExecutor(1, thread_name_prefix="kafka-commands")
         self.commands_consumer = Consumer(self.commands_consumer_config())
 
+    @staticmethod
+    def subscriptions(settings: Settings, priority: Priority) -> list[str]:
+        """The topics the worker's group consumer subscribes to (model commands are assign()ed, no group)."""
+        return [INFERENCE_REQUESTS[priority].full_name(settings)]
+
     def consumer_config(self) -> dict[str, Any]:
         session = self.settings.session_timeout_ms
         return {
@@ -545,7 +548,8 @@ class InferenceWorker:
         preload = asyncio.create_task(self._preload())
         background = [asyncio.create_task(self._command_loop()), asyncio.create_task(self._refresh_residency())]
         await loop.run_in_executor(self._kafka, lambda: self.consumer.subscribe(
-            [self.topic], on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost))
+            self.subscriptions(self.settings, self.priority), on_assign=self._on_assign, on_revoke=self._on_revoke,
+            on_lost=self._on_lost))
         log.info("serving %s as %s", self.topic, self.group_id)
         limit = self.settings.inference_max_in_flight
         try:
@@ -584,14 +588,9 @@ class InferenceWorker:
         log.info("stopped")
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m consumers.inference.worker",
-                                     description="Serve one priority's inference requests.")
-    parser.add_argument("--priority", required=True, choices=[p.value for p in Priority])
-    args = parser.parse_args(argv)
-    priority = Priority(args.priority)
+def main(settings: Settings, priority: Priority) -> int:
+    """Serve ``priority``'s requests until SIGTERM/SIGINT; returns the process exit code."""
     configure(f"inference-worker-{priority.value}")
-    settings = get_settings()
 
     async def serve() -> int:
         worker = InferenceWorker(settings, priority)
@@ -604,8 +603,4 @@ def main(argv: list[str] | None = None) -> None:
             loop.add_signal_handler(sig, stop)
         return await worker.run()
 
-    sys.exit(asyncio.run(serve()))
-
-
-if __name__ == "__main__":
-    main()
+    return asyncio.run(serve())

@@ -1,26 +1,29 @@
-"""Device and round processors as faust apps: one consumer group each, scalable on their own.
+"""The fleet's state processors as faust apps: one consumer group each, scalable on their own.
 
-    python -m consumers.processors.fleet devices   # heartbeats → device rows, freshness events
-    python -m consumers.processors.fleet rounds    # updates → counters, streaming FedAvg, round closing
+    tributary processor devices           # heartbeats → device rows, freshness events
+    tributary processor rounds            # updates → counters, streaming FedAvg, round closing
+    tributary processor learning-graphs   # retraining requests → a training round (or why not)
 
-Events are decoded with the project codec (faust sees raw bytes); failures go through the
-shared dead-letter router, so the agent always moves on and faust commits past the message.
+``consumers/processors/kinds.py`` names them, with the group and topic of each. Events are
+decoded with the project codec (faust sees raw bytes); failures go through the shared
+dead-letter router, so the agent always moves on and faust commits past the message.
 """
 
 from __future__ import annotations
 
 import logging
-import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
 import faust
 
+from consumers.processors.kinds import PROCESSORS
 from core.artifacts import S3ArtifactStore
 from core.cassandra.session import connect
 from core.fleet.cassandra_store import CassandraFleetStore
 from core.fleet.processing import DeviceProcessor, RoundProcessor
+from core.fleet.retraining import RetrainingTrigger
 from core.fleet.service import FleetService
 from core.logs import configure, correlation_id_var, trace_id_var
 from core.shutdown import arm_shutdown_deadline
@@ -28,9 +31,8 @@ from messaging.dead_letter import DeadLetterRouter, RawMessage
 from messaging.events import KafkaEventSink
 from messaging.publisher import Publisher
 from schemas.codec import Codec
-from settings import Settings, get_settings
+from settings import Settings
 from topology.groups import BY_GROUP
-from topology.topics import DEVICE_HEARTBEATS, TRAINING_UPDATES
 
 log = logging.getLogger(__name__)
 Handler = Callable[[str, dict[str, Any]], Awaitable[None]]
@@ -41,12 +43,15 @@ class ProcessorSpec:
     group_id: str
     topic: str
     handlers: dict[str, Handler]
-    timer_s: float
-    on_timer: Callable[[], Awaitable[Any]]
     closers: list[Callable[[], Any]]
+    timer_s: float = 0.0
+    on_timer: Callable[[], Awaitable[Any]] | None = None  # work that no message triggers
 
 
 def build(kind: str, settings: Settings) -> ProcessorSpec:
+    if kind not in PROCESSORS:
+        raise ValueError(f"unknown processor {kind!r}; choose one of {sorted(PROCESSORS)}")
+    group, topic = PROCESSORS[kind].group.group_id, PROCESSORS[kind].topic.name
     session = connect(settings, settings.cassandra_keyspace)
     store = CassandraFleetStore(session)
     publisher = Publisher(settings, client_id=f"tributary-{kind}-processor")
@@ -58,8 +63,8 @@ def build(kind: str, settings: Settings) -> ProcessorSpec:
         async def on_heartbeat(_: str, record: dict[str, Any]) -> None:
             await devices.on_heartbeat(record)
 
-        return ProcessorSpec("device-processor", DEVICE_HEARTBEATS.name, {"device_heartbeat": on_heartbeat},
-                             settings.freshness_sweep_s, devices.sweep, closers)
+        return ProcessorSpec(group, topic, {"device_heartbeat": on_heartbeat}, closers, settings.freshness_sweep_s,
+                             devices.sweep)
     if kind == "rounds":
         artifacts = S3ArtifactStore(settings)
         rounds = RoundProcessor(settings, store, artifacts, events, FleetService(settings, store, artifacts, events))
@@ -67,12 +72,20 @@ def build(kind: str, settings: Settings) -> ProcessorSpec:
         async def on_update(_: str, record: dict[str, Any]) -> None:
             await rounds.on_update(record)
 
-        return ProcessorSpec("round-processor", TRAINING_UPDATES.name, {"model_update_submitted": on_update},
-                             1.0, rounds.tick, closers)
-    raise SystemExit(f"unknown processor {kind!r}; choose devices or rounds")
+        return ProcessorSpec(group, topic, {"model_update_submitted": on_update}, closers, 1.0, rounds.tick)
+    if kind == "learning-graphs":
+        artifacts = S3ArtifactStore(settings)
+        trigger = RetrainingTrigger(settings, store, FleetService(settings, store, artifacts, events), events)
+
+        async def on_graph(_: str, record: dict[str, Any]) -> None:
+            await trigger.on_graph_submitted(record)
+
+        return ProcessorSpec(group, topic, {"learning_graph_submitted": on_graph}, closers)
+    raise AssertionError(f"processor {kind!r} is listed but not built")
 
 
-def make_app(spec: ProcessorSpec, settings: Settings) -> faust.App:
+def make_app(spec: ProcessorSpec, settings: Settings, dead_letters: DeadLetterRouter) -> faust.App:
+    """The faust app of one processor: its id is the group id, its one agent reads ``spec.topic``."""
     group = BY_GROUP[spec.group_id]
     processors_dir = settings.data_dir / "processors"
     processors_dir.mkdir(parents=True, exist_ok=True)  # faust creates only the last level
@@ -90,9 +103,6 @@ def make_app(spec: ProcessorSpec, settings: Settings) -> faust.App:
         web_enabled=False,
         producer_acks=-1,
     )
-    publisher = Publisher(settings, client_id=f"tributary-{spec.group_id}-dlq")
-    router = DeadLetterRouter(settings, publisher, group.group_id)
-    spec.closers.insert(0, publisher.close)
     codec = Codec()
     topic = app.topic(settings.topic(spec.topic), key_type=bytes, value_type=bytes, key_serializer="raw",
                       value_serializer="raw")
@@ -113,14 +123,16 @@ def make_app(spec: ProcessorSpec, settings: Settings) -> faust.App:
             raw = RawMessage(msg.topic, msg.partition, msg.offset, msg.key, msg.value,
                              [(k, bytes(v)) for k, v in (msg.headers or [])])
             # Returns once handled or dead-lettered; faust then acks (commits) the offset.
-            await router.process(raw, handle)
+            await dead_letters.process(raw, handle)
 
-    @app.timer(interval=spec.timer_s)  # type: ignore[untyped-decorator]
-    async def periodic() -> None:
-        try:
-            await spec.on_timer()
-        except Exception:
-            log.exception("%s timer failed; retrying next tick", spec.group_id)
+    on_timer = spec.on_timer
+    if on_timer is not None:
+        @app.timer(interval=spec.timer_s)  # type: ignore[untyped-decorator]
+        async def periodic() -> None:
+            try:
+                await on_timer()
+            except Exception:
+                log.exception("%s timer failed; retrying next tick", spec.group_id)
 
     @app.on_before_shutdown.connect  # type: ignore[arg-type]
     async def close(app: faust.App, **_: Any) -> None:
@@ -132,18 +144,13 @@ def make_app(spec: ProcessorSpec, settings: Settings) -> faust.App:
     return app
 
 
-def main(argv: list[str] | None = None) -> None:
-    args = argv if argv is not None else sys.argv[1:]
-    if not args:
-        raise SystemExit("usage: python -m consumers.processors.fleet devices|rounds")
-    settings = get_settings()
-    configure(f"{args[0]}-processor")
-    spec = build(args[0], settings)
-    app = make_app(spec, settings)
+def main(settings: Settings, kind: str) -> None:
+    """Run processor ``kind`` (a name of ``PROCESSORS``) until SIGTERM/SIGINT; faust exits the process."""
+    configure(f"{kind}-processor")
+    spec = build(kind, settings)
+    publisher = Publisher(settings, client_id=f"tributary-{spec.group_id}-dlq")
+    spec.closers.insert(0, publisher.close)
+    app = make_app(spec, settings, DeadLetterRouter(settings, publisher, spec.group_id))
     # override_logging=False keeps the JSON handler configure() installed.
     worker = faust.Worker(app, loglevel="info", quiet=True, override_logging=False, redirect_stdouts=False)
     worker.execute_from_commandline()
-
-
-if __name__ == "__main__":
-    main()

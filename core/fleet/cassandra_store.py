@@ -25,6 +25,7 @@ from core.fleet.models import (
     ModelUpdate,
     ModelVersion,
     Platform,
+    RetrainingDecision,
     Round,
     RoundStatus,
     SubjectType,
@@ -48,6 +49,7 @@ VERSION_FIELDS = (
     "model_id", "version", "format", "artifact_key", "model_path", "model_size_bytes", "sha256", "uploaded_at",
     "description", "onnx_key", "onnx_size_bytes", "onnx_sha256", "round_id",
 )
+RETRAINING_FIELDS = ("trigger_id", "model_version", "graphs", "decided_at", "round_id", "reason", "detail")
 UPDATE_FIELDS = (
     "round_id", "device_id", "update_id", "model_path", "artifact_key", "model_size_bytes", "sha256", "num_samples",
     "local_loss", "local_accuracy", "training_time_seconds", "created_at",
@@ -344,6 +346,22 @@ class CassandraFleetStore(CassandraRepository, FleetStore):
                          row.value).one().applied:
                 return int(row.value)
         raise RuntimeError("pending graph counter CAS kept losing")
+
+    def _decision(self, row: Any) -> RetrainingDecision:
+        return RetrainingDecision(trigger_id=row.trigger_id, model_version=row.model_version or "",
+                                  graphs=row.graphs or 0, decided_at=as_utc(row.decided_at) or datetime.now(UTC),
+                                  round_id=row.round_id, reason=row.reason, detail=row.detail)
+
+    def get_retraining_decision(self, trigger_id: str) -> RetrainingDecision | None:
+        row = self._run("SELECT * FROM retraining_decisions WHERE trigger_id = ?", trigger_id).one()
+        return self._decision(row) if row else None
+
+    def record_retraining_decision(self, decision: RetrainingDecision) -> RetrainingDecision:
+        d = decision
+        result = self._run(_insert("retraining_decisions", RETRAINING_FIELDS, "IF NOT EXISTS"), d.trigger_id,
+                           d.model_version, d.graphs, d.decided_at, d.round_id, d.reason, d.detail).one()
+        # A refused LWT answers with the row that holds: the first decision stays the decision.
+        return decision if result.applied else self._decision(result)
 
     # --- rate limiting ----------------------------------------------------------------
     def hit(self, subject: str, window_start: int, window_s: int, count: int = 1) -> int:

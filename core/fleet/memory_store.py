@@ -19,6 +19,7 @@ from core.fleet.models import (
     LearningGraph,
     ModelUpdate,
     ModelVersion,
+    RetrainingDecision,
     Round,
     RoundStatus,
 )
@@ -43,6 +44,7 @@ class InMemoryFleetStore(FleetStore):
         self.version_counters: dict[str, int] = {}
         self.graphs: list[LearningGraph] = []
         self.pending_graphs = 0
+        self.retraining: dict[str, RetrainingDecision] = {}
         self.hits: dict[tuple[str, int], int] = {}
 
     # Callers get copies, as they would from a database.
@@ -235,6 +237,14 @@ class InMemoryFleetStore(FleetStore):
         with self._lock:
             taken, self.pending_graphs = self.pending_graphs, 0
             return taken
+
+    def get_retraining_decision(self, trigger_id: str) -> RetrainingDecision | None:
+        with self._lock:
+            return self.retraining.get(trigger_id)
+
+    def record_retraining_decision(self, decision: RetrainingDecision) -> RetrainingDecision:
+        with self._lock:
+            return self.retraining.setdefault(decision.trigger_id, decision)
 
     def hit(self, subject: str, window_start: int, window_s: int, count: int = 1) -> int:
         with self._lock:

@@ -201,3 +201,20 @@ class LearningGraph:
     model_version: str
     received_at: datetime
     graph: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class RetrainingDecision:
+    """What became of one retraining request (seed 002): the training round started for it, or why none was."""
+
+    trigger_id: str  # the graph whose submission took the pending graphs and asked for retraining
+    model_version: str
+    graphs: int
+    decided_at: datetime
+    round_id: str | None = None  # the round started for it
+    reason: str | None = None  # an error code when no round was started (e.g. ROUND_ALREADY_ACTIVE)
+    detail: str | None = None  # the reason in a sentence
+
+    @property
+    def started(self) -> bool:
+        return self.reason is None

@@ -245,8 +245,9 @@ class FleetService:
     # --- rounds -------------------------------------------------------------------------
     async def start_round(
         self, principal: Principal, target_devices: int, min_devices: int, timeout_seconds: int,
-        global_model_id: str | None,
+        global_model_id: str | None, *, round_id: str | None = None,
     ) -> Round:
+        """``round_id`` (default: a new one) lets a caller that may retry name the round it started."""
         principal.require_operator()
         if min_devices > target_devices:
             raise invalid("INVALID_ROUND", "min_devices must be less than or equal to target_devices.",
@@ -263,7 +264,7 @@ class FleetService:
                 global_model_id, global_model_path = latest.id, latest.model_path
         now = self.clock()
         round_ = Round(
-            id=str(uuid.uuid4()), round_number=0, status=RoundStatus.PENDING, target_devices=target_devices,
+            id=round_id or str(uuid.uuid4()), round_number=0, status=RoundStatus.PENDING, target_devices=target_devices,
             min_devices=min_devices, timeout_seconds=timeout_seconds, created_at=now,
             global_model_id=global_model_id, global_model_path=global_model_path,
         )
@@ -295,7 +296,11 @@ class FleetService:
             raise
         return round_
 
-    async def _select_devices(self, target: int, now: datetime) -> list[str]:
+    async def eligible_device_count(self) -> int:
+        """Devices a round started now could select (active, online or stale; never offline)."""
+        return len(await self._select_devices(None, self.clock()))
+
+    async def _select_devices(self, target: int | None, now: datetime) -> list[str]:
         """Freshest devices first (online before stale). Devices that last reported ``inactive`` and
         offline devices are never selected; the index query reads only the eligible ones."""
         eligible: list[Device] = []

@@ -24,6 +24,7 @@ from core.fleet.models import (
     LearningGraph,
     ModelUpdate,
     ModelVersion,
+    RetrainingDecision,
     Round,
     RoundStatus,
 )
@@ -147,6 +148,13 @@ class FleetStore(ABC):
     @abstractmethod
     def take_pending_graphs(self) -> int:
         """Mark pending graphs as consumed by a retraining request; returns how many."""
+
+    @abstractmethod
+    def get_retraining_decision(self, trigger_id: str) -> RetrainingDecision | None: ...
+
+    @abstractmethod
+    def record_retraining_decision(self, decision: RetrainingDecision) -> RetrainingDecision:
+        """Keep the first decision for a trigger (compare-and-set); returns the one that holds."""
 
     # --- rate limiting (shared by every ingress replica) --------------------------------
     @abstractmethod

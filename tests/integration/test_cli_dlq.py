@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -39,6 +40,10 @@ def test_list_and_redrive_a_dead_letter(settings: Settings) -> None:
     listing = cli(settings, "dlq", "list")
     row = next(line for line in listing.splitlines() if "dlq.device-processor" in line)
     assert re.search(r"│\s*1\s*│\s*$", row), row
+    rows = json.loads(cli(settings, "dlq", "list", "--json"))
+    assert {r["group"]: r["messages"] for r in rows}["device-processor"] == 1
+    dry = json.loads(cli(settings, "dlq", "redrive", "device-processor", "--dry-run", "--json"))
+    assert dry["by_origin"] == {origin: 1} and dry["dry_run"] is True
 
     out = cli(settings, "dlq", "redrive", "device-processor")
     assert "redriven: 1" in out

@@ -21,7 +21,7 @@ from settings import Settings
 from topology.admin import ApplyReport, DriftKind, apply, inspect, verify
 from topology.groups import Group, all_topics, group_spec
 from topology.lag import topic_lag
-from topology.topics import AUDIT_EVENTS, DEVICE_HEARTBEATS, JOB_EVENTS, LEARNING_GRAPHS, TRAINING_UPDATES
+from topology.topics import AUDIT_EVENTS, DEVICE_HEARTBEATS, LEARNING_GRAPHS, TRAINING_UPDATES
 
 pytestmark = pytest.mark.integration
 
@@ -178,17 +178,17 @@ def test_config_drift_is_found_and_fixed(fresh: Settings, admin: AdminClient) ->
 
 def test_topic_lag_compares_committed_offsets_with_the_log_end(fresh: Settings, admin: AdminClient) -> None:
     apply(fresh, admin)
-    group = group_spec(Group.JOB_PROCESSOR)
-    topic = JOB_EVENTS.full_name(fresh)
+    group = group_spec(Group.ROUND_PROCESSOR)
+    topic = TRAINING_UPDATES.full_name(fresh)
     producer = Producer({"bootstrap.servers": fresh.kafka_bootstrap_servers})
     for i in range(4):
-        producer.produce(topic, f"job-{i}".encode(), partition=0)  # one produce per batch
+        producer.produce(topic, f"update-{i}".encode(), partition=0)  # one produce per batch
         producer.flush(10)
-    producer.produce(topic, b"job-x", partition=1)
+    producer.produce(topic, b"update-x", partition=1)
     assert producer.flush(10) == 0
 
     rows = topic_lag(fresh, group.group_id)
-    assert [(r.topic, r.partition) for r in rows] == [(topic, p) for p in range(JOB_EVENTS.partitions)]
+    assert [(r.topic, r.partition) for r in rows] == [(topic, p) for p in range(TRAINING_UPDATES.partitions)]
     assert [(r.committed, r.end, r.lag) for r in rows] == [(None, 4, 4), (None, 1, 1), (None, 0, 0)]
 
     group_id = group.full_id(fresh)

@@ -14,6 +14,7 @@ import base64
 import copy
 import functools
 import inspect
+import json
 import re
 import tomllib
 from collections.abc import Iterator
@@ -28,13 +29,13 @@ from pydantic import SecretStr
 
 from api.app import create_app
 from api.context import AppContext
-from cli.services import GROUP_COMMANDS, system_services
+from cli.services import API_ARGS, GROUP_ARGS, MEMBER_ARGS, system_services
 from core.artifacts import MemoryArtifactStore
 from core.events import RecordingSink
 from core.fleet.memory_store import InMemoryFleetStore
 from messaging.publisher import Publisher
 from settings import Settings
-from topology.groups import BY_GROUP, Group, group_spec
+from topology.groups import BY_GROUP, GROUPS, Group, group_spec
 from topology.topics import BY_NAME, INFERENCE_REQUESTS, Priority
 
 pytestmark = pytest.mark.unit
@@ -51,7 +52,7 @@ ENV_PREFIX = str(Settings.model_config.get("env_prefix", ""))
 VALID_ENV = {f"{ENV_PREFIX}{name}".upper() for name in Settings.model_fields}
 SECRET_FIELDS = {name for name, field in Settings.model_fields.items() if field.annotation is SecretStr}
 PUBLISHER_CLOSE_S = float(inspect.signature(Publisher.close).parameters["timeout_s"].default)
-CONSUMER_GROUPS = set(GROUP_COMMANDS)  # the groups we run as our own processes
+CONSUMER_GROUPS = set(GROUP_ARGS)  # the groups we run as processes of their own
 
 
 # --- loading ----------------------------------------------------------------------------------
@@ -116,10 +117,15 @@ def is_python(command: list[str]) -> bool:
     return command[0] in {"python", "python3"} or command[0].endswith("/python")
 
 
-def module_of(command: list[str]) -> list[str]:
-    """``[python, -m, module, args...]`` -> ``[-m, module, args...]`` (the interpreter path differs);
-    ``[]`` for anything that is not a Python module run."""
-    return command[1:] if is_python(command) and command[1:2] == ["-m"] else []
+def cli_args(command: list[str]) -> list[str]:
+    """The ``tributary`` subcommand a process runs: ``[tributary, args...]`` (the image's script) or
+    ``[python, -m, cli, args...]`` (``tributary run``, any interpreter) -> ``[args...]``; ``[]`` for
+    anything else (a shell, a one-off ``python -c``)."""
+    if command[:1] == ["tributary"]:
+        return command[1:]
+    if is_python(command) and command[1:3] == ["-m", "cli"]:
+        return command[3:]
+    return []
 
 
 def consumer_deployments() -> dict[str, Obj]:
@@ -127,16 +133,15 @@ def consumer_deployments() -> dict[str, Obj]:
     found: dict[str, Obj] = {}
     for deployment in of_kind("Deployment"):
         command = containers(deployment)[0]["command"]
-        for group_id, group_command in GROUP_COMMANDS.items():
-            if module_of(command) == group_command[1:]:
+        for group_id, group_args in GROUP_ARGS.items():
+            if cli_args(command) == list(group_args):
                 assert group_id not in found, f"two Deployments run {group_id}"
                 found[group_id] = deployment
     return found
 
 
 def api_deployment() -> Obj:
-    api_command = next(s.argv for s in system_services(Settings()) if s.name == "api")
-    return only([d for d in of_kind("Deployment") if module_of(containers(d)[0]["command"]) == api_command[1:]])
+    return only([d for d in of_kind("Deployment") if cli_args(containers(d)[0]["command"]) == list(API_ARGS)])
 
 
 def app_routes() -> set[str]:
@@ -145,8 +150,7 @@ def app_routes() -> set[str]:
 
 
 def is_inference_worker(command: list[str]) -> bool:
-    worker_modules = {GROUP_COMMANDS[Group.inference(p).value][2] for p in Priority}
-    return module_of(command)[1] in worker_modules
+    return cli_args(command) in [list(GROUP_ARGS[Group.inference(p).value]) for p in Priority]
 
 
 def quantity(value: str | int | float) -> float:
@@ -249,6 +253,16 @@ def test_every_process_of_the_system_has_a_deployment() -> None:
     assert set(consumers) == CONSUMER_GROUPS
     assert api_deployment()["metadata"]["name"] not in {d["metadata"]["name"] for d in consumers.values()}
     assert len(of_kind("Deployment")) == len(system_services(Settings()))
+
+
+def test_every_declared_consumer_group_has_a_deployment_whose_command_starts_it() -> None:
+    """No phantom groups: a group nobody runs never gets a member (degraded health, lag that only grows)."""
+    commands = [cli_args(containers(d)[0]["command"]) for d in of_kind("Deployment")]
+    for group in GROUPS:
+        assert list(MEMBER_ARGS[group.group_id]) in commands, f"no Deployment runs a member of {group.group_id}"
+    compose_commands = [cli_args(s["command"]) for s in ours().values()]
+    for group in GROUPS:
+        assert list(MEMBER_ARGS[group.group_id]) in compose_commands, f"no compose service runs {group.group_id}"
 
 
 def test_every_consumer_deployment_is_scaled_by_keda_on_its_group_lag() -> None:
@@ -543,9 +557,10 @@ def test_compose_init_job_creates_topics_and_schema_before_the_services_start() 
 
 
 def test_compose_runs_every_process_of_the_system_from_the_project_image() -> None:
-    commands = {name: s["command"] for name, s in ours().items() if is_python(s["command"])}
-    expected = [spec.argv[1:] for spec in system_services(Settings())]
-    assert sorted(module_of(c) for c in commands.values()) == sorted(expected)
+    commands = {name: s["command"] for name, s in ours().items() if cli_args(s["command"])}
+    expected = [cli_args(spec.argv) for spec in system_services(Settings())]
+    assert all(c[0] == "tributary" for c in commands.values()), "the image's script, not an interpreter path"
+    assert sorted(cli_args(c) for c in commands.values()) == sorted(expected)
     for name, service in ours().items():
         assert service["image"] == "tributary:local", name
         build = service["build"]
@@ -576,14 +591,12 @@ def test_the_grpc_port_is_declared_where_the_ingress_listens() -> None:
     service = only([s for s in of_kind("Service") if s["metadata"]["name"] == "api"])
     grpc_port = only([p for p in service["spec"]["ports"] if p["name"] == "grpc"])
     assert grpc_port["targetPort"] == "grpc" and grpc_port["appProtocol"] == "kubernetes.io/h2c"
-    api_command = next(s.argv for s in system_services(Settings()) if s.name == "api")
-    api = only([s for s in ours().values() if module_of(s["command"]) == api_command[1:]])
+    api = only([s for s in ours().values() if cli_args(s["command"]) == list(API_ARGS)])
     assert f"{compose_settings(api).grpc_port}:{compose_settings(api).grpc_port}" in api["ports"]
 
 
 def test_compose_api_is_reachable_and_its_healthcheck_hits_a_real_route() -> None:
-    api_command = next(s.argv for s in system_services(Settings()) if s.name == "api")
-    api = only([s for s in ours().values() if module_of(s["command"]) == api_command[1:]])
+    api = only([s for s in ours().values() if cli_args(s["command"]) == list(API_ARGS)])
     settings = compose_settings(api)
     assert settings.api_host == "0.0.0.0"
     assert any(str(p).endswith(f":{settings.api_port}") for p in api["ports"])
@@ -597,7 +610,7 @@ def test_compose_stop_grace_outlasts_the_consumers_shutdown_bounds() -> None:
     bound = Settings().shutdown_timeout_s
     for name, service in ours().items():
         command = service["command"]
-        if not is_python(command):
+        if not cli_args(command):  # the one-shot init job (a shell) stops by itself
             continue
         grace = duration_s(service["stop_grace_period"])
         assert grace > bound + 10 and grace > 2 * PUBLISHER_CLOSE_S + 10, name
@@ -611,3 +624,6 @@ def test_dockerfile_builds_the_project_with_the_pinned_cpu_torch() -> None:
     torch_pin = only([d for d in pyproject["project"]["dependencies"] if d.startswith("torch==")])
     assert re.search(rf"pip install .*{re.escape(torch_pin)}(\s|$)", dockerfile, re.MULTILINE)
     assert "whl/cpu" in dockerfile
+    # the image's default process is a `tributary` subcommand, like every `command:` that overrides it
+    cmd = json.loads(only(re.findall(r"^CMD (\[.*\])$", dockerfile, re.MULTILINE)))
+    assert cli_args(cmd) == list(API_ARGS)

@@ -43,6 +43,21 @@ def test_stop_sends_sigterm_then_waits(tmp_path: Path) -> None:
     assert "finishing in-flight work" in (tmp_path / "graceful.log").read_text()
 
 
+def test_a_service_stopped_on_purpose_stays_down_until_started(tmp_path: Path) -> None:
+    sleeper = ServiceSpec("sleeper", [sys.executable, "-c", "import time; time.sleep(60)"])
+    supervisor = Supervisor([sleeper], tmp_path, stop_timeout_s=10, progress=lambda _: None)
+    supervisor.start()
+    first = supervisor.running["sleeper"].proc
+    assert supervisor.stop_service("sleeper") == -15  # SIGTERM: the default handler ends it
+    supervisor.check()
+    assert supervisor.running["sleeper"].proc is first and supervisor.running["sleeper"].restarts == 0
+    supervisor.start_service("sleeper")
+    assert supervisor.running["sleeper"].proc.poll() is None and supervisor.running["sleeper"].proc is not first
+    with pytest.raises(RuntimeError, match="is running"):
+        supervisor.start_service("sleeper")
+    supervisor.stop()
+
+
 def test_group_replicas_names_each_member() -> None:
     specs = group_replicas("device-processor", 3)
     assert [s.name for s in specs] == ["device-processor-1", "device-processor-2", "device-processor-3"]

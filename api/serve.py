@@ -1,4 +1,4 @@
-"""``python -m api``: serve the ingress with uvicorn on the configured host and port."""
+"""``tributary api`` runs ``main(settings)``: the ingress (REST and gRPC) under uvicorn."""
 
 from __future__ import annotations
 
@@ -6,16 +6,12 @@ import uvicorn
 
 from api.app import create_app
 from core.logs import configure
-from settings import get_settings
+from settings import Settings
 
 
-def main() -> None:
-    settings = get_settings()
+def main(settings: Settings) -> None:
+    """Serve on ``settings.api_host:api_port`` until SIGTERM/SIGINT (uvicorn lets requests finish)."""
     configure("api")
     # log_config=None keeps our JSON handler instead of uvicorn's own formatting.
     uvicorn.run(create_app(settings), host=settings.api_host, port=settings.api_port, log_level="info",
                 log_config=None)
-
-
-if __name__ == "__main__":
-    main()
