@@ -4,8 +4,8 @@ Wire format: Avro single-object encoding (``C3 01`` + 8-byte little-endian CRC-6
 fingerprint of the writer schema's canonical form + Avro binary body). Every version of
 every schema stays in ``schemas/avro/<type>/v<N>.avsc``, so a consumer finds the writer's
 schema of any past message by its fingerprint and resolves it into its own (reader)
-version. With a schema registry configured, Confluent framing (``00`` + 4-byte id) is
-available through ``ConfluentFraming`` instead.
+version. No schema-registry service is involved: the files in the repository are the schemas
+of record, and the fingerprint is a schema's id.
 
 Fields marked ``"tributary.json": true`` hold free-form JSON: a string on the wire, an
 object in Python and in the JSON view.
@@ -16,7 +16,6 @@ from __future__ import annotations
 import base64
 import io
 import json
-import struct
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -112,10 +111,6 @@ class SchemaRegistry:
 
     def latest(self, message_type: str) -> ParsedSchema:
         return self.get(message_type).parsed
-
-    def by_fingerprint(self, fp: bytes) -> tuple[str, int, ParsedSchema]:
-        entry = self.entry_by_fingerprint(fp)
-        return entry.message_type, entry.version, entry.parsed
 
     def entry_by_fingerprint(self, fp: bytes) -> SchemaVersion:
         try:
@@ -290,42 +285,3 @@ def new_envelope(
         "trace_id": trace_id or uuid.uuid4().hex,
     }
 
-
-class ConfluentFraming:
-    """Confluent wire framing (magic 0 + big-endian schema id) for clusters with a schema registry.
-
-    ``ids`` maps registry ids to our (type, version); registering with an HTTP registry is the
-    deployment's job, so the mapping is injected.
-    """
-
-    def __init__(self, codec: Codec, ids: dict[int, tuple[str, int]]) -> None:
-        self.codec = codec
-        self.ids = ids
-        self.by_version = {v: k for k, v in ids.items()}
-
-    def encode(self, message_type: str, record: dict[str, Any], version: int | None = None) -> bytes:
-        entry = self.codec.registry.get(message_type, version)
-        schema_id = self.by_version.get((message_type, entry.version))
-        if schema_id is None:
-            raise UnknownSchemaError(f"{message_type} v{entry.version} is not registered")
-        datum = _to_wire(entry, record)
-        body = io.BytesIO()
-        body.write(b"\x00" + struct.pack(">I", schema_id))
-        _write(body, entry, datum)
-        return body.getvalue()
-
-    def decode(self, payload: bytes) -> DecodedMessage:
-        if len(payload) < 5 or payload[0] != 0:
-            raise MalformedMessageError("not Confluent-framed")
-        (schema_id,) = struct.unpack(">I", payload[1:5])
-        if schema_id not in self.ids:
-            raise UnknownSchemaError(f"unknown registry id {schema_id}")
-        message_type, version = self.ids[schema_id]
-        writer = self.codec.registry.get(message_type, version)
-        reader = self.codec.registry.get(message_type)
-        try:
-            datum = fastavro.schemaless_reader(io.BytesIO(payload[5:]), writer.parsed, reader.parsed)
-        except Exception as exc:
-            raise MalformedMessageError(str(exc)) from exc
-        assert isinstance(datum, dict)
-        return DecodedMessage(message_type, version, _from_wire(reader, datum))

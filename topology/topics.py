@@ -135,10 +135,6 @@ BY_NAME: dict[str, TopicSpec] = {spec.name: spec for spec in DATA_TOPICS}
 SPECS: dict[Topic, TopicSpec] = {topic: BY_NAME[topic.value] for topic in Topic}
 
 
-def spec_of(topic: Topic) -> TopicSpec:
-    return SPECS[topic]
-
-
 def topic_name(settings: Settings, topic: Topic | TopicSpec) -> str:
     """The name on the wire (environment prefix applied)."""
     spec = topic if isinstance(topic, TopicSpec) else SPECS[topic]

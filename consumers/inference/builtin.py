@@ -217,11 +217,6 @@ def ensure_efficientnet_onnx(cache_dir: Path) -> Path:
     return _cached_export(cache_dir, "efficientnet-lite0", identity, build)
 
 
-def export_builtin_onnx(cache_dir: Path) -> list[Path]:
-    """Export every built-in torch model now (e.g. at image build time) instead of on first load."""
-    return [ensure_minilm_onnx(cache_dir), ensure_efficientnet_onnx(cache_dir)]
-
-
 # ---------------------------------------------------------------------------------------------
 # Input helpers
 

@@ -95,11 +95,6 @@ class ModelRuntime(ABC):
     def close(self) -> None:
         """Release sessions and weights. Idempotent; ``load()`` may be called again afterwards."""
 
-    def describe(self) -> JsonDict:
-        """What status endpoints show about this runtime."""
-        return {"model_id": self.model_id, "task_type": self.task_type, "loaded": self.loaded,
-                "memory_bytes": self.memory_bytes, "runtime": type(self).__name__}
-
 
 @dataclass(frozen=True)
 class TensorContract:

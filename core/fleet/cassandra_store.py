@@ -330,7 +330,7 @@ class CassandraFleetStore(CassandraRepository, FleetStore):
         raise RuntimeError("pending graph counter CAS kept losing")
 
     # --- rate limiting ----------------------------------------------------------------
-    def hit(self, subject: str, window_start: int, window_s: int, count: int = 1) -> int:
+    def hit(self, subject: str, window_start: int, count: int = 1) -> int:
         self._run("UPDATE rate_limits SET hits = hits + ? WHERE subject = ? AND window_start = ?", count, subject,
                   window_start)
         row = self._run("SELECT hits FROM rate_limits WHERE subject = ? AND window_start = ?", subject,

@@ -221,7 +221,7 @@ class InMemoryFleetStore(FleetStore):
             taken, self.pending_graphs = self.pending_graphs, 0
             return taken
 
-    def hit(self, subject: str, window_start: int, window_s: int, count: int = 1) -> int:
+    def hit(self, subject: str, window_start: int, count: int = 1) -> int:
         with self._lock:
             key = (subject, window_start)
             self.hits[key] = self.hits.get(key, 0) + count
