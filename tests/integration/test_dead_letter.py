@@ -14,8 +14,8 @@ from messaging.dead_letter import DeadLetterRouter, RawMessage, from_confluent, 
 from messaging.publisher import Publisher
 from messaging.redrive import redrive
 from schemas.codec import Codec
-from schemas.samples import sample
 from settings import Settings
+from tests.samples import sample
 
 pytestmark = pytest.mark.integration
 GROUP = "dlq-test-group"

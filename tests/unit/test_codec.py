@@ -15,7 +15,7 @@ from schemas.codec import (
     default_registry,
     new_envelope,
 )
-from schemas.samples import sample
+from tests.samples import sample
 
 pytestmark = pytest.mark.unit
 codec = Codec()

@@ -11,7 +11,7 @@ import pytest
 from schemas.base import JSON_DIR
 from schemas.codec import Codec, default_registry
 from schemas.json_views import generate, validate_json_view
-from schemas.samples import sample
+from tests.samples import sample
 
 pytestmark = pytest.mark.unit
 codec = Codec()

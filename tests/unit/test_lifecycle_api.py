@@ -17,13 +17,14 @@ from api.context import AppContext
 from core.api_keys import new_api_key
 from core.artifacts import MemoryArtifactStore
 from core.errors import DomainError
-from core.events import EventsUnavailable, RecordingSink
+from core.events import EventsUnavailable
 from core.fleet.memory_store import InMemoryFleetStore
 from core.fleet.models import CatalogModel
 from core.serving.residency import InMemoryResidencyStore, Residency, ResidencyState
 from core.serving.service import InferenceService
 from core.serving.validation import validate_request
 from settings import Settings
+from tests.recording_sink import RecordingSink
 
 pytestmark = pytest.mark.unit
 ADMIN = {"Authorization": f"Bearer {(ADMIN_KEY := new_api_key())}"}

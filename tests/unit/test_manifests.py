@@ -30,10 +30,10 @@ from api.app import create_app
 from api.context import AppContext
 from cli.services import GROUP_COMMANDS, system_services
 from core.artifacts import MemoryArtifactStore
-from core.events import RecordingSink
 from core.fleet.memory_store import InMemoryFleetStore
 from messaging.publisher import Publisher
 from settings import Settings
+from tests.recording_sink import RecordingSink
 from topology.groups import BY_GROUP, Group, group_spec
 from topology.topics import BY_NAME, INFERENCE_REQUESTS, Priority
 

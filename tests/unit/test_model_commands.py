@@ -27,9 +27,9 @@ from core.serving.residency import InMemoryResidencyStore, ResidencyState
 from core.serving.validation import GENERIC_TASK_TYPE as CORE_GENERIC
 from messaging.dead_letter import DeadLetterRouter, RawMessage
 from schemas.codec import Codec, DecodeError, new_envelope
-from schemas.samples import sample
 from settings import Settings
 from tests.onnx_models import expected, linear_onnx
+from tests.samples import sample
 
 pytestmark = pytest.mark.unit
 T0 = datetime(2026, 11, 1, 12, 0, tzinfo=UTC)

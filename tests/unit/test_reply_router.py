@@ -22,7 +22,7 @@ from core.api_keys import new_api_key
 from core.artifacts import MemoryArtifactStore
 from core.auth import Principal
 from core.errors import DomainError, ErrorKind
-from core.events import EventsUnavailable, RecordingSink
+from core.events import EventsUnavailable
 from core.fleet.memory_store import InMemoryFleetStore
 from core.fleet.models import SubjectType
 from core.serving import service as service_module
@@ -31,6 +31,7 @@ from core.serving.service import InferenceService
 from messaging.replies import ReplyTable
 from schemas.codec import Codec, DecodeError, new_envelope, now_millis
 from settings import Settings
+from tests.recording_sink import RecordingSink
 
 pytestmark = pytest.mark.unit
 

@@ -7,8 +7,8 @@ import copy
 import pytest
 
 from schemas.codec import Codec, SchemaRegistry, default_registry
-from schemas.compat import check_compatibility
-from schemas.samples import sample
+from tests.avro_compat import check_compatibility
+from tests.samples import sample
 
 pytestmark = pytest.mark.unit
 registry = default_registry()
