@@ -19,9 +19,10 @@ from core.auth import Principal
 from core.errors import conflict, invalid, not_found
 from core.events import EventSink, lifecycle_record
 from core.fleet.models import CatalogModel, RegistryStatus
-from core.fleet.service import LIFECYCLE, utcnow
+from core.fleet.service import LIFECYCLE
 from core.fleet.store import FleetStore
 from core.serving.residency import ResidencyStore
+from schemas.clock import utcnow
 from topology.topics import MODEL_COMMANDS
 
 # HuggingFace-style ids: org/name with letters, digits, . _ -; no traversal, no spaces.

@@ -27,6 +27,7 @@ import fastavro
 from fastavro.schema import fingerprint, to_parsing_canonical_form
 
 from schemas.base import AVRO_DIR, SchemaValidationError
+from schemas.clock import utcnow
 
 MAGIC = b"\xc3\x01"
 CONTENT_TYPE = b"application/vnd.tributary.avro"
@@ -261,12 +262,6 @@ def _explain(entry: SchemaVersion, datum: dict[str, Any]) -> None:
             )
 
 
-def now_millis() -> datetime:
-    """UTC now at the wire's precision, so a decoded message equals what was encoded."""
-    now = datetime.now(UTC)
-    return now.replace(microsecond=now.microsecond // 1000 * 1000)
-
-
 def new_envelope(
     *,
     service: str,
@@ -280,7 +275,7 @@ def new_envelope(
         "message_id": message_id,
         "correlation_id": correlation_id or message_id,
         "causation_id": causation_id,
-        "timestamp": now_millis(),
+        "timestamp": utcnow(),
         "producer": {"service": service, "instance": instance},
         "trace_id": trace_id or uuid.uuid4().hex,
     }

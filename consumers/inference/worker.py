@@ -54,7 +54,6 @@ from consumers.inference.residency import ResidencyReporter
 from consumers.inference.runtime import JsonDict, ModelRuntime
 from core.artifacts import ArtifactStore, S3ArtifactStore
 from core.cassandra.session import connect
-from core.clock import utcnow
 from core.events import lifecycle_record
 from core.fleet.cassandra_store import CassandraFleetStore
 from core.fleet.store import FleetStore
@@ -68,6 +67,7 @@ from core.shutdown import arm_shutdown_deadline
 from messaging.dead_letter import DeadLetterRouter, RawMessage, from_confluent
 from messaging.events import KafkaEventSink, instance_name
 from messaging.publisher import Publisher
+from schemas.clock import utcnow
 from schemas.codec import Codec
 from settings import Settings, get_settings
 from topology.groups import inference_group

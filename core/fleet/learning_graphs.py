@@ -30,8 +30,9 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from core.errors import DomainError, ErrorKind, invalid
 from core.events import EventSink, lifecycle_record
 from core.fleet.models import LearningGraph
-from core.fleet.service import LIFECYCLE, iso, utcnow
+from core.fleet.service import LIFECYCLE, iso
 from core.fleet.store import FleetStore
+from schemas.clock import utcnow
 from settings import Settings
 from topology.topics import LEARNING_GRAPHS
 

@@ -19,9 +19,10 @@ from core.artifacts import ArtifactNotFound, ArtifactStore
 from core.errors import DomainError
 from core.events import EventSink, lifecycle_record
 from core.fleet.models import CatalogModel, Freshness, Round, RoundStatus
-from core.fleet.service import LIFECYCLE, ROUND_EVENTS, FleetService, freshness_of, iso, utcnow
+from core.fleet.service import LIFECYCLE, ROUND_EVENTS, FleetService, freshness_of, iso
 from core.fleet.store import FleetStore
 from core.fleet.weights import FedAvgAccumulator, StateDict, dump_state_dict, load_state_dict
+from schemas.clock import utcnow
 from settings import Settings
 
 log = logging.getLogger(__name__)

@@ -35,7 +35,7 @@ from core.fleet.models import (
 )
 from core.fleet.store import FleetStore
 from core.fleet.weights import load_state_dict
-from schemas.codec import now_millis
+from schemas.clock import utcnow
 from settings import Settings
 from topology import topics
 
@@ -50,10 +50,6 @@ MODEL_UPDATES = topics.TRAINING_UPDATES.name
 LIFECYCLE = topics.LIFECYCLE_EVENTS.name
 MODEL_FORMATS = ("pytorch", "tensorflow", "onnx", "sklearn", "xgboost")
 FILE_SUFFIX = {"pytorch": "pt", "tensorflow": "h5", "onnx": "onnx", "sklearn": "pkl", "xgboost": "json"}
-
-
-# Now at the precision Avro and Cassandra keep (ms): what a response says is what is stored.
-utcnow = now_millis
 
 
 def iso(ts: datetime | None) -> str | None:

@@ -26,7 +26,7 @@ from core.events import EventsUnavailable, JobEventSink
 from core.logs import trace_id_var
 from core.serving.jobs import Job, JobStatus, JobStore
 from core.serving.service import InferenceService, request_record
-from schemas.codec import now_millis
+from schemas.clock import utcnow
 from settings import Settings
 from topology.topics import INFERENCE_REQUESTS, JOB_EVENTS
 
@@ -53,7 +53,7 @@ def job_summary(job: Job) -> dict[str, Any]:
 
 class JobService:
     def __init__(self, settings: Settings, inference: InferenceService, store: JobStore, events: JobEventSink, *,
-                 clock: Callable[[], datetime] = now_millis) -> None:
+                 clock: Callable[[], datetime] = utcnow) -> None:
         self.settings = settings
         self.inference = inference
         self.store = store

@@ -25,11 +25,11 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from core.auth import Principal
-from core.clock import utcnow
 from core.errors import DomainError, ErrorKind, not_found, unavailable
 from core.events import EventSink, EventsUnavailable, lifecycle_record
 from core.fleet.store import FleetStore
 from core.serving.residency import Residency, ResidencyState, ResidencyStore
+from schemas.clock import utcnow
 from topology.topics import LIFECYCLE_EVENTS, MODEL_COMMANDS
 
 POLL_INTERVAL_S = 0.2

@@ -45,7 +45,7 @@ from core.serving.builtin_specs import BUILTIN_SPECS
 from core.serving.metrics import observe_reply
 from core.serving.replies import NoReplyPartition, Reply, ReplyPartitionRevoked, ReplyRouterClosed, ReplySource
 from core.serving.validation import GENERIC_TASK_TYPE, SERVED_TASK_TYPES, validate_request
-from schemas.codec import now_millis
+from schemas.clock import utcnow
 from settings import Settings
 from topology.topics import INFERENCE_REQUESTS, Priority
 
@@ -122,7 +122,7 @@ class InferenceService:
         replies: ReplySource,
         *,
         models: Mapping[str, str] | None = None,
-        clock: Callable[[], datetime] = now_millis,
+        clock: Callable[[], datetime] = utcnow,
         catalog: ModelCatalog | None = None,
     ) -> None:
         self.settings = settings

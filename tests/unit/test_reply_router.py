@@ -29,7 +29,8 @@ from core.serving import service as service_module
 from core.serving.replies import NoReplyPartition, ReplyPartitionRevoked, ReplyRouterClosed
 from core.serving.service import InferenceService
 from messaging.replies import ReplyTable
-from schemas.codec import Codec, DecodeError, new_envelope, now_millis
+from schemas.clock import utcnow
+from schemas.codec import Codec, DecodeError, new_envelope
 from settings import Settings
 from tests.recording_sink import RecordingSink
 
@@ -160,7 +161,7 @@ def make_service(answer: Any = "echo", fail: Exception | None = None,
 
 async def test_success_renders_seed_001_inference_response_and_the_request_carries_the_route() -> None:
     service, sink, _ = make_service()
-    before = now_millis()
+    before = utcnow()
     result = await service.infer(CALLER, MINILM, {"text": "hello"}, {"normalize": True}, "high", 30)
     assert result["model_id"] == MINILM and len(result["output_data"]["embedding"]) == 384
     metadata = result["metadata"]
@@ -270,7 +271,7 @@ class FakeRunner:
 
 
 def request(deadline_s: float = 30, **fields: Any) -> dict[str, Any]:
-    now = now_millis()
+    now = utcnow()
     return {**new_envelope(service="api", instance="api-1"), "model_id": MINILM, "task_type": "txt2embed",
             "input_data": {"text": "hello"}, "parameters": {"normalize": True}, "priority": "high",
             "deadline": now + timedelta(seconds=deadline_s), "timeout_seconds": 30, "reply_partition": 4,
