@@ -12,7 +12,6 @@ import asyncio
 import re
 from collections.abc import Callable
 from datetime import UTC, datetime
-from enum import StrEnum
 from typing import Any
 
 from core.auth import Principal
@@ -22,19 +21,12 @@ from core.fleet.models import CatalogModel, RegistryStatus
 from core.fleet.service import LIFECYCLE
 from core.fleet.store import FleetStore
 from core.serving.residency import ResidencyStore
+from core.task_types import TaskType
 from schemas.clock import utcnow
 from topology.topics import MODEL_COMMANDS
 
 # HuggingFace-style ids: org/name with letters, digits, . _ -; no traversal, no spaces.
 MODEL_ID = re.compile(r"^(?!.*\.\.)[A-Za-z0-9][A-Za-z0-9._-]{0,95}(/[A-Za-z0-9][A-Za-z0-9._-]{0,95})?$")
-
-
-class TaskType(StrEnum):
-    TXT2EMBED = "txt2embed"
-    IMG2EMBED = "img2embed"
-    TXT2IMG = "txt2img"
-    IMG2TXT = "img2txt"
-    TXT2TXT = "txt2txt"
 
 
 def validate_model_id(model_id: str) -> None:

@@ -64,7 +64,6 @@ from consumers.inference.runtime import (
     ORT_MEMORY_FACTOR,
     JsonDict,
     ModelRuntime,
-    TaskType,
     ort_session,
 )
 from consumers.inference.textgen import run_txt2txt
@@ -77,6 +76,7 @@ from core.serving.builtin_specs import (
     TRANSLATE_PT_EN_ID,
     TXT2IMG_ID,
 )
+from core.task_types import TaskType
 
 # Workers must never reach a model hub: everything comes from installed packages.
 os.environ["HF_HUB_OFFLINE"] = "1"

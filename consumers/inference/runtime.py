@@ -23,7 +23,6 @@ import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
-from enum import StrEnum
 from pathlib import Path
 from typing import Any, cast
 
@@ -31,6 +30,7 @@ import numpy as np
 import onnxruntime as ort
 
 from consumers.inference.errors import InferenceFailedError, InvalidInputError, ModelLoadError, ModelNotLoadedError
+from core.task_types import GENERIC_TASK_TYPE
 
 log = logging.getLogger(__name__)
 
@@ -44,20 +44,6 @@ TORCH_MEMORY_FACTOR = 1.5
 TORCH_BASE_OVERHEAD_BYTES = 16 * 1024 * 1024
 # Upper bound of rows per session call, so one huge request cannot allocate without limit.
 DEFAULT_MAX_ROWS_PER_CALL = 64
-
-
-class TaskType(StrEnum):
-    """The task types of seed 001 (``TaskType`` schema)."""
-
-    TXT2EMBED = "txt2embed"
-    IMG2EMBED = "img2embed"
-    TXT2IMG = "txt2img"
-    IMG2TXT = "img2txt"
-    TXT2TXT = "txt2txt"
-
-
-# Task type of user models served with the generic tensor contract when the catalog declares none.
-GENERIC_TASK_TYPE = "tensor"
 
 
 class ModelRuntime(ABC):

@@ -44,7 +44,8 @@ from core.logs import trace_id_var
 from core.serving.builtin_specs import BUILTIN_SPECS
 from core.serving.metrics import observe_reply
 from core.serving.replies import NoReplyPartition, Reply, ReplyPartitionRevoked, ReplyRouterClosed, ReplySource
-from core.serving.validation import GENERIC_TASK_TYPE, SERVED_TASK_TYPES, validate_request
+from core.serving.validation import validate_request
+from core.task_types import GENERIC_TASK_TYPE, SERVED_TASK_TYPES
 from schemas.clock import utcnow
 from settings import Settings
 from topology.topics import INFERENCE_REQUESTS, Priority
