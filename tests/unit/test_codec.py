@@ -12,14 +12,14 @@ from schemas.codec import (
     Codec,
     MalformedMessageError,
     UnknownSchemaError,
-    default_registry,
+    default_schemas,
     new_envelope,
 )
 from tests.samples import sample
 
 pytestmark = pytest.mark.unit
 codec = Codec()
-TYPES = default_registry().message_types()
+TYPES = default_schemas().message_types()
 
 
 def test_every_required_type_is_declared() -> None:
@@ -37,7 +37,7 @@ def test_round_trip_every_type(message_type: str) -> None:
     assert payload[:2] == MAGIC
     decoded = codec.decode(payload)
     assert decoded.message_type == message_type
-    assert decoded.writer_version == max(default_registry().versions(message_type))
+    assert decoded.writer_version == max(default_schemas().versions(message_type))
     for key, value in record.items():
         assert decoded.record[key] == value, key
     names = dict(headers)
