@@ -51,10 +51,10 @@ def s3_probe(artifacts: S3ArtifactStore) -> Probe:
 
 def workers_probe(settings: Settings, admin: AdminClient) -> Probe:
     """Every consumer group that does work should have at least one live member."""
-    worker_groups = [g.group_id for g in GROUPS if g.group_id not in ("ingress-replies", "audit-sink")]
+    worker_groups = [g for g in GROUPS if g.group_id not in ("ingress-replies", "audit-sink")]
 
     def probe() -> str | ProbeResult:
-        names = [settings.topic(g) for g in worker_groups]
+        names = [g.full_id(settings) for g in worker_groups]
         futures: dict[str, Any] = admin.describe_consumer_groups(names, request_timeout=3)
         empty = []
         for name, future in futures.items():

@@ -18,12 +18,11 @@ from core.auth import Principal
 from core.errors import conflict, invalid, not_found
 from core.events import EventSink, lifecycle_record
 from core.fleet.models import CatalogModel, RegistryStatus
-from core.fleet.service import LIFECYCLE
 from core.fleet.store import FleetStore
 from core.serving.residency import ResidencyStore
 from core.task_types import TaskType
 from schemas.clock import utcnow
-from topology.topics import MODEL_COMMANDS
+from topology.messages import MessageType
 
 # HuggingFace-style ids: org/name with letters, digits, . _ -; no traversal, no spaces.
 MODEL_ID = re.compile(r"^(?!.*\.\.)[A-Za-z0-9][A-Za-z0-9._-]{0,95}(/[A-Za-z0-9][A-Za-z0-9._-]{0,95})?$")
@@ -139,10 +138,9 @@ class RegistryService:
         return {"version": "1", "generated_at": datetime.now(UTC), "models": entries}
 
     async def _command(self, command: str, model_id: str, reason: str) -> None:
-        await self.events.emit(MODEL_COMMANDS.name, "model_command",
-                               {"command": command, "model_id": model_id, "version": None, "reason": reason},
-                               key=model_id)
+        await self.events.publish(MessageType.MODEL_COMMAND,
+                                  {"command": command, "model_id": model_id, "version": None, "reason": reason})
 
     async def _lifecycle(self, event_type: str, model_id: str, **details: Any) -> None:
-        await self.events.emit(LIFECYCLE, "lifecycle_event", lifecycle_record(event_type, "model", model_id, **details),
-                               key=model_id)
+        await self.events.publish(MessageType.LIFECYCLE_EVENT,
+                                  lifecycle_record(event_type, "model", model_id, **details))

@@ -49,6 +49,7 @@ from messaging.dead_letter import DeadLetterRouter, from_confluent
 from schemas.codec import Codec, DecodeError
 from settings import Settings
 from topology.groups import BY_GROUP
+from topology.messages import MessageType
 from topology.topics import INFERENCE_RESPONSES
 
 log = logging.getLogger(__name__)
@@ -253,7 +254,7 @@ class ReplyRouter(ReplyTable):
         self.codec = codec or Codec()
         self.dead_letters = dead_letters
         self.topic = INFERENCE_RESPONSES.full_name(settings)
-        self.group_id = settings.topic(REPLY_GROUP.group_id)
+        self.group_id = REPLY_GROUP.full_id(settings)
         self.client_id = client_id or f"tributary-ingress-replies-{socket.gethostname()}-{os.getpid()}"
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -339,7 +340,7 @@ class ReplyRouter(ReplyTable):
         self._positions[partition] = offset + 1
         try:
             decoded = self.codec.decode(message.value())
-            if decoded.message_type != "inference_response":
+            if decoded.message_type != MessageType.INFERENCE_RESPONSE:
                 raise TypeError(f"{decoded.message_type} on the responses topic")
             correlation_id = str(decoded.record["correlation_id"])
         except (DecodeError, TypeError, KeyError) as exc:

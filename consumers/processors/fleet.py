@@ -30,7 +30,8 @@ from messaging.publisher import Publisher
 from schemas.codec import Codec
 from settings import Settings, get_settings
 from topology.groups import BY_GROUP
-from topology.topics import DEVICE_HEARTBEATS, TRAINING_UPDATES
+from topology.messages import MessageType
+from topology.topics import DEVICE_HEARTBEATS, TRAINING_UPDATES, TopicSpec
 
 log = logging.getLogger(__name__)
 Handler = Callable[[str, dict[str, Any]], Awaitable[None]]
@@ -39,7 +40,7 @@ Handler = Callable[[str, dict[str, Any]], Awaitable[None]]
 @dataclass
 class ProcessorSpec:
     group_id: str
-    topic: str
+    topic: TopicSpec
     handlers: dict[str, Handler]
     timer_s: float
     on_timer: Callable[[], Awaitable[Any]]
@@ -58,7 +59,7 @@ def build(kind: str, settings: Settings) -> ProcessorSpec:
         async def on_heartbeat(_: str, record: dict[str, Any]) -> None:
             await devices.on_heartbeat(record)
 
-        return ProcessorSpec("device-processor", DEVICE_HEARTBEATS.name, {"device_heartbeat": on_heartbeat},
+        return ProcessorSpec("device-processor", DEVICE_HEARTBEATS, {MessageType.DEVICE_HEARTBEAT: on_heartbeat},
                              settings.freshness_sweep_s, devices.sweep, closers)
     if kind == "rounds":
         artifacts = S3ArtifactStore(settings)
@@ -67,7 +68,7 @@ def build(kind: str, settings: Settings) -> ProcessorSpec:
         async def on_update(_: str, record: dict[str, Any]) -> None:
             await rounds.on_update(record)
 
-        return ProcessorSpec("round-processor", TRAINING_UPDATES.name, {"model_update_submitted": on_update},
+        return ProcessorSpec("round-processor", TRAINING_UPDATES, {MessageType.MODEL_UPDATE_SUBMITTED: on_update},
                              1.0, rounds.tick, closers)
     raise SystemExit(f"unknown processor {kind!r}; choose devices or rounds")
 
@@ -77,7 +78,7 @@ def make_app(spec: ProcessorSpec, settings: Settings) -> faust.App:
     processors_dir = settings.data_dir / "processors"
     processors_dir.mkdir(parents=True, exist_ok=True)  # faust creates only the last level
     app = faust.App(
-        settings.topic(group.group_id),  # the app id is the consumer group id
+        group.full_id(settings),  # the app id is the consumer group id
         broker=f"kafka://{settings.kafka_bootstrap_servers}",
         store="memory://",
         # Faust keeps table metadata in a directory of its own; not in the working directory.
@@ -94,7 +95,7 @@ def make_app(spec: ProcessorSpec, settings: Settings) -> faust.App:
     router = DeadLetterRouter(settings, publisher, group.group_id)
     spec.closers.insert(0, publisher.close)
     codec = Codec()
-    topic = app.topic(settings.topic(spec.topic), key_type=bytes, value_type=bytes, key_serializer="raw",
+    topic = app.topic(spec.topic.full_name(settings), key_type=bytes, value_type=bytes, key_serializer="raw",
                       value_serializer="raw")
 
     async def handle(message: RawMessage) -> None:

@@ -38,7 +38,7 @@ from typing import Any, Protocol
 
 from core.auth import Principal
 from core.errors import DomainError, ErrorKind, invalid, unavailable
-from core.events import EventsUnavailable, RequestSink
+from core.events import EventsUnavailable, MessageSink
 from core.fleet.models import CatalogModel
 from core.logs import trace_id_var
 from core.serving.builtin_specs import BUILTIN_SPECS
@@ -48,7 +48,8 @@ from core.serving.validation import validate_request
 from core.task_types import GENERIC_TASK_TYPE, SERVED_TASK_TYPES
 from schemas.clock import utcnow
 from settings import Settings
-from topology.topics import INFERENCE_REQUESTS, Priority
+from topology.messages import MessageType
+from topology.topics import Priority
 
 MIN_TIMEOUT_S, MAX_TIMEOUT_S = 1, 600
 # A request whose reply partition moved away is re-sent at most this often (each re-send may
@@ -119,7 +120,7 @@ class InferenceService:
     def __init__(
         self,
         settings: Settings,
-        sink: RequestSink,
+        sink: MessageSink,
         replies: ReplySource,
         *,
         models: Mapping[str, str] | None = None,
@@ -227,7 +228,7 @@ class InferenceService:
             # Wait first: the reply may arrive before the broker's acknowledgement does.
             reply_future = self.replies.expect(correlation_id, partition)
             try:
-                await self.sink.publish(INFERENCE_REQUESTS[level].name, "inference_request", record, key=message_id)
+                await self.sink.publish(MessageType.INFERENCE_REQUEST, record)
                 reply = await asyncio.wait_for(reply_future, max(0.0, expires - time.monotonic()))
             except EventsUnavailable as exc:
                 self.replies.discard(correlation_id)

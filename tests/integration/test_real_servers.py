@@ -31,7 +31,7 @@ def cql(settings: Settings) -> Iterator[Session]:
 
 
 def test_message_round_trips_through_broker_with_consumer_group(settings: Settings) -> None:
-    topic = settings.topic("roundtrip")
+    topic = settings.prefixed("roundtrip")
     admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap_servers})
     admin.create_topics([NewTopic(topic, num_partitions=3, replication_factor=1)])[topic].result()
     producer = Producer({"bootstrap.servers": settings.kafka_bootstrap_servers, "enable.idempotence": True})

@@ -33,6 +33,7 @@ from schemas.clock import utcnow
 from schemas.codec import Codec, DecodeError, new_envelope
 from settings import Settings
 from tests.recording_sink import RecordingSink
+from topology.messages import MESSAGES, MessageType
 
 pytestmark = pytest.mark.unit
 
@@ -131,13 +132,13 @@ class FakeSink:
         self.table = table
         self.answer = answer
         self.fail = fail
-        self.published: list[tuple[str, str, dict[str, Any], int | None]] = []
+        self.published: list[tuple[str, str, dict[str, Any], str]] = []  # topic, type, record, key
 
-    async def publish(self, topic: str, message_type: str, record: dict[str, Any], *,
-                      key: str | None = None, partition: int | None = None) -> None:
+    async def publish(self, message_type: MessageType, record: dict[str, Any]) -> None:
         if self.fail is not None:
             raise self.fail
-        self.published.append((topic, message_type, record, partition))
+        route = MESSAGES[message_type]
+        self.published.append((route.topic_for(record).name, message_type, record, route.key_for(record)))
         reply = self.answer(record) if callable(self.answer) else self.reply(record)
         if reply is not None:
             asyncio.get_running_loop().call_soon(self.table.resolve, record["correlation_id"], reply)
@@ -167,8 +168,9 @@ async def test_success_renders_seed_001_inference_response_and_the_request_carri
     metadata = result["metadata"]
     assert metadata["inference_time_ms"] == 3.2 and metadata["batch_size"] == 2 and metadata["device"] == "cpu"
     assert metadata["total_time_ms"] >= 0 and metadata["priority"] == "high"
-    ((topic, message_type, record, _),) = sink.published
+    ((topic, message_type, record, key),) = sink.published
     assert topic == "modelmora.inference.requests.high" and message_type == "inference_request"
+    assert key == record["message_id"]
     assert record["reply_partition"] == 2 and record["task_type"] == "txt2embed"
     assert record["client_id"] == "key-1" and record["timeout_seconds"] == 30
     assert timedelta(seconds=29) <= record["deadline"] - before <= timedelta(seconds=31)
