@@ -21,9 +21,9 @@ from core.serving.jobs_service import JobService
 from core.serving.metrics import register_queue_depth
 from core.serving.service import InferenceService
 from messaging.dead_letter import DeadLetterRouter
-from messaging.events import KafkaEventSink
-from messaging.publisher import Publisher
 from messaging.replies import REPLY_GROUP, ReplyRouter
+from producers.events import KafkaEventSink
+from producers.publisher import Publisher
 from settings import Settings
 from topology.lag import queue_depths
 

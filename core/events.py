@@ -2,7 +2,7 @@
 
 The domain calls ``publish(MessageType.X, record)`` and ``audit``; the topic, the key and the
 partition come from the one table of message types (``topology.messages.MESSAGES``). The Kafka
-implementation (``messaging/events.py``) encodes with the codec and awaits the broker's
+implementation (``producers/events.py``) encodes with the codec and awaits the broker's
 acknowledgement, so a command is only answered once its event is stored. Unit tests use
 ``tests.recording_sink.RecordingSink``.
 """
@@ -15,7 +15,7 @@ from topology.messages import MessageType
 
 
 class MessageSink(Protocol):
-    """Publishes messages (``messaging.events.KafkaEventSink`` in production)."""
+    """Publishes messages (``producers.events.KafkaEventSink`` in production)."""
 
     async def publish(self, message_type: MessageType, record: dict[str, Any]) -> object:
         """Publish one message, enveloped, to its type's topic, keyed (and partitioned) by its row."""

@@ -14,7 +14,7 @@ from topology.groups import GROUPS
 
 
 class ProducerState(Protocol):
-    """What the Kafka probe reads from the process's producer (``messaging.publisher.Publisher``)."""
+    """What the Kafka probe reads from the process's producer (``producers.publisher.Publisher``)."""
 
     @property
     def broker_down(self) -> bool: ...

@@ -65,8 +65,8 @@ from core.serving.metrics import MODEL_EVENTS, WORKER_REQUESTS, observe_batch
 from core.serving.residency import ResidencyStore
 from core.shutdown import arm_shutdown_deadline
 from messaging.dead_letter import DeadLetterRouter, RawMessage, from_confluent
-from messaging.events import KafkaEventSink, instance_name
-from messaging.publisher import Publisher
+from producers.events import KafkaEventSink, instance_name
+from producers.publisher import Publisher
 from schemas.clock import utcnow
 from schemas.codec import Codec
 from settings import Settings, get_settings

@@ -25,8 +25,8 @@ from core.fleet.service import FleetService
 from core.logs import configure, correlation_id_var, trace_id_var
 from core.shutdown import arm_shutdown_deadline
 from messaging.dead_letter import DeadLetterRouter, RawMessage
-from messaging.events import KafkaEventSink
-from messaging.publisher import Publisher
+from producers.events import KafkaEventSink
+from producers.publisher import Publisher
 from schemas.codec import Codec
 from settings import Settings, get_settings
 from topology.groups import BY_GROUP

@@ -11,8 +11,8 @@ from confluent_kafka import Consumer, Message, Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from messaging.dead_letter import DeadLetterRouter, RawMessage, from_confluent, normalize_headers
-from messaging.publisher import Publisher
 from messaging.redrive import redrive
+from producers.publisher import Publisher
 from schemas.codec import Codec
 from settings import Settings
 from tests.samples import sample

@@ -12,7 +12,7 @@ from confluent_kafka import Consumer
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from infra.local_stack import KafkaBroker
-from messaging.publisher import DeliveryFailed, Publisher, PublisherUnavailable
+from producers.publisher import DeliveryFailed, Publisher, PublisherUnavailable
 from settings import Settings
 
 pytestmark = pytest.mark.integration

@@ -31,7 +31,7 @@ from api.context import AppContext
 from cli.services import GROUP_COMMANDS, system_services
 from core.artifacts import MemoryArtifactStore
 from core.fleet.memory_store import InMemoryFleetStore
-from messaging.publisher import Publisher
+from producers.publisher import Publisher
 from settings import Settings
 from tests.recording_sink import RecordingSink
 from topology.groups import BY_GROUP, Group, group_spec

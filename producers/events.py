@@ -10,7 +10,7 @@ from typing import Any
 
 from core.audit import AuditChain
 from core.events import EventsUnavailable
-from messaging.publisher import DeliveryFailed, DeliveryReport, Publisher, PublisherUnavailable
+from producers.publisher import DeliveryFailed, DeliveryReport, Publisher, PublisherUnavailable
 from schemas.codec import Codec, new_envelope
 from settings import Settings
 from topology.messages import MESSAGES, MessageType
