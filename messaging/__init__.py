@@ -1,5 +1,5 @@
 """Kafka plumbing shared by the ingress and the workers, over ``producers``' publisher.
 
-- ``replies``: ``ReplyRouter``, sync inference replies back to the ingress replica that waits.
+- ``reply_consumer``: ``ReplyConsumer``, sync inference replies back to the ingress replica that waits.
 - ``dead_letter``: a group's dead-letter topic and bounded retries; ``redrive`` sends dead letters back.
 """

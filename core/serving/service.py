@@ -43,7 +43,7 @@ from core.fleet.models import CatalogModel
 from core.logs import trace_id_var
 from core.serving.builtin_specs import BUILTIN_SPECS
 from core.serving.metrics import observe_reply
-from core.serving.replies import NoReplyPartition, Reply, ReplyPartitionRevoked, ReplyRouterClosed, ReplySource
+from core.serving.replies import NoReplyPartition, Reply, ReplyConsumerClosed, ReplyPartitionRevoked, ReplySource
 from core.serving.validation import validate_request
 from core.task_types import GENERIC_TASK_TYPE, SERVED_TASK_TYPES
 from schemas.clock import utcnow
@@ -246,7 +246,7 @@ class InferenceService:
                     continue  # re-send on a partition we own; the old reply is dropped wherever it lands
                 raise unavailable("SERVICE_UNAVAILABLE", "The reply's route moved to another ingress replica "
                                   "(rebalance) too often.", 1.0) from exc
-            except ReplyRouterClosed as exc:
+            except ReplyConsumerClosed as exc:
                 raise unavailable("SERVICE_UNAVAILABLE", "This ingress is shutting down.", 1.0) from exc
             except BaseException:
                 self.replies.discard(correlation_id)  # e.g. the client went away (cancelled)
@@ -259,12 +259,12 @@ class InferenceService:
             return self.replies.owned_partition()
         except NoReplyPartition:
             pass
-        except ReplyRouterClosed as exc:
+        except ReplyConsumerClosed as exc:
             raise unavailable("SERVICE_UNAVAILABLE", "This ingress is shutting down.", 1.0) from exc
         try:
             wait = max(0.0, min(PARTITION_WAIT_S, expires - time.monotonic()))
             return await self.replies.wait_for_partition(wait)
-        except (TimeoutError, NoReplyPartition, ReplyRouterClosed) as exc:
+        except (TimeoutError, NoReplyPartition, ReplyConsumerClosed) as exc:
             raise unavailable("NO_REPLY_PARTITION",
                               "This ingress replica owns no responses partition (rebalance in progress, or more "
                               "replicas than partitions).", 2.0) from exc

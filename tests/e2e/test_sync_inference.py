@@ -158,7 +158,7 @@ def test_requests_in_flight_survive_rebalances(
     for (text, response), vector in zip(outcomes, expected, strict=True):
         assert cosine(response.json()["output_data"]["embedding"], vector) >= 0.999, text
     health = httpx.get(f"{system.base_url}/api/v1/health", params={"detailed": "true"}, timeout=10).json()
-    print(f"\nreply router after {len(outcomes)} requests across two rebalances: "
+    print(f"\nreply consumer after {len(outcomes)} requests across two rebalances: "
           f"{health['components']['inference_replies']['detail']}")
 
 

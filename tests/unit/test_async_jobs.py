@@ -29,7 +29,7 @@ from core.fleet.models import SubjectType
 from core.serving.jobs import InMemoryJobStore, JobStatus
 from core.serving.jobs_service import JobService
 from core.serving.service import InferenceService
-from messaging.replies import ReplyTable
+from messaging.reply_consumer import ReplyTable
 from schemas.codec import Codec, new_envelope
 from settings import Settings
 from topology.messages import MESSAGES, MessageType

@@ -33,7 +33,7 @@ from core.fleet.memory_store import InMemoryFleetStore
 from core.serving.jobs import InMemoryJobStore
 from core.serving.jobs_service import JobService
 from core.serving.service import InferenceService
-from messaging.replies import ReplyTable
+from messaging.reply_consumer import ReplyTable
 from modelmora.v1 import (
     common_pb2,
     inference_pb2,

@@ -26,9 +26,9 @@ from core.events import EventsUnavailable
 from core.fleet.memory_store import InMemoryFleetStore
 from core.fleet.models import SubjectType
 from core.serving import service as service_module
-from core.serving.replies import NoReplyPartition, ReplyPartitionRevoked, ReplyRouterClosed
+from core.serving.replies import NoReplyPartition, ReplyConsumerClosed, ReplyPartitionRevoked
 from core.serving.service import InferenceService
-from messaging.replies import ReplyTable
+from messaging.reply_consumer import ReplyTable
 from schemas.clock import utcnow
 from schemas.codec import Codec, DecodeError, new_envelope
 from settings import Settings
@@ -110,9 +110,9 @@ async def test_lost_partitions_fail_at_once_and_close_fails_the_rest() -> None:
     with pytest.raises(ReplyPartitionRevoked):
         await lost
     table.close_waiters()
-    with pytest.raises(ReplyRouterClosed):
+    with pytest.raises(ReplyConsumerClosed):
         await other
-    with pytest.raises(ReplyRouterClosed):
+    with pytest.raises(ReplyConsumerClosed):
         table.owned_partition()
 
 

@@ -44,7 +44,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Topic
 from prometheus_client import Counter
 
 from core.health import ProbeResult, degraded
-from core.serving.replies import NoReplyPartition, ReplyPartitionRevoked, ReplyRouterClosed
+from core.serving.replies import NoReplyPartition, ReplyConsumerClosed, ReplyPartitionRevoked
 from messaging.dead_letter import DeadLetterRouter, from_confluent
 from schemas.codec import Codec, DecodeError
 from settings import Settings
@@ -53,7 +53,7 @@ from topology.messages import MessageType
 from topology.topics import INFERENCE_RESPONSES
 
 log = logging.getLogger(__name__)
-__all__ = ["NoReplyPartition", "ReplyPartitionRevoked", "ReplyRouter", "ReplyRouterClosed", "ReplyTable"]
+__all__ = ["NoReplyPartition", "ReplyConsumer", "ReplyConsumerClosed", "ReplyPartitionRevoked", "ReplyTable"]
 
 REPLY_GROUP = BY_GROUP["ingress-replies"]
 Reply = dict[str, Any]
@@ -117,7 +117,7 @@ class ReplyTable:
         waiters on those that do not are failed (and re-sent) when the assignment arrives.
         """
         if self._closed:
-            raise ReplyRouterClosed("the reply router is closed")
+            raise ReplyConsumerClosed("the reply consumer is closed")
         usable = tuple(self._owned or self._suspended)
         if not usable:
             raise NoReplyPartition("this ingress replica owns no responses partition")
@@ -141,7 +141,7 @@ class ReplyTable:
     def expect(self, correlation_id: str, partition: int) -> asyncio.Future[Reply]:
         """Register a waiter before the request is published (a reply may beat the acknowledgement)."""
         if self._closed:
-            raise ReplyRouterClosed("the reply router is closed")
+            raise ReplyConsumerClosed("the reply consumer is closed")
         if correlation_id in self._waiters:
             raise ValueError(f"already waiting for {correlation_id}")
         future: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
@@ -240,11 +240,11 @@ class ReplyTable:
         """Stop naming partitions and fail every waiter (shutdown)."""
         self._closed = True
         self._cancel_grace()
-        self.fail_all(ReplyRouterClosed("the ingress is shutting down"))
+        self.fail_all(ReplyConsumerClosed("the ingress is shutting down"))
         self._update_usable()
 
 
-class ReplyRouter(ReplyTable):
+class ReplyConsumer(ReplyTable):
     """``ReplyTable`` fed by one confluent-kafka consumer (background thread) per ingress process."""
 
     def __init__(self, settings: Settings, *, codec: Codec | None = None,
