@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import difflib
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -209,34 +209,62 @@ def _describe(schema: Mapping[str, Any]) -> str:
     return "a valid value"
 
 
+def _range_hint(schema: Mapping[str, Any], error: ValidationError) -> str:
+    return f"Value must be {_span(schema, 'minimum', 'maximum') or 'within the allowed range'}"
+
+
+def _kind_hint(schema: Mapping[str, Any], error: ValidationError) -> str:
+    return f"Value must be {_describe(schema)}"
+
+
+def _count_hint(schema: Mapping[str, Any], error: ValidationError) -> str:
+    return f"List must have {_span(schema, 'minItems', 'maxItems', 'items')}"
+
+
+def _length_hint(schema: Mapping[str, Any], error: ValidationError) -> str:
+    if schema.get("minLength") == 1 and "maxLength" not in schema:
+        return "Value must be a non-empty string"
+    return f"Text must be {_span(schema, 'minLength', 'maxLength', 'characters')} long"
+
+
+def _required_hint(schema: Mapping[str, Any], error: ValidationError) -> str:
+    present = error.instance if isinstance(error.instance, dict) else {}
+    missing = [f for f in schema.get("required", ()) if f not in present]
+    return f"Add the required field{'s' if len(missing) > 1 else ''} {', '.join(repr(f) for f in missing)}"
+
+
+def _options_hint(schema: Mapping[str, Any], error: ValidationError) -> str:
+    options = [_describe(s) for s in schema.get(str(error.validator), ()) if isinstance(s, dict)]
+    return f"Value must be {' or '.join(options)}"
+
+
+def _any_of_hint(schema: Mapping[str, Any], error: ValidationError) -> str:
+    # ``_one_of_fields`` builds anyOf from one-field "required" alternatives: name the fields.
+    alternatives = [s.get("required") for s in schema.get("anyOf", ()) if isinstance(s, dict)]
+    if alternatives and all(isinstance(a, list) and len(a) == 1 for a in alternatives):
+        return "Add one of the fields " + ", ".join(repr(a[0]) for a in alternatives if isinstance(a, list))
+    return _options_hint(schema, error)
+
+
+# The violated keyword picks the hint, so a hint states the rule the schema enforces.
+_HINTS: dict[str, Callable[[Mapping[str, Any], ValidationError], str]] = {
+    **dict.fromkeys(("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"), _range_hint),
+    **dict.fromkeys(("type", "enum", "const"), _kind_hint),
+    **dict.fromkeys(("minItems", "maxItems"), _count_hint),
+    **dict.fromkeys(("minLength", "maxLength"), _length_hint),
+    "required": _required_hint,
+    "anyOf": _any_of_hint,
+    "oneOf": _options_hint,
+}
+
+
 def _hint(error: ValidationError) -> str:
     schema: Mapping[str, Any] = error.schema if isinstance(error.schema, dict) else {}
     custom = schema.get("x-hint")
     if isinstance(custom, str):
         return custom
-    keyword = error.validator
-    if keyword in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"):
-        return f"Value must be {_span(schema, 'minimum', 'maximum') or 'within the allowed range'}"
-    if keyword in ("type", "enum", "const"):
-        return f"Value must be {_describe(schema)}"
-    if keyword in ("minItems", "maxItems"):
-        return f"List must have {_span(schema, 'minItems', 'maxItems', 'items')}"
-    if keyword in ("minLength", "maxLength"):
-        if schema.get("minLength") == 1 and "maxLength" not in schema:
-            return "Value must be a non-empty string"
-        return f"Text must be {_span(schema, 'minLength', 'maxLength', 'characters')} long"
-    if keyword == "required":
-        present = error.instance if isinstance(error.instance, dict) else {}
-        missing = [f for f in schema.get("required", ()) if f not in present]
-        return f"Add the required field{'s' if len(missing) > 1 else ''} {', '.join(repr(f) for f in missing)}"
-    if keyword == "anyOf":
-        alternatives = [s.get("required") for s in schema.get("anyOf", ()) if isinstance(s, dict)]
-        if alternatives and all(isinstance(a, list) and len(a) == 1 for a in alternatives):
-            return "Add one of the fields " + ", ".join(repr(a[0]) for a in alternatives if isinstance(a, list))
-    if keyword in ("oneOf", "anyOf"):
-        options = [_describe(s) for s in schema.get(str(keyword), ()) if isinstance(s, dict)]
-        return f"Value must be {' or '.join(options)}"
-    return "Fix the value to match the documented schema"
+    rule = _HINTS.get(str(error.validator))
+    return rule(schema, error) if rule is not None else "Fix the value to match the documented schema"
 
 
 def _unknown_fields(root: str, error: ValidationError) -> list[FieldIssue]:
