@@ -40,7 +40,7 @@ def test_message_round_trips_through_broker_with_consumer_group(settings: Settin
         producer.produce(topic, key=key, value=value, headers=[("origin", b"test")])
     assert producer.flush(10) == 0
 
-    group = f"{settings.topic_prefix}roundtrip-group"
+    group = settings.prefixed("roundtrip-group")
     consumer = Consumer({
         "bootstrap.servers": settings.kafka_bootstrap_servers, "group.id": group,
         "auto.offset.reset": "earliest", "enable.auto.commit": False,
