@@ -39,7 +39,7 @@ class AppContext:
     closers: list[Any] = field(default_factory=list)
     # name -> blocking health probe (core/health.py); empty in unit tests
     probes: dict[str, Any] = field(default_factory=dict)
-    # sync inference over Kafka; None where no reply router runs (unit tests)
+    # sync inference over Kafka; None where no reply consumer runs (unit tests)
     inference: InferenceService | None = None
     # async jobs (needs ``inference``); None where not wired
     jobs: JobService | None = None
@@ -63,7 +63,7 @@ class AppContext:
                                                wait_s=self.settings.model_load_wait_s)
 
     def inference_service(self) -> InferenceService:
-        """Sync inference, or 503 where this ingress has no reply router (unit tests wire none)."""
+        """Sync inference, or 503 where this ingress has no reply consumer (unit tests wire none)."""
         if self.inference is None:
             raise unavailable("SERVICE_UNAVAILABLE", "Inference is not wired on this ingress.", 5.0)
         return self.inference

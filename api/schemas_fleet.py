@@ -8,12 +8,11 @@ from typing import Any, Literal
 from pydantic import AnyUrl, BaseModel, ConfigDict, Field
 
 from core.fleet.models import CatalogModel, Device, ModelUpdate, ModelVersion, Round, registry_status
-from core.registry import TaskType
+from core.task_types import TaskType
 
 PlatformName = Literal["python", "ios", "android", "edge"]
 FrameworkName = Literal["pytorch", "tensorflow", "xgboost", "sklearn"]
 RoundStatusName = Literal["pending", "active", "aggregating", "completed", "failed"]
-TaskTypeName = Literal["txt2embed", "img2embed", "txt2img", "img2txt", "txt2txt"]
 
 
 class StrictBody(BaseModel):
@@ -176,7 +175,7 @@ class ModelOut(BaseModel):
     # seed 001 registry view of the same entry
     model_id: str
     version: str | None = None
-    task_type: TaskTypeName | None = None
+    task_type: TaskType | None = None
     display_name: str | None = None
     status: Literal["registered", "downloading", "ready", "failed"] = Field(
         description="What the inference workers report (ready when one holds it, downloading while one loads it, "
@@ -258,7 +257,7 @@ class ModelListResponse(BaseModel):
 class RegisterModelRequest(StrictBody):
     model_id: str = Field(min_length=1, max_length=192, description="HuggingFace-style model identifier")
     version: str = Field("main", max_length=64)
-    task_type: TaskTypeName
+    task_type: TaskType
     display_name: str | None = Field(None, max_length=200)
     description: str | None = Field(None, max_length=1000)
     source_url: AnyUrl | None = None
@@ -267,7 +266,7 @@ class RegisterModelRequest(StrictBody):
 
     def registration(self) -> dict[str, Any]:
         """Keyword arguments of ``RegistryService.register`` (REST and gRPC)."""
-        return {"model_id": self.model_id, "task_type": TaskType(self.task_type), "version": self.version,
+        return {"model_id": self.model_id, "task_type": self.task_type, "version": self.version,
                 "display_name": self.display_name, "description": self.description,
                 "source_url": str(self.source_url) if self.source_url else None,
                 "resource_requirements": _requirements(self.resource_requirements), "config": self.config}
@@ -300,7 +299,7 @@ class LockEntry(BaseModel):
     version: str
     source_url: str
     checksum: str
-    task_type: TaskTypeName | None = None
+    task_type: TaskType | None = None
 
 
 class LockFile(BaseModel):

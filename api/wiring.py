@@ -21,9 +21,9 @@ from core.serving.jobs_service import JobService
 from core.serving.metrics import register_queue_depth
 from core.serving.service import InferenceService
 from messaging.dead_letter import DeadLetterRouter
-from messaging.events import KafkaEventSink
-from messaging.publisher import Publisher
-from messaging.replies import REPLY_GROUP, ReplyRouter
+from messaging.reply_consumer import REPLY_GROUP, ReplyConsumer
+from producers.events import KafkaEventSink
+from producers.publisher import Publisher
 from settings import Settings
 from topology.lag import queue_depths
 
@@ -55,7 +55,7 @@ async def build_context(settings: Settings, service: str = "api") -> AppContext:
     artifacts = S3ArtifactStore(settings)
     events = KafkaEventSink(settings, publisher, service=service)
     # Sync inference: join the reply group and wait for a partition before serving (readiness).
-    replies = ReplyRouter(settings, dead_letters=DeadLetterRouter(settings, publisher, REPLY_GROUP.group_id))
+    replies = ReplyConsumer(settings, dead_letters=DeadLetterRouter(settings, publisher, REPLY_GROUP.group_id))
     await replies.start()
     store = CassandraFleetStore(session)
     inference = InferenceService(settings, events, replies, catalog=store)
@@ -73,6 +73,6 @@ async def build_context(settings: Settings, service: str = "api") -> AppContext:
         queue_depth=depth,
     )
     # Flush what is in flight before the session goes: nothing accepted is left unsent. Closers run in
-    # reverse: the reply router leaves its group first, so other replicas take its partitions at once.
+    # reverse: the reply consumer leaves its group first, so other replicas take its partitions at once.
     context.closers += [session.cluster.shutdown, publisher.close, close_depth, unregister_depth, replies.close]
     return context

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 from schemas.codec import Codec
-from schemas.samples import sample
+from tests.samples import sample
 
 
 def rate(fn: Callable[[], Any], seconds: float) -> float:

@@ -96,7 +96,7 @@ def relay(settings: Settings, source: str, target: str, fetch_wait_ms: int) -> N
 
 def two_hop_floor(settings: Settings, requests: int, fetch_wait_ms: int) -> list[float]:
     suffix = uuid.uuid4().hex[:6]
-    source, target = f"{settings.topic_prefix}floor-a-{suffix}", f"{settings.topic_prefix}floor-b-{suffix}"
+    source, target = settings.prefixed(f"floor-a-{suffix}"), settings.prefixed(f"floor-b-{suffix}")
     admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap_servers})
     for future in admin.create_topics([NewTopic(source, 6, 1), NewTopic(target, 6, 1)]).values():
         future.result()

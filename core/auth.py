@@ -124,7 +124,7 @@ class RateLimiter:
             lease = self._leases.get(key)
             seen = lease[1] if lease is not None else 0
         block = max(1, min(self.MAX_BLOCK, (self.limit - seen) // self.BLOCK_SHARE))
-        total = self.store.hit(subject, window_start, self.WINDOW_S, block)
+        total = self.store.hit(subject, window_start, block)
         granted = max(0, min(block, self.limit - (total - block)))
         with self._lock:
             if len(self._leases) > 10_000:  # old windows: drop everything not of this window

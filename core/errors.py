@@ -67,10 +67,6 @@ def invalid(code: str, message: str, **details: Any) -> DomainError:
     return DomainError(ErrorKind.INVALID, code, message, details=details or None)
 
 
-def forbidden(code: str, message: str) -> DomainError:
-    return DomainError(ErrorKind.FORBIDDEN, code, message)
-
-
 def unavailable(code: str, message: str, retry_after_s: float = 1.0) -> DomainError:
     return DomainError(ErrorKind.UNAVAILABLE, code, message, retry_after_s=retry_after_s,
                        hint=f"Retry after {retry_after_s:.0f}s.")

@@ -1,19 +1,28 @@
-"""How the domain core emits events, independent of transport.
+"""How the domain core publishes messages, independent of transport.
 
-The domain calls ``EventSink.emit``/``audit``; the Kafka implementation (messaging/) encodes
-with the codec and awaits the broker's acknowledgement, so a command is only answered
-once its event is stored. Unit tests use ``RecordingSink``.
+The domain calls ``publish(MessageType.X, record)`` and ``audit``; the topic, the key and the
+partition come from the one table of message types (``topology.messages.MESSAGES``). The Kafka
+implementation (``producers/events.py``) encodes with the codec and awaits the broker's
+acknowledgement, so a command is only answered once its event is stored. Unit tests use
+``tests.recording_sink.RecordingSink``.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from topology.messages import MessageType
 
-class EventSink(Protocol):
-    async def emit(self, topic: str, message_type: str, record: dict[str, Any], *, key: str) -> None:
-        """Publish one event to the logical ``topic`` (un-prefixed name), keyed by ``key``."""
+
+class MessageSink(Protocol):
+    """Publishes messages (``producers.events.KafkaEventSink`` in production)."""
+
+    async def publish(self, message_type: MessageType, record: dict[str, Any]) -> object:
+        """Publish one message, enveloped, to its type's topic, keyed (and partitioned) by its row."""
+
+
+class EventSink(MessageSink, Protocol):
+    """A ``MessageSink`` that also keeps the audit trail: what the domain services publish to."""
 
     async def audit(
         self,
@@ -26,25 +35,6 @@ class EventSink(Protocol):
         after: dict[str, Any] | None = None,
     ) -> None:
         """Record an accepted command or a state change on the audit topic (actor = key id)."""
-
-
-class RequestSink(Protocol):
-    """Publishes one message to a chosen topic (and partition): ``messaging.events.KafkaEventSink`` in production."""
-
-    async def publish(self, topic: str, message_type: str, record: dict[str, Any], *,
-                      key: str | None = None, partition: int | None = None) -> Any: ...
-
-
-class JobEventSink(Protocol):
-    """An ``EventSink`` that also publishes (``JobService``): ``messaging.events.KafkaEventSink`` in production."""
-
-    async def publish(self, topic: str, message_type: str, record: dict[str, Any], *,
-                      key: str | None = None, partition: int | None = None) -> Any: ...
-
-    async def emit(self, topic: str, message_type: str, record: dict[str, Any], *, key: str) -> None: ...
-
-    async def audit(self, *, actor: str, action: str, subject: str, outcome: str,
-                    before: dict[str, Any] | None = None, after: dict[str, Any] | None = None) -> None: ...
 
 
 def lifecycle_record(event_type: str, subject_kind: str, subject_id: str, **details: Any) -> dict[str, Any]:
@@ -65,36 +55,3 @@ class EventsUnavailable(ConnectionError):
         super().__init__(message)
         self.retry_after_s = retry_after_s
 
-
-@dataclass
-class RecordingSink:
-    """An EventSink that keeps what it was given, for unit tests of the domain."""
-
-    events: list[tuple[str, str, dict[str, Any], str]] = field(default_factory=list)
-    audits: list[dict[str, Any]] = field(default_factory=list)
-    fail_with: Exception | None = None
-
-    async def emit(self, topic: str, message_type: str, record: dict[str, Any], *, key: str) -> None:
-        if self.fail_with is not None:
-            raise self.fail_with
-        self.events.append((topic, message_type, record, key))
-
-    async def audit(
-        self,
-        *,
-        actor: str,
-        action: str,
-        subject: str,
-        outcome: str,
-        before: dict[str, Any] | None = None,
-        after: dict[str, Any] | None = None,
-    ) -> None:
-        if self.fail_with is not None:
-            raise self.fail_with
-        self.audits.append(
-            {"actor": actor, "action": action, "subject": subject, "outcome": outcome, "before": before,
-             "after": after}
-        )
-
-    def of_type(self, message_type: str) -> list[dict[str, Any]]:
-        return [record for _, kind, record, _ in self.events if kind == message_type]

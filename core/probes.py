@@ -14,7 +14,7 @@ from topology.groups import GROUPS, Group
 
 
 class ProducerState(Protocol):
-    """What the Kafka probe reads from the process's producer (``messaging.publisher.Publisher``)."""
+    """What the Kafka probe reads from the process's producer (``producers.publisher.Publisher``)."""
 
     @property
     def broker_down(self) -> bool: ...
@@ -54,10 +54,10 @@ def workers_probe(settings: Settings, admin: AdminClient) -> Probe:
 
     The ingress's own reply group is left out: this probe runs inside an ingress, which is its member.
     """
-    worker_groups = [g.group_id for g in GROUPS if g.group_id != Group.INGRESS_REPLIES]
+    worker_groups = [g for g in GROUPS if g.group_id != Group.INGRESS_REPLIES]
 
     def probe() -> str | ProbeResult:
-        names = [settings.topic(g) for g in worker_groups]
+        names = [g.full_id(settings) for g in worker_groups]
         futures: dict[str, Any] = admin.describe_consumer_groups(names, request_timeout=3)
         empty = []
         for name, future in futures.items():

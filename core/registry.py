@@ -12,28 +12,20 @@ import asyncio
 import re
 from collections.abc import Callable
 from datetime import UTC, datetime
-from enum import StrEnum
 from typing import Any
 
 from core.auth import Principal
 from core.errors import conflict, invalid, not_found
 from core.events import EventSink, lifecycle_record
 from core.fleet.models import CatalogModel
-from core.fleet.service import LIFECYCLE, utcnow
 from core.fleet.store import FleetStore
 from core.serving.residency import ResidencyStore, observe
-from topology.topics import MODEL_COMMANDS
+from core.task_types import TaskType
+from schemas.clock import utcnow
+from topology.messages import MessageType
 
 # HuggingFace-style ids: org/name with letters, digits, . _ -; no traversal, no spaces.
 MODEL_ID = re.compile(r"^(?!.*\.\.)[A-Za-z0-9][A-Za-z0-9._-]{0,95}(/[A-Za-z0-9][A-Za-z0-9._-]{0,95})?$")
-
-
-class TaskType(StrEnum):
-    TXT2EMBED = "txt2embed"
-    IMG2EMBED = "img2embed"
-    TXT2IMG = "txt2img"
-    IMG2TXT = "img2txt"
-    TXT2TXT = "txt2txt"
 
 
 def validate_model_id(model_id: str) -> None:
@@ -152,10 +144,9 @@ class RegistryService:
         return {"version": "1", "generated_at": datetime.now(UTC), "models": entries}
 
     async def _command(self, command: str, model_id: str, reason: str) -> None:
-        await self.events.emit(MODEL_COMMANDS.name, "model_command",
-                               {"command": command, "model_id": model_id, "version": None, "reason": reason},
-                               key=model_id)
+        await self.events.publish(MessageType.MODEL_COMMAND,
+                                  {"command": command, "model_id": model_id, "version": None, "reason": reason})
 
     async def _lifecycle(self, event_type: str, model_id: str, **details: Any) -> None:
-        await self.events.emit(LIFECYCLE, "lifecycle_event", lifecycle_record(event_type, "model", model_id, **details),
-                               key=model_id)
+        await self.events.publish(MessageType.LIFECYCLE_EVENT,
+                                  lifecycle_record(event_type, "model", model_id, **details))

@@ -1,8 +1,5 @@
-"""Kafka plumbing shared by the ingress and the workers.
+"""Kafka plumbing shared by the ingress and the workers, over ``producers``' publisher.
 
-- ``publisher``: one idempotent producer per process, awaitable, with explicit back-pressure.
-- ``events``: ``KafkaEventSink``, the core's event sinks over the publisher (envelope, Avro, audit chain).
-- ``keys``: which field keys each message type.
-- ``replies``: ``ReplyRouter``, sync inference replies back to the ingress replica that waits.
+- ``reply_consumer``: ``ReplyConsumer``, sync inference replies back to the ingress replica that waits.
 - ``dead_letter``: a group's dead-letter topic and bounded retries; ``redrive`` sends dead letters back.
 """

@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from confluent_kafka import Message
 
 from core.errors import is_transient_infrastructure_error
-from messaging.publisher import Publisher
+from producers.publisher import Publisher
 from schemas.base import SchemaValidationError
 from schemas.codec import DecodeError
 from settings import Settings

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from confluent_kafka import Consumer, TopicPartition
 
 from messaging.dead_letter import DLQ_PREFIX, from_confluent
-from messaging.publisher import Publisher
+from producers.publisher import Publisher
 from settings import Settings
 from topology.lag import log_end
 

@@ -4,8 +4,8 @@ Wire format: Avro single-object encoding (``C3 01`` + 8-byte little-endian CRC-6
 fingerprint of the writer schema's canonical form + Avro binary body). Every version of
 every schema stays in ``schemas/avro/<type>/v<N>.avsc``, so a consumer finds the writer's
 schema of any past message by its fingerprint and resolves it into its own (reader)
-version. With a schema registry configured, Confluent framing (``00`` + 4-byte id) is
-available through ``ConfluentFraming`` instead.
+version. No schema-registry service is involved: the files in the repository are the schemas
+of record, and the fingerprint is a schema's id.
 
 Fields marked ``"tributary.json": true`` hold free-form JSON: a string on the wire, an
 object in Python and in the JSON view.
@@ -16,7 +16,6 @@ from __future__ import annotations
 import base64
 import io
 import json
-import struct
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -28,6 +27,7 @@ import fastavro
 from fastavro.schema import fingerprint, to_parsing_canonical_form
 
 from schemas.base import AVRO_DIR, SchemaValidationError
+from schemas.clock import utcnow
 
 MAGIC = b"\xc3\x01"
 CONTENT_TYPE = b"application/vnd.tributary.avro"
@@ -80,8 +80,11 @@ def _json_fields(raw: dict[str, Any]) -> frozenset[str]:
     return frozenset(f["name"] for f in raw["fields"] if f.get("tributary.json"))
 
 
-class SchemaRegistry:
-    """Every schema version in the repository, by type/version and by fingerprint."""
+class SchemaSet:
+    """Every schema version in the repository, by type/version and by fingerprint.
+
+    Not called a registry: in this code base "registry" means the model registry (seed 001).
+    """
 
     def __init__(self, directory: Path = AVRO_DIR) -> None:
         self._by_type: dict[str, dict[int, SchemaVersion]] = {}
@@ -113,10 +116,6 @@ class SchemaRegistry:
     def latest(self, message_type: str) -> ParsedSchema:
         return self.get(message_type).parsed
 
-    def by_fingerprint(self, fp: bytes) -> tuple[str, int, ParsedSchema]:
-        entry = self.entry_by_fingerprint(fp)
-        return entry.message_type, entry.version, entry.parsed
-
     def entry_by_fingerprint(self, fp: bytes) -> SchemaVersion:
         try:
             return self._by_fingerprint[fp]
@@ -131,8 +130,8 @@ class SchemaRegistry:
 
 
 @lru_cache(maxsize=1)
-def default_registry() -> SchemaRegistry:
-    return SchemaRegistry()
+def default_schemas() -> SchemaSet:
+    return SchemaSet()
 
 
 def _to_wire(entry: SchemaVersion, record: dict[str, Any]) -> dict[str, Any]:
@@ -153,13 +152,13 @@ def _from_wire(entry: SchemaVersion, datum: dict[str, Any]) -> dict[str, Any]:
 
 
 class Codec:
-    def __init__(self, registry: SchemaRegistry | None = None) -> None:
-        self.registry = registry or default_registry()
+    def __init__(self, schemas: SchemaSet | None = None) -> None:
+        self.schemas = schemas or default_schemas()
 
     def encode(
         self, message_type: str, record: dict[str, Any], version: int | None = None
     ) -> tuple[bytes, list[tuple[str, bytes]]]:
-        entry = self.registry.get(message_type, version)
+        entry = self.schemas.get(message_type, version)
         datum = _to_wire(entry, record)
         body = io.BytesIO()
         body.write(MAGIC)
@@ -178,8 +177,8 @@ class Codec:
             raise MalformedMessageError("payload too short for Avro single-object encoding")
         if payload[:2] != MAGIC:
             raise MalformedMessageError(f"bad magic {payload[:2].hex()}: not Avro single-object encoding")
-        writer = self.registry.entry_by_fingerprint(payload[2:10])
-        reader = self.registry.get(writer.message_type, reader_version)
+        writer = self.schemas.entry_by_fingerprint(payload[2:10])
+        reader = self.schemas.get(writer.message_type, reader_version)
         try:
             # Resolution is only needed (and only paid for) when the versions differ.
             reader_schema = None if reader is writer else reader.parsed
@@ -199,7 +198,7 @@ class Codec:
         # Imported on use: it loads jsonschema, which processes that never read JSON views skip.
         from schemas.json_views import validate_json_view
 
-        entry = self.registry.get(message_type, version)
+        entry = self.schemas.get(message_type, version)
         validate_json_view(message_type, entry.version, doc)
         record: dict[str, Any] = {}
         for field in entry.raw["fields"]:
@@ -266,12 +265,6 @@ def _explain(entry: SchemaVersion, datum: dict[str, Any]) -> None:
             )
 
 
-def now_millis() -> datetime:
-    """UTC now at the wire's precision, so a decoded message equals what was encoded."""
-    now = datetime.now(UTC)
-    return now.replace(microsecond=now.microsecond // 1000 * 1000)
-
-
 def new_envelope(
     *,
     service: str,
@@ -285,47 +278,8 @@ def new_envelope(
         "message_id": message_id,
         "correlation_id": correlation_id or message_id,
         "causation_id": causation_id,
-        "timestamp": now_millis(),
+        "timestamp": utcnow(),
         "producer": {"service": service, "instance": instance},
         "trace_id": trace_id or uuid.uuid4().hex,
     }
 
-
-class ConfluentFraming:
-    """Confluent wire framing (magic 0 + big-endian schema id) for clusters with a schema registry.
-
-    ``ids`` maps registry ids to our (type, version); registering with an HTTP registry is the
-    deployment's job, so the mapping is injected.
-    """
-
-    def __init__(self, codec: Codec, ids: dict[int, tuple[str, int]]) -> None:
-        self.codec = codec
-        self.ids = ids
-        self.by_version = {v: k for k, v in ids.items()}
-
-    def encode(self, message_type: str, record: dict[str, Any], version: int | None = None) -> bytes:
-        entry = self.codec.registry.get(message_type, version)
-        schema_id = self.by_version.get((message_type, entry.version))
-        if schema_id is None:
-            raise UnknownSchemaError(f"{message_type} v{entry.version} is not registered")
-        datum = _to_wire(entry, record)
-        body = io.BytesIO()
-        body.write(b"\x00" + struct.pack(">I", schema_id))
-        _write(body, entry, datum)
-        return body.getvalue()
-
-    def decode(self, payload: bytes) -> DecodedMessage:
-        if len(payload) < 5 or payload[0] != 0:
-            raise MalformedMessageError("not Confluent-framed")
-        (schema_id,) = struct.unpack(">I", payload[1:5])
-        if schema_id not in self.ids:
-            raise UnknownSchemaError(f"unknown registry id {schema_id}")
-        message_type, version = self.ids[schema_id]
-        writer = self.codec.registry.get(message_type, version)
-        reader = self.codec.registry.get(message_type)
-        try:
-            datum = fastavro.schemaless_reader(io.BytesIO(payload[5:]), writer.parsed, reader.parsed)
-        except Exception as exc:
-            raise MalformedMessageError(str(exc)) from exc
-        assert isinstance(datum, dict)
-        return DecodedMessage(message_type, version, _from_wire(reader, datum))

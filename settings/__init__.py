@@ -141,7 +141,9 @@ class Settings(BaseSettings):
     def s3_endpoint_url(self) -> str:
         return self.s3_endpoint or f"http://127.0.0.1:{self.s3_port}"
 
-    def topic(self, name: str) -> str:
+    def prefixed(self, name: str) -> str:
+        """``name`` with the environment prefix. Declared topics and groups have their own way to
+        their wire name (``TopicSpec.full_name``, ``ConsumerGroupSpec.full_id``), which call this."""
         return f"{self.topic_prefix}{name}"
 
 

@@ -202,6 +202,19 @@ def apply(settings: Settings, admin: AdminClient | None = None) -> ApplyReport:
     report = ApplyReport()
     actual = _describe(admin)
     specs = {spec.full_name(settings): spec for spec in all_topics()}
+    to_create, to_raise = _plan(settings, specs, actual, report)
+    _create(admin, to_create, specs, report)
+    _raise_partitions(admin, to_raise, specs, actual, report)
+    _await_metadata(admin, {name: specs[name].partitions for name in report.created + report.partitions_raised})
+    # Configs last, over every topic that exists now (new ones included: they must read back).
+    existing = [spec for name, spec in specs.items() if name in actual or name in report.created]
+    _align_configs(settings, admin, existing, report)
+    return report
+
+
+def _plan(settings: Settings, specs: dict[str, TopicSpec], actual: dict[str, _Actual],
+          report: ApplyReport) -> tuple[list[NewTopic], list[NewPartitions]]:
+    """Topics to create and partition counts to raise; structural drift apply must not fix goes to the report."""
     to_create: list[NewTopic] = []
     to_raise: list[NewPartitions] = []
     for name, spec in specs.items():
@@ -217,45 +230,49 @@ def apply(settings: Settings, admin: AdminClient | None = None) -> ApplyReport:
                 report.unfixable.append(_with(drift, "partitions can never be removed"))
             else:
                 report.unfixable.append(_with(drift, "needs a partition reassignment"))
+    return to_create, to_raise
 
-    if to_create:
-        futures = admin.create_topics(to_create, request_timeout=TIMEOUT_S, operation_timeout=TIMEOUT_S)
-        for name, future in futures.items():
-            try:
-                future.result()
-                report.created.append(name)
-            except KafkaException as exc:
-                if _error(exc).code() != KafkaError.TOPIC_ALREADY_EXISTS:  # else a concurrent apply won
-                    report.unfixable.append(Drift(name, DriftKind.MISSING, f"{specs[name].partitions} partitions",
-                                                  "absent", f"create refused: {_error(exc).str()}"))
 
-    if to_raise:
-        futures = admin.create_partitions(to_raise, request_timeout=TIMEOUT_S, operation_timeout=TIMEOUT_S)
-        for name, future in futures.items():
-            spec = specs[name]
-            try:
-                future.result()
-                report.partitions_raised.append(name)
-            except KafkaException as exc:
-                refused = f"partitions not raised: {_error(exc).str()}"
-                report.unfixable.append(Drift(name, DriftKind.PARTITIONS_LOW, str(spec.partitions),
-                                              str(actual[name].partitions), refused))
-    _await_metadata(admin, {name: specs[name].partitions for name in report.created + report.partitions_raised})
+def _create(admin: AdminClient, to_create: list[NewTopic], specs: dict[str, TopicSpec], report: ApplyReport) -> None:
+    if not to_create:
+        return
+    futures = admin.create_topics(to_create, request_timeout=TIMEOUT_S, operation_timeout=TIMEOUT_S)
+    for name, future in futures.items():
+        try:
+            future.result()
+            report.created.append(name)
+        except KafkaException as exc:
+            if _error(exc).code() != KafkaError.TOPIC_ALREADY_EXISTS:  # else a concurrent apply won
+                report.unfixable.append(Drift(name, DriftKind.MISSING, f"{specs[name].partitions} partitions",
+                                              "absent", f"create refused: {_error(exc).str()}"))
 
-    # Configs last, over every topic that exists now (new ones included: they must read back).
-    existing = [spec for name, spec in specs.items() if name in actual or name in report.created]
+
+def _raise_partitions(admin: AdminClient, to_raise: list[NewPartitions], specs: dict[str, TopicSpec],
+                      actual: dict[str, _Actual], report: ApplyReport) -> None:
+    if not to_raise:
+        return
+    futures = admin.create_partitions(to_raise, request_timeout=TIMEOUT_S, operation_timeout=TIMEOUT_S)
+    for name, future in futures.items():
+        spec = specs[name]
+        try:
+            future.result()
+            report.partitions_raised.append(name)
+        except KafkaException as exc:
+            refused = f"partitions not raised: {_error(exc).str()}"
+            report.unfixable.append(Drift(name, DriftKind.PARTITIONS_LOW, str(spec.partitions),
+                                          str(actual[name].partitions), refused))
+
+
+def _align_configs(settings: Settings, admin: AdminClient, existing: list[TopicSpec], report: ApplyReport) -> None:
+    """Set the configs that differ, read them back, and report what the broker refused or still shows."""
     configs, note = _read_configs(admin, [s.full_name(settings) for s in existing])
     if note:
         report.notes.append(note)
+    specs = {spec.full_name(settings): spec for spec in existing}
     wanted: dict[str, list[Drift]] = {}
     for drift in _config_drift(settings, existing, configs):
         wanted.setdefault(drift.topic, []).append(drift)
-    refused_by: dict[str, str] = {}
-    for name, drifts in wanted.items():
-        want = dict(d.expected.split("=", 1) for d in drifts)
-        reason = _alter_configs(admin, name, want)
-        if reason is not None:
-            refused_by[name] = reason
+    refused_by = _alter_each(admin, wanted)
     after = _read_back(settings, admin, [specs[name] for name in wanted if name not in refused_by])
     for name, drifts in wanted.items():
         if name in refused_by:
@@ -269,7 +286,16 @@ def apply(settings: Settings, admin: AdminClient | None = None) -> ApplyReport:
         for drift in left:
             report.unfixable.append(_with(drift, refused_by.get(name, "broker accepted the change but still "
                                                                       "reports the old value")))
-    return report
+
+
+def _alter_each(admin: AdminClient, wanted: dict[str, list[Drift]]) -> dict[str, str]:
+    """Alter each topic's drifting configs; returns why the broker refused, by topic."""
+    refused_by: dict[str, str] = {}
+    for name, drifts in wanted.items():
+        reason = _alter_configs(admin, name, dict(d.expected.split("=", 1) for d in drifts))
+        if reason is not None:
+            refused_by[name] = reason
+    return refused_by
 
 
 def _await_metadata(admin: AdminClient, partitions: dict[str, int]) -> None:

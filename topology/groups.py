@@ -68,7 +68,7 @@ class ConsumerGroupSpec:
         return min(t.partitions for t in self.inputs)
 
     def full_id(self, settings: Settings) -> str:
-        return settings.topic(self.group_id)
+        return settings.prefixed(self.group_id)
 
     def input_names(self, settings: Settings) -> list[str]:
         return [t.full_name(settings) for t in self.inputs]

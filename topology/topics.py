@@ -1,8 +1,8 @@
 """Every Kafka topic, declared once. Nothing else in the code base spells a topic name.
 
-Use ``topic_name(settings, Topic.RESPONSES)`` (or ``SPEC.full_name(settings)``) to get the name
-on the wire: ``settings.topic_prefix`` is prepended to every name so several environments (and
-test sessions) can share one cluster.
+``SPEC.full_name(settings)`` is the one way to get a topic's name on the wire:
+``settings.topic_prefix`` is prepended to every name so several environments (and test sessions)
+can share one cluster. Which message type travels on which topic is ``topology.messages``.
 
 Names and seed 001 §4.1 (the only seed that names topics):
 
@@ -41,28 +41,6 @@ class Priority(StrEnum):
     LOW = "low"
 
 
-class Topic(StrEnum):
-    """Every data topic by role; the value is the name without the environment prefix."""
-
-    REQUESTS_HIGH = "modelmora.inference.requests.high"
-    REQUESTS_MEDIUM = "modelmora.inference.requests.medium"
-    REQUESTS_LOW = "modelmora.inference.requests.low"
-    RESPONSES = "modelmora.inference.responses"
-    LIFECYCLE_EVENTS = "modelmora.lifecycle.events"
-    AUDIT_EVENTS = "modelmora.audit.events"
-    JOB_EVENTS = "tributary.jobs.events"
-    MODEL_COMMANDS = "tributary.models.commands"
-    DEVICE_EVENTS = "tributary.devices.events"
-    DEVICE_HEARTBEATS = "tributary.devices.heartbeats"
-    TRAINING_ROUNDS = "tributary.training.rounds"
-    TRAINING_UPDATES = "tributary.training.updates"
-    LEARNING_GRAPHS = "tributary.learning.graphs"
-
-    @classmethod
-    def requests(cls, priority: Priority) -> Topic:
-        return cls(f"modelmora.inference.requests.{priority.value}")
-
-
 @dataclass(frozen=True)
 class TopicSpec:
     name: str  # without the environment prefix
@@ -86,7 +64,8 @@ class TopicSpec:
                 raise ValueError(f"{self.name}: replication settings must be >= 1")
 
     def full_name(self, settings: Settings) -> str:
-        return settings.topic(self.name)
+        """The name on the wire (environment prefix applied)."""
+        return settings.prefixed(self.name)
 
     def replication(self, settings: Settings) -> int:
         return self.replication_factor or settings.default_replication_factor
@@ -103,50 +82,35 @@ class TopicSpec:
         }
 
 
-def _spec(topic: Topic, partitions: int, retention_days: int, purpose: str) -> TopicSpec:
-    return TopicSpec(topic.value, partitions, retention_days * DAY_MS, purpose)
+def _spec(name: str, partitions: int, retention_days: int, purpose: str) -> TopicSpec:
+    return TopicSpec(name, partitions, retention_days * DAY_MS, purpose)
 
 
 # Requests and heartbeats carry the volume, so they get the most partitions (= most consumers).
 INFERENCE_REQUESTS: dict[Priority, TopicSpec] = {
-    p: _spec(Topic.requests(p), 6, 1, f"inference requests of priority {p.value}, keyed by request id")
+    p: _spec(f"modelmora.inference.requests.{p.value}", 6, 1,
+             f"inference requests of priority {p.value}, keyed by request id")
     for p in Priority
 }
 # 6, not 3: each ingress replica owns reply partitions, so this bounds the ingress replicas.
-INFERENCE_RESPONSES = _spec(Topic.RESPONSES, 6, 1,
+INFERENCE_RESPONSES = _spec("modelmora.inference.responses", 6, 1,
                             "inference results, routed to the waiting ingress replica's partition")
-LIFECYCLE_EVENTS = _spec(Topic.LIFECYCLE_EVENTS, 3, 30,
+LIFECYCLE_EVENTS = _spec("modelmora.lifecycle.events", 3, 30,
                          "lifecycle of models, devices, rounds and jobs, for other services")
-AUDIT_EVENTS = _spec(Topic.AUDIT_EVENTS, 3, 365, "tamper-evident audit trail that auditors replay")
-JOB_EVENTS = _spec(Topic.JOB_EVENTS, 3, 7, "async job state changes, keyed by job id")
-MODEL_COMMANDS = _spec(Topic.MODEL_COMMANDS, 3, 7, "model load/unload commands, keyed by model id")
-DEVICE_EVENTS = _spec(Topic.DEVICE_EVENTS, 3, 30, "device registrations and changes, keyed by device id")
-DEVICE_HEARTBEATS = _spec(Topic.DEVICE_HEARTBEATS, 6, 1, "device heartbeats with metrics, keyed by device id")
-TRAINING_ROUNDS = _spec(Topic.TRAINING_ROUNDS, 3, 30, "training round commands and events, keyed by round id")
-TRAINING_UPDATES = _spec(Topic.TRAINING_UPDATES, 3, 30,
+AUDIT_EVENTS = _spec("modelmora.audit.events", 3, 365, "tamper-evident audit trail that auditors replay")
+JOB_EVENTS = _spec("tributary.jobs.events", 3, 7, "async job state changes, keyed by job id")
+MODEL_COMMANDS = _spec("tributary.models.commands", 3, 7, "model load/unload commands, keyed by model id")
+DEVICE_EVENTS = _spec("tributary.devices.events", 3, 30, "device registrations and changes, keyed by device id")
+DEVICE_HEARTBEATS = _spec("tributary.devices.heartbeats", 6, 1, "device heartbeats with metrics, keyed by device id")
+TRAINING_ROUNDS = _spec("tributary.training.rounds", 3, 30, "training round commands and events, keyed by round id")
+TRAINING_UPDATES = _spec("tributary.training.updates", 3, 30,
                          "submitted model updates (claim checks to S3), keyed by round id")
-LEARNING_GRAPHS = _spec(Topic.LEARNING_GRAPHS, 3, 30, "accepted learning graphs and retraining requests")
+LEARNING_GRAPHS = _spec("tributary.learning.graphs", 3, 30, "accepted learning graphs and retraining requests")
 
 DATA_TOPICS: tuple[TopicSpec, ...] = (
     *INFERENCE_REQUESTS.values(), INFERENCE_RESPONSES, LIFECYCLE_EVENTS, AUDIT_EVENTS, JOB_EVENTS,
     MODEL_COMMANDS, DEVICE_EVENTS, DEVICE_HEARTBEATS, TRAINING_ROUNDS, TRAINING_UPDATES, LEARNING_GRAPHS,
 )
-BY_NAME: dict[str, TopicSpec] = {spec.name: spec for spec in DATA_TOPICS}
-SPECS: dict[Topic, TopicSpec] = {topic: BY_NAME[topic.value] for topic in Topic}
-
-
-def spec_of(topic: Topic) -> TopicSpec:
-    return SPECS[topic]
-
-
-def topic_name(settings: Settings, topic: Topic | TopicSpec) -> str:
-    """The name on the wire (environment prefix applied)."""
-    spec = topic if isinstance(topic, TopicSpec) else SPECS[topic]
-    return spec.full_name(settings)
-
-
-def request_topic_name(settings: Settings, priority: Priority) -> str:
-    return INFERENCE_REQUESTS[priority].full_name(settings)
 
 
 def dead_letter_topic(group_id: str) -> TopicSpec:

@@ -30,6 +30,7 @@ from api.errors import validation_failed
 from api.schemas_fleet import ModelOut
 from core.errors import invalid
 from core.fleet.models import CatalogModel
+from core.task_types import TaskType
 from modelmora.v1 import common_pb2, inference_pb2, management_pb2, registry_pb2
 
 DEFAULT_TIMEOUT_S = 60
@@ -48,12 +49,9 @@ JOB_STATUSES: dict[str, common_pb2.JobStatus] = {
     "failed": common_pb2.JOB_STATUS_FAILED,
     "cancelled": common_pb2.JOB_STATUS_CANCELLED,
 }
+# Derived from the one TaskType: a new task type without its proto value fails at import.
 TASK_TYPES: dict[str, common_pb2.TaskType] = {
-    "txt2embed": common_pb2.TASK_TYPE_TXT2EMBED,
-    "img2embed": common_pb2.TASK_TYPE_IMG2EMBED,
-    "txt2img": common_pb2.TASK_TYPE_TXT2IMG,
-    "img2txt": common_pb2.TASK_TYPE_IMG2TXT,
-    "txt2txt": common_pb2.TASK_TYPE_TXT2TXT,
+    task: getattr(common_pb2, f"TASK_TYPE_{task.name}") for task in TaskType
 }
 TASK_TYPE_NAMES: dict[int, str] = {number: name for name, number in TASK_TYPES.items()}
 MODEL_STATES: dict[str, common_pb2.ModelState] = {

@@ -1,7 +1,7 @@
 """The gRPC server of the ingress: seed 001's three services, ``grpc.health.v1`` and reflection.
 
 It runs in the ingress process, on its event loop, beside REST, and shares its ``AppContext``:
-one reply router, one producer, one authenticator and rate limiter, one set of domain services.
+one reply consumer, one producer, one authenticator and rate limiter, one set of domain services.
 ``grpc.health.v1`` reports SERVING for the server and each service while the readiness checks
 (Cassandra, broker) pass, NOT_SERVING otherwise, refreshed every few seconds.
 """

@@ -40,6 +40,7 @@ from core.errors import DomainError, ErrorKind
 from core.fleet.models import DeviceStatus, Platform
 from core.health import ComponentHealth, run_probes
 from core.registry import validate_model_id
+from core.task_types import TaskType
 
 router = APIRouter(prefix="/api/v1")
 Ctx = Annotated[AppContext, Depends(context)]
@@ -195,7 +196,7 @@ async def list_models(
     page_size: Annotated[int | None, Query(ge=1, le=100, description="seed 001 pagination")] = None,
     framework: Literal["pytorch", "tensorflow", "xgboost", "sklearn"] | None = None,
     is_baseline: bool | None = None,
-    task_type: Literal["txt2embed", "img2embed", "txt2img", "img2txt", "txt2txt"] | None = None,
+    task_type: TaskType | None = None,
     status: Literal["registered", "downloading", "ready", "failed"] | None = None,
 ) -> ModelListResponse:
     if page is not None or page_size is not None:

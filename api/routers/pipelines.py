@@ -16,6 +16,7 @@ from api.errors import ErrorEnvelope
 from core.auth import Principal
 from core.serving.pipelines import MAX_PIPELINE_NAME, PipelineValidator
 from core.serving.service import builtin_models
+from core.task_types import TaskType
 
 router = APIRouter(prefix="/api/v1", tags=["Pipelines"])
 Ctx = Annotated[AppContext, Depends(context)]
@@ -47,7 +48,7 @@ class FieldError(BaseModel):
 class PipelineValidation(BaseModel):
     valid: bool
     pipeline_name: str
-    task_type: Literal["txt2embed", "img2embed", "txt2img", "img2txt", "txt2txt"]
+    task_type: TaskType
     source: Literal["builtin", "registry"]
     errors: list[FieldError]
     validation_time_ms: float

@@ -32,16 +32,13 @@ from consumers.inference.errors import (
     QueueFullError,
 )
 from consumers.inference.runtime import (
-    GENERIC_TASK_TYPE,
     ModelRuntime,
     OnnxRuntimeModel,
-    TaskType,
     TensorContract,
     TorchScriptModel,
 )
 
 __all__ = [
-    "GENERIC_TASK_TYPE",
     "MODEL_EVICTED",
     "MODEL_LOADED",
     "MODEL_LOAD_FAILED",
@@ -64,7 +61,6 @@ __all__ = [
     "ModelUnavailableError",
     "OnnxRuntimeModel",
     "QueueFullError",
-    "TaskType",
     "TensorContract",
     "TorchScriptModel",
 ]

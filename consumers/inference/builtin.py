@@ -64,7 +64,6 @@ from consumers.inference.runtime import (
     ORT_MEMORY_FACTOR,
     JsonDict,
     ModelRuntime,
-    TaskType,
     ort_session,
 )
 from consumers.inference.textgen import run_txt2txt
@@ -77,6 +76,7 @@ from core.serving.builtin_specs import (
     TRANSLATE_PT_EN_ID,
     TXT2IMG_ID,
 )
+from core.task_types import TaskType
 
 # Workers must never reach a model hub: everything comes from installed packages.
 os.environ["HF_HUB_OFFLINE"] = "1"
@@ -215,11 +215,6 @@ def ensure_efficientnet_onnx(cache_dir: Path) -> Path:
                                  dynamic_axes={"pixels": {0: "batch"}, "image_features": {0: "batch"}})
 
     return _cached_export(cache_dir, "efficientnet-lite0", identity, build)
-
-
-def export_builtin_onnx(cache_dir: Path) -> list[Path]:
-    """Export every built-in torch model now (e.g. at image build time) instead of on first load."""
-    return [ensure_minilm_onnx(cache_dir), ensure_efficientnet_onnx(cache_dir)]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -28,10 +28,11 @@ from pathlib import Path
 
 from consumers.inference.builtin import BuiltinModels
 from consumers.inference.errors import ModelLoadError, ModelNotFoundError
-from consumers.inference.runtime import GENERIC_TASK_TYPE, ModelRuntime, OnnxRuntimeModel, TorchScriptModel
+from consumers.inference.runtime import ModelRuntime, OnnxRuntimeModel, TorchScriptModel
 from core.artifacts import ArtifactNotFound, ArtifactStore
 from core.fleet.models import ModelVersion
 from core.fleet.store import FleetStore
+from core.task_types import GENERIC_TASK_TYPE
 
 log = logging.getLogger(__name__)
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]")

@@ -25,6 +25,7 @@ from typing import Any, Protocol
 
 from consumers.inference.runtime import ModelRuntime
 from schemas.codec import Codec
+from topology.messages import MessageType
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +54,7 @@ class ModelCommandHandler:
     def decode(self, payload: bytes | None) -> dict[str, Any]:
         """The command record; DecodeError, SchemaValidationError or TypeError for anything else."""
         decoded = self.codec.decode(payload)
-        if decoded.message_type != "model_command":
+        if decoded.message_type != MessageType.MODEL_COMMAND:
             raise TypeError(f"the model command topic does not carry {decoded.message_type}")
         record = decoded.record
         if record.get("command") not in (LOAD, UNLOAD) or not record.get("model_id"):

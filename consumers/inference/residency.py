@@ -32,8 +32,8 @@ from consumers.inference.cache import (
     MODEL_UNLOADED,
     LoadedModel,
 )
-from core.clock import utcnow
 from core.serving.residency import Residency, ResidencyState, ResidencyStore
+from schemas.clock import utcnow
 
 log = logging.getLogger(__name__)
 

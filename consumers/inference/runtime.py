@@ -23,7 +23,6 @@ import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
-from enum import StrEnum
 from pathlib import Path
 from typing import Any, cast
 
@@ -31,6 +30,7 @@ import numpy as np
 import onnxruntime as ort
 
 from consumers.inference.errors import InferenceFailedError, InvalidInputError, ModelLoadError, ModelNotLoadedError
+from core.task_types import GENERIC_TASK_TYPE
 
 log = logging.getLogger(__name__)
 
@@ -44,20 +44,6 @@ TORCH_MEMORY_FACTOR = 1.5
 TORCH_BASE_OVERHEAD_BYTES = 16 * 1024 * 1024
 # Upper bound of rows per session call, so one huge request cannot allocate without limit.
 DEFAULT_MAX_ROWS_PER_CALL = 64
-
-
-class TaskType(StrEnum):
-    """The task types of seed 001 (``TaskType`` schema)."""
-
-    TXT2EMBED = "txt2embed"
-    IMG2EMBED = "img2embed"
-    TXT2IMG = "txt2img"
-    IMG2TXT = "img2txt"
-    TXT2TXT = "txt2txt"
-
-
-# Task type of user models served with the generic tensor contract when the catalog declares none.
-GENERIC_TASK_TYPE = "tensor"
 
 
 class ModelRuntime(ABC):
@@ -94,11 +80,6 @@ class ModelRuntime(ABC):
     @abstractmethod
     def close(self) -> None:
         """Release sessions and weights. Idempotent; ``load()`` may be called again afterwards."""
-
-    def describe(self) -> JsonDict:
-        """What status endpoints show about this runtime."""
-        return {"model_id": self.model_id, "task_type": self.task_type, "loaded": self.loaded,
-                "memory_bytes": self.memory_bytes, "runtime": type(self).__name__}
 
 
 @dataclass(frozen=True)
@@ -210,8 +191,101 @@ def _run_grouped(
     return done
 
 
-class OnnxRuntimeModel(ModelRuntime):
+class TensorFileModel(ModelRuntime):
+    """A user model file on CPU served with the generic tensor contract; ONNX and TorchScript differ
+    only in how they open the file, run rows and estimate memory (the subclasses below).
+
+    The opened engine (an ORT session, a TorchScript module) is the ``loaded`` state: ``infer_batch``
+    takes it once, so a concurrent ``close()`` cannot pull it from under a running call.
+    """
+
+    engine = "model"  # names the engine in the error that wraps its exceptions
+    memory_factor = 1.0
+    base_overhead_bytes = 0
+    # Errors of ours that reach the caller as they are; anything else is wrapped as INFERENCE_FAILED.
+    passed_through: tuple[type[Exception], ...] = (InvalidInputError,)
+
+    def __init__(
+        self,
+        model_id: str,
+        path: str | os.PathLike[str],
+        *,
+        contract: TensorContract | None = None,
+        task_type: str = GENERIC_TASK_TYPE,
+        declared_memory_bytes: int | None = None,
+        max_rows_per_call: int = DEFAULT_MAX_ROWS_PER_CALL,
+    ) -> None:
+        super().__init__(model_id)
+        self.task_type = task_type
+        self.path = Path(path)
+        self.contract = contract or TensorContract()
+        self.max_rows_per_call = max_rows_per_call
+        self._declared_memory = declared_memory_bytes
+        self._engine: Any = None
+        # What requests are checked against; ONNX refines them from the graph on load.
+        self._dtype = self.contract.input_dtype
+        self._shape: tuple[int | None, ...] | None = self.contract.input_shape
+        self._static_batch: int | None = None
+
+    @property
+    def loaded(self) -> bool:
+        return self._engine is not None
+
+    @property
+    def memory_bytes(self) -> int:
+        if self._declared_memory is not None:
+            return self._declared_memory
+        return int(self._weight_bytes() * self.memory_factor) + self.base_overhead_bytes
+
+    def _weight_bytes(self) -> int:
+        return _file_size(self.path)
+
+    def load(self) -> None:
+        with self._state_lock:
+            if self._engine is not None:
+                return
+            if not self.path.is_file():
+                raise ModelLoadError(f"model file not found: {self.path}", details={"model_id": self.model_id})
+            self._engine = self._open()
+
+    @abstractmethod
+    def _open(self) -> Any:
+        """Open the file (raising ModelLoadError) and return the engine; called under the state lock."""
+
+    @abstractmethod
+    def _runner(self, engine: Any) -> Callable[[np.ndarray], np.ndarray]:
+        """``rows -> outputs`` over the opened engine."""
+
+    def infer_batch(self, inputs: list[JsonDict]) -> list[JsonDict]:
+        engine = self._engine
+        if engine is None:
+            raise ModelNotLoadedError(f"model {self.model_id} is not loaded")
+        parsed = [_as_rows(item, self._dtype, self._shape) for item in inputs]
+        try:
+            results = _run_grouped([array for array, _ in parsed], self._runner(engine), self.max_rows_per_call,
+                                   self._static_batch)
+        except self.passed_through:
+            raise
+        except Exception as exc:
+            raise InferenceFailedError(f"{self.engine} failed: {exc}", details={"model_id": self.model_id}) from exc
+        return [{"outputs": (out[0] if squeezed else out).tolist()}
+                for out, (_, squeezed) in zip(results, parsed, strict=True)]
+
+    def close(self) -> None:
+        with self._state_lock:
+            self._engine = None
+            self._forget()
+
+    def _forget(self) -> None:
+        """Drop what was learned on load, beside the engine; called under the state lock."""
+
+
+class OnnxRuntimeModel(TensorFileModel):
     """A user ONNX model on CPU, served with the generic tensor contract."""
+
+    engine = "ONNX Runtime"
+    memory_factor = ORT_MEMORY_FACTOR
+    base_overhead_bytes = ORT_BASE_OVERHEAD_BYTES
 
     def __init__(
         self,
@@ -224,96 +298,69 @@ class OnnxRuntimeModel(ModelRuntime):
         declared_memory_bytes: int | None = None,
         max_rows_per_call: int = DEFAULT_MAX_ROWS_PER_CALL,
     ) -> None:
-        super().__init__(model_id)
-        self.task_type = task_type
-        self.path = Path(path)
-        self.contract = contract or TensorContract()
+        super().__init__(model_id, path, contract=contract, task_type=task_type,
+                         declared_memory_bytes=declared_memory_bytes, max_rows_per_call=max_rows_per_call)
         self.intra_op_threads = intra_op_threads
-        self.max_rows_per_call = max_rows_per_call
-        self._declared_memory = declared_memory_bytes
-        self._session: Any = None
         self._input_name = ""
         self._output_name = ""
-        self._dtype = self.contract.input_dtype
-        self._shape: tuple[int | None, ...] | None = self.contract.input_shape
-        self._static_batch: int | None = None
 
-    @property
-    def loaded(self) -> bool:
-        return self._session is not None
-
-    @property
-    def memory_bytes(self) -> int:
-        if self._declared_memory is not None:
-            return self._declared_memory
-        return int(_file_size(self.path) * ORT_MEMORY_FACTOR) + ORT_BASE_OVERHEAD_BYTES
-
-    def load(self) -> None:
-        with self._state_lock:
-            if self._session is not None:
-                return
-            if not self.path.is_file():
-                raise ModelLoadError(f"model file not found: {self.path}", details={"model_id": self.model_id})
-            try:
-                session = ort_session(self.path, self.intra_op_threads)
-            except Exception as exc:  # ORT raises its own exception types for corrupt or unsupported graphs
-                raise ModelLoadError(f"ONNX Runtime cannot load {self.path.name}: {exc}",
-                                     details={"model_id": self.model_id}) from exc
-            inputs = session.get_inputs()
-            if self.contract.input_name is not None:
-                chosen = [i for i in inputs if i.name == self.contract.input_name]
-                if not chosen:
-                    raise ModelLoadError(f"model has no input named {self.contract.input_name!r}",
-                                         details={"inputs": [i.name for i in inputs]})
-            elif len(inputs) == 1:
-                chosen = inputs
-            else:
-                raise ModelLoadError("the generic tensor contract serves models with exactly one input; "
-                                     f"this one has {[i.name for i in inputs]}")
-            model_input = chosen[0]
-            outputs = [o.name for o in session.get_outputs()]
-            if self.contract.output_name is not None and self.contract.output_name not in outputs:
-                raise ModelLoadError(f"model has no output named {self.contract.output_name!r}",
-                                     details={"outputs": outputs})
-            self._input_name = model_input.name
-            self._output_name = self.contract.output_name or outputs[0]
-            self._dtype = _ORT_DTYPES.get(model_input.type, self.contract.input_dtype)
-            if self._shape is None:
-                self._shape = tuple(d if isinstance(d, int) and d > 0 else None for d in model_input.shape)
-            first = model_input.shape[0] if model_input.shape else None
-            self._static_batch = first if isinstance(first, int) and first > 0 else None
-            self._session = session
-
-    def infer_batch(self, inputs: list[JsonDict]) -> list[JsonDict]:
-        session = self._session  # a concurrent close() must not pull the session from under this call
-        if session is None:
-            raise ModelNotLoadedError(f"model {self.model_id} is not loaded")
-        parsed = [_as_rows(item, self._dtype, self._shape) for item in inputs]
-
-        def run(rows: np.ndarray) -> np.ndarray:
-            result = session.run([self._output_name], {self._input_name: rows})[0]
-            return np.asarray(result)
-
+    def _open(self) -> Any:
         try:
-            results = _run_grouped([array for array, _ in parsed], run, self.max_rows_per_call, self._static_batch)
-        except InvalidInputError:
-            raise
-        except Exception as exc:
-            raise InferenceFailedError(f"ONNX Runtime failed: {exc}", details={"model_id": self.model_id}) from exc
-        return [{"outputs": (out[0] if squeezed else out).tolist()}
-                for out, (_, squeezed) in zip(results, parsed, strict=True)]
+            session = ort_session(self.path, self.intra_op_threads)
+        except Exception as exc:  # ORT raises its own exception types for corrupt or unsupported graphs
+            raise ModelLoadError(f"ONNX Runtime cannot load {self.path.name}: {exc}",
+                                 details={"model_id": self.model_id}) from exc
+        model_input = self._input_of(session)
+        self._output_name = self._output_of(session)
+        self._input_name = model_input.name
+        self._dtype = _ORT_DTYPES.get(model_input.type, self.contract.input_dtype)
+        if self._shape is None:
+            self._shape = tuple(d if isinstance(d, int) and d > 0 else None for d in model_input.shape)
+        first = model_input.shape[0] if model_input.shape else None
+        self._static_batch = first if isinstance(first, int) and first > 0 else None
+        return session
 
-    def close(self) -> None:
-        with self._state_lock:
-            self._session = None
+    def _input_of(self, session: Any) -> Any:
+        """The graph input the contract names, or the only one."""
+        inputs = session.get_inputs()
+        if self.contract.input_name is not None:
+            chosen = [i for i in inputs if i.name == self.contract.input_name]
+            if not chosen:
+                raise ModelLoadError(f"model has no input named {self.contract.input_name!r}",
+                                     details={"inputs": [i.name for i in inputs]})
+            return chosen[0]
+        if len(inputs) == 1:
+            return inputs[0]
+        raise ModelLoadError("the generic tensor contract serves models with exactly one input; "
+                             f"this one has {[i.name for i in inputs]}")
+
+    def _output_of(self, session: Any) -> str:
+        """The name of the graph output the contract names, or the first."""
+        outputs = [o.name for o in session.get_outputs()]
+        if self.contract.output_name is not None and self.contract.output_name not in outputs:
+            raise ModelLoadError(f"model has no output named {self.contract.output_name!r}",
+                                 details={"outputs": outputs})
+        return self.contract.output_name or outputs[0]
+
+    def _runner(self, engine: Any) -> Callable[[np.ndarray], np.ndarray]:
+        def run(rows: np.ndarray) -> np.ndarray:
+            return np.asarray(engine.run([self._output_name], {self._input_name: rows})[0])
+
+        return run
 
 
-class TorchScriptModel(ModelRuntime):
+class TorchScriptModel(TensorFileModel):
     """A user TorchScript model (``torch.jit.save`` output) on CPU, generic tensor contract.
 
     ``num_threads`` calls ``torch.set_num_threads``, which is process-wide: leave it ``None``
     unless this worker serves TorchScript models only.
     """
+
+    engine = "TorchScript model"
+    memory_factor = TORCH_MEMORY_FACTOR
+    base_overhead_bytes = TORCH_BASE_OVERHEAD_BYTES
+    # _select names a missing output key itself: that message reaches the caller unwrapped.
+    passed_through = (InvalidInputError, InferenceFailedError)
 
     def __init__(
         self,
@@ -326,50 +373,35 @@ class TorchScriptModel(ModelRuntime):
         declared_memory_bytes: int | None = None,
         max_rows_per_call: int = DEFAULT_MAX_ROWS_PER_CALL,
     ) -> None:
-        super().__init__(model_id)
-        self.task_type = task_type
-        self.path = Path(path)
-        self.contract = contract or TensorContract()
+        super().__init__(model_id, path, contract=contract, task_type=task_type,
+                         declared_memory_bytes=declared_memory_bytes, max_rows_per_call=max_rows_per_call)
         self.num_threads = num_threads
-        self.max_rows_per_call = max_rows_per_call
-        self._declared_memory = declared_memory_bytes
-        self._module: Any = None
         self._param_bytes = 0
 
-    @property
-    def loaded(self) -> bool:
-        return self._module is not None
+    def _weight_bytes(self) -> int:
+        # Once loaded, the parameters' real size; before, the archive's.
+        return self._param_bytes or _file_size(self.path)
 
-    @property
-    def memory_bytes(self) -> int:
-        if self._declared_memory is not None:
-            return self._declared_memory
-        if self._param_bytes:
-            return int(self._param_bytes * TORCH_MEMORY_FACTOR) + TORCH_BASE_OVERHEAD_BYTES
-        return int(_file_size(self.path) * TORCH_MEMORY_FACTOR) + TORCH_BASE_OVERHEAD_BYTES
-
-    def load(self) -> None:
+    def _open(self) -> Any:
         import torch  # imported here so ONNX-only workers never pay torch's import time
 
-        with self._state_lock:
-            if self._module is not None:
-                return
-            if not self.path.is_file():
-                raise ModelLoadError(f"model file not found: {self.path}", details={"model_id": self.model_id})
-            if self.num_threads is not None:
-                torch.set_num_threads(self.num_threads)
-            try:
-                with warnings.catch_warnings():
-                    # TorchScript is deprecated in torch 2.x but it is what users upload: the notice is noise here.
-                    warnings.simplefilter("ignore", DeprecationWarning)
-                    module = cast(Any, torch.jit).load(str(self.path), map_location="cpu")
-            except Exception as exc:  # torch raises RuntimeError or pickling errors for bad archives
-                raise ModelLoadError(f"not a TorchScript archive: {self.path.name}: {exc}",
-                                     details={"model_id": self.model_id}) from exc
-            module.eval()
-            tensors = [*module.parameters(), *module.buffers()]
-            self._param_bytes = sum(t.numel() * t.element_size() for t in tensors)
-            self._module = module
+        if self.num_threads is not None:
+            torch.set_num_threads(self.num_threads)
+        try:
+            with warnings.catch_warnings():
+                # TorchScript is deprecated in torch 2.x but it is what users upload: the notice is noise here.
+                warnings.simplefilter("ignore", DeprecationWarning)
+                module = cast(Any, torch.jit).load(str(self.path), map_location="cpu")
+        except Exception as exc:  # torch raises RuntimeError or pickling errors for bad archives
+            raise ModelLoadError(f"not a TorchScript archive: {self.path.name}: {exc}",
+                                 details={"model_id": self.model_id}) from exc
+        module.eval()
+        tensors = [*module.parameters(), *module.buffers()]
+        self._param_bytes = sum(t.numel() * t.element_size() for t in tensors)
+        return module
+
+    def _forget(self) -> None:
+        self._param_bytes = 0
 
     def _select(self, result: Any) -> Any:
         """The output tensor named by the contract out of whatever the module returned."""
@@ -386,29 +418,12 @@ class TorchScriptModel(ModelRuntime):
             return result[0]
         raise InferenceFailedError(f"model returned {type(result).__name__}, not a tensor")
 
-    def infer_batch(self, inputs: list[JsonDict]) -> list[JsonDict]:
+    def _runner(self, engine: Any) -> Callable[[np.ndarray], np.ndarray]:
         import torch
-
-        module = self._module
-        if module is None:
-            raise ModelNotLoadedError(f"model {self.model_id} is not loaded")
-        parsed = [_as_rows(item, self.contract.input_dtype, self.contract.input_shape) for item in inputs]
 
         def run(rows: np.ndarray) -> np.ndarray:
             with torch.inference_mode():
-                out = self._select(module(torch.from_numpy(np.ascontiguousarray(rows))))
+                out = self._select(engine(torch.from_numpy(np.ascontiguousarray(rows))))
             return np.asarray(out.detach().cpu().numpy())
 
-        try:
-            results = _run_grouped([array for array, _ in parsed], run, self.max_rows_per_call, None)
-        except (InvalidInputError, InferenceFailedError):
-            raise
-        except Exception as exc:
-            raise InferenceFailedError(f"TorchScript model failed: {exc}", details={"model_id": self.model_id}) from exc
-        return [{"outputs": (out[0] if squeezed else out).tolist()}
-                for out, (_, squeezed) in zip(results, parsed, strict=True)]
-
-    def close(self) -> None:
-        with self._state_lock:
-            self._module = None
-            self._param_bytes = 0
+        return run

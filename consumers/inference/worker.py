@@ -52,7 +52,6 @@ from consumers.inference.residency import ResidencyReporter
 from consumers.inference.runtime import JsonDict, ModelRuntime
 from core.artifacts import ArtifactStore, S3ArtifactStore
 from core.cassandra.session import connect
-from core.clock import utcnow
 from core.events import lifecycle_record
 from core.fleet.cassandra_store import CassandraFleetStore
 from core.fleet.store import FleetStore
@@ -64,19 +63,14 @@ from core.serving.metrics import MODEL_EVENTS, WORKER_REQUESTS, observe_batch
 from core.serving.residency import ResidencyStore
 from core.shutdown import arm_shutdown_deadline
 from messaging.dead_letter import DeadLetterRouter, RawMessage, from_confluent
-from messaging.events import KafkaEventSink, instance_name
-from messaging.publisher import Publisher
+from producers.events import KafkaEventSink, instance_name
+from producers.publisher import Publisher
+from schemas.clock import utcnow
 from schemas.codec import Codec
 from settings import Settings
 from topology.groups import inference_group
-from topology.topics import (
-    INFERENCE_REQUESTS,
-    INFERENCE_RESPONSES,
-    JOB_EVENTS,
-    LIFECYCLE_EVENTS,
-    MODEL_COMMANDS,
-    Priority,
-)
+from topology.messages import MessageType
+from topology.topics import INFERENCE_REQUESTS, MODEL_COMMANDS, Priority
 
 log = logging.getLogger(__name__)
 
@@ -153,7 +147,7 @@ class InferenceRequestHandler:
     def decode(self, payload: bytes | None) -> dict[str, Any]:
         """The request record; DecodeError or TypeError for what does not belong here."""
         decoded = self.codec.decode(payload)
-        if decoded.message_type != "inference_request":
+        if decoded.message_type != MessageType.INFERENCE_REQUEST:
             raise TypeError(f"inference workers do not handle {decoded.message_type}")
         return decoded.record
 
@@ -272,7 +266,7 @@ class InferenceWorker:
         self.drain_timeout_s = settings.shutdown_timeout_s * DRAIN_SHARE
         self.priority = priority
         self.group = inference_group(priority)
-        self.group_id = settings.topic(self.group.group_id)
+        self.group_id = self.group.full_id(settings)
         self.topic = INFERENCE_REQUESTS[priority].full_name(settings)
         service = f"inference-worker-{priority.value}"
         self.instance = instance_name(service)
@@ -375,7 +369,7 @@ class InferenceWorker:
             return
         record = lifecycle_record(event_type, "model", model_id, worker=self.instance, **details)
         future = asyncio.run_coroutine_threadsafe(
-            self.sink.publish(LIFECYCLE_EVENTS.name, "lifecycle_event", record, key=model_id), loop)
+            self.sink.publish(MessageType.LIFECYCLE_EVENT, record), loop)
         future.add_done_callback(lambda f: None if f.cancelled() or f.exception() is None
                                  else log.warning("lifecycle event %s lost: %s", event_type, f.exception()))
 
@@ -421,7 +415,7 @@ class InferenceWorker:
 
     # --- event loop -------------------------------------------------------------------------
     async def _job_event(self, record: dict[str, Any]) -> None:
-        await self.sink.emit(JOB_EVENTS.name, "job_event", record, key=str(record["job_id"]))
+        await self.sink.publish(MessageType.JOB_EVENT, record)
 
     async def _process(self, raw: RawMessage) -> None:
         answered = False
@@ -445,8 +439,7 @@ class InferenceWorker:
                         (response.get("error") or {}).get("code") or "INFERENCE_FAILED")
                     WORKER_REQUESTS.labels(str(response.get("model_id")), result).inc()
             if response is not None:
-                await self.sink.publish(INFERENCE_RESPONSES.name, "inference_response", response,
-                                        partition=response.get("reply_partition"))
+                await self.sink.publish(MessageType.INFERENCE_RESPONSE, response)
             if job_record is not None:
                 await self._job_event(job_record)
 

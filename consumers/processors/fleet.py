@@ -28,11 +28,13 @@ from core.fleet.service import FleetService
 from core.logs import configure, correlation_id_var, trace_id_var
 from core.shutdown import arm_shutdown_deadline
 from messaging.dead_letter import DeadLetterRouter, RawMessage
-from messaging.events import KafkaEventSink
-from messaging.publisher import Publisher
+from producers.events import KafkaEventSink
+from producers.publisher import Publisher
 from schemas.codec import Codec
 from settings import Settings
 from topology.groups import BY_GROUP
+from topology.messages import MessageType
+from topology.topics import TopicSpec
 
 log = logging.getLogger(__name__)
 Handler = Callable[[str, dict[str, Any]], Awaitable[None]]
@@ -41,8 +43,8 @@ Handler = Callable[[str, dict[str, Any]], Awaitable[None]]
 @dataclass
 class ProcessorSpec:
     group_id: str
-    topic: str
-    handlers: dict[str, Handler]
+    topic: TopicSpec
+    handlers: dict[str, Handler]  # by MessageType
     closers: list[Callable[[], Any]]
     timer_s: float = 0.0
     on_timer: Callable[[], Awaitable[Any]] | None = None  # work that no message triggers
@@ -51,7 +53,7 @@ class ProcessorSpec:
 def build(kind: str, settings: Settings) -> ProcessorSpec:
     if kind not in PROCESSORS:
         raise ValueError(f"unknown processor {kind!r}; choose one of {sorted(PROCESSORS)}")
-    group, topic = PROCESSORS[kind].group.group_id, PROCESSORS[kind].topic.name
+    group, topic = PROCESSORS[kind].group.group_id, PROCESSORS[kind].topic
     session = connect(settings, settings.cassandra_keyspace)
     store = CassandraFleetStore(session)
     publisher = Publisher(settings, client_id=f"tributary-{kind}-processor")
@@ -63,8 +65,8 @@ def build(kind: str, settings: Settings) -> ProcessorSpec:
         async def on_heartbeat(_: str, record: dict[str, Any]) -> None:
             await devices.on_heartbeat(record)
 
-        return ProcessorSpec(group, topic, {"device_heartbeat": on_heartbeat}, closers, settings.freshness_sweep_s,
-                             devices.sweep)
+        return ProcessorSpec(group, topic, {MessageType.DEVICE_HEARTBEAT: on_heartbeat}, closers,
+                             settings.freshness_sweep_s, devices.sweep)
     if kind == "rounds":
         artifacts = S3ArtifactStore(settings)
         rounds = RoundProcessor(settings, store, artifacts, events, FleetService(settings, store, artifacts, events))
@@ -72,7 +74,7 @@ def build(kind: str, settings: Settings) -> ProcessorSpec:
         async def on_update(_: str, record: dict[str, Any]) -> None:
             await rounds.on_update(record)
 
-        return ProcessorSpec(group, topic, {"model_update_submitted": on_update}, closers, 1.0, rounds.tick)
+        return ProcessorSpec(group, topic, {MessageType.MODEL_UPDATE_SUBMITTED: on_update}, closers, 1.0, rounds.tick)
     if kind == "learning-graphs":
         artifacts = S3ArtifactStore(settings)
         trigger = RetrainingTrigger(settings, store, FleetService(settings, store, artifacts, events), events)
@@ -80,7 +82,7 @@ def build(kind: str, settings: Settings) -> ProcessorSpec:
         async def on_graph(_: str, record: dict[str, Any]) -> None:
             await trigger.on_graph_submitted(record)
 
-        return ProcessorSpec(group, topic, {"learning_graph_submitted": on_graph}, closers)
+        return ProcessorSpec(group, topic, {MessageType.LEARNING_GRAPH_SUBMITTED: on_graph}, closers)
     raise AssertionError(f"processor {kind!r} is listed but not built")
 
 
@@ -90,7 +92,7 @@ def make_app(spec: ProcessorSpec, settings: Settings, dead_letters: DeadLetterRo
     processors_dir = settings.data_dir / "processors"
     processors_dir.mkdir(parents=True, exist_ok=True)  # faust creates only the last level
     app = faust.App(
-        settings.topic(group.group_id),  # the app id is the consumer group id
+        group.full_id(settings),  # the app id is the consumer group id
         broker=f"kafka://{settings.kafka_bootstrap_servers}",
         store="memory://",
         # Faust keeps table metadata in a directory of its own; not in the working directory.
@@ -104,7 +106,7 @@ def make_app(spec: ProcessorSpec, settings: Settings, dead_letters: DeadLetterRo
         producer_acks=-1,
     )
     codec = Codec()
-    topic = app.topic(settings.topic(spec.topic), key_type=bytes, value_type=bytes, key_serializer="raw",
+    topic = app.topic(spec.topic.full_name(settings), key_type=bytes, value_type=bytes, key_serializer="raw",
                       value_serializer="raw")
 
     async def handle(message: RawMessage) -> None:

@@ -8,7 +8,7 @@ from typing import Any
 from cassandra.cluster import Session
 from cassandra.query import PreparedStatement
 
-from core.clock import as_utc
+from schemas.clock import as_utc
 
 __all__ = ["CassandraRepository", "as_utc"]
 

@@ -364,7 +364,7 @@ class CassandraFleetStore(CassandraRepository, FleetStore):
         return decision if result.applied else self._decision(result)
 
     # --- rate limiting ----------------------------------------------------------------
-    def hit(self, subject: str, window_start: int, window_s: int, count: int = 1) -> int:
+    def hit(self, subject: str, window_start: int, count: int = 1) -> int:
         self._run("UPDATE rate_limits SET hits = hits + ? WHERE subject = ? AND window_start = ?", count, subject,
                   window_start)
         row = self._run("SELECT hits FROM rate_limits WHERE subject = ? AND window_start = ?", subject,

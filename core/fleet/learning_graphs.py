@@ -30,10 +30,11 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from core.errors import DomainError, ErrorKind, invalid
 from core.events import EventSink, lifecycle_record
 from core.fleet.models import LearningGraph
-from core.fleet.service import LIFECYCLE, iso, utcnow
+from core.fleet.service import iso
 from core.fleet.store import FleetStore
+from schemas.clock import utcnow
 from settings import Settings
-from topology.topics import LEARNING_GRAPHS
+from topology.messages import MessageType
 
 RAW_TEXT_KEYS = {"text", "raw_text", "transcript", "content", "message", "utterance"}
 MAX_STRING = 64
@@ -141,14 +142,14 @@ class LearningGraphService:
             taken = await asyncio.to_thread(self.store.take_pending_graphs)
             retrain = taken >= self.settings.learning_graph_threshold
             pending = taken if retrain else 0
-        await self.events.emit(LEARNING_GRAPHS.name, "learning_graph_submitted", {
+        await self.events.publish(MessageType.LEARNING_GRAPH_SUBMITTED, {
             "graph_id": record.id, "device_id_hash": device_id_hash, "app_version": app_version,
             "model_version": model_version, "pending_count": pending, "retraining_requested": retrain,
-        }, key=device_id_hash)
+        })
         if retrain:
             event = lifecycle_record("retraining_requested", "model", model_version, graphs=pending,
                                      requested_at=iso(utcnow()))
-            await self.events.emit(LIFECYCLE, "lifecycle_event", event, key=model_version)
+            await self.events.publish(MessageType.LIFECYCLE_EVENT, event)
         await self.events.audit(actor=actor, action="learning_graph.submit", subject=f"graph/{record.id}",
                                 outcome="accepted", after={"retraining_requested": retrain})
         return {"status": "accepted", "retraining_requested": retrain, "pending": pending}

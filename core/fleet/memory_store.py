@@ -246,7 +246,7 @@ class InMemoryFleetStore(FleetStore):
         with self._lock:
             return self.retraining.setdefault(decision.trigger_id, decision)
 
-    def hit(self, subject: str, window_start: int, window_s: int, count: int = 1) -> int:
+    def hit(self, subject: str, window_start: int, count: int = 1) -> int:
         with self._lock:
             key = (subject, window_start)
             self.hits[key] = self.hits.get(key, 0) + count

@@ -19,10 +19,12 @@ from core.artifacts import ArtifactNotFound, ArtifactStore
 from core.errors import DomainError
 from core.events import EventSink, lifecycle_record
 from core.fleet.models import CatalogModel, Freshness, Round, RoundStatus
-from core.fleet.service import LIFECYCLE, ROUND_EVENTS, FleetService, freshness_of, iso, utcnow
+from core.fleet.service import FleetService, freshness_of, iso
 from core.fleet.store import FleetStore
 from core.fleet.weights import FedAvgAccumulator, StateDict, dump_state_dict, load_state_dict
+from schemas.clock import utcnow
 from settings import Settings
+from topology.messages import MessageType
 
 log = logging.getLogger(__name__)
 P = ParamSpec("P")
@@ -82,7 +84,7 @@ class DeviceProcessor:
             return False
         record = lifecycle_record(FRESHNESS_EVENT[new], "device", device_id, last_heartbeat=iso(last_heartbeat),
                                   **{"from": current.value, "to": new.value})
-        await self.events.emit(LIFECYCLE, "lifecycle_event", record, key=device_id)
+        await self.events.publish(MessageType.LIFECYCLE_EVENT, record)
         await self.events.audit(actor="processor:devices", action="device.freshness", subject=f"device/{device_id}",
                                 outcome="changed", before={"freshness": current.value},
                                 after={"freshness": new.value})
@@ -225,15 +227,14 @@ class RoundProcessor:
         record = {"event_type": event_type, "round_id": round_.id, "round_number": round_.round_number,
                   "status": status.value, "aggregated_model_id": round_.aggregated_model_id,
                   "failure_reason": round_.failure_reason}
-        await self.events.emit(ROUND_EVENTS, "round_event", record, key=round_.id)
+        await self.events.publish(MessageType.ROUND_EVENT, record)
         await self._lifecycle(event_type, round_.id, round_number=round_.round_number,
                               aggregated_model_id=round_.aggregated_model_id, reason=round_.failure_reason)
         await self.events.audit(actor="processor:rounds", action=f"round.{status.value}",
                                 subject=f"round/{round_.id}", outcome=status.value, after=record)
 
     async def _lifecycle(self, event_type: str, round_id: str, **data: Any) -> None:
-        await self.events.emit(LIFECYCLE, "lifecycle_event", lifecycle_record(event_type, "round", round_id, **data),
-                               key=round_id)
+        await self.events.publish(MessageType.LIFECYCLE_EVENT, lifecycle_record(event_type, "round", round_id, **data))
 
 
 def _torch_version() -> str:

@@ -28,9 +28,11 @@ from core.auth import Principal
 from core.errors import DomainError
 from core.events import EventSink, lifecycle_record
 from core.fleet.models import RetrainingDecision, Round, RoundStatus, SubjectType
-from core.fleet.service import LIFECYCLE, FleetService, utcnow
+from core.fleet.service import FleetService
 from core.fleet.store import FleetStore
+from schemas.clock import utcnow
 from settings import Settings
+from topology.messages import MessageType
 
 log = logging.getLogger(__name__)
 # Namespace of retraining round ids: uuid5(RETRAINING_ROUNDS, trigger graph id).
@@ -100,8 +102,8 @@ class RetrainingTrigger:
         event_type = "retraining_started" if d.started else "retraining_not_started"
         details = {"trigger_id": d.trigger_id, "graphs": d.graphs, "round_id": d.round_id, "reason": d.reason,
                    "detail": d.detail}
-        await self.events.emit(LIFECYCLE, "lifecycle_event", lifecycle_record(event_type, "model", d.model_version,
-                                                                              **details), key=d.model_version)
+        await self.events.publish(MessageType.LIFECYCLE_EVENT,
+                                  lifecycle_record(event_type, "model", d.model_version, **details))
         await self.events.audit(actor=ACTOR.key_id, action="retraining.decide", subject=f"graph/{d.trigger_id}",
                                 outcome="started" if d.started else "not_started",
                                 after={k: v for k, v in details.items() if v is not None})

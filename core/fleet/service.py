@@ -17,7 +17,6 @@ from typing import Any, ParamSpec, TypeVar
 from core.api_keys import hash_api_key, key_id, new_api_key
 from core.artifacts import ArtifactStore, ArtifactStoreUnavailable
 from core.auth import Principal
-from core.clock import as_utc
 from core.errors import DomainError, ErrorKind, conflict, invalid, not_found, unavailable
 from core.events import EventSink, EventsUnavailable, lifecycle_record
 from core.fleet.models import (
@@ -39,25 +38,15 @@ from core.fleet.models import (
 from core.fleet.store import FleetStore
 from core.fleet.weights import load_state_dict
 from core.serving.residency import ResidencyStore, observe
-from schemas.codec import now_millis
+from schemas.clock import as_utc, utcnow
 from settings import Settings
-from topology import topics
+from topology.messages import MessageType
 
 P = ParamSpec("P")
 T = TypeVar("T")
 
-# Topic names as topology/ declares them; the sink applies the environment prefix.
-DEVICE_EVENTS = topics.DEVICE_EVENTS.name
-HEARTBEATS = topics.DEVICE_HEARTBEATS.name
-ROUND_EVENTS = topics.TRAINING_ROUNDS.name
-MODEL_UPDATES = topics.TRAINING_UPDATES.name
-LIFECYCLE = topics.LIFECYCLE_EVENTS.name
 MODEL_FORMATS = ("pytorch", "tensorflow", "onnx", "sklearn", "xgboost")
 FILE_SUFFIX = {"pytorch": "pt", "tensorflow": "h5", "onnx": "onnx", "sklearn": "pkl", "xgboost": "json"}
-
-
-# Now at the precision Avro and Cassandra keep (ms): what a response says is what is stored.
-utcnow = now_millis
 
 
 def iso(ts: datetime | None) -> str | None:
@@ -110,9 +99,9 @@ class FleetService:
     async def _io(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         return await asyncio.to_thread(fn, *args, **kwargs)
 
-    async def _emit(self, topic: str, message_type: str, record: dict[str, Any], key: str) -> None:
+    async def _publish(self, message_type: MessageType, record: dict[str, Any]) -> None:
         try:
-            await self.events.emit(topic, message_type, record, key=key)
+            await self.events.publish(message_type, record)
         except EventsUnavailable as exc:
             raise unavailable("EVENTS_UNAVAILABLE", "The event log is unavailable; nothing was accepted.",
                               exc.retry_after_s) from exc
@@ -127,8 +116,7 @@ class FleetService:
             raise unavailable("EVENTS_UNAVAILABLE", "The audit log is unavailable.", exc.retry_after_s) from exc
 
     async def _lifecycle(self, event_type: str, subject_kind: str, subject_id: str, **data: Any) -> None:
-        await self._emit(LIFECYCLE, "lifecycle_event", lifecycle_record(event_type, subject_kind, subject_id, **data),
-                         key=subject_id)
+        await self._publish(MessageType.LIFECYCLE_EVENT, lifecycle_record(event_type, subject_kind, subject_id, **data))
 
     # --- devices ------------------------------------------------------------------------
     async def register_device(
@@ -147,7 +135,7 @@ class FleetService:
         record = {"device_uuid": device.id, "device_id": device_id, "platform": device.platform.value,
                   "capabilities": device.capabilities, "api_key_id": device.api_key_id}
         try:
-            await self._emit(DEVICE_EVENTS, "device_registered", record, key=device_id)
+            await self._publish(MessageType.DEVICE_REGISTERED, record)
             await self._lifecycle("device_registered", "device", device_id, platform=device.platform.value)
             await self._audit(device.api_key_id, "device.register", f"device/{device_id}",
                               after={"device_id": device_id, "platform": device.platform.value})
@@ -207,7 +195,7 @@ class FleetService:
         now = self.clock()
         record = {"device_id": device_id, "status": status or "active", "metrics": metrics or {}, "sent_at": now}
         # Accepted = stored by the broker; the device processor applies it to the row.
-        await self._emit(HEARTBEATS, "device_heartbeat", record, key=device_id)
+        await self._publish(MessageType.DEVICE_HEARTBEAT, record)
         await self._audit(principal, "device.heartbeat", f"device/{device_id}",
                           after={"status": record["status"], "sent_at": iso(now)})
         pending_round_id, message = await self._pending_round_for(device_id)
@@ -284,7 +272,7 @@ class FleetService:
                   "details": {"min_devices": min_devices, "target_devices": target_devices,
                               "timeout_at": iso(timeout_at), "global_model_id": global_model_id}}
         try:
-            await self._emit(ROUND_EVENTS, "round_event", record, key=round_.id)
+            await self._publish(MessageType.ROUND_EVENT, record)
             await self._lifecycle("round_started", "round", round_.id, round_number=round_.round_number,
                                   selected=len(selected))
             for device_id in selected:
@@ -410,7 +398,7 @@ class FleetService:
                   "device_uuid": device.id, "artifact_key": artifact_key, "size_bytes": len(data),
                   "sha256": stored.sha256, "num_samples": num_samples, "local_loss": local_loss,
                   "local_accuracy": local_accuracy, "training_time_seconds": training_time_seconds}
-        await self._emit(MODEL_UPDATES, "model_update_submitted", record, key=round_id)
+        await self._publish(MessageType.MODEL_UPDATE_SUBMITTED, record)
         await self._lifecycle("update_accepted", "round", round_id, device_id=device_id, update_id=update.id)
         await self._audit(principal, "round.update.submit", f"round/{round_id}/device/{device_id}",
                           after={"update_id": update.id, "sha256": stored.sha256, "num_samples": num_samples})

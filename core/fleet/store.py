@@ -158,7 +158,7 @@ class FleetStore(ABC):
 
     # --- rate limiting (shared by every ingress replica) --------------------------------
     @abstractmethod
-    def hit(self, subject: str, window_start: int, window_s: int, count: int = 1) -> int:
+    def hit(self, subject: str, window_start: int, count: int = 1) -> int:
         """Count ``count`` requests of ``subject`` in the window; returns the count so far."""
 
 

@@ -22,13 +22,13 @@ from typing import Any, ParamSpec, TypeVar
 
 from core.auth import Principal
 from core.errors import DomainError, ErrorKind, conflict, unavailable
-from core.events import EventsUnavailable, JobEventSink
+from core.events import EventSink, EventsUnavailable
 from core.logs import trace_id_var
 from core.serving.jobs import Job, JobStatus, JobStore
 from core.serving.service import InferenceService, request_record
-from schemas.codec import now_millis
+from schemas.clock import utcnow
 from settings import Settings
-from topology.topics import INFERENCE_REQUESTS, JOB_EVENTS
+from topology.messages import MessageType
 
 log = logging.getLogger(__name__)
 P = ParamSpec("P")
@@ -52,8 +52,8 @@ def job_summary(job: Job) -> dict[str, Any]:
 
 
 class JobService:
-    def __init__(self, settings: Settings, inference: InferenceService, store: JobStore, events: JobEventSink, *,
-                 clock: Callable[[], datetime] = now_millis) -> None:
+    def __init__(self, settings: Settings, inference: InferenceService, store: JobStore, events: EventSink, *,
+                 clock: Callable[[], datetime] = utcnow) -> None:
         self.settings = settings
         self.inference = inference
         self.store = store
@@ -88,8 +88,7 @@ class JobService:
             task_type=task_type, input_data=input_data, parameters=parameters, priority=level,
             deadline=job.deadline, timeout_seconds=timeout_seconds, job_id=job.job_id)
         try:
-            await self.events.publish(INFERENCE_REQUESTS[level].name, "inference_request", record,
-                                      key=record["message_id"])
+            await self.events.publish(MessageType.INFERENCE_REQUEST, record)
         except EventsUnavailable as exc:
             # Not queued: remove the row so no job waits forever for a request that does not exist.
             await self._io(self.store.discard_queued, job.job_id)
@@ -104,7 +103,7 @@ class JobService:
     async def _record(self, principal: Principal, action: str, job: Job, *,
                       before: dict[str, Any] | None = None, after: dict[str, Any] | None = None) -> None:
         try:
-            await self.events.emit(JOB_EVENTS.name, "job_event", job_event(job), key=job.job_id)
+            await self.events.publish(MessageType.JOB_EVENT, job_event(job))
             await self.events.audit(actor=principal.key_id, action=action, subject=f"job/{job.job_id}",
                                     outcome="accepted", before=_jsonable(before), after=_jsonable(after))
         except EventsUnavailable as exc:

@@ -25,12 +25,12 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from core.auth import Principal
-from core.clock import utcnow
 from core.errors import DomainError, ErrorKind, not_found, unavailable
 from core.events import EventSink, EventsUnavailable, lifecycle_record
 from core.fleet.store import FleetStore
 from core.serving.residency import Residency, ResidencyState, ResidencyStore
-from topology.topics import LIFECYCLE_EVENTS, MODEL_COMMANDS
+from schemas.clock import utcnow
+from topology.messages import MessageType
 
 POLL_INTERVAL_S = 0.2
 # Rows are compared with the command's time; allow this much clock difference between hosts.
@@ -60,9 +60,8 @@ class ModelLifecycleService:
 
     async def _command(self, command: str, model_id: str, reason: str) -> None:
         try:
-            await self.events.emit(MODEL_COMMANDS.name, "model_command",
-                                   {"command": command, "model_id": model_id, "version": None, "reason": reason},
-                                   key=model_id)
+            await self.events.publish(MessageType.MODEL_COMMAND,
+                                      {"command": command, "model_id": model_id, "version": None, "reason": reason})
         except EventsUnavailable as exc:
             raise unavailable("SERVICE_UNAVAILABLE", f"The {command} command could not be sent; nothing changed.",
                               exc.retry_after_s) from exc
@@ -151,7 +150,7 @@ class ModelLifecycleService:
 
     async def _audit(self, principal: Principal, action: str, model_id: str) -> None:
         if action == "model.load":  # seed 001 §4.2.3; the workers emit model_loaded / model_unloaded
-            await self.events.emit(LIFECYCLE_EVENTS.name, "lifecycle_event",
-                                   lifecycle_record("model_load_requested", "model", model_id), key=model_id)
+            await self.events.publish(MessageType.LIFECYCLE_EVENT,
+                                      lifecycle_record("model_load_requested", "model", model_id))
         await self.events.audit(actor=principal.key_id, action=action, subject=f"model/{model_id}",
                                 outcome="accepted")

@@ -30,7 +30,8 @@ from core.errors import DomainError, ErrorKind
 from core.fleet.models import CatalogModel
 from core.registry import MODEL_ID
 from core.serving.service import MAX_TIMEOUT_S, MIN_TIMEOUT_S
-from core.serving.validation import TASK_TYPES, FieldIssue, compile_schema, schema_issues, task_issues
+from core.serving.validation import FieldIssue, compile_schema, schema_issues, task_issues
+from core.task_types import TaskType
 from topology.topics import Priority
 
 MAX_PIPELINE_NAME = 200
@@ -153,7 +154,7 @@ class PipelineValidator:
             if exc.code == "MODEL_NOT_FOUND":
                 raise self._not_found(name) from None
             raise
-        if model.task_type not in TASK_TYPES:
+        if not TaskType.has(model.task_type):
             raise self._not_found(name, "is a catalog model without a serving task_type")
         return Pipeline(name, str(model.task_type), "registry")
 

@@ -1,7 +1,7 @@
 """How synchronous inference gets its reply back: the contract between ``InferenceService`` and
-the transport's reply router (``messaging.replies.ReplyRouter`` in production).
+the transport's reply consumer (``messaging.reply_consumer.ReplyConsumer`` in production).
 
-The core owns it, so the router implements it from above and the service never imports the router.
+The core owns it, so the consumer implements it from above and the service never imports the consumer.
 """
 
 from __future__ import annotations
@@ -24,12 +24,12 @@ class ReplyPartitionRevoked(RuntimeError):
         self.partition = partition
 
 
-class ReplyRouterClosed(RuntimeError):
+class ReplyConsumerClosed(RuntimeError):
     """The ingress is shutting down."""
 
 
 class ReplySource(Protocol):
-    """Where replies come back (``messaging.replies.ReplyRouter`` in production)."""
+    """Where replies come back (``messaging.reply_consumer.ReplyConsumer`` in production)."""
 
     def owned_partition(self) -> int: ...
 

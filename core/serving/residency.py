@@ -17,12 +17,12 @@ import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
-from core.clock import as_utc
 from core.fleet.models import CatalogModel, RegistryStatus
+from schemas.clock import as_utc, utcnow
 
 
 class ResidencyState(StrEnum):
@@ -88,7 +88,7 @@ class ResidencyStore(ABC):
 class InMemoryResidencyStore(ResidencyStore):
     """Rows in a dict; TTLs measured with ``clock`` (tests move it forward)."""
 
-    def __init__(self, clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
+    def __init__(self, clock: Callable[[], datetime] = utcnow) -> None:
         self.clock = clock
         self._lock = threading.Lock()
         self._rows: dict[tuple[str, str], tuple[Residency, datetime]] = {}

@@ -38,16 +38,18 @@ from typing import Any, Protocol
 
 from core.auth import Principal
 from core.errors import DomainError, ErrorKind, invalid, unavailable
-from core.events import EventsUnavailable, RequestSink
+from core.events import EventsUnavailable, MessageSink
 from core.fleet.models import CatalogModel
 from core.logs import trace_id_var
 from core.serving.builtin_specs import BUILTIN_SPECS
 from core.serving.metrics import observe_reply
-from core.serving.replies import NoReplyPartition, Reply, ReplyPartitionRevoked, ReplyRouterClosed, ReplySource
-from core.serving.validation import GENERIC_TASK_TYPE, SERVED_TASK_TYPES, validate_request
-from schemas.codec import now_millis
+from core.serving.replies import NoReplyPartition, Reply, ReplyConsumerClosed, ReplyPartitionRevoked, ReplySource
+from core.serving.validation import validate_request
+from core.task_types import GENERIC_TASK_TYPE, SERVED_TASK_TYPES
+from schemas.clock import utcnow
 from settings import Settings
-from topology.topics import INFERENCE_REQUESTS, Priority
+from topology.messages import MessageType
+from topology.topics import Priority
 
 MIN_TIMEOUT_S, MAX_TIMEOUT_S = 1, 600
 # A request whose reply partition moved away is re-sent at most this often (each re-send may
@@ -118,11 +120,11 @@ class InferenceService:
     def __init__(
         self,
         settings: Settings,
-        sink: RequestSink,
+        sink: MessageSink,
         replies: ReplySource,
         *,
         models: Mapping[str, str] | None = None,
-        clock: Callable[[], datetime] = now_millis,
+        clock: Callable[[], datetime] = utcnow,
         catalog: ModelCatalog | None = None,
     ) -> None:
         self.settings = settings
@@ -226,7 +228,7 @@ class InferenceService:
             # Wait first: the reply may arrive before the broker's acknowledgement does.
             reply_future = self.replies.expect(correlation_id, partition)
             try:
-                await self.sink.publish(INFERENCE_REQUESTS[level].name, "inference_request", record, key=message_id)
+                await self.sink.publish(MessageType.INFERENCE_REQUEST, record)
                 reply = await asyncio.wait_for(reply_future, max(0.0, expires - time.monotonic()))
             except EventsUnavailable as exc:
                 self.replies.discard(correlation_id)
@@ -244,7 +246,7 @@ class InferenceService:
                     continue  # re-send on a partition we own; the old reply is dropped wherever it lands
                 raise unavailable("SERVICE_UNAVAILABLE", "The reply's route moved to another ingress replica "
                                   "(rebalance) too often.", 1.0) from exc
-            except ReplyRouterClosed as exc:
+            except ReplyConsumerClosed as exc:
                 raise unavailable("SERVICE_UNAVAILABLE", "This ingress is shutting down.", 1.0) from exc
             except BaseException:
                 self.replies.discard(correlation_id)  # e.g. the client went away (cancelled)
@@ -257,12 +259,12 @@ class InferenceService:
             return self.replies.owned_partition()
         except NoReplyPartition:
             pass
-        except ReplyRouterClosed as exc:
+        except ReplyConsumerClosed as exc:
             raise unavailable("SERVICE_UNAVAILABLE", "This ingress is shutting down.", 1.0) from exc
         try:
             wait = max(0.0, min(PARTITION_WAIT_S, expires - time.monotonic()))
             return await self.replies.wait_for_partition(wait)
-        except (TimeoutError, NoReplyPartition, ReplyRouterClosed) as exc:
+        except (TimeoutError, NoReplyPartition, ReplyConsumerClosed) as exc:
             raise unavailable("NO_REPLY_PARTITION",
                               "This ingress replica owns no responses partition (rebalance in progress, or more "
                               "replicas than partitions).", 2.0) from exc

@@ -15,19 +15,14 @@ from __future__ import annotations
 
 import difflib
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from jsonschema import Draft7Validator, ValidationError
 
 from core.errors import DomainError, ErrorKind
-
-TASK_TYPES = ("txt2embed", "img2embed", "img2txt", "txt2txt", "txt2img")
-# User models from the catalog without a task type: the generic tensor contract of
-# ``consumers/inference/runtime.py`` (same value as its GENERIC_TASK_TYPE; a unit test checks it).
-GENERIC_TASK_TYPE = "tensor"
-SERVED_TASK_TYPES = (*TASK_TYPES, GENERIC_TASK_TYPE)
+from core.task_types import GENERIC_TASK_TYPE, SERVED_TASK_TYPES, TaskType
 
 # Per-request limits mirror the built-in runtimes' limits, so the ingress refuses what a
 # worker would refuse anyway.
@@ -47,24 +42,24 @@ def _one_of_fields(*fields: str) -> dict[str, Any]:
             "x-error": f"needs one of: {', '.join(repr(f) for f in fields)}"}
 
 
-INPUT_SCHEMAS: dict[str, dict[str, Any]] = {
-    "txt2embed": {
+INPUT_SCHEMAS: dict[TaskType, dict[str, Any]] = {
+    TaskType.TXT2EMBED: {
         "type": "object",
         "properties": {"text": {"oneOf": [_TEXT, _TEXTS]}, "texts": _TEXTS},
         **_one_of_fields("text", "texts"),
     },
-    "img2embed": {
+    TaskType.IMG2EMBED: {
         "type": "object",
         "properties": {"image": _IMAGE,
                        "images": {"type": "array", "items": _IMAGE, "minItems": 1, "maxItems": MAX_IMAGES}},
         **_one_of_fields("image", "images"),
     },
-    "img2txt": {
+    TaskType.IMG2TXT: {
         "type": "object",
         "properties": {"image": _IMAGE},
         "required": ["image"],
     },
-    "txt2txt": {
+    TaskType.TXT2TXT: {
         "type": "object",
         "properties": {
             "text": {"oneOf": [_TEXT, {**_TEXTS, "maxItems": MAX_PROMPTS}]},
@@ -79,7 +74,7 @@ INPUT_SCHEMAS: dict[str, dict[str, Any]] = {
         },
         **_one_of_fields("messages", "prompts", "prompt", "text"),
     },
-    "txt2img": {
+    TaskType.TXT2IMG: {
         "type": "object",
         "properties": {"text": {"type": "string", "minLength": 1}, "prompt": {"type": "string", "minLength": 1},
                        "negative_prompt": {"type": "string"}},
@@ -91,7 +86,7 @@ INPUT_SCHEMAS: dict[str, dict[str, Any]] = {
 # possibly nested; the worker checks the shape against the model's declared input.
 _NUMBERS: dict[str, Any] = {"type": "array", "minItems": 1,
                             "items": {"anyOf": [{"type": "number"}, {"type": "array"}]}}
-# Kept apart from INPUT_SCHEMAS/PARAMETER_SCHEMAS, which list the seed's task types only.
+# Kept apart from INPUT_SCHEMAS/PARAMETER_SCHEMAS, which list the seed's task types only (TaskType).
 GENERIC_INPUT_SCHEMA: dict[str, Any] = {
     "type": "object",
     "properties": {"inputs": _NUMBERS},
@@ -107,13 +102,13 @@ _SAMPLING = {
     "stop": {"type": "array", "items": {"type": "string"}, "maxItems": 10},
 }
 
-PARAMETER_SCHEMAS: dict[str, dict[str, Any]] = {
-    "txt2embed": {"type": "object", "properties": {"normalize": {"type": "boolean"}}},
-    "img2embed": {"type": "object", "properties": {"normalize": {"type": "boolean"}}},
-    "img2txt": {"type": "object", "properties": {"min_score": {"type": "number", "minimum": 0, "maximum": 1}}},
-    "txt2txt": {"type": "object",
+PARAMETER_SCHEMAS: dict[TaskType, dict[str, Any]] = {
+    TaskType.TXT2EMBED: {"type": "object", "properties": {"normalize": {"type": "boolean"}}},
+    TaskType.IMG2EMBED: {"type": "object", "properties": {"normalize": {"type": "boolean"}}},
+    TaskType.IMG2TXT: {"type": "object", "properties": {"min_score": {"type": "number", "minimum": 0, "maximum": 1}}},
+    TaskType.TXT2TXT: {"type": "object",
                 "properties": {**_SAMPLING, "direction": {"enum": ["en-pt", "pt-en"]}}},
-    "txt2img": {"type": "object",
+    TaskType.TXT2IMG: {"type": "object",
                 "properties": {"width": {"type": "integer", "minimum": 64, "maximum": 2048},
                                "height": {"type": "integer", "minimum": 64, "maximum": 2048},
                                "steps": {"type": "integer", "minimum": 1, "maximum": 500},
@@ -129,7 +124,7 @@ def compile_schema(schema: Mapping[str, Any]) -> Draft7Validator:
 
 
 _VALIDATORS: dict[tuple[str, str], Draft7Validator] = {}
-for _task in TASK_TYPES:
+for _task in TaskType:
     for _part, _schemas in (("input_data", INPUT_SCHEMAS), ("parameters", PARAMETER_SCHEMAS)):
         _VALIDATORS[(_task, _part)] = compile_schema(_schemas[_task])
 _VALIDATORS[(GENERIC_TASK_TYPE, "input_data")] = compile_schema(GENERIC_INPUT_SCHEMA)
@@ -214,34 +209,62 @@ def _describe(schema: Mapping[str, Any]) -> str:
     return "a valid value"
 
 
+def _range_hint(schema: Mapping[str, Any], error: ValidationError) -> str:
+    return f"Value must be {_span(schema, 'minimum', 'maximum') or 'within the allowed range'}"
+
+
+def _kind_hint(schema: Mapping[str, Any], error: ValidationError) -> str:
+    return f"Value must be {_describe(schema)}"
+
+
+def _count_hint(schema: Mapping[str, Any], error: ValidationError) -> str:
+    return f"List must have {_span(schema, 'minItems', 'maxItems', 'items')}"
+
+
+def _length_hint(schema: Mapping[str, Any], error: ValidationError) -> str:
+    if schema.get("minLength") == 1 and "maxLength" not in schema:
+        return "Value must be a non-empty string"
+    return f"Text must be {_span(schema, 'minLength', 'maxLength', 'characters')} long"
+
+
+def _required_hint(schema: Mapping[str, Any], error: ValidationError) -> str:
+    present = error.instance if isinstance(error.instance, dict) else {}
+    missing = [f for f in schema.get("required", ()) if f not in present]
+    return f"Add the required field{'s' if len(missing) > 1 else ''} {', '.join(repr(f) for f in missing)}"
+
+
+def _options_hint(schema: Mapping[str, Any], error: ValidationError) -> str:
+    options = [_describe(s) for s in schema.get(str(error.validator), ()) if isinstance(s, dict)]
+    return f"Value must be {' or '.join(options)}"
+
+
+def _any_of_hint(schema: Mapping[str, Any], error: ValidationError) -> str:
+    # ``_one_of_fields`` builds anyOf from one-field "required" alternatives: name the fields.
+    alternatives = [s.get("required") for s in schema.get("anyOf", ()) if isinstance(s, dict)]
+    if alternatives and all(isinstance(a, list) and len(a) == 1 for a in alternatives):
+        return "Add one of the fields " + ", ".join(repr(a[0]) for a in alternatives if isinstance(a, list))
+    return _options_hint(schema, error)
+
+
+# The violated keyword picks the hint, so a hint states the rule the schema enforces.
+_HINTS: dict[str, Callable[[Mapping[str, Any], ValidationError], str]] = {
+    **dict.fromkeys(("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"), _range_hint),
+    **dict.fromkeys(("type", "enum", "const"), _kind_hint),
+    **dict.fromkeys(("minItems", "maxItems"), _count_hint),
+    **dict.fromkeys(("minLength", "maxLength"), _length_hint),
+    "required": _required_hint,
+    "anyOf": _any_of_hint,
+    "oneOf": _options_hint,
+}
+
+
 def _hint(error: ValidationError) -> str:
     schema: Mapping[str, Any] = error.schema if isinstance(error.schema, dict) else {}
     custom = schema.get("x-hint")
     if isinstance(custom, str):
         return custom
-    keyword = error.validator
-    if keyword in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"):
-        return f"Value must be {_span(schema, 'minimum', 'maximum') or 'within the allowed range'}"
-    if keyword in ("type", "enum", "const"):
-        return f"Value must be {_describe(schema)}"
-    if keyword in ("minItems", "maxItems"):
-        return f"List must have {_span(schema, 'minItems', 'maxItems', 'items')}"
-    if keyword in ("minLength", "maxLength"):
-        if schema.get("minLength") == 1 and "maxLength" not in schema:
-            return "Value must be a non-empty string"
-        return f"Text must be {_span(schema, 'minLength', 'maxLength', 'characters')} long"
-    if keyword == "required":
-        present = error.instance if isinstance(error.instance, dict) else {}
-        missing = [f for f in schema.get("required", ()) if f not in present]
-        return f"Add the required field{'s' if len(missing) > 1 else ''} {', '.join(repr(f) for f in missing)}"
-    if keyword == "anyOf":
-        alternatives = [s.get("required") for s in schema.get("anyOf", ()) if isinstance(s, dict)]
-        if alternatives and all(isinstance(a, list) and len(a) == 1 for a in alternatives):
-            return "Add one of the fields " + ", ".join(repr(a[0]) for a in alternatives if isinstance(a, list))
-    if keyword in ("oneOf", "anyOf"):
-        options = [_describe(s) for s in schema.get(str(keyword), ()) if isinstance(s, dict)]
-        return f"Value must be {' or '.join(options)}"
-    return "Fix the value to match the documented schema"
+    rule = _HINTS.get(str(error.validator))
+    return rule(schema, error) if rule is not None else "Fix the value to match the documented schema"
 
 
 def _unknown_fields(root: str, error: ValidationError) -> list[FieldIssue]:

@@ -13,7 +13,8 @@ import numpy as np
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, Producer, TopicPartition
 
 from core.serving.builtin_specs import MINILM_ID
-from schemas.codec import Codec, new_envelope, now_millis
+from schemas.clock import utcnow
+from schemas.codec import Codec, new_envelope
 from settings import Settings
 from topology.topics import INFERENCE_REQUESTS, Priority
 
@@ -70,7 +71,7 @@ class RequestProducer:
         correlation_id = str(uuid.uuid4())
         record = {**new_envelope(service=self.service, instance="e2e", correlation_id=correlation_id),
                   "model_id": MINILM_ID, "task_type": "txt2embed", "input_data": {"text": text}, "parameters": {},
-                  "priority": self.priority.value, "deadline": now_millis() + timedelta(seconds=timeout_s),
+                  "priority": self.priority.value, "deadline": utcnow() + timedelta(seconds=timeout_s),
                   "timeout_seconds": timeout_s, "reply_partition": reply_partition}
         payload, headers = self.codec.encode("inference_request", record)
         report = None if on_delivery is None else (

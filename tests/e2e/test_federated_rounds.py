@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import torch
 
-from producers.client import ApiError, DeviceAgent, TributaryClient
+from sdk.client import ApiError, DeviceAgent, TributaryClient
 from tests.e2e.conftest import RunningSystem
 
 pytestmark = pytest.mark.e2e

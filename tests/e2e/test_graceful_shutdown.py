@@ -74,7 +74,7 @@ class Replies:
 
 def committed(system: RunningSystem, group_id: str, topic: str, partitions: int) -> dict[int, int]:
     reader = Consumer({"bootstrap.servers": system.settings.kafka_bootstrap_servers,
-                       "group.id": system.settings.topic(group_id), "enable.auto.commit": False})
+                       "group.id": system.settings.prefixed(group_id), "enable.auto.commit": False})
     try:
         offsets = reader.committed([TopicPartition(topic, p) for p in range(partitions)], timeout=10)
         return {tp.partition: max(0, tp.offset) for tp in offsets}

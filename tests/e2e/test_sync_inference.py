@@ -22,7 +22,8 @@ from confluent_kafka import Producer
 from cli.services import system_services
 from cli.supervisor import Supervisor
 from core.serving.builtin_specs import MINILM_ID
-from schemas.codec import Codec, new_envelope, now_millis
+from schemas.clock import utcnow
+from schemas.codec import Codec, new_envelope
 from settings import Settings
 from tests.e2e.conftest import RunningSystem, client_address, free_port, settings_env, wait_http
 from tests.e2e.serving import ENCODED_MINILM, HTTP_TIMEOUT, cosine, infer, read_until
@@ -158,7 +159,7 @@ def test_requests_in_flight_survive_rebalances(
     for (text, response), vector in zip(outcomes, expected, strict=True):
         assert cosine(response.json()["output_data"]["embedding"], vector) >= 0.999, text
     health = httpx.get(f"{system.base_url}/api/v1/health", params={"detailed": "true"}, timeout=10).json()
-    print(f"\nreply router after {len(outcomes)} requests across two rebalances: "
+    print(f"\nreply consumer after {len(outcomes)} requests across two rebalances: "
           f"{health['components']['inference_replies']['detail']}")
 
 
@@ -200,7 +201,7 @@ def test_an_expired_request_is_answered_timeout_without_running(system: RunningS
     # input_data is invalid on purpose: had the model run, the answer would be INVALID_INPUT.
     record = {**new_envelope(service="e2e", instance="e2e", correlation_id=correlation_id),
               "model_id": MINILM_ID, "task_type": "txt2embed", "input_data": {}, "parameters": {},
-              "priority": "high", "deadline": now_millis() - timedelta(seconds=5), "timeout_seconds": 1,
+              "priority": "high", "deadline": utcnow() - timedelta(seconds=5), "timeout_seconds": 1,
               "reply_partition": reply_partition}
     payload, headers = codec.encode("inference_request", record)
     producer = Producer({"bootstrap.servers": settings.kafka_bootstrap_servers})

@@ -12,8 +12,8 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from pydantic import SecretStr
 
-from messaging.events import KafkaEventSink
-from messaging.publisher import Publisher
+from producers.events import KafkaEventSink
+from producers.publisher import Publisher
 from schemas.codec import Codec
 from settings import Settings
 from topology.admin import apply

@@ -12,8 +12,8 @@ from confluent_kafka import Consumer
 from pydantic import SecretStr
 
 from core.audit import SecretInAuditRecord, verify_chain
-from messaging.events import KafkaEventSink
-from messaging.publisher import Publisher
+from producers.events import KafkaEventSink
+from producers.publisher import Publisher
 from schemas.codec import Codec
 from settings import Settings
 from topology.admin import apply

@@ -11,11 +11,12 @@ from confluent_kafka import Consumer, Message, Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from messaging.dead_letter import DeadLetterRouter, RawMessage, from_confluent, normalize_headers
-from messaging.publisher import Publisher
 from messaging.redrive import redrive
+from producers.publisher import Publisher
 from schemas.codec import Codec
-from schemas.samples import sample
 from settings import Settings
+from tests.samples import sample
+from topology.topics import dead_letter_topic
 
 pytestmark = pytest.mark.integration
 GROUP = "dlq-test-group"
@@ -23,7 +24,7 @@ GROUP = "dlq-test-group"
 
 @pytest.fixture
 def topics(settings: Settings) -> Iterator[tuple[str, str]]:
-    source, dlq = settings.topic("dlq-test.source"), settings.topic(f"tributary.dlq.{GROUP}")
+    source, dlq = settings.prefixed("dlq-test.source"), dead_letter_topic(GROUP).full_name(settings)
     admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap_servers})
     for future in admin.create_topics([NewTopic(source, 1, 1), NewTopic(dlq, 1, 1)]).values():
         future.result()

@@ -46,7 +46,7 @@ def test_lag_counts_what_the_group_has_not_committed(settings: Settings) -> None
     group = BY_GROUP["device-processor"]
     assert totals(all_lag(own, (group,))) == {"device-processor": 10}  # never committed: all of it
 
-    consumer = Consumer({"bootstrap.servers": own.kafka_bootstrap_servers, "group.id": own.topic(group.group_id),
+    consumer = Consumer({"bootstrap.servers": own.kafka_bootstrap_servers, "group.id": group.full_id(own),
                          "auto.offset.reset": "earliest", "enable.auto.commit": False,
                          "fetch.wait.max.ms": own.fetch_max_wait_ms,
                          "session.timeout.ms": own.session_timeout_ms})
@@ -65,7 +65,7 @@ def test_lag_counts_what_the_group_has_not_committed(settings: Settings) -> None
     # Per partition, exactly what KEDA's Kafka scaler computes (infra/k8s/keda-scaledobjects.yaml):
     # ListOffsets(latest) minus the committed offset, or the latest offset where the group never
     # committed (offsetResetPolicy: earliest), asked through the admin API rather than a consumer.
-    assert {(r.topic, r.partition): r.lag for r in rows} == keda_lag(own, own.topic(group.group_id), topic)
+    assert {(r.topic, r.partition): r.lag for r in rows} == keda_lag(own, group.full_id(own), topic)
 
     env = {**os.environ, "TRIBUTARY_TOPIC_PREFIX": own.topic_prefix}
     out = subprocess.run([sys.executable, "-m", "cli", "lag", "--group", "device-processor", "--json"],

@@ -12,14 +12,14 @@ from confluent_kafka import Consumer
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from infra.local_stack import KafkaBroker
-from messaging.publisher import DeliveryFailed, Publisher, PublisherUnavailable
+from producers.publisher import DeliveryFailed, Publisher, PublisherUnavailable
 from settings import Settings
 
 pytestmark = pytest.mark.integration
 
 
 def test_publish_returns_after_the_broker_stored_it(settings: Settings) -> None:
-    topic = settings.topic("publisher.ack")
+    topic = settings.prefixed("publisher.ack")
     admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap_servers})
     admin.create_topics([NewTopic(topic, 3, 1)])[topic].result()
     publisher = Publisher(settings)
@@ -50,7 +50,7 @@ def test_publish_returns_after_the_broker_stored_it(settings: Settings) -> None:
 
 def test_in_flight_cap_signals_back_pressure(settings: Settings) -> None:
     publisher = Publisher(settings.model_copy(update={"producer_max_in_flight": 5}))
-    topic = settings.topic("publisher.cap")
+    topic = settings.prefixed("publisher.cap")
     admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap_servers})
     admin.create_topics([NewTopic(topic, 1, 1)])[topic].result()
 

@@ -31,7 +31,7 @@ def cql(settings: Settings) -> Iterator[Session]:
 
 
 def test_message_round_trips_through_broker_with_consumer_group(settings: Settings) -> None:
-    topic = settings.topic("roundtrip")
+    topic = settings.prefixed("roundtrip")
     admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap_servers})
     admin.create_topics([NewTopic(topic, num_partitions=3, replication_factor=1)])[topic].result()
     producer = Producer({"bootstrap.servers": settings.kafka_bootstrap_servers, "enable.idempotence": True})
@@ -40,7 +40,7 @@ def test_message_round_trips_through_broker_with_consumer_group(settings: Settin
         producer.produce(topic, key=key, value=value, headers=[("origin", b"test")])
     assert producer.flush(10) == 0
 
-    group = f"{settings.topic_prefix}roundtrip-group"
+    group = settings.prefixed("roundtrip-group")
     consumer = Consumer({
         "bootstrap.servers": settings.kafka_bootstrap_servers, "group.id": group,
         "auto.offset.reset": "earliest", "enable.auto.commit": False,

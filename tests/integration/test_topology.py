@@ -125,7 +125,7 @@ def test_raising_partitions_keeps_the_records_already_written(fresh: Settings, a
     report = apply(fresh, admin)
     assert name in report.partitions_raised and not report.unfixable, report.rows()
     assert _partitions(admin, name) == LEARNING_GRAPHS.partitions
-    reader = Consumer({"bootstrap.servers": fresh.kafka_bootstrap_servers, "group.id": f"{fresh.topic_prefix}keep"})
+    reader = Consumer({"bootstrap.servers": fresh.kafka_bootstrap_servers, "group.id": fresh.prefixed("keep")})
     try:
         assert reader.get_watermark_offsets(TopicPartition(name, 0), timeout=10) == (0, 1)
     finally:

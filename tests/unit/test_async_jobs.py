@@ -29,9 +29,10 @@ from core.fleet.models import SubjectType
 from core.serving.jobs import InMemoryJobStore, JobStatus
 from core.serving.jobs_service import JobService
 from core.serving.service import InferenceService
-from messaging.replies import ReplyTable
+from messaging.reply_consumer import ReplyTable
 from schemas.codec import Codec, new_envelope
 from settings import Settings
+from topology.messages import MESSAGES, MessageType
 
 pytestmark = pytest.mark.unit
 
@@ -52,16 +53,16 @@ class Broker:
         self.audits: list[dict[str, Any]] = []
         self.fail_publish: Exception | None = None
 
-    async def publish(self, topic: str, message_type: str, record: dict[str, Any], *,
-                      key: str | None = None, partition: int | None = None) -> None:
+    async def publish(self, message_type: MessageType, record: dict[str, Any]) -> None:
+        route = MESSAGES[message_type]
+        if message_type == MessageType.JOB_EVENT:
+            assert route.topic_for(record).name == "tributary.jobs.events" and route.key_for(record) == record["job_id"]
+            self.job_events.append(record)
+            return
         if self.fail_publish is not None:
             raise self.fail_publish
-        assert message_type == "inference_request"
-        self.requests.append((topic, record))
-
-    async def emit(self, topic: str, message_type: str, record: dict[str, Any], *, key: str) -> None:
-        assert topic == "tributary.jobs.events" and message_type == "job_event" and key == record["job_id"]
-        self.job_events.append(record)
+        assert message_type == MessageType.INFERENCE_REQUEST
+        self.requests.append((route.topic_for(record).name, record))
 
     async def audit(self, *, actor: str, action: str, subject: str, outcome: str,
                     before: dict[str, Any] | None = None, after: dict[str, Any] | None = None) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import struct
 from datetime import UTC, datetime
 
 import pytest
@@ -11,17 +10,16 @@ from schemas.base import SchemaValidationError
 from schemas.codec import (
     MAGIC,
     Codec,
-    ConfluentFraming,
     MalformedMessageError,
     UnknownSchemaError,
-    default_registry,
+    default_schemas,
     new_envelope,
 )
-from schemas.samples import sample
+from tests.samples import sample
 
 pytestmark = pytest.mark.unit
 codec = Codec()
-TYPES = default_registry().message_types()
+TYPES = default_schemas().message_types()
 
 
 def test_every_required_type_is_declared() -> None:
@@ -39,7 +37,7 @@ def test_round_trip_every_type(message_type: str) -> None:
     assert payload[:2] == MAGIC
     decoded = codec.decode(payload)
     assert decoded.message_type == message_type
-    assert decoded.writer_version == max(default_registry().versions(message_type))
+    assert decoded.writer_version == max(default_schemas().versions(message_type))
     for key, value in record.items():
         assert decoded.record[key] == value, key
     names = dict(headers)
@@ -109,15 +107,6 @@ def test_from_json_names_the_bad_path() -> None:
     view = codec.to_json("inference_request", sample("inference_request")) | {"priority": "urgent"}
     with pytest.raises(SchemaValidationError, match="'priority'"):
         codec.from_json("inference_request", view)
-
-
-def test_confluent_framing_round_trip() -> None:
-    framing = ConfluentFraming(codec, {17: ("job_event", 1)})
-    payload = framing.encode("job_event", sample("job_event"))
-    assert payload[0] == 0 and struct.unpack(">I", payload[1:5]) == (17,)
-    assert framing.decode(payload).record["status"] == "running"
-    with pytest.raises(UnknownSchemaError):
-        framing.decode(b"\x00" + struct.pack(">I", 99) + b"\x00")
 
 
 def test_timestamps_come_back_as_utc_datetimes() -> None:

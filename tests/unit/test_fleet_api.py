@@ -16,9 +16,10 @@ from api.app import create_app
 from api.context import AppContext
 from core.api_keys import new_api_key
 from core.artifacts import MemoryArtifactStore
-from core.events import EventsUnavailable, RecordingSink
+from core.events import EventsUnavailable
 from core.fleet.memory_store import InMemoryFleetStore
 from settings import Settings
+from tests.recording_sink import RecordingSink
 
 pytestmark = pytest.mark.unit
 ADMIN = new_api_key()

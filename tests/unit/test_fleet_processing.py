@@ -14,12 +14,12 @@ import pytest
 import torch
 
 from core.artifacts import MemoryArtifactStore
-from core.events import RecordingSink
 from core.fleet.memory_store import InMemoryFleetStore
 from core.fleet.models import Freshness, RoundStatus
 from core.fleet.processing import DeviceProcessor, RoundProcessor
 from core.fleet.service import FleetService
 from settings import Settings
+from tests.recording_sink import RecordingSink
 from tests.store_contract import make_device, make_round, make_update
 
 pytestmark = pytest.mark.unit

@@ -14,9 +14,9 @@ from pydantic import SecretStr
 from api.app import create_app
 from api.context import AppContext
 from core.artifacts import MemoryArtifactStore
-from core.events import RecordingSink
 from core.fleet.memory_store import InMemoryFleetStore
 from settings import Settings
+from tests.recording_sink import RecordingSink
 from tests.unit.test_fleet_api import ADMIN, auth, register
 
 pytestmark = pytest.mark.unit

@@ -18,11 +18,11 @@ from consumers.inference.worker import InferenceWorker
 from consumers.processors import fleet
 from consumers.processors.kinds import PROCESSORS
 from core.artifacts import MemoryArtifactStore
-from core.events import RecordingSink
 from core.fleet.memory_store import InMemoryFleetStore
 from messaging.dead_letter import DeadLetterRouter
-from messaging.replies import ReplyRouter
+from messaging.reply_consumer import ReplyConsumer
 from settings import Settings
+from tests.recording_sink import RecordingSink
 from topology.groups import BY_GROUP, GROUPS, Group
 from topology.topics import Priority
 
@@ -70,7 +70,7 @@ def subscription(args: tuple[str, ...], settings: Settings) -> tuple[str | None,
     """(group id on the wire if the code names it without starting, topics) of ``tributary ARGS``."""
     command = args[0]
     if command == "api":
-        router = ReplyRouter(settings)
+        router = ReplyConsumer(settings)
         return router.group_id, set(router.subscriptions)
     if command == "worker":
         assert args[1] == "--priority"

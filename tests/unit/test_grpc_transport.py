@@ -33,7 +33,7 @@ from core.fleet.memory_store import InMemoryFleetStore
 from core.serving.jobs import InMemoryJobStore
 from core.serving.jobs_service import JobService
 from core.serving.service import InferenceService
-from messaging.replies import ReplyTable
+from messaging.reply_consumer import ReplyTable
 from modelmora.v1 import (
     common_pb2,
     inference_pb2,
@@ -45,6 +45,7 @@ from modelmora.v1 import (
 )
 from settings import Settings
 from tests.grpc_errors import spec_error
+from topology.messages import MessageType
 
 pytestmark = [pytest.mark.unit, pytest.mark.asyncio(loop_scope="session")]
 
@@ -64,8 +65,10 @@ class FakeWorkers:
         self.events: list[tuple[str, dict[str, Any]]] = []
         self.audits: list[dict[str, Any]] = []
 
-    async def publish(self, topic: str, message_type: str, record: dict[str, Any], *,
-                      key: str | None = None, partition: int | None = None) -> None:
+    async def publish(self, message_type: MessageType, record: dict[str, Any]) -> None:
+        if message_type != MessageType.INFERENCE_REQUEST:
+            self.events.append((message_type, record))
+            return
         self.requests.append(record)
         if record.get("job_id") is None:
             asyncio.get_running_loop().call_later(0.002, self._answer, record)
@@ -81,9 +84,6 @@ class FakeWorkers:
             reply.update(status="success", output_data={"embedding": [float(len(text or "")), 1.0], "dimensions": 2},
                          metadata={"inference_time_ms": 1.25, "batch_size": 1, "device": "cpu"})
         self.replies.resolve(record["correlation_id"], reply)
-
-    async def emit(self, topic: str, message_type: str, record: dict[str, Any], *, key: str) -> None:
-        self.events.append((message_type, record))
 
     async def audit(self, **record: Any) -> None:
         self.audits.append(record)

@@ -8,10 +8,10 @@ from fastapi.testclient import TestClient
 from api.app import create_app
 from api.context import AppContext
 from core.artifacts import MemoryArtifactStore
-from core.events import RecordingSink
 from core.fleet.memory_store import InMemoryFleetStore
 from core.health import degraded
 from settings import Settings
+from tests.recording_sink import RecordingSink
 
 pytestmark = pytest.mark.unit
 

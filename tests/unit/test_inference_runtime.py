@@ -35,7 +35,7 @@ from consumers.inference.errors import (
     ModelNotLoadedError,
     ModelUnavailableError,
 )
-from consumers.inference.runtime import JsonDict, OnnxRuntimeModel, TaskType, TensorContract, TorchScriptModel
+from consumers.inference.runtime import JsonDict, OnnxRuntimeModel, TensorContract, TorchScriptModel
 from consumers.inference.textgen import count_tokens, truncate_to_tokens
 from core.serving.builtin_specs import (
     BUILTIN_SPECS,
@@ -46,6 +46,7 @@ from core.serving.builtin_specs import (
     TRANSLATE_PT_EN_ID,
     TXT2IMG_ID,
 )
+from core.task_types import TaskType
 
 # The tiny user models are made with torch's legacy TorchScript tools on purpose (what users upload).
 pytestmark = [pytest.mark.unit, pytest.mark.filterwarnings("ignore::DeprecationWarning")]

@@ -7,7 +7,8 @@ from typing import Any
 import pytest
 
 from core.errors import DomainError, ErrorKind
-from core.serving.validation import INPUT_SCHEMAS, PARAMETER_SCHEMAS, TASK_TYPES, field_errors, validate_request
+from core.serving.validation import INPUT_SCHEMAS, PARAMETER_SCHEMAS, field_errors, validate_request
+from core.task_types import TaskType
 
 pytestmark = pytest.mark.unit
 
@@ -51,8 +52,8 @@ BAD: list[tuple[str, dict[str, Any], dict[str, Any], str]] = [
 
 
 def test_every_task_type_has_input_and_parameter_schemas() -> None:
-    assert set(INPUT_SCHEMAS) == set(PARAMETER_SCHEMAS) == set(TASK_TYPES)
-    assert set(TASK_TYPES) == {"txt2embed", "img2embed", "img2txt", "txt2txt", "txt2img"}
+    assert set(INPUT_SCHEMAS) == set(PARAMETER_SCHEMAS) == set(TaskType)
+    assert set(TaskType) == {"txt2embed", "img2embed", "img2txt", "txt2txt", "txt2img"}
 
 
 @pytest.mark.parametrize(("task_type", "input_data", "parameters"), GOOD)

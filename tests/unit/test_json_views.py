@@ -9,9 +9,9 @@ import jsonschema
 import pytest
 
 from schemas.base import JSON_DIR
-from schemas.codec import Codec, default_registry
+from schemas.codec import Codec, default_schemas
 from schemas.json_views import generate, validate_json_view
-from schemas.samples import sample
+from tests.samples import sample
 
 pytestmark = pytest.mark.unit
 codec = Codec()
@@ -28,10 +28,10 @@ def test_committed_json_schemas_are_up_to_date() -> None:
     assert stale == [], f"run `python -m schemas.json_views`; stale: {stale}"
 
 
-@pytest.mark.parametrize("message_type", default_registry().message_types())
+@pytest.mark.parametrize("message_type", default_schemas().message_types())
 def test_every_json_view_matches_its_schema(message_type: str) -> None:
-    for version in default_registry().versions(message_type):
-        fields = {f["name"] for f in default_registry().get(message_type, version).raw["fields"]}
+    for version in default_schemas().versions(message_type):
+        fields = {f["name"] for f in default_schemas().get(message_type, version).raw["fields"]}
         record = {k: v for k, v in sample(message_type).items() if k in fields}
         validate_json_view(message_type, version, codec.to_json(message_type, record))
 

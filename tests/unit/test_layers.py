@@ -26,8 +26,9 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("schemas", "modelmora"),  # message contracts; generated gRPC code
     ("topology",),  # topics and consumer groups
     ("core",),  # domain rules, store interfaces and their Cassandra/S3 adapters
+    ("producers",),  # the Kafka producer and the event sink over it
     ("messaging", "infra"),  # Kafka plumbing of ingress and workers; the local stack
-    ("api", "consumers", "producers"),  # the faces: ingress, workers and processors, client SDK
+    ("api", "consumers", "sdk"),  # the faces: ingress, workers and processors, client SDK
     ("cli",),  # the composition root
     ("tests", "bench"),  # not checked as importers
 )

@@ -17,11 +17,11 @@ from api.app import create_app
 from api.context import AppContext
 from core.api_keys import new_api_key
 from core.artifacts import MemoryArtifactStore
-from core.events import RecordingSink
 from core.fleet.learning_graphs import encrypt_graph, privacy_violations
 from core.fleet.memory_store import InMemoryFleetStore
 from core.fleet.models import CatalogModel, ModelUpdate, Round, RoundStatus
 from settings import Settings
+from tests.recording_sink import RecordingSink
 
 pytestmark = pytest.mark.unit
 HMAC_KEY = b"graph-signing-key"

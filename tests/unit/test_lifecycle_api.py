@@ -17,13 +17,15 @@ from api.context import AppContext
 from core.api_keys import new_api_key
 from core.artifacts import MemoryArtifactStore
 from core.errors import DomainError
-from core.events import EventsUnavailable, RecordingSink
+from core.events import EventsUnavailable
 from core.fleet.memory_store import InMemoryFleetStore
 from core.fleet.models import CatalogModel
 from core.serving.residency import InMemoryResidencyStore, Residency, ResidencyState
 from core.serving.service import InferenceService
 from core.serving.validation import validate_request
 from settings import Settings
+from tests.recording_sink import RecordingSink
+from topology.messages import MessageType
 
 pytestmark = pytest.mark.unit
 ADMIN = {"Authorization": f"Bearer {(ADMIN_KEY := new_api_key())}"}
@@ -40,8 +42,8 @@ class FakeWorkers(RecordingSink):
         self.residency = residency
         self.mode = "ok"  # ok | oom | broken | silent
 
-    async def emit(self, topic: str, message_type: str, record: dict[str, Any], *, key: str) -> None:
-        await super().emit(topic, message_type, record, key=key)
+    async def publish(self, message_type: MessageType, record: dict[str, Any]) -> None:
+        await super().publish(message_type, record)
         if message_type != "model_command" or self.mode == "silent":
             return
         now = datetime.now(UTC)
@@ -172,8 +174,7 @@ def test_delete_is_409_while_resident_unless_forced(api: TestClient, ctx: AppCon
 
 
 class NoRequests:
-    async def publish(self, topic: str, message_type: str, record: dict[str, Any], *,
-                      key: str | None = None, partition: int | None = None) -> Any:
+    async def publish(self, message_type: MessageType, record: dict[str, Any]) -> Any:
         raise AssertionError("not reached")
 
 

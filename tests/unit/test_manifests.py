@@ -31,12 +31,12 @@ from api.app import create_app
 from api.context import AppContext
 from cli.services import API_ARGS, GROUP_ARGS, MEMBER_ARGS, system_services
 from core.artifacts import MemoryArtifactStore
-from core.events import RecordingSink
 from core.fleet.memory_store import InMemoryFleetStore
-from messaging.publisher import Publisher
+from producers.publisher import Publisher
 from settings import Settings
+from tests.recording_sink import RecordingSink
 from topology.groups import BY_GROUP, GROUPS, Group, group_spec
-from topology.topics import BY_NAME, INFERENCE_REQUESTS, Priority
+from topology.topics import DATA_TOPICS, INFERENCE_REQUESTS, Priority
 
 pytestmark = pytest.mark.unit
 
@@ -282,7 +282,7 @@ def test_every_consumer_deployment_is_scaled_by_keda_on_its_group_lag() -> None:
         assert meta["consumerGroup"] == group.full_id(settings)
         assert meta["topic"] in group.input_names(settings)
         assert meta["bootstrapServers"] == settings.kafka_bootstrap
-        partitions = BY_NAME[meta["topic"].removeprefix(settings.topic_prefix)].partitions
+        partitions = {t.name: t for t in DATA_TOPICS}[meta["topic"].removeprefix(settings.topic_prefix)].partitions
         assert 1 <= spec["minReplicaCount"] <= spec["maxReplicaCount"] <= min(partitions, group.max_replicas), name
         assert int(meta["lagThreshold"]) >= 1
         assert meta.get("allowIdleConsumers", "false") == "false"

@@ -18,18 +18,18 @@ from consumers.inference.catalog import CatalogModels, ModelFactory, safe_name
 from consumers.inference.commands import ModelCommandHandler
 from consumers.inference.errors import ModelLoadError, ModelNotFoundError
 from consumers.inference.residency import ResidencyReporter
-from consumers.inference.runtime import GENERIC_TASK_TYPE, OnnxRuntimeModel
+from consumers.inference.runtime import OnnxRuntimeModel
 from core.artifacts import MemoryArtifactStore
 from core.fleet.memory_store import InMemoryFleetStore
 from core.fleet.models import CatalogModel, ModelVersion
 from core.serving.builtin_specs import MINILM_ID
 from core.serving.residency import InMemoryResidencyStore, ResidencyState
-from core.serving.validation import GENERIC_TASK_TYPE as CORE_GENERIC
+from core.task_types import GENERIC_TASK_TYPE
 from messaging.dead_letter import DeadLetterRouter, RawMessage
 from schemas.codec import Codec, DecodeError, new_envelope
-from schemas.samples import sample
 from settings import Settings
 from tests.onnx_models import expected, linear_onnx
+from tests.samples import sample
 
 pytestmark = pytest.mark.unit
 T0 = datetime(2026, 11, 1, 12, 0, tzinfo=UTC)
@@ -62,10 +62,6 @@ def add_model(store: InMemoryFleetStore, artifacts: MemoryArtifactStore, model_i
 def catalog(tmp_path: Path) -> tuple[CatalogModels, InMemoryFleetStore, CountingArtifacts]:
     store, artifacts = InMemoryFleetStore(), CountingArtifacts()
     return CatalogModels(lambda: store, lambda: artifacts, tmp_path / "catalog"), store, artifacts
-
-
-def test_generic_task_type_is_the_same_in_core_and_workers() -> None:
-    assert CORE_GENERIC == GENERIC_TASK_TYPE
 
 
 def test_catalog_onnx_model_is_downloaded_once_verified_and_served(

@@ -15,11 +15,11 @@ from api.context import AppContext
 from core.api_keys import new_api_key
 from core.artifacts import MemoryArtifactStore
 from core.errors import DomainError, ErrorKind
-from core.events import RecordingSink
 from core.fleet.memory_store import InMemoryFleetStore
 from core.serving.pipelines import parse_request
 from core.serving.validation import field_errors
 from settings import Settings
+from tests.recording_sink import RecordingSink
 
 pytestmark = pytest.mark.unit
 ADMIN = {"Authorization": f"Bearer {(ADMIN_KEY := new_api_key())}"}

@@ -17,9 +17,9 @@ class CountingStore(InMemoryFleetStore):
         super().__init__()
         self.round_trips = 0
 
-    def hit(self, subject: str, window_start: int, window_s: int, count: int = 1) -> int:
+    def hit(self, subject: str, window_start: int, count: int = 1) -> int:
         self.round_trips += 1
-        return super().hit(subject, window_start, window_s, count)
+        return super().hit(subject, window_start, count)
 
 
 def admitted(limiter: RateLimiter, subject: str = "key") -> bool:

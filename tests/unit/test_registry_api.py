@@ -15,10 +15,10 @@ from api.app import create_app
 from api.context import AppContext
 from core.api_keys import new_api_key
 from core.artifacts import MemoryArtifactStore
-from core.events import RecordingSink
 from core.fleet.memory_store import InMemoryFleetStore
 from core.serving.residency import Residency, ResidencyState
 from settings import Settings
+from tests.recording_sink import RecordingSink
 
 pytestmark = pytest.mark.unit
 ADMIN = {"Authorization": f"Bearer {(ADMIN_KEY := new_api_key())}"}

@@ -16,9 +16,9 @@ from api.context import AppContext
 from api.limits import MULTIPART_OVERHEAD_BYTES
 from core.api_keys import new_api_key
 from core.artifacts import MemoryArtifactStore
-from core.events import RecordingSink
 from core.fleet.memory_store import InMemoryFleetStore
 from settings import Settings
+from tests.recording_sink import RecordingSink
 from tests.uploads import zip_bomb_state_dict
 
 pytestmark = pytest.mark.unit

@@ -12,15 +12,16 @@ import pytest
 from pydantic import SecretStr
 
 from core.artifacts import MemoryArtifactStore
-from core.events import EventsUnavailable, RecordingSink
+from core.events import EventsUnavailable
 from core.fleet.learning_graphs import LearningGraphService, encrypt_graph
 from core.fleet.memory_store import InMemoryFleetStore
 from core.fleet.models import RoundStatus
 from core.fleet.retraining import ACTOR, RetrainingTrigger, retraining_round_id
 from core.fleet.service import FleetService
 from schemas.codec import Codec
-from schemas.samples import sample
 from settings import Settings
+from tests.recording_sink import RecordingSink
+from tests.samples import sample
 from tests.store_contract import make_device, make_round
 
 pytestmark = pytest.mark.unit

@@ -10,9 +10,9 @@ from core.auth import Principal
 from core.fleet.models import SubjectType
 from core.serving.metrics import QueueDepthCollector, observe_batch, register_queue_depth
 from core.serving.service import InferenceService
-from messaging.replies import ReplyTable
+from messaging.reply_consumer import ReplyTable
 from settings import Settings
-from tests.unit.test_reply_router import MINILM, MODELS, FakeSink
+from tests.unit.test_reply_consumer import MINILM, MODELS, FakeSink
 
 pytestmark = pytest.mark.unit
 CALLER = Principal("key-1", SubjectType.OPERATOR, "operator")

@@ -22,7 +22,7 @@ def test_settings_read_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     s = Settings()
     assert s.kafka_bootstrap_servers == "kafka-1:9092,kafka-2:9092"
     assert s.cassandra_contact_points == ["c1", "c2"]
-    assert s.topic("audit.events") == "staging.audit.events"
+    assert s.prefixed("audit.events") == "staging.audit.events"
 
 
 def test_local_defaults_use_loopback() -> None:

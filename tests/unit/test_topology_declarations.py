@@ -14,13 +14,9 @@ from topology.topics import (
     DEVICE_HEARTBEATS,
     INFERENCE_REQUESTS,
     INFERENCE_RESPONSES,
-    SPECS,
     Priority,
-    Topic,
     TopicSpec,
     dead_letter_topic,
-    request_topic_name,
-    topic_name,
 )
 
 pytestmark = pytest.mark.unit
@@ -34,16 +30,10 @@ def test_topic_names_are_unique() -> None:
 def test_prefix_is_applied_to_every_topic_and_group() -> None:
     settings = Settings(topic_prefix="staging.")
     assert all(t.full_name(settings) == f"staging.{t.name}" for t in all_topics())
-    assert topic_name(settings, Topic.RESPONSES) == "staging.modelmora.inference.responses"
-    assert topic_name(settings, INFERENCE_RESPONSES) == topic_name(settings, Topic.RESPONSES)
-    assert request_topic_name(settings, Priority.HIGH) == "staging.modelmora.inference.requests.high"
+    assert INFERENCE_RESPONSES.full_name(settings) == "staging.modelmora.inference.responses"
+    assert INFERENCE_REQUESTS[Priority.HIGH].full_name(settings) == "staging.modelmora.inference.requests.high"
     assert all(g.full_id(settings) == f"staging.{g.group_id}" for g in GROUPS)
-    assert Settings(topic_prefix="").topic("x") == "x"
-
-
-def test_every_topic_role_has_exactly_one_spec() -> None:
-    assert set(SPECS) == set(Topic)
-    assert {s.name for s in SPECS.values()} == {s.name for s in DATA_TOPICS}
+    assert Settings(topic_prefix="").prefixed("x") == "x"
 
 
 def test_seed_topic_names_are_kept() -> None:
@@ -55,7 +45,7 @@ def test_seed_topic_names_are_kept() -> None:
 
 def test_one_request_topic_and_group_per_priority() -> None:
     assert set(INFERENCE_REQUESTS) == set(Priority) == {Priority.HIGH, Priority.MEDIUM, Priority.LOW}
-    assert {Topic.requests(p).value for p in Priority} == {t.name for t in INFERENCE_REQUESTS.values()}
+    assert all(INFERENCE_REQUESTS[p].name == f"modelmora.inference.requests.{p.value}" for p in Priority)
     groups = {inference_group(p).group_id for p in Priority}
     assert groups == {Group.inference(p).value for p in Priority} and len(groups) == 3
     assert all(inference_group(p).inputs == (INFERENCE_REQUESTS[p],) for p in Priority)

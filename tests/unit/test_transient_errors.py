@@ -14,10 +14,10 @@ from api.context import AppContext
 from core.api_keys import new_api_key
 from core.artifacts import MemoryArtifactStore
 from core.errors import is_transient_infrastructure_error
-from core.events import RecordingSink
 from core.fleet.memory_store import InMemoryFleetStore
 from messaging.dead_letter import DeadLetterRouter, RawMessage
 from settings import Settings
+from tests.recording_sink import RecordingSink
 
 pytestmark = pytest.mark.unit
 

@@ -1,4 +1,5 @@
-"""The Kafka ``EventSink``: envelope, Avro encoding, per-type keys, acknowledged delivery, audit chain."""
+"""The Kafka ``EventSink``: envelope, Avro encoding, topic and key from the message table, acknowledged
+delivery, audit chain."""
 
 from __future__ import annotations
 
@@ -9,11 +10,10 @@ from typing import Any
 
 from core.audit import AuditChain
 from core.events import EventsUnavailable
-from messaging.keys import message_key
-from messaging.publisher import DeliveryFailed, DeliveryReport, Publisher, PublisherUnavailable
+from producers.publisher import DeliveryFailed, DeliveryReport, Publisher, PublisherUnavailable
 from schemas.codec import Codec, new_envelope
 from settings import Settings
-from topology.topics import AUDIT_EVENTS
+from topology.messages import MESSAGES, MessageType
 
 
 def instance_name(service: str) -> str:
@@ -35,23 +35,20 @@ class KafkaEventSink:
     def envelope(self, **kwargs: Any) -> dict[str, Any]:
         return new_envelope(service=self.service, instance=self.instance, **kwargs)
 
-    async def publish(self, topic: str, message_type: str, record: dict[str, Any], *,
-                      key: str | None = None, partition: int | None = None) -> DeliveryReport:
+    async def publish(self, message_type: MessageType, record: dict[str, Any]) -> DeliveryReport:
         full = {**self.envelope(), **record}
-        if message_type == "lifecycle_event":
+        if message_type == MessageType.LIFECYCLE_EVENT:
             full.setdefault("event_id", full["message_id"])
         payload, headers = self.codec.encode(message_type, full)
+        route = MESSAGES[message_type]
         try:
             return await self.publisher.publish(
-                self.settings.topic(topic), payload, key=key or message_key(message_type, full), headers=headers,
-                partition=partition,
+                route.topic_for(full).full_name(self.settings), payload, key=route.key_for(full), headers=headers,
+                partition=route.partition_for(full),
             )
         except (PublisherUnavailable, DeliveryFailed) as exc:
             retry = exc.retry_after_s if isinstance(exc, PublisherUnavailable) else 2.0
             raise EventsUnavailable(str(exc), retry) from exc
-
-    async def emit(self, topic: str, message_type: str, record: dict[str, Any], *, key: str) -> None:
-        await self.publish(topic, message_type, record, key=key)
 
     async def audit(self, *, actor: str, action: str, subject: str, outcome: str,
                     before: dict[str, Any] | None = None, after: dict[str, Any] | None = None) -> None:
@@ -60,10 +57,11 @@ class KafkaEventSink:
             record = {**self.envelope(), "actor": actor, "action": action, "subject": subject, "outcome": outcome,
                       "before": before, "after": after}
             sealed = self._chain.seal(record)
-            payload, headers = self.codec.encode("audit_event", sealed)
+            payload, headers = self.codec.encode(MessageType.AUDIT_EVENT, sealed)
+            route = MESSAGES[MessageType.AUDIT_EVENT]
             try:
-                delivery = self.publisher.enqueue(self.settings.topic(AUDIT_EVENTS.name), payload,
-                                                  key=sealed["chain_id"], headers=headers)
+                delivery = self.publisher.enqueue(route.topic_for(sealed).full_name(self.settings), payload,
+                                                  key=route.key_for(sealed), headers=headers)
             except PublisherUnavailable as exc:
                 self._chain.seq -= 1  # nothing was sent: the next record reuses the slot
                 self._chain.prev_hash = sealed["prev_hash"]

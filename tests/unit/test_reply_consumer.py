@@ -22,15 +22,18 @@ from core.api_keys import new_api_key
 from core.artifacts import MemoryArtifactStore
 from core.auth import Principal
 from core.errors import DomainError, ErrorKind
-from core.events import EventsUnavailable, RecordingSink
+from core.events import EventsUnavailable
 from core.fleet.memory_store import InMemoryFleetStore
 from core.fleet.models import SubjectType
 from core.serving import service as service_module
-from core.serving.replies import NoReplyPartition, ReplyPartitionRevoked, ReplyRouterClosed
+from core.serving.replies import NoReplyPartition, ReplyConsumerClosed, ReplyPartitionRevoked
 from core.serving.service import InferenceService
-from messaging.replies import ReplyTable
-from schemas.codec import Codec, DecodeError, new_envelope, now_millis
+from messaging.reply_consumer import ReplyTable
+from schemas.clock import utcnow
+from schemas.codec import Codec, DecodeError, new_envelope
 from settings import Settings
+from tests.recording_sink import RecordingSink
+from topology.messages import MESSAGES, MessageType
 
 pytestmark = pytest.mark.unit
 
@@ -107,9 +110,9 @@ async def test_lost_partitions_fail_at_once_and_close_fails_the_rest() -> None:
     with pytest.raises(ReplyPartitionRevoked):
         await lost
     table.close_waiters()
-    with pytest.raises(ReplyRouterClosed):
+    with pytest.raises(ReplyConsumerClosed):
         await other
-    with pytest.raises(ReplyRouterClosed):
+    with pytest.raises(ReplyConsumerClosed):
         table.owned_partition()
 
 
@@ -129,13 +132,13 @@ class FakeSink:
         self.table = table
         self.answer = answer
         self.fail = fail
-        self.published: list[tuple[str, str, dict[str, Any], int | None]] = []
+        self.published: list[tuple[str, str, dict[str, Any], str]] = []  # topic, type, record, key
 
-    async def publish(self, topic: str, message_type: str, record: dict[str, Any], *,
-                      key: str | None = None, partition: int | None = None) -> None:
+    async def publish(self, message_type: MessageType, record: dict[str, Any]) -> None:
         if self.fail is not None:
             raise self.fail
-        self.published.append((topic, message_type, record, partition))
+        route = MESSAGES[message_type]
+        self.published.append((route.topic_for(record).name, message_type, record, route.key_for(record)))
         reply = self.answer(record) if callable(self.answer) else self.reply(record)
         if reply is not None:
             asyncio.get_running_loop().call_soon(self.table.resolve, record["correlation_id"], reply)
@@ -159,14 +162,15 @@ def make_service(answer: Any = "echo", fail: Exception | None = None,
 
 async def test_success_renders_seed_001_inference_response_and_the_request_carries_the_route() -> None:
     service, sink, _ = make_service()
-    before = now_millis()
+    before = utcnow()
     result = await service.infer(CALLER, MINILM, {"text": "hello"}, {"normalize": True}, "high", 30)
     assert result["model_id"] == MINILM and len(result["output_data"]["embedding"]) == 384
     metadata = result["metadata"]
     assert metadata["inference_time_ms"] == 3.2 and metadata["batch_size"] == 2 and metadata["device"] == "cpu"
     assert metadata["total_time_ms"] >= 0 and metadata["priority"] == "high"
-    ((topic, message_type, record, _),) = sink.published
+    ((topic, message_type, record, key),) = sink.published
     assert topic == "modelmora.inference.requests.high" and message_type == "inference_request"
+    assert key == record["message_id"]
     assert record["reply_partition"] == 2 and record["task_type"] == "txt2embed"
     assert record["client_id"] == "key-1" and record["timeout_seconds"] == 30
     assert timedelta(seconds=29) <= record["deadline"] - before <= timedelta(seconds=31)
@@ -269,7 +273,7 @@ class FakeRunner:
 
 
 def request(deadline_s: float = 30, **fields: Any) -> dict[str, Any]:
-    now = now_millis()
+    now = utcnow()
     return {**new_envelope(service="api", instance="api-1"), "model_id": MINILM, "task_type": "txt2embed",
             "input_data": {"text": "hello"}, "parameters": {"normalize": True}, "priority": "high",
             "deadline": now + timedelta(seconds=deadline_s), "timeout_seconds": 30, "reply_partition": 4,

@@ -1,4 +1,5 @@
-"""Avro schema-resolution compatibility, with problems that name the field.
+"""Avro schema-resolution compatibility, with problems that name the field (a test helper:
+``tests/unit/test_schema_evolution.py`` checks every committed schema version with it).
 
 Checks the rules a reader applies to a writer's data (Avro spec, "Schema Resolution"):
 a reader field missing from the writer needs a default; a shared field's types must
@@ -22,10 +23,6 @@ def _name(t: Any) -> str:
     if isinstance(t, dict):
         return str(t["type"])
     return str(t)
-
-
-def _branches(t: Any) -> list[Any]:
-    return t if isinstance(t, list) else [t]
 
 
 def _compatible(writer: Any, reader: Any, path: str, problems: list[str]) -> bool:

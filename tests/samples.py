@@ -1,4 +1,4 @@
-"""A realistic record of every message type, for tests, benchmarks and documentation."""
+"""A realistic record of every message type, for tests and benchmarks."""
 
 from __future__ import annotations
 

@@ -49,15 +49,16 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Topic
 from prometheus_client import Counter
 
 from core.health import ProbeResult, degraded
-from core.serving.replies import NoReplyPartition, ReplyPartitionRevoked, ReplyRouterClosed
+from core.serving.replies import NoReplyPartition, ReplyConsumerClosed, ReplyPartitionRevoked
 from messaging.dead_letter import DeadLetterRouter, from_confluent
 from schemas.codec import Codec, DecodeError
 from settings import Settings
 from topology.groups import BY_GROUP
+from topology.messages import MessageType
 from topology.topics import INFERENCE_RESPONSES
 
 log = logging.getLogger(__name__)
-__all__ = ["NoReplyPartition", "ReplyPartitionRevoked", "ReplyRouter", "ReplyRouterClosed", "ReplyTable"]
+__all__ = ["NoReplyPartition", "ReplyConsumer", "ReplyConsumerClosed", "ReplyPartitionRevoked", "ReplyTable"]
 
 REPLY_GROUP = BY_GROUP["ingress-replies"]
 COMMIT_INTERVAL_S = 1.0
@@ -122,7 +123,7 @@ class ReplyTable:
         waiters on those that do not are failed (and re-sent) when the assignment arrives.
         """
         if self._closed:
-            raise ReplyRouterClosed("the reply router is closed")
+            raise ReplyConsumerClosed("the reply consumer is closed")
         usable = tuple(self._owned or self._suspended)
         if not usable:
             raise NoReplyPartition("this ingress replica owns no responses partition")
@@ -146,7 +147,7 @@ class ReplyTable:
     def expect(self, correlation_id: str, partition: int) -> asyncio.Future[Reply]:
         """Register a waiter before the request is published (a reply may beat the acknowledgement)."""
         if self._closed:
-            raise ReplyRouterClosed("the reply router is closed")
+            raise ReplyConsumerClosed("the reply consumer is closed")
         if correlation_id in self._waiters:
             raise ValueError(f"already waiting for {correlation_id}")
         future: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
@@ -245,11 +246,11 @@ class ReplyTable:
         """Stop naming partitions and fail every waiter (shutdown)."""
         self._closed = True
         self._cancel_grace()
-        self.fail_all(ReplyRouterClosed("the ingress is shutting down"))
+        self.fail_all(ReplyConsumerClosed("the ingress is shutting down"))
         self._update_usable()
 
 
-class ReplyRouter(ReplyTable):
+class ReplyConsumer(ReplyTable):
     """``ReplyTable`` fed by one confluent-kafka consumer (background thread) per ingress process."""
 
     def __init__(self, settings: Settings, *, codec: Codec | None = None,
@@ -259,7 +260,7 @@ class ReplyRouter(ReplyTable):
         self.codec = codec or Codec()
         self.dead_letters = dead_letters
         self.topic = INFERENCE_RESPONSES.full_name(settings)
-        self.group_id = settings.topic(REPLY_GROUP.group_id)
+        self.group_id = REPLY_GROUP.full_id(settings)
         self.client_id = client_id or f"tributary-ingress-replies-{socket.gethostname()}-{os.getpid()}"
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -381,7 +382,7 @@ class ReplyRouter(ReplyTable):
         self._positions[partition] = offset + 1
         try:
             decoded = self.codec.decode(message.value())
-            if decoded.message_type != "inference_response":
+            if decoded.message_type != MessageType.INFERENCE_RESPONSE:
                 raise TypeError(f"{decoded.message_type} on the responses topic")
             correlation_id = str(decoded.record["correlation_id"])
         except (DecodeError, TypeError, KeyError) as exc:

@@ -1,0 +1,4 @@
+"""The Python client SDK of the REST API (device side and operator side): ``sdk.client``.
+
+It speaks HTTP to the ingress and imports nothing of ours; it is not a Kafka producer.
+"""
