@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import uuid
 from collections.abc import AsyncIterator
 
@@ -12,28 +11,13 @@ import grpc
 
 from api.context import spend
 from api.grpc import convert
-from api.grpc.calls import ServiceHandlers, begin_call, end_call, unary
+from api.grpc.calls import ServiceHandlers, caller
 from api.grpc.errors import failure
-from api.metrics import GRPC_STREAM_MESSAGES, grpc_call_metrics
+from api.metrics import GRPC_STREAM_MESSAGES
 from core.auth import Principal
 from core.errors import invalid
+from core.logs import trace_id_var
 from modelmora.v1 import inference_pb2
-
-# How long a refused stream may go on sending before it is ended anyway.
-REFUSED_STREAM_DRAIN_S = 1.0
-
-
-async def drain(requests: AsyncIterator[inference_pb2.InferenceRequest]) -> None:
-    """Let the client finish sending before its stream is refused. grpc's asyncio client reports
-    INTERNAL, not the server's status, when one of its own writes fails because the call ended
-    (grpc/grpc#36066): without this, ~30 % of refused 20-message streams saw INTERNAL instead of
-    UNAUTHENTICATED. Bounded, so a client that never half-closes is refused within a second."""
-    async def read_to_end() -> None:
-        async for _ in requests:
-            pass
-
-    with contextlib.suppress(Exception):  # the bound passed, or the client went away
-        await asyncio.wait_for(read_to_end(), REFUSED_STREAM_DRAIN_S)
 
 
 class InferenceHandlers(ServiceHandlers):
@@ -44,36 +28,31 @@ class InferenceHandlers(ServiceHandlers):
                                                within_s=context.time_remaining())
         return convert.inference_response(result, request_id)
 
-    @unary
     async def Infer(self, request: inference_pb2.InferenceRequest,
                     context: grpc.aio.ServicerContext) -> inference_pb2.InferenceResponse:
-        principal = await self.caller(context)
+        principal = caller()
         return await self._infer(principal, request, context, request.request_id or str(uuid.uuid4()))
 
-    @unary
     async def InferAsync(self, request: inference_pb2.InferenceRequest,
                          context: grpc.aio.ServicerContext) -> inference_pb2.JobReference:
-        principal = await self.caller(context)
+        principal = caller()
         reference = await self.ctx.job_service().submit(principal, **convert.inference_call(request))
         return convert.job_reference(reference)
 
-    @unary
     async def GetJobStatus(self, request: inference_pb2.GetJobStatusRequest,
                            context: grpc.aio.ServicerContext) -> inference_pb2.JobStatusResponse:
-        principal = await self.caller(context)
+        principal = caller()
         return convert.job_status(await self.ctx.job_service().status(principal, job_id(request.job_id)))
 
-    @unary
     async def GetJobResult(self, request: inference_pb2.GetJobResultRequest,
                            context: grpc.aio.ServicerContext) -> inference_pb2.InferenceResponse:
-        principal = await self.caller(context)
+        principal = caller()
         return convert.inference_response(await self.ctx.job_service().result(principal, job_id(request.job_id)))
 
-    @unary
     async def CancelJob(self, request: inference_pb2.CancelJobRequest,
                         context: grpc.aio.ServicerContext) -> inference_pb2.CancelJobResponse:
         """Seed 001's cancel: FAILED_PRECONDITION ``JOB_ALREADY_COMPLETED`` when the job is terminal."""
-        principal = await self.caller(context)
+        principal = caller()
         outcome = await self.ctx.job_service().delete(principal, job_id(request.job_id))
         return inference_pb2.CancelJobResponse(job_id=outcome["job_id"],
                                                status=convert.JOB_STATUSES[outcome["status"]])
@@ -84,19 +63,12 @@ class InferenceHandlers(ServiceHandlers):
         ``output_data.custom_data.request_id``). A request that fails gets a response with ``error``
         set and the stream goes on; only a refused key (or the server going away) ends it. Each
         message counts against the key's rate limit, as a REST request would."""
-        trace_id = begin_call(context)
-        with grpc_call_metrics("InferStream") as outcome:
-            try:
-                principal = await self.caller(context)
-            except Exception as exc:
-                await drain(requests)
-                await end_call(context, exc, trace_id, outcome)
-            async for response in self._stream(principal, requests, context, trace_id, outcome):
-                yield response
+        async for response in self._stream(caller(), requests, context):
+            yield response
 
     async def _stream(self, principal: Principal, requests: AsyncIterator[inference_pb2.InferenceRequest],
-                      context: grpc.aio.ServicerContext, trace_id: str,
-                      outcome: list[str]) -> AsyncIterator[inference_pb2.InferenceResponse]:
+                      context: grpc.aio.ServicerContext) -> AsyncIterator[inference_pb2.InferenceResponse]:
+        trace_id = trace_id_var.get() or ""
         answers: asyncio.Queue[inference_pb2.InferenceResponse | BaseException | None] = asyncio.Queue()
         slots = asyncio.Semaphore(self.ctx.settings.grpc_stream_max_in_flight)
         running: set[asyncio.Task[None]] = set()
@@ -128,7 +100,7 @@ class InferenceHandlers(ServiceHandlers):
         try:
             while (item := await answers.get()) is not None:
                 if isinstance(item, BaseException):
-                    await end_call(context, item, trace_id, outcome)
+                    raise item  # the interceptor ends the call with its status
                 yield item
                 # The slot is freed once the answer is sent, not when it is ready: a client that
                 # keeps sending but stops reading holds at most the window in memory.

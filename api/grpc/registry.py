@@ -5,7 +5,7 @@ from __future__ import annotations
 import grpc
 
 from api.grpc import convert
-from api.grpc.calls import ServiceHandlers, unary
+from api.grpc.calls import ServiceHandlers, caller
 from api.routers.fleet import validate_catalog_id
 from api.schemas_fleet import RegisterModelRequest, UpdateModelRequest
 from core.errors import invalid
@@ -16,10 +16,9 @@ DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE = 20, 100
 
 
 class RegistryHandlers(ServiceHandlers):
-    @unary
     async def RegisterModel(self, request: registry_pb2.RegisterModelRequest,
                             context: grpc.aio.ServicerContext) -> registry_pb2.Model:
-        principal = await self.caller(context)
+        principal = caller()
         body = convert.validated(RegisterModelRequest, {
             "model_id": request.model_id, "version": request.version or "main",
             "task_type": convert.task_type(request.task_type), "display_name": request.display_name or None,
@@ -31,10 +30,8 @@ class RegistryHandlers(ServiceHandlers):
         model = await self.ctx.registry.register(principal, **body.registration())
         return convert.model(model)
 
-    @unary
     async def ListModels(self, request: registry_pb2.ListModelsRequest,
                          context: grpc.aio.ServicerContext) -> registry_pb2.ListModelsResponse:
-        await self.caller(context)
         page = request.pagination.page or 1
         size = request.pagination.page_size or DEFAULT_PAGE_SIZE
         if page < 1 or not 1 <= size <= MAX_PAGE_SIZE:
@@ -54,18 +51,15 @@ class RegistryHandlers(ServiceHandlers):
             pagination=common_pb2.PaginationResponse(total=total, page=page, page_size=size,
                                                              total_pages=(total + size - 1) // size))
 
-    @unary
     async def GetModel(self, request: registry_pb2.GetModelRequest,
                        context: grpc.aio.ServicerContext) -> registry_pb2.Model:
-        await self.caller(context)
         validate_catalog_id(request.model_id)
         return convert.model(await self.ctx.registry.get(request.model_id))
 
-    @unary
     async def UpdateModel(self, request: registry_pb2.UpdateModelRequest,
                           context: grpc.aio.ServicerContext) -> registry_pb2.Model:
         """Empty strings and absent messages leave a field as it is (proto3 cannot tell unset from empty)."""
-        principal = await self.caller(context)
+        principal = caller()
         validate_catalog_id(request.model_id)
         body = convert.validated(UpdateModelRequest, {
             "display_name": request.display_name or None, "description": request.description or None,
@@ -76,26 +70,22 @@ class RegistryHandlers(ServiceHandlers):
         model = await self.ctx.registry.update(principal, request.model_id, **body.changes())
         return convert.model(model)
 
-    @unary
     async def DeleteModel(self, request: registry_pb2.DeleteModelRequest,
                           context: grpc.aio.ServicerContext) -> registry_pb2.DeleteModelResponse:
         """FAILED_PRECONDITION ``MODEL_LOADED`` while a worker holds the model, unless ``force``."""
-        principal = await self.caller(context)
+        principal = caller()
         validate_catalog_id(request.model_id)
         await self.ctx.registry.delete(principal, request.model_id, request.force)
         return registry_pb2.DeleteModelResponse(model_id=request.model_id, deleted=True)
 
-    @unary
     async def DownloadModel(self, request: registry_pb2.DownloadModelRequest,
                             context: grpc.aio.ServicerContext) -> registry_pb2.DownloadModelResponse:
-        principal = await self.caller(context)
+        principal = caller()
         validate_catalog_id(request.model_id)
         await self.ctx.registry.download(principal, request.model_id)
         return registry_pb2.DownloadModelResponse(model_id=request.model_id, status="downloading",
                                                   message="The workers fetch and load the model; watch its status.")
 
-    @unary
     async def GenerateLock(self, request: registry_pb2.GenerateLockRequest,
                            context: grpc.aio.ServicerContext) -> registry_pb2.LockFile:
-        await self.caller(context)
         return convert.lock_file(await self.ctx.registry.lock_file())

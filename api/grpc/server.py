@@ -17,6 +17,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from api.context import AppContext
+from api.grpc.calls import CallInterceptor
 from api.grpc.inference import InferenceHandlers
 from api.grpc.management import ManagementHandlers
 from api.grpc.registry import RegistryHandlers
@@ -47,8 +48,8 @@ class GrpcServer:
         self.ctx = ctx
         self.address = f"{host}:{port}"
         limit = max(ctx.settings.max_request_bytes, ctx.settings.inference_max_input_bytes) + MESSAGE_OVERHEAD_BYTES
-        self.server = grpc.aio.server(options=[("grpc.max_receive_message_length", limit),
-                                               ("grpc.so_reuseport", 0)])
+        self.server = grpc.aio.server(interceptors=[CallInterceptor(ctx)],
+                                      options=[("grpc.max_receive_message_length", limit), ("grpc.so_reuseport", 0)])
         inference_pb2_grpc.add_InferenceServiceServicer_to_server(InferenceHandlers(ctx), self.server)
         registry_pb2_grpc.add_RegistryServiceServicer_to_server(RegistryHandlers(ctx), self.server)
         management_pb2_grpc.add_ManagementServiceServicer_to_server(ManagementHandlers(ctx), self.server)

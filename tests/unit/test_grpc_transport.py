@@ -24,7 +24,7 @@ from prometheus_client import REGISTRY
 from pydantic import SecretStr
 
 from api.context import AppContext
-from api.grpc.inference import REFUSED_STREAM_DRAIN_S
+from api.grpc.calls import REFUSED_STREAM_DRAIN_S
 from api.grpc.server import GrpcServer
 from consumers.inference.jobs import JobRunner
 from core.api_keys import new_api_key
