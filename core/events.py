@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
+from schemas.event_types import FLEET_EVENT_TYPES, FLEET_SUBJECT_KINDS, MODEL_LIFECYCLE_EVENT_TYPES
 from topology.messages import MessageType
 
 
@@ -37,15 +38,21 @@ class EventSink(MessageSink, Protocol):
         """Record an accepted command or a state change on the audit topic (actor = key id)."""
 
 
-def lifecycle_record(event_type: str, subject_kind: str, subject_id: str, **details: Any) -> dict[str, Any]:
-    """A lifecycle event body; ``model_id`` names the model for model events (seed 001 requires it)."""
-    return {
-        "event_type": event_type,
-        "subject_kind": subject_kind,
-        "subject_id": subject_id,
-        "model_id": subject_id if subject_kind == "model" else "",
-        "details": {k: v for k, v in details.items() if v is not None},
-    }
+def lifecycle_record(event_type: str, model_id: str, **details: Any) -> dict[str, Any]:
+    """A ``LIFECYCLE_EVENT`` body: one of seed 001 §4.2.3's five model events, the seed's fields."""
+    if event_type not in MODEL_LIFECYCLE_EVENT_TYPES:
+        # The seed's schema refuses it on the lifecycle topic: other events are fleet events.
+        raise ValueError(f"{event_type!r} is not a seed 001 lifecycle event; publish a fleet_record")
+    return {"event_type": event_type, "model_id": model_id,
+            "details": {k: v for k, v in details.items() if v is not None}}
+
+
+def fleet_record(event_type: str, subject_kind: str, subject_id: str, **details: Any) -> dict[str, Any]:
+    """A ``FLEET_EVENT`` body: a catalog, device, round, update or retraining event about one subject."""
+    if event_type not in FLEET_EVENT_TYPES or subject_kind not in FLEET_SUBJECT_KINDS:
+        raise ValueError(f"{event_type!r} about a {subject_kind!r} is not a fleet event (schemas/event_types.py)")
+    return {"event_type": event_type, "subject_kind": subject_kind, "subject_id": subject_id,
+            "details": {k: v for k, v in details.items() if v is not None}}
 
 
 class EventsUnavailable(ConnectionError):

@@ -16,7 +16,7 @@ from typing import Any
 
 from core.auth import Principal
 from core.errors import conflict, invalid, not_found
-from core.events import EventSink, lifecycle_record
+from core.events import EventSink, fleet_record, lifecycle_record
 from core.fleet.models import CatalogModel
 from core.fleet.store import FleetStore
 from core.serving.residency import ResidencyStore, observe
@@ -63,7 +63,7 @@ class RegistryService:
         )
         if not await asyncio.to_thread(self.store.create_model, model):
             raise conflict("MODEL_ALREADY_EXISTS", f"Model '{model_id}' is already registered.")
-        await self._lifecycle("model_registered", model_id, task_type=task_type.value, version=version)
+        await self._fleet_event("model_registered", model_id, task_type=task_type.value, version=version)
         await self.events.audit(actor=principal.key_id, action="model.register", subject=f"model/{model_id}",
                                 outcome="accepted", after={"task_type": task_type.value, "version": version})
         return model
@@ -108,7 +108,7 @@ class RegistryService:
         if loaded_on:
             await self._command("unload", model_id, "deleted with force=true")
         await asyncio.to_thread(self.store.delete_model, model_id)
-        await self._lifecycle("model_deleted", model_id, forced=force)
+        await self._fleet_event("model_deleted", model_id, forced=force)
         await self.events.audit(actor=principal.key_id, action="model.delete", subject=f"model/{model_id}",
                                 outcome="accepted", before={"task_type": model.task_type})
 
@@ -148,5 +148,7 @@ class RegistryService:
                                   {"command": command, "model_id": model_id, "version": None, "reason": reason})
 
     async def _lifecycle(self, event_type: str, model_id: str, **details: Any) -> None:
-        await self.events.publish(MessageType.LIFECYCLE_EVENT,
-                                  lifecycle_record(event_type, "model", model_id, **details))
+        await self.events.publish(MessageType.LIFECYCLE_EVENT, lifecycle_record(event_type, model_id, **details))
+
+    async def _fleet_event(self, event_type: str, model_id: str, **details: Any) -> None:
+        await self.events.publish(MessageType.FLEET_EVENT, fleet_record(event_type, "model", model_id, **details))

@@ -2,14 +2,17 @@
 
 They are generated from the Avro schemas (``python -m schemas.json_views`` rewrites
 ``schemas/json/``) and committed; a unit test fails when a committed file is stale.
-Lifecycle events get the full event-type enum: seed 001's five model events plus those of
-devices, rounds and jobs.
+Event types are Avro strings (an Avro enum could never gain a symbol old readers lack), so the
+JSON Schemas carry their enums (``schemas.event_types``): lifecycle events from v3 on exactly seed
+001 §4.2.3's five, fleet events ours. ``FORMAT_CHECKER`` checks ``uuid`` and ``date-time``.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import sys
+from datetime import datetime
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -17,8 +20,11 @@ from typing import Any
 import jsonschema
 
 from schemas.base import AVRO_DIR, JSON_DIR, SchemaValidationError
+from schemas.event_types import FLEET_EVENT_TYPES, FLEET_SUBJECT_KINDS, MODEL_LIFECYCLE_EVENT_TYPES
 
-LIFECYCLE_EVENT_TYPES = [
+# What lifecycle_event v1 and v2 carried before fleet events got their own topic: their JSON
+# Schemas keep it, since they describe messages already written.
+_LIFECYCLE_V1_V2_EVENT_TYPES = [
     # seed 001 §4.2.3
     "model_load_requested", "model_loaded", "model_load_failed", "model_unloaded", "model_evicted",
     # models in the catalog
@@ -82,8 +88,13 @@ def json_schema_for(message_type: str, raw: dict[str, Any], version: int) -> dic
         "description": raw.get("doc", ""),
         **_record_schema(raw),
     }
+    properties = schema["properties"]
     if message_type == "lifecycle_event":
-        schema["properties"]["event_type"]["enum"] = LIFECYCLE_EVENT_TYPES
+        properties["event_type"]["enum"] = (list(MODEL_LIFECYCLE_EVENT_TYPES) if version >= 3
+                                            else _LIFECYCLE_V1_V2_EVENT_TYPES)
+    elif message_type == "fleet_event":
+        properties["event_type"]["enum"] = list(FLEET_EVENT_TYPES)
+        properties["subject_kind"]["enum"] = list(FLEET_SUBJECT_KINDS)
     return schema
 
 
@@ -97,12 +108,29 @@ def generate(avro_dir: Path = AVRO_DIR) -> dict[Path, str]:
     return files
 
 
+_RFC3339 = re.compile(r"\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})")
+
+# Every format jsonschema knows (uuid among them), plus date-time, which jsonschema checks only
+# with an optional package installed and otherwise passes silently.
+FORMAT_CHECKER = jsonschema.FormatChecker()
+
+
+def _is_date_time(value: object) -> bool:
+    if not isinstance(value, str):
+        return True  # formats constrain strings only; "type" catches the rest
+    if not _RFC3339.fullmatch(value):
+        return False
+    datetime.fromisoformat(value.upper().replace("Z", "+00:00"))  # the date and time exist
+    return True
+
+
+FORMAT_CHECKER.checks("date-time", raises=ValueError)(_is_date_time)
+
+
 @cache
 def _validator(message_type: str, version: int) -> jsonschema.Draft202012Validator:
     path = JSON_DIR / message_type / f"v{version}.schema.json"
-    return jsonschema.Draft202012Validator(
-        json.loads(path.read_text()), format_checker=jsonschema.Draft202012Validator.FORMAT_CHECKER
-    )
+    return jsonschema.Draft202012Validator(json.loads(path.read_text()), format_checker=FORMAT_CHECKER)
 
 
 def validate_json_view(message_type: str, version: int, doc: dict[str, Any]) -> None:

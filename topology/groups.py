@@ -29,8 +29,8 @@ class Group(StrEnum):
     Each one is a process that runs (``cli.services.MEMBER_ARGS``: its ``tributary`` subcommand), and
     its inputs are exactly the topics that process subscribes to (tests/unit/test_group_processes.py
     reads them from the code): a declared group nobody runs shows as lag that only grows and as a
-    group without members in detailed health. Topics nobody reads as a group are not consumed here: job events
-    and lifecycle events are for other services, model commands are a broadcast every inference
+    group without members in detailed health. Topics nobody reads as a group are not consumed here: job events,
+    lifecycle events and fleet events are for other services, model commands are a broadcast every inference
     worker ``assign()``s without a group, and the audit topic is replayed by time
     (``tributary audit replay``), not by a group.
     """

@@ -18,6 +18,7 @@ from topology.topics import (
     AUDIT_EVENTS,
     DEVICE_EVENTS,
     DEVICE_HEARTBEATS,
+    FLEET_EVENTS,
     INFERENCE_REQUESTS,
     INFERENCE_RESPONSES,
     JOB_EVENTS,
@@ -38,7 +39,8 @@ class MessageType(StrEnum):
     INFERENCE_RESPONSE = "inference_response"
     JOB_EVENT = "job_event"
     MODEL_COMMAND = "model_command"
-    LIFECYCLE_EVENT = "lifecycle_event"
+    LIFECYCLE_EVENT = "lifecycle_event"  # seed 001 §4.2.3's model events only
+    FLEET_EVENT = "fleet_event"  # every other catalog, device, round, update or retraining event
     AUDIT_EVENT = "audit_event"
     DEVICE_REGISTERED = "device_registered"
     DEVICE_HEARTBEAT = "device_heartbeat"
@@ -84,7 +86,8 @@ MESSAGES: dict[MessageType, MessageRoute] = {
     MessageType.INFERENCE_RESPONSE: MessageRoute(INFERENCE_RESPONSES, "correlation_id", "reply_partition"),
     MessageType.JOB_EVENT: MessageRoute(JOB_EVENTS, "job_id"),
     MessageType.MODEL_COMMAND: MessageRoute(MODEL_COMMANDS, "model_id"),
-    MessageType.LIFECYCLE_EVENT: MessageRoute(LIFECYCLE_EVENTS, "subject_id"),
+    MessageType.LIFECYCLE_EVENT: MessageRoute(LIFECYCLE_EVENTS, "model_id"),
+    MessageType.FLEET_EVENT: MessageRoute(FLEET_EVENTS, "subject_id"),
     MessageType.AUDIT_EVENT: MessageRoute(AUDIT_EVENTS, "chain_id"),
     MessageType.DEVICE_REGISTERED: MessageRoute(DEVICE_EVENTS, "device_id"),
     MessageType.DEVICE_HEARTBEAT: MessageRoute(DEVICE_HEARTBEATS, "device_id"),

@@ -15,12 +15,15 @@ seed 001 §4.1                                 declared here
                                               per priority, so each priority has its own
                                               consumer group and scales (and lags) alone
 ``modelmora.inference.responses``             same name
-``modelmora.lifecycle.events``                same name (also carries device/round/job
-                                              lifecycle, not only model load/unload)
+``modelmora.lifecycle.events``                same name, seed 001 §4.2.3's five model
+                                              events only
 ``modelmora.audit.events``                    same name
 (not in the seeds)                            ``tributary.*``: jobs, model commands, devices,
                                               training rounds and updates, learning graphs,
-                                              and ``tributary.dlq.<group id>``
+                                              fleet events (catalog, device, round, update
+                                              and retraining events: the lifecycle topic's
+                                              schema refuses them), and
+                                              ``tributary.dlq.<group id>``
 ============================================  ===========================================
 """
 
@@ -96,7 +99,7 @@ INFERENCE_REQUESTS: dict[Priority, TopicSpec] = {
 INFERENCE_RESPONSES = _spec("modelmora.inference.responses", 6, 1,
                             "inference results, routed to the waiting ingress replica's partition")
 LIFECYCLE_EVENTS = _spec("modelmora.lifecycle.events", 3, 30,
-                         "lifecycle of models, devices, rounds and jobs, for other services")
+                         "model load/unload lifecycle (seed 001's five event types), for other services")
 AUDIT_EVENTS = _spec("modelmora.audit.events", 3, 365, "tamper-evident audit trail that auditors replay")
 JOB_EVENTS = _spec("tributary.jobs.events", 3, 7, "async job state changes, keyed by job id")
 MODEL_COMMANDS = _spec("tributary.models.commands", 3, 7, "model load/unload commands, keyed by model id")
@@ -106,10 +109,13 @@ TRAINING_ROUNDS = _spec("tributary.training.rounds", 3, 30, "training round comm
 TRAINING_UPDATES = _spec("tributary.training.updates", 3, 30,
                          "submitted model updates (claim checks to S3), keyed by round id")
 LEARNING_GRAPHS = _spec("tributary.learning.graphs", 3, 30, "accepted learning graphs and retraining requests")
+FLEET_EVENTS = _spec("tributary.fleet.events", 3, 30,
+                     "catalog, device, round, update and retraining events, keyed by subject, for other services")
 
 DATA_TOPICS: tuple[TopicSpec, ...] = (
     *INFERENCE_REQUESTS.values(), INFERENCE_RESPONSES, LIFECYCLE_EVENTS, AUDIT_EVENTS, JOB_EVENTS,
     MODEL_COMMANDS, DEVICE_EVENTS, DEVICE_HEARTBEATS, TRAINING_ROUNDS, TRAINING_UPDATES, LEARNING_GRAPHS,
+    FLEET_EVENTS,
 )
 
 

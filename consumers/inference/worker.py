@@ -367,7 +367,7 @@ class InferenceWorker:
         loop = self._loop
         if loop is None or loop.is_closed():
             return
-        record = lifecycle_record(event_type, "model", model_id, worker=self.instance, **details)
+        record = lifecycle_record(event_type, model_id, worker=self.instance, **details)
         future = asyncio.run_coroutine_threadsafe(
             self.sink.publish(MessageType.LIFECYCLE_EVENT, record), loop)
         future.add_done_callback(lambda f: None if f.cancelled() or f.exception() is None

@@ -22,7 +22,7 @@ class ProcessorKind:
 
 PROCESSORS: dict[str, ProcessorKind] = {kind.name: kind for kind in (
     ProcessorKind("devices", BY_GROUP[Group.DEVICE_PROCESSOR], DEVICE_HEARTBEATS,
-                  "heartbeats -> device rows; a timer re-derives freshness (lifecycle events)"),
+                  "heartbeats -> device rows; a timer re-derives freshness (fleet events)"),
     ProcessorKind("rounds", BY_GROUP[Group.ROUND_PROCESSOR], TRAINING_UPDATES,
                   "model updates -> counters and streaming FedAvg; a timer closes rounds"),
     ProcessorKind("learning-graphs", BY_GROUP[Group.LEARNING_GRAPH_PROCESSOR], LEARNING_GRAPHS,

@@ -28,7 +28,7 @@ from typing import Any
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from core.errors import DomainError, ErrorKind, invalid
-from core.events import EventSink, lifecycle_record
+from core.events import EventSink, fleet_record
 from core.fleet.models import LearningGraph
 from core.fleet.service import iso
 from core.fleet.store import FleetStore
@@ -147,9 +147,9 @@ class LearningGraphService:
             "model_version": model_version, "pending_count": pending, "retraining_requested": retrain,
         })
         if retrain:
-            event = lifecycle_record("retraining_requested", "model", model_version, graphs=pending,
-                                     requested_at=iso(utcnow()))
-            await self.events.publish(MessageType.LIFECYCLE_EVENT, event)
+            event = fleet_record("retraining_requested", "model", model_version, graphs=pending,
+                                 requested_at=iso(utcnow()))
+            await self.events.publish(MessageType.FLEET_EVENT, event)
         await self.events.audit(actor=actor, action="learning_graph.submit", subject=f"graph/{record.id}",
                                 outcome="accepted", after={"retraining_requested": retrain})
         return {"status": "accepted", "retraining_requested": retrain, "pending": pending}

@@ -17,7 +17,7 @@ from typing import Any, ParamSpec, TypeVar
 
 from core.artifacts import ArtifactNotFound, ArtifactStore
 from core.errors import DomainError
-from core.events import EventSink, lifecycle_record
+from core.events import EventSink, fleet_record
 from core.fleet.models import CatalogModel, Freshness, Round, RoundStatus
 from core.fleet.service import FleetService, freshness_of, iso
 from core.fleet.store import FleetStore
@@ -82,9 +82,9 @@ class DeviceProcessor:
         # CAS: when two processors race, exactly one emits the transition.
         if not await _io(self.store.set_freshness, device_id, current, new):
             return False
-        record = lifecycle_record(FRESHNESS_EVENT[new], "device", device_id, last_heartbeat=iso(last_heartbeat),
-                                  **{"from": current.value, "to": new.value})
-        await self.events.publish(MessageType.LIFECYCLE_EVENT, record)
+        record = fleet_record(FRESHNESS_EVENT[new], "device", device_id, last_heartbeat=iso(last_heartbeat),
+                              **{"from": current.value, "to": new.value})
+        await self.events.publish(MessageType.FLEET_EVENT, record)
         await self.events.audit(actor="processor:devices", action="device.freshness", subject=f"device/{device_id}",
                                 outcome="changed", before={"freshness": current.value},
                                 after={"freshness": new.value})
@@ -234,7 +234,7 @@ class RoundProcessor:
                                 subject=f"round/{round_.id}", outcome=status.value, after=record)
 
     async def _lifecycle(self, event_type: str, round_id: str, **data: Any) -> None:
-        await self.events.publish(MessageType.LIFECYCLE_EVENT, lifecycle_record(event_type, "round", round_id, **data))
+        await self.events.publish(MessageType.FLEET_EVENT, fleet_record(event_type, "round", round_id, **data))
 
 
 def _torch_version() -> str:

@@ -1,7 +1,7 @@
 """Seed 002's retraining trigger, consumer side: a learning-graph submission that took the pending
 graphs (``retraining_requested``, see ``learning_graphs.py``) starts a federated training round
 through ``FleetService.start_round``, the path ``POST /api/v1/training/rounds/start`` takes, or
-says in a ``retraining_not_started`` lifecycle event why it could not (a round is already active,
+says in a ``retraining_not_started`` fleet event why it could not (a round is already active,
 too few eligible devices, ...).
 
 At-least-once delivery makes every step safe to repeat:
@@ -26,7 +26,7 @@ from typing import Any
 
 from core.auth import Principal
 from core.errors import DomainError
-from core.events import EventSink, lifecycle_record
+from core.events import EventSink, fleet_record
 from core.fleet.models import RetrainingDecision, Round, RoundStatus, SubjectType
 from core.fleet.service import FleetService
 from core.fleet.store import FleetStore
@@ -102,8 +102,8 @@ class RetrainingTrigger:
         event_type = "retraining_started" if d.started else "retraining_not_started"
         details = {"trigger_id": d.trigger_id, "graphs": d.graphs, "round_id": d.round_id, "reason": d.reason,
                    "detail": d.detail}
-        await self.events.publish(MessageType.LIFECYCLE_EVENT,
-                                  lifecycle_record(event_type, "model", d.model_version, **details))
+        await self.events.publish(MessageType.FLEET_EVENT,
+                                  fleet_record(event_type, "model", d.model_version, **details))
         await self.events.audit(actor=ACTOR.key_id, action="retraining.decide", subject=f"graph/{d.trigger_id}",
                                 outcome="started" if d.started else "not_started",
                                 after={k: v for k, v in details.items() if v is not None})

@@ -18,7 +18,7 @@ from core.api_keys import hash_api_key, key_id, new_api_key
 from core.artifacts import ArtifactStore, ArtifactStoreUnavailable
 from core.auth import Principal
 from core.errors import DomainError, ErrorKind, conflict, invalid, not_found, unavailable
-from core.events import EventSink, EventsUnavailable, lifecycle_record
+from core.events import EventSink, EventsUnavailable, fleet_record
 from core.fleet.models import (
     ApiKeyRecord,
     CatalogModel,
@@ -116,7 +116,7 @@ class FleetService:
             raise unavailable("EVENTS_UNAVAILABLE", "The audit log is unavailable.", exc.retry_after_s) from exc
 
     async def _lifecycle(self, event_type: str, subject_kind: str, subject_id: str, **data: Any) -> None:
-        await self._publish(MessageType.LIFECYCLE_EVENT, lifecycle_record(event_type, subject_kind, subject_id, **data))
+        await self._publish(MessageType.FLEET_EVENT, fleet_record(event_type, subject_kind, subject_id, **data))
 
     # --- devices ------------------------------------------------------------------------
     async def register_device(

@@ -151,6 +151,6 @@ class ModelLifecycleService:
     async def _audit(self, principal: Principal, action: str, model_id: str) -> None:
         if action == "model.load":  # seed 001 §4.2.3; the workers emit model_loaded / model_unloaded
             await self.events.publish(MessageType.LIFECYCLE_EVENT,
-                                      lifecycle_record("model_load_requested", "model", model_id))
+                                      lifecycle_record("model_load_requested", model_id))
         await self.events.audit(actor=principal.key_id, action=action, subject=f"model/{model_id}",
                                 outcome="accepted")

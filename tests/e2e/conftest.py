@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import random
+import secrets
 import socket
 import time
 import uuid
@@ -61,6 +62,8 @@ def settings_env(settings: Settings, **extra: str) -> dict[str, str]:
         "TRIBUTARY_FRESHNESS_SWEEP_S": str(settings.freshness_sweep_s),
         "TRIBUTARY_RATE_LIMIT_PER_MINUTE": str(settings.rate_limit_per_minute),
         "TRIBUTARY_MAX_UPLOAD_BYTES": str(settings.max_upload_bytes),
+        "TRIBUTARY_LEARNING_GRAPH_HMAC_KEY": settings.learning_graph_hmac_key.get_secret_value(),
+        "TRIBUTARY_LEARNING_GRAPH_AES_KEY": settings.learning_graph_aes_key.get_secret_value(),
     }
     return {**env, **extra}
 
@@ -84,6 +87,9 @@ def system(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iter
         "heartbeat_interval_s": 5.0,
         "straggler_grace_s": 3.0, "freshness_sweep_s": 1.0, "rate_limit_per_minute": 100,
         "max_upload_bytes": 2 * 1024 * 1024,
+        # Keys, so seed 002's learning-graph submission is wired as in production (threshold unchanged).
+        "learning_graph_hmac_key": SecretStr(secrets.token_hex(16)),
+        "learning_graph_aes_key": SecretStr(secrets.token_hex(32)),
     })
     session = connect(e2e)
     migrate(session, e2e)

@@ -19,7 +19,7 @@ from core.fleet.models import RoundStatus
 from core.fleet.retraining import retraining_round_id
 from schemas.codec import Codec, new_envelope
 from tests.e2e.conftest import RunningSystem, client_address
-from topology.topics import LEARNING_GRAPHS, LIFECYCLE_EVENTS
+from topology.topics import FLEET_EVENTS, LEARNING_GRAPHS
 
 pytestmark = pytest.mark.e2e
 
@@ -42,13 +42,13 @@ def online_device(system: RunningSystem) -> str:
 
 
 def outcomes(system: RunningSystem, trigger_id: str, wanted: int, timeout_s: float = 60) -> list[dict[str, Any]]:
-    """The retraining_* lifecycle events about ``trigger_id`` (waits for ``wanted`` of them)."""
+    """The retraining_* fleet events about ``trigger_id`` (waits for ``wanted`` of them)."""
     settings, codec = system.settings, Codec()
-    topic = LIFECYCLE_EVENTS.full_name(settings)
+    topic = FLEET_EVENTS.full_name(settings)
     consumer = Consumer({"bootstrap.servers": settings.kafka_bootstrap_servers,
                          "group.id": f"e2e-retraining-{uuid.uuid4().hex[:6]}", "enable.auto.commit": False,
                          "fetch.wait.max.ms": settings.fetch_max_wait_ms})
-    consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(LIFECYCLE_EVENTS.partitions)])
+    consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(FLEET_EVENTS.partitions)])
     found: list[dict[str, Any]] = []
     deadline = time.monotonic() + timeout_s
     try:

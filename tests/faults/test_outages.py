@@ -177,7 +177,7 @@ def test_s3_down_during_upload_is_503_and_publishes_nothing(system: RunningSyste
     assert refused.status_code == 503 and refused.headers.get("Retry-After"), refused.text
     detail = httpx.get(f"{system.base_url}/api/v1/models/{model_id}", headers=operator, timeout=30).json()
     assert not detail.get("versions"), detail  # no version recorded for a file that was not stored
-    assert not lifecycle_events_for(system, model_id)  # and no event published for it
+    assert not fleet_events_for(system, model_id)  # and no event published for it
     accepted = httpx.post(f"{system.base_url}/api/v1/models/{model_id}/versions/upload",
                           files={"file": ("model.onnx", onnx_file)}, data={"format": "onnx"}, headers=operator,
                           timeout=60)
@@ -186,7 +186,7 @@ def test_s3_down_during_upload_is_503_and_publishes_nothing(system: RunningSyste
     assert accepted.status_code == 201, accepted.text
     detail = httpx.get(f"{system.base_url}/api/v1/models/{model_id}", headers=operator, timeout=30).json()
     assert [v["version"] for v in detail["versions"]] == [accepted.json()["version"]]
-    assert [e["event_type"] for e in lifecycle_events_for(system, model_id, wait_s=20)] == ["model_version_created"]
+    assert [e["event_type"] for e in fleet_events_for(system, model_id, wait_s=20)] == ["model_version_created"]
 
 
 def tiny_onnx() -> bytes:
@@ -198,18 +198,18 @@ def tiny_onnx() -> bytes:
     return bytes(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString())
 
 
-def lifecycle_events_for(system: RunningSystem, model_id: str, wait_s: float = 5.0) -> list[dict[str, Any]]:
-    """Lifecycle events about ``model_id`` (other than its registration) on this session's lifecycle topic."""
+def fleet_events_for(system: RunningSystem, model_id: str, wait_s: float = 5.0) -> list[dict[str, Any]]:
+    """Fleet events about ``model_id`` (other than its registration) on this session's fleet topic."""
     from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
     from schemas.codec import Codec
-    from topology.topics import LIFECYCLE_EVENTS
+    from topology.topics import FLEET_EVENTS
 
     settings, codec = system.settings, Codec()
-    topic = LIFECYCLE_EVENTS.full_name(settings)
+    topic = FLEET_EVENTS.full_name(settings)
     consumer = Consumer({"bootstrap.servers": settings.kafka_bootstrap_servers,
                          "group.id": f"faults-{uuid.uuid4().hex[:6]}", "enable.auto.commit": False})
-    consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(LIFECYCLE_EVENTS.partitions)])
+    consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(FLEET_EVENTS.partitions)])
     found: list[dict[str, Any]] = []
     deadline = time.monotonic() + wait_s
     try:

@@ -24,9 +24,9 @@ TYPES = default_schemas().message_types()
 
 def test_every_required_type_is_declared() -> None:
     assert set(TYPES) >= {
-        "inference_request", "inference_response", "job_event", "model_command", "lifecycle_event", "audit_event",
-        "device_registered", "device_heartbeat", "round_command", "round_event", "model_update_submitted",
-        "learning_graph_submitted",
+        "inference_request", "inference_response", "job_event", "model_command", "lifecycle_event", "fleet_event",
+        "audit_event", "device_registered", "device_heartbeat", "round_command", "round_event",
+        "model_update_submitted", "learning_graph_submitted",
     }
 
 

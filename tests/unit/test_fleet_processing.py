@@ -34,8 +34,9 @@ class Clock:
         return self.now
 
 
-def lifecycle_types(sink: RecordingSink) -> list[str]:
-    return [r["event_type"] for r in sink.of_type("lifecycle_event")]
+def fleet_event_types(sink: RecordingSink) -> list[str]:
+    assert sink.of_type("lifecycle_event") == []  # seed 001's lifecycle topic is for model load/unload only
+    return [r["event_type"] for r in sink.of_type("fleet_event")]
 
 
 def test_freshness_changes_emit_one_event_each() -> None:
@@ -57,7 +58,7 @@ def test_freshness_changes_emit_one_event_each() -> None:
             await processor.on_heartbeat({"device_id": "ghost", "sent_at": clock.now})
 
     asyncio.run(scenario())
-    assert lifecycle_types(sink) == ["device_online", "device_stale", "device_offline", "device_online"]
+    assert fleet_event_types(sink) == ["device_online", "device_stale", "device_offline", "device_online"]
     stored = store.get_device(device.device_id)
     assert stored is not None and stored.freshness is Freshness.ONLINE and stored.metrics == {}
     assert [a["action"] for a in sink.audits] == ["device.freshness"] * 4
@@ -127,7 +128,7 @@ def test_fedavg_is_the_sample_weighted_mean_and_redelivery_does_not_double_count
     for name in ("w", "b"):
         expected = torch.stack([state(i)[name] * n for i, n in enumerate(samples)]).sum(0) / sum(samples)
         assert torch.allclose(got[name], expected, atol=1e-6)
-    assert lifecycle_types(f.sink)[-3:] == ["round_aggregating", "model_version_created", "round_completed"]
+    assert fleet_event_types(f.sink)[-3:] == ["round_aggregating", "model_version_created", "round_completed"]
 
 
 def test_stragglers_wait_for_the_grace_window_then_aggregate() -> None:
@@ -162,7 +163,7 @@ def test_too_few_updates_fail_at_timeout_and_corrupt_updates_count_as_failed() -
     failed = f.store.get_round(f.round.id)
     assert failed is not None and (failed.completed_devices, failed.failed_devices) == (1, 1)
     assert "timeout" in (failed.failure_reason or "")
-    assert "update_rejected" in lifecycle_types(f.sink)
+    assert "update_rejected" in fleet_event_types(f.sink)
     assert f.store.active_round_id() is None
 
 

@@ -65,7 +65,7 @@ def test_accepted_graphs_trigger_retraining_at_the_threshold(client: tuple[TestC
     assert isinstance(events, RecordingSink)
     submitted = events.of_type("learning_graph_submitted")
     assert [e["retraining_requested"] for e in submitted] == [False, False, True]
-    assert [e["event_type"] for e in events.of_type("lifecycle_event")].count("retraining_requested") == 1
+    assert [e["event_type"] for e in events.of_type("fleet_event")].count("retraining_requested") == 1
 
 
 def test_bad_signature_is_401(client: tuple[TestClient, dict[str, str]]) -> None:

@@ -9,7 +9,16 @@ from schemas.codec import Codec, default_schemas, new_envelope
 from tests.samples import sample
 from topology.groups import GROUPS
 from topology.messages import MESSAGES, MessageRoute, MessageType
-from topology.topics import DATA_TOPICS, INFERENCE_REQUESTS, INFERENCE_RESPONSES, Priority
+from topology.topics import (
+    AUDIT_EVENTS,
+    DATA_TOPICS,
+    FLEET_EVENTS,
+    INFERENCE_REQUESTS,
+    INFERENCE_RESPONSES,
+    LIFECYCLE_EVENTS,
+    Priority,
+    TopicSpec,
+)
 
 pytestmark = pytest.mark.unit
 
@@ -60,3 +69,19 @@ def test_groups_read_the_topics_the_table_routes_to() -> None:
     routed = {topic for route in MESSAGES.values() for topic in route.topics}
     assert {topic for group in GROUPS for topic in group.inputs} <= routed
 
+
+
+def test_seed_topics_carry_only_the_seeds_messages() -> None:
+    # Seed 001 §4.1/§4.2: each seed topic has one schema, so one message type; fleet events have their own.
+    carried: dict[TopicSpec, set[MessageType]] = {}
+    for message_type, route in MESSAGES.items():
+        for topic in route.topics:
+            carried.setdefault(topic, set()).add(message_type)
+    for topic in INFERENCE_REQUESTS.values():
+        assert carried[topic] == {MessageType.INFERENCE_REQUEST}
+    assert carried[INFERENCE_RESPONSES] == {MessageType.INFERENCE_RESPONSE}
+    assert carried[LIFECYCLE_EVENTS] == {MessageType.LIFECYCLE_EVENT}
+    assert carried[AUDIT_EVENTS] == {MessageType.AUDIT_EVENT}
+    assert carried[FLEET_EVENTS] == {MessageType.FLEET_EVENT}
+    assert FLEET_EVENTS.name == "tributary.fleet.events"
+    assert all(FLEET_EVENTS not in group.inputs for group in GROUPS)  # for other services, like lifecycle events

@@ -19,6 +19,7 @@ from core.fleet.models import RoundStatus
 from core.fleet.retraining import ACTOR, RetrainingTrigger, retraining_round_id
 from core.fleet.service import FleetService
 from schemas.codec import Codec
+from schemas.json_views import validate_json_view
 from settings import Settings
 from tests.recording_sink import RecordingSink
 from tests.samples import sample
@@ -41,7 +42,7 @@ class Harness:
             self.store.record_heartbeat(device.device_id, T0 - timedelta(seconds=1), "active", {})
 
     def outcomes(self) -> list[dict[str, Any]]:
-        return [r for r in self.sink.of_type("lifecycle_event") if r["event_type"].startswith("retraining_")]
+        return [r for r in self.sink.of_type("fleet_event") if r["event_type"].startswith("retraining_")]
 
     def rounds(self) -> int:
         return len(self.store.rounds)
@@ -141,15 +142,16 @@ async def test_a_round_failed_at_start_is_reported_and_not_retried() -> None:
     assert h.outcomes()[0]["event_type"] == "retraining_not_started"
 
 
-async def test_the_outcome_events_fit_the_lifecycle_schema() -> None:
+async def test_the_outcome_events_fit_the_fleet_event_schema() -> None:
     h = Harness()
     await h.trigger.on_graph_submitted(request())
     await h.trigger.on_graph_submitted(request())  # a round is active now: not started
     codec = Codec()
     assert [o["event_type"] for o in h.outcomes()] == ["retraining_started", "retraining_not_started"]
     for outcome in h.outcomes():
-        record = {**sample("lifecycle_event"), **outcome}
-        codec.to_json("lifecycle_event", codec.decode(codec.encode("lifecycle_event", record)[0]).record)
+        record = {**sample("fleet_event"), **outcome}
+        decoded = codec.decode(codec.encode("fleet_event", record)[0])
+        validate_json_view("fleet_event", decoded.writer_version, codec.to_json("fleet_event", decoded.record))
 
 
 async def test_the_seed_002_threshold_reaches_the_trigger() -> None:

@@ -1,0 +1,30 @@
+"""Which event types exist and where each travels.
+
+Seed 001 §4.2.3 gives ``modelmora.lifecycle.events`` five model event types, and its JSON Schema
+refuses any other, so that topic (``lifecycle_event``) carries exactly those. Everything else the
+platform announces about its catalog, devices, rounds, updates and retraining is ours and travels
+as a ``fleet_event`` on ``tributary.fleet.events``. The JSON Schemas (``schemas.json_views``)
+take their enums from here, and ``core.events`` refuses a type on the wrong side.
+"""
+
+from __future__ import annotations
+
+# seed 001 §4.2.3, in the seed's order
+MODEL_LIFECYCLE_EVENT_TYPES: tuple[str, ...] = (
+    "model_load_requested", "model_loaded", "model_load_failed", "model_unloaded", "model_evicted",
+)
+
+FLEET_EVENT_TYPES: tuple[str, ...] = (
+    # the model catalog (registry)
+    "model_registered", "model_version_created", "model_deleted",
+    # devices
+    "device_registered", "device_online", "device_stale", "device_offline",
+    # training rounds and the updates submitted to them
+    "round_started", "device_selected", "update_accepted", "update_rejected", "round_aggregating",
+    "round_completed", "round_failed",
+    # seed 002's retraining trigger
+    "retraining_requested", "retraining_started", "retraining_not_started",
+)
+
+# What a fleet event is about: its subject_id is a model id (or a model version), a device id or a round id.
+FLEET_SUBJECT_KINDS: tuple[str, ...] = ("model", "device", "round")
