@@ -67,8 +67,9 @@ def main() -> None:
     suffix = uuid.uuid4().hex[:6]
     api_port = free_port()
     env = {**os.environ, "TRIBUTARY_TOPIC_PREFIX": f"steady{suffix}.",
-           "TRIBUTARY_CASSANDRA_KEYSPACE": f"steady_{suffix}", "TRIBUTARY_API_PORT": str(api_port), "TRIBUTARY_GRPC_PORT": str(free_port()),
-           "TRIBUTARY_ADMIN_API_KEY": new_api_key(), "TRIBUTARY_DATA_DIR": str(base.data_dir), "PYTHONUNBUFFERED": "1"}
+           "TRIBUTARY_CASSANDRA_KEYSPACE": f"steady_{suffix}", "TRIBUTARY_API_PORT": str(api_port),
+           "TRIBUTARY_GRPC_PORT": str(free_port()), "TRIBUTARY_ADMIN_API_KEY": new_api_key(),
+           "TRIBUTARY_DATA_DIR": str(base.data_dir), "PYTHONUNBUFFERED": "1"}
     url = f"http://127.0.0.1:{api_port}"
     log = open(base.data_dir / "logs" / f"steady-state-{suffix}.log", "wb")  # noqa: SIM115 - closed below
     run = subprocess.Popen([str(Path(sys.executable).parent / "tributary"), "run"], env=env, stdout=log,
