@@ -12,7 +12,7 @@ from core.task_types import TaskType
 
 PlatformName = Literal["python", "ios", "android", "edge"]
 FrameworkName = Literal["pytorch", "tensorflow", "xgboost", "sklearn"]
-RoundStatusName = Literal["pending", "active", "aggregating", "completed", "failed"]
+RoundStatusName = Literal["pending", "active", "aggregating", "completed", "failed", "cancelled"]
 
 
 class StrictBody(BaseModel):
@@ -119,6 +119,7 @@ class RoundOut(BaseModel):
     completed_at: datetime | None = None
     timeout_at: datetime | None = None
     created_at: datetime
+    failure_reason: str | None = Field(None, description="Why a failed or cancelled round ended (not in seed 000)")
 
     @classmethod
     def of(cls, r: Round) -> RoundOut:
@@ -127,7 +128,7 @@ class RoundOut(BaseModel):
                    completed_devices=r.completed_devices, failed_devices=r.failed_devices,
                    global_model_path=r.global_model_path, aggregated_model_path=r.aggregated_model_path,
                    started_at=r.started_at, completed_at=r.completed_at, timeout_at=r.timeout_at,
-                   created_at=r.created_at)
+                   created_at=r.created_at, failure_reason=r.failure_reason)
 
 
 class ModelUpdateOut(BaseModel):

@@ -227,6 +227,35 @@ def workers(group_id: str, replicas: int) -> None:
 
 
 @main.group()
+def rounds() -> None:
+    """Training rounds, through the REST API (the operator never edits the database)."""
+
+
+@rounds.command("cancel")
+@click.argument("round_id")
+@click.option("--url", default=None, help="API base URL (default: http://TRIBUTARY_API_HOST:TRIBUTARY_API_PORT).")
+@click.option("--api-key", default=None, help="An operator key (default: TRIBUTARY_ADMIN_API_KEY).")
+@click.option("--json", "as_json", is_flag=True, help="Print the round as JSON instead of a table.")
+def rounds_cancel(round_id: str, url: str | None, api_key: str | None, as_json: bool) -> None:
+    """Cancel a pending, active or aggregating round: it frees the active slot and takes no more updates."""
+    from sdk.client import ApiError, TributaryClient
+
+    settings = get_settings()
+    base_url = url or f"http://{settings.api_host}:{settings.api_port}"
+    with TributaryClient(base_url, api_key or settings.admin_api_key.get_secret_value() or None) as client:
+        try:
+            round_ = client.cancel_round(round_id)
+        except ApiError as exc:
+            console.print(f"[red]error:[/red] {exc}")
+            sys.exit(1)
+    if as_json:
+        click.echo(json.dumps(round_, indent=2))
+        return
+    _print_rows("round cancelled", [{k: round_.get(k) for k in (
+        "id", "round_number", "status", "participated_devices", "completed_devices", "failure_reason")}])
+
+
+@main.group()
 def audit() -> None:
     """The audit trail."""
 

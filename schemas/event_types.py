@@ -21,7 +21,7 @@ FLEET_EVENT_TYPES: tuple[str, ...] = (
     "device_registered", "device_online", "device_stale", "device_offline",
     # training rounds and the updates submitted to them
     "round_started", "device_selected", "update_accepted", "update_rejected", "round_aggregating",
-    "round_completed", "round_failed",
+    "round_completed", "round_failed", "round_cancelled", "round_aggregation_retried",
     # seed 002's retraining trigger
     "retraining_requested", "retraining_started", "retraining_not_started",
 )

@@ -33,7 +33,7 @@ _LIFECYCLE_V1_V2_EVENT_TYPES = [
     "device_registered", "device_online", "device_stale", "device_offline",
     # rounds
     "round_started", "device_selected", "update_accepted", "update_rejected", "round_aggregating",
-    "round_completed", "round_failed",
+    "round_completed", "round_failed", "round_cancelled", "round_aggregation_retried",
     # jobs
     "job_queued", "job_started", "job_completed", "job_failed", "job_cancelled",
     # learning graphs

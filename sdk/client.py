@@ -129,6 +129,10 @@ class TributaryClient:
     def round_status(self, round_id: str) -> dict[str, Any]:
         return self._json("GET", f"/api/v1/training/rounds/{round_id}/status")
 
+    def cancel_round(self, round_id: str) -> dict[str, Any]:
+        """Operators: end a pending, active or aggregating round (409 once it has finished)."""
+        return self._json("POST", f"/api/v1/training/rounds/{round_id}/cancel")
+
     def submit_update(self, round_id: str, weights: bytes, num_samples: int, *, local_loss: float | None = None,
                       local_accuracy: float | None = None, training_time_seconds: int | None = None) -> dict[str, Any]:
         form = {"num_samples": str(num_samples)}

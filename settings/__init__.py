@@ -89,6 +89,11 @@ class Settings(BaseSettings):
     active_device_window_s: float = Field(300.0, gt=0, description="active_devices = heartbeat within this")
     freshness_sweep_s: float = Field(5.0, gt=0, description="How often the device processor re-checks freshness")
     straggler_grace_s: float = Field(10.0, ge=0, description="Wait after min_devices completed before aggregating")
+    aggregation_lease_s: float = Field(
+        60.0, gt=0, description="How long an aggregation attempt holds a round unrenewed before another may take over")
+    aggregation_retry_s: float = Field(10.0, ge=0, description="Pause after a failed aggregation attempt")
+    aggregation_max_attempts: int = Field(
+        5, ge=1, description="Failed aggregation attempts after which the round is failed with the last error")
     rate_limit_per_minute: int = Field(100, ge=1, description="Requests per minute per API key")
     max_upload_bytes: int = Field(100 * 1024 * 1024, ge=1024, description="Largest model or update upload")
     max_request_bytes: int = Field(

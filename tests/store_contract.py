@@ -26,6 +26,7 @@ from core.fleet.models import (
     RetrainingDecision,
     Round,
     RoundStatus,
+    Seat,
     SubjectType,
 )
 from core.fleet.store import FleetStore
@@ -57,8 +58,8 @@ def make_update(round_id: str, device_id: str) -> ModelUpdate:
 def finish_active(store: FleetStore) -> None:
     active = store.active_round_id()
     if active:
-        store.transition_round(active, RoundStatus.PENDING, RoundStatus.FAILED)
-        store.transition_round(active, RoundStatus.ACTIVE, RoundStatus.FAILED)
+        for status in (RoundStatus.PENDING, RoundStatus.ACTIVE, RoundStatus.AGGREGATING):
+            store.transition_round(active, status, RoundStatus.FAILED)
 
 
 def test_register_device_once(store: FleetStore) -> None:
@@ -323,3 +324,77 @@ def test_racing_updates_of_one_device_have_one_winner(store: FleetStore) -> None
     for t in threads:
         t.join()
     assert sorted(results) == [False] * 7 + [True]
+
+
+def test_open_selection_fills_the_target_once(store: FleetStore) -> None:
+    finish_active(store)
+    r = make_round(target_devices=2)
+    store.create_active_round(r)
+    assert store.select_device(r.id, "a") is Seat.CLOSED  # pending: not yet open
+    assert store.select_device(str(uuid.uuid4()), "a") is Seat.CLOSED  # unknown round
+    assert store.transition_round(r.id, RoundStatus.PENDING, RoundStatus.ACTIVE, selected_devices=["a"]) is True
+    assert store.select_device(r.id, "a") is Seat.HELD
+    assert store.select_device(r.id, "b") is Seat.TAKEN
+    assert store.select_device(r.id, "b") is Seat.HELD
+    assert store.select_device(r.id, "c") is Seat.FULL
+    stored = store.get_round(r.id)
+    assert stored is not None and stored.selected_devices == ["a", "b"]
+    assert store.transition_round(r.id, RoundStatus.ACTIVE, RoundStatus.CANCELLED) is True
+    assert store.active_round_id() is None  # cancelled is terminal: the slot is free
+    assert store.select_device(r.id, "d") is Seat.CLOSED
+
+
+def test_a_round_opened_without_devices_takes_them_as_they_come(store: FleetStore) -> None:
+    finish_active(store)
+    r = make_round(target_devices=1)
+    store.create_active_round(r)
+    store.transition_round(r.id, RoundStatus.PENDING, RoundStatus.ACTIVE, selected_devices=[], started_at=T0)
+    assert store.select_device(r.id, "late") is Seat.TAKEN
+    assert store.select_device(r.id, "later") is Seat.FULL
+    stored = store.get_round(r.id)
+    assert stored is not None and stored.selected_devices == ["late"]
+    finish_active(store)
+
+
+def test_racing_selections_never_exceed_the_target(store: FleetStore) -> None:
+    finish_active(store)
+    r = make_round(target_devices=3)
+    store.create_active_round(r)
+    store.transition_round(r.id, RoundStatus.PENDING, RoundStatus.ACTIVE, selected_devices=[])
+    results: list[Seat | None] = [None] * 10
+    threads = [threading.Thread(target=lambda i=i: results.__setitem__(i, store.select_device(r.id, f"dev-{i}")))
+               for i in range(10)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(str(s) for s in results) == ["full"] * 7 + ["taken"] * 3
+    stored = store.get_round(r.id)
+    assert stored is not None
+    assert sorted(stored.selected_devices) == sorted(f"dev-{i}" for i, s in enumerate(results) if s is Seat.TAKEN)
+    finish_active(store)
+
+
+def test_one_aggregation_attempt_holds_a_round_at_a_time(store: FleetStore) -> None:
+    finish_active(store)
+    r = make_round()
+    store.create_active_round(r)
+    store.transition_round(r.id, RoundStatus.PENDING, RoundStatus.ACTIVE, selected_devices=["a"])
+    assert store.claim_aggregation(r.id, 0, T0) is False  # not aggregating
+    assert store.transition_round(r.id, RoundStatus.ACTIVE, RoundStatus.AGGREGATING, aggregation_attempts=1,
+                                  aggregation_lease_until=T0) is True
+    assert store.claim_aggregation(r.id, 0, T0) is False  # attempt 1 was taken with the transition
+    assert store.extend_aggregation(r.id, 1, T0 + timedelta(seconds=5)) is True
+    assert store.claim_aggregation(r.id, 1, T0 + timedelta(seconds=30)) is True
+    assert store.claim_aggregation(r.id, 1, T0 + timedelta(seconds=30)) is False  # a racing replica lost
+    assert store.extend_aggregation(r.id, 1, T0 + timedelta(seconds=60)) is False  # attempt 1 lost the round
+    assert store.extend_aggregation(r.id, 2, T0 + timedelta(seconds=40), error="S3 unavailable") is True
+    stored = store.get_round(r.id)
+    assert stored is not None and stored.status is RoundStatus.AGGREGATING
+    assert (stored.aggregation_attempts, stored.aggregation_lease_until, stored.aggregation_error) == (
+        2, T0 + timedelta(seconds=40), "S3 unavailable")
+    assert store.active_round_id() == r.id  # aggregating still holds the slot
+    assert store.transition_round(r.id, RoundStatus.AGGREGATING, RoundStatus.FAILED, failure_reason="gave up") is True
+    assert store.claim_aggregation(r.id, 2, T0) is False
+    assert store.extend_aggregation(r.id, 2, T0) is False
+    assert store.active_round_id() is None

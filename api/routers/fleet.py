@@ -156,6 +156,13 @@ async def round_status(round_id: RoundId, ctx: Ctx, _: Caller) -> RoundOut:
     return RoundOut.of(await ctx.fleet.round_status(round_id))
 
 
+@router.post("/training/rounds/{round_id}/cancel", response_model=RoundOut, tags=["Rounds"], responses=ERRORS)
+async def cancel_round(round_id: RoundId, ctx: Ctx, caller: Caller) -> RoundOut:
+    """Operators: end a pending, active or aggregating round. It becomes `cancelled`, frees the active
+    slot, and refuses updates from then on; 409 `ROUND_ALREADY_FINISHED` once it has finished."""
+    return RoundOut.of(await ctx.fleet.cancel_round(caller, round_id))
+
+
 @router.post("/training/rounds/{round_id}/updates", status_code=201, response_model=ModelUpdateOut,
              tags=["Model Updates"], responses=ERRORS)
 async def submit_update(

@@ -28,6 +28,7 @@ from core.fleet.models import (
     RetrainingDecision,
     Round,
     RoundStatus,
+    Seat,
     SubjectType,
 )
 from core.fleet.store import FleetStore, decode_cursor, encode_cursor
@@ -38,7 +39,7 @@ ROUND_FIELDS = (
     "round_id", "round_number", "status", "target_devices", "min_devices", "timeout_seconds", "created_at",
     "global_model_id", "global_model_path", "selected_devices", "participated_devices", "completed_devices",
     "failed_devices", "started_at", "timeout_at", "completed_at", "aggregated_model_id", "aggregated_model_path",
-    "failure_reason",
+    "failure_reason", "aggregation_attempts", "aggregation_lease_until", "aggregation_error",
 )
 MODEL_FIELDS = (
     "model_id", "is_baseline", "created_at", "updated_at", "round_id", "framework", "framework_version",
@@ -200,11 +201,12 @@ class CassandraFleetStore(CassandraRepository, FleetStore):
         return None
 
     def _write_round(self, r: Round) -> None:
-        self._run(_insert("rounds", ROUND_FIELDS),
+        self._run(_insert("rounds", (*ROUND_FIELDS, "selected_count")),
                   r.id, r.round_number, r.status.value, r.target_devices, r.min_devices, r.timeout_seconds,
                   r.created_at, r.global_model_id, r.global_model_path, list(r.selected_devices),
                   r.participated_devices, r.completed_devices, r.failed_devices, r.started_at, r.timeout_at,
-                  r.completed_at, r.aggregated_model_id, r.aggregated_model_path, r.failure_reason)
+                  r.completed_at, r.aggregated_model_id, r.aggregated_model_path, r.failure_reason,
+                  r.aggregation_attempts, r.aggregation_lease_until, r.aggregation_error, len(r.selected_devices))
 
     def _round(self, row: Any) -> Round:
         return Round(
@@ -216,7 +218,8 @@ class CassandraFleetStore(CassandraRepository, FleetStore):
             failed_devices=row.failed_devices or 0, started_at=as_utc(row.started_at),
             timeout_at=as_utc(row.timeout_at), completed_at=as_utc(row.completed_at),
             aggregated_model_id=row.aggregated_model_id, aggregated_model_path=row.aggregated_model_path,
-            failure_reason=row.failure_reason,
+            failure_reason=row.failure_reason, aggregation_attempts=row.aggregation_attempts or 0,
+            aggregation_lease_until=as_utc(row.aggregation_lease_until), aggregation_error=row.aggregation_error,
         )
 
     def get_round(self, round_id: str) -> Round | None:
@@ -235,6 +238,8 @@ class CassandraFleetStore(CassandraRepository, FleetStore):
         unknown = set(fields) - set(ROUND_FIELDS)
         if unknown:
             raise ValueError(f"unknown round fields {sorted(unknown)}")
+        if "selected_devices" in fields:  # the count that select_device compares and sets
+            fields = {**fields, "selected_count": len(fields["selected_devices"])}
         assignments = ", ".join(["status = ?", *(f"{name} = ?" for name in fields)])
         values = [new.value, *(list(v) if isinstance(v, list) else v for v in fields.values())]
         applied = self.session.execute(
@@ -244,6 +249,44 @@ class CassandraFleetStore(CassandraRepository, FleetStore):
         if applied and new.terminal:
             self._run("DELETE FROM active_round WHERE slot = 'active' IF round_id = ?", round_id)
         return bool(applied)
+
+    def select_device(self, round_id: str, device_id: str) -> Seat:
+        # The LWT compares the count it read: of replicas racing for the last seat one wins, the
+        # others read again and find the round full.
+        for _ in range(CAS_RETRIES):
+            row = self._run("SELECT status, target_devices, selected_devices, selected_count FROM rounds "
+                            "WHERE round_id = ?", round_id).one()
+            if row is None or row.status != RoundStatus.ACTIVE.value:
+                return Seat.CLOSED
+            selected = list(row.selected_devices or [])
+            if device_id in selected:
+                return Seat.HELD
+            if len(selected) >= row.target_devices:
+                return Seat.FULL
+            if self._run("UPDATE rounds SET selected_devices = selected_devices + ?, selected_count = ? "
+                         "WHERE round_id = ? IF status = 'active' AND selected_count = ?",
+                         [device_id], len(selected) + 1, round_id, row.selected_count).one().applied:
+                return Seat.TAKEN
+        raise RuntimeError(f"selection CAS of round {round_id} kept losing")
+
+    def claim_aggregation(self, round_id: str, attempts_seen: int, lease_until: datetime) -> bool:
+        # A round that went aggregating before migration 0007 has no count yet: null stands for 0.
+        for seen in ([attempts_seen] if attempts_seen else [0, None]):
+            if self._run("UPDATE rounds SET aggregation_attempts = ?, aggregation_lease_until = ? WHERE round_id = ? "
+                         "IF status = 'aggregating' AND aggregation_attempts = ?",
+                         attempts_seen + 1, lease_until, round_id, seen).one().applied:
+                return True
+        return False
+
+    def extend_aggregation(self, round_id: str, attempt: int, lease_until: datetime,
+                           error: str | None = None) -> bool:
+        if error is None:
+            return bool(self._run("UPDATE rounds SET aggregation_lease_until = ? WHERE round_id = ? "
+                                  "IF status = 'aggregating' AND aggregation_attempts = ?",
+                                  lease_until, round_id, attempt).one().applied)
+        return bool(self._run("UPDATE rounds SET aggregation_lease_until = ?, aggregation_error = ? WHERE round_id = ? "
+                              "IF status = 'aggregating' AND aggregation_attempts = ?",
+                              lease_until, error, round_id, attempt).one().applied)
 
     def update_round_counters(self, round_id: str, *, participated: int, completed: int, failed: int) -> None:
         self._run("UPDATE rounds SET participated_devices = ?, completed_devices = ?, failed_devices = ? "

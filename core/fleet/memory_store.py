@@ -22,6 +22,7 @@ from core.fleet.models import (
     RetrainingDecision,
     Round,
     RoundStatus,
+    Seat,
 )
 from core.fleet.store import FleetStore, decode_cursor, encode_cursor
 
@@ -157,9 +158,42 @@ class InMemoryFleetStore(FleetStore):
                 return False
             round_.status = new
             for name, value in fields.items():
-                setattr(round_, name, value)
+                setattr(round_, name, copy.deepcopy(value))  # never share a caller's list
             if new.terminal and self.active == round_id:
                 self.active = None
+            return True
+
+    def select_device(self, round_id: str, device_id: str) -> Seat:
+        with self._lock:
+            round_ = self.rounds.get(round_id)
+            if round_ is None or round_.status is not RoundStatus.ACTIVE:
+                return Seat.CLOSED
+            if device_id in round_.selected_devices:
+                return Seat.HELD
+            if len(round_.selected_devices) >= round_.target_devices:
+                return Seat.FULL
+            round_.selected_devices.append(device_id)
+            return Seat.TAKEN
+
+    def claim_aggregation(self, round_id: str, attempts_seen: int, lease_until: datetime) -> bool:
+        with self._lock:
+            round_ = self.rounds.get(round_id)
+            if (round_ is None or round_.status is not RoundStatus.AGGREGATING
+                    or round_.aggregation_attempts != attempts_seen):
+                return False
+            round_.aggregation_attempts, round_.aggregation_lease_until = attempts_seen + 1, lease_until
+            return True
+
+    def extend_aggregation(self, round_id: str, attempt: int, lease_until: datetime,
+                           error: str | None = None) -> bool:
+        with self._lock:
+            round_ = self.rounds.get(round_id)
+            if (round_ is None or round_.status is not RoundStatus.AGGREGATING
+                    or round_.aggregation_attempts != attempt):
+                return False
+            round_.aggregation_lease_until = lease_until
+            if error is not None:
+                round_.aggregation_error = error
             return True
 
     def update_round_counters(self, round_id: str, *, participated: int, completed: int, failed: int) -> None:

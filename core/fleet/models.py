@@ -37,10 +37,20 @@ class RoundStatus(StrEnum):
     AGGREGATING = "aggregating"
     COMPLETED = "completed"
     FAILED = "failed"
+    CANCELLED = "cancelled"  # by an operator
 
     @property
     def terminal(self) -> bool:
-        return self in (RoundStatus.COMPLETED, RoundStatus.FAILED)
+        return self in (RoundStatus.COMPLETED, RoundStatus.FAILED, RoundStatus.CANCELLED)
+
+
+class Seat(StrEnum):
+    """What asking for a seat in a round answered (``FleetStore.select_device``)."""
+
+    TAKEN = "taken"  # this call selected the device
+    HELD = "held"  # the device was already selected
+    FULL = "full"  # the round has its target_devices
+    CLOSED = "closed"  # the round is not active
 
 
 class SubjectType(StrEnum):
@@ -112,6 +122,11 @@ class Round:
     aggregated_model_id: str | None = None
     aggregated_model_path: str | None = None
     failure_reason: str | None = None
+    # Aggregation bookkeeping, so a crash or an outage never leaves a round aggregating for good:
+    # the attempt that holds the round, until when (a lease), and why the last attempt failed.
+    aggregation_attempts: int = 0
+    aggregation_lease_until: datetime | None = None
+    aggregation_error: str | None = None
 
 
 @dataclass(frozen=True)

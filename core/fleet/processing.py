@@ -18,11 +18,11 @@ from typing import Any, ParamSpec, TypeVar
 from core.artifacts import ArtifactNotFound, ArtifactStore
 from core.errors import DomainError
 from core.events import EventSink, fleet_record
-from core.fleet.models import CatalogModel, Freshness, Round, RoundStatus
+from core.fleet.models import CatalogModel, Freshness, ModelUpdate, ModelVersion, Round, RoundStatus
 from core.fleet.service import FleetService, freshness_of, iso
 from core.fleet.store import FleetStore
 from core.fleet.weights import FedAvgAccumulator, StateDict, dump_state_dict, load_state_dict
-from schemas.clock import utcnow
+from schemas.clock import as_utc, utcnow
 from settings import Settings
 from topology.messages import MessageType
 
@@ -91,8 +91,24 @@ class DeviceProcessor:
         return True
 
 
+ACTOR = "processor:rounds"
+# Namespace of the catalog ids of round aggregates (uuid5 of the round id).
+ROUND_MODELS = uuid.UUID("6f1c7a52-3f0e-4b7e-9d55-2a8f6c1e4b10")
+
+
+def aggregate_model_id(round_id: str) -> str:
+    """The catalog id of a round's aggregate, derived from the round: a redone aggregation finds
+    the model an earlier attempt made instead of making a second one."""
+    return str(uuid.uuid5(ROUND_MODELS, round_id))
+
+
+class AggregationLost(Exception):
+    """The round left this attempt: its lease ran out and another attempt began, or it was cancelled."""
+
+
 class RoundProcessor:
-    """Counts updates, folds them into a streaming FedAvg and closes rounds on time."""
+    """Counts updates, folds them into a streaming FedAvg, closes rounds on time and finishes their
+    aggregation: also one that a crash or an outage interrupted (``tick`` resumes it)."""
 
     def __init__(self, settings: Settings, store: FleetStore, artifacts: ArtifactStore, events: EventSink,
                  fleet: FleetService, clock: Callable[[], datetime] = utcnow) -> None:
@@ -103,7 +119,7 @@ class RoundProcessor:
         self.fleet = fleet
         self.clock = clock
         self._accumulators: dict[str, FedAvgAccumulator] = {}
-        self._failed: dict[str, set[str]] = {}
+        self._failed: dict[str, set[str]] = {}  # updates this process rejected, by round
         self._lock = asyncio.Lock()
 
     @staticmethod
@@ -116,9 +132,14 @@ class RoundProcessor:
         if fresh or round_id not in self._accumulators:
             try:
                 data = await _io(self.artifacts.get, self.checkpoint_key(round_id))
-                self._accumulators[round_id] = FedAvgAccumulator.from_bytes(data)
             except ArtifactNotFound:
                 self._accumulators[round_id] = FedAvgAccumulator()
+            else:
+                try:
+                    self._accumulators[round_id] = FedAvgAccumulator.from_bytes(data)
+                except Exception:  # only a cache of stored updates: start over from them
+                    log.warning("unreadable FedAvg checkpoint of round %s; folding its updates again", round_id)
+                    self._accumulators[round_id] = FedAvgAccumulator()
         return self._accumulators[round_id]
 
     async def on_update(self, record: dict[str, Any]) -> None:
@@ -145,9 +166,9 @@ class RoundProcessor:
         else:
             try:
                 acc.add(update_id, load_state_dict(data), int(record["num_samples"]))
-            except DomainError as exc:
+            except (DomainError, ValueError) as exc:
                 failed.add(update_id)
-                await self._lifecycle("update_rejected", round_id, update_id=update_id, reason=exc.message)
+                await self._lifecycle("update_rejected", round_id, update_id=update_id, reason=str(exc))
             else:
                 # The checkpoint is written before counters and offsets: a crash after this
                 # point redelivers the update, which the included set then skips.
@@ -156,58 +177,158 @@ class RoundProcessor:
                   participated=len(acc.included) + len(failed), completed=len(acc.included), failed=len(failed))
 
     async def tick(self) -> None:
-        """Close the active round when its policy says so (called on each update and by a timer)."""
+        """Move the active round along (on each update and by a timer): close it when its policy says
+        so, and finish its aggregation, including one a crash or an outage left unfinished."""
         round_id = await _io(self.store.active_round_id)
         if round_id is None:
             return
         async with self._lock:
             round_ = await _io(self.store.get_round, round_id)
-            if round_ is None or round_.status is not RoundStatus.ACTIVE:
+            if round_ is None:
                 return
-            acc = await self._accumulator(round_id, fresh=True)
-            now = self.clock()
-            completed = len(acc.included)
-            timed_out = round_.timeout_at is not None and now >= _parse_ts(round_.timeout_at, now)
-            if completed >= round_.min_devices and (
-                completed >= len(round_.selected_devices) or timed_out
-                or await self._grace_passed(round_, now)
-            ):
-                await self._aggregate(round_, acc)
-            elif timed_out:
-                await self._fail(round_, f"timeout with {completed} of {round_.min_devices} required updates")
+            if round_.status is RoundStatus.ACTIVE:
+                await self._close_if_due(round_)
+            elif round_.status is RoundStatus.AGGREGATING:
+                await self._resume(round_)
+            elif round_.status is RoundStatus.PENDING:
+                await self.fleet.close_if_expired(round_, ACTOR)
 
-    async def _grace_passed(self, round_: Round, now: datetime) -> bool:
-        """The grace window starts when the min_devices-th update was accepted (derived, not stored)."""
-        acc = await self._accumulator(round_.id)
-        updates = sorted((u for u in await _io(self.store.list_updates, round_.id) if u.id in acc.included),
-                         key=lambda u: u.created_at)
+    async def _close_if_due(self, round_: Round) -> None:
+        """Straggler policy over the stored updates (those of a processor that was down count too):
+        aggregate when the target is reached, or min_devices and the grace window, or min_devices at
+        the timeout; fail at the timeout with fewer than min_devices."""
+        now = self.clock()
+        rejected = self._failed.get(round_.id, set())
+        updates = [u for u in await _io(self.store.list_updates, round_.id) if u.id not in rejected]
+        timed_out = round_.timeout_at is not None and now >= _parse_ts(round_.timeout_at, now)
+        if len(updates) >= round_.min_devices and (
+            len(updates) >= round_.target_devices or timed_out or self._grace_passed(round_, updates, now)
+        ):
+            if await _io(self.store.transition_round, round_.id, RoundStatus.ACTIVE, RoundStatus.AGGREGATING,
+                         aggregation_attempts=1, aggregation_lease_until=self._lease_end(),
+                         aggregation_error=None):
+                round_.status, round_.aggregation_attempts = RoundStatus.AGGREGATING, 1
+                await self.fleet.round_event(round_, "round_aggregating", ACTOR)
+                await self._attempt(round_, 1)
+        elif timed_out:
+            await self._fail(round_, f"timeout with {len(updates)} of {round_.min_devices} required updates")
+
+    def _grace_passed(self, round_: Round, updates: list[ModelUpdate], now: datetime) -> bool:
+        """The grace window starts when the min_devices-th update was stored (derived, not stored)."""
         if len(updates) < round_.min_devices:
             return False
-        reached_at = _parse_ts(updates[round_.min_devices - 1].created_at, now)
+        ordered = sorted(updates, key=lambda u: u.created_at)
+        reached_at = _parse_ts(ordered[round_.min_devices - 1].created_at, now)
         return now >= reached_at + timedelta(seconds=self.settings.straggler_grace_s)
 
-    async def _aggregate(self, round_: Round, acc: FedAvgAccumulator) -> None:
-        if not await _io(self.store.transition_round, round_.id, RoundStatus.ACTIVE, RoundStatus.AGGREGATING):
+    def _lease_end(self) -> datetime:
+        return self.clock() + timedelta(seconds=self.settings.aggregation_lease_s)
+
+    async def _resume(self, round_: Round) -> None:
+        """An aggregating round whose lease ran out: its attempt crashed, failed (S3, the broker or
+        Cassandra unavailable) or was never started (the round timed out while no processor ran).
+        Start the next attempt, or fail the round once the attempts are used up."""
+        lease = as_utc(round_.aggregation_lease_until)
+        if lease is not None and self.clock() < lease:
+            return  # an attempt holds the round, or waits out the pause after a failure
+        if round_.aggregation_attempts >= self.settings.aggregation_max_attempts:
+            await self._fail(round_, f"aggregation failed {round_.aggregation_attempts} times; last error: "
+                                     f"{round_.aggregation_error or 'the processor stopped during aggregation'}")
             return
-        await self._round_event(round_, "round_aggregating", RoundStatus.AGGREGATING)
-        like = await self._reference_state(round_.id, acc)
-        averaged: StateDict = acc.average(like)
+        if not await _io(self.store.claim_aggregation, round_.id, round_.aggregation_attempts, self._lease_end()):
+            return  # another processor claimed it first
+        attempt = round_.aggregation_attempts = round_.aggregation_attempts + 1
+        if attempt > 1:
+            await self._lifecycle("round_aggregation_retried", round_.id, attempt=attempt,
+                                  previous_error=round_.aggregation_error)
+        await self._attempt(round_, attempt)
+
+    async def _attempt(self, round_: Round, attempt: int) -> None:
+        try:
+            await self._aggregate(round_, attempt)
+        except AggregationLost as exc:
+            log.info("aggregation attempt %d of round %s stopped: %s", attempt, round_.id, exc)
+        except Exception as exc:  # whatever it was, the round must not stay aggregating for good
+            error = f"{type(exc).__name__}: {exc}"[:500]
+            log.warning("aggregation attempt %d of round %s failed: %s", attempt, round_.id, error)
+            retry_at = self.clock() + timedelta(seconds=self.settings.aggregation_retry_s)
+            try:
+                await _io(self.store.extend_aggregation, round_.id, attempt, retry_at, error)
+            except Exception:  # Cassandra down too: the lease runs out by itself
+                log.warning("could not record the failure of round %s's aggregation", round_.id)
+        finally:
+            self._accumulators.pop(round_.id, None)
+
+    async def _renew(self, round_: Round, attempt: int) -> None:
+        if not await _io(self.store.extend_aggregation, round_.id, attempt, self._lease_end()):
+            raise AggregationLost(f"attempt {attempt} no longer holds the round")
+
+    async def _aggregate(self, round_: Round, attempt: int) -> None:
+        """FedAvg of the round's stored updates, idempotently: the checkpoint holds those already
+        folded, the rest are read from S3; the aggregate's catalog id is derived from the round."""
+        acc = await self._accumulator(round_.id, fresh=True)
+        rejected: dict[str, str] = {}
+        renew_at = self.clock() + timedelta(seconds=self.settings.aggregation_lease_s / 2)
+        updates = await _io(self.store.list_updates, round_.id)
+        for update in updates:
+            if update.id in acc.included:
+                continue
+            if self.clock() >= renew_at:  # a long fold keeps the round, so no one takes it over meanwhile
+                await self._renew(round_, attempt)
+                renew_at = self.clock() + timedelta(seconds=self.settings.aggregation_lease_s / 2)
+            try:
+                data = await _io(self.artifacts.get, update.artifact_key)
+            except ArtifactNotFound:
+                rejected[update.id] = "update file missing"
+                continue
+            if update.sha256 and hashlib.sha256(data).hexdigest() != update.sha256:
+                rejected[update.id] = "sha256 mismatch"
+                continue
+            try:
+                acc.add(update.id, load_state_dict(data), update.num_samples)
+            except (DomainError, ValueError) as exc:
+                rejected[update.id] = str(exc)
+        for update_id, reason in rejected.items():
+            await self._lifecycle("update_rejected", round_.id, update_id=update_id, reason=reason)
+        included = len(acc.included)
+        await _io(self.store.update_round_counters, round_.id, participated=included + len(rejected),
+                  completed=included, failed=len(rejected))
+        if included < round_.min_devices:
+            await self._fail(round_, f"only {included} of {len(updates)} stored updates are readable; "
+                                     f"{round_.min_devices} required")
+            return
+        await self._renew(round_, attempt)
+        averaged: StateDict = acc.average(await self._reference_state(round_.id, acc))
+        version = await self._store_aggregate(round_, acc, averaged)
+        if await _io(self.store.transition_round, round_.id, RoundStatus.AGGREGATING, RoundStatus.COMPLETED,
+                     completed_at=self.clock(), aggregated_model_id=version.model_id,
+                     aggregated_model_path=version.model_path, aggregation_lease_until=None):
+            round_.status = RoundStatus.COMPLETED
+            round_.aggregated_model_id, round_.aggregated_model_path = version.model_id, version.model_path
+            await self.fleet.round_event(round_, "round_completed", ACTOR)
+        self._failed.pop(round_.id, None)
+
+    async def _store_aggregate(self, round_: Round, acc: FedAvgAccumulator, averaged: StateDict) -> ModelVersion:
+        """The round's model and its one version, made once however often aggregation is redone."""
         now = self.clock()
         model = CatalogModel(
-            id=str(uuid.uuid4()), is_baseline=False, created_at=now, updated_at=now, round_id=round_.id,
+            id=aggregate_model_id(round_.id), is_baseline=False, created_at=now, updated_at=now, round_id=round_.id,
             framework="pytorch", framework_version=_torch_version(),
             description=f"FedAvg of round {round_.round_number} ({len(acc.included)} updates, "
                         f"{acc.total_samples} samples)",
         )
-        await _io(self.store.create_model, model)
-        version = await self.fleet.add_version("processor:rounds", model, dump_state_dict(averaged), "pytorch",
-                                               model.description, round_id=round_.id)
-        await _io(self.store.transition_round, round_.id, RoundStatus.AGGREGATING, RoundStatus.COMPLETED,
-                  completed_at=self.clock(), aggregated_model_id=model.id,
-                  aggregated_model_path=version.model_path)
-        round_.aggregated_model_id, round_.aggregated_model_path = model.id, version.model_path
-        await self._round_event(round_, "round_completed", RoundStatus.COMPLETED)
-        self._accumulators.pop(round_.id, None)
+        await _io(self.store.create_model, model)  # False: an earlier attempt made it; keep that one
+        stored = await _io(self.store.get_model, model.id) or model
+        for version in await _io(self.store.list_versions, model.id):
+            if version.round_id == round_.id:  # an earlier attempt stored it, maybe not its catalog entry
+                if stored.latest_version is None:
+                    stored.latest_version, stored.model_path = version.version, version.model_path
+                    stored.model_size_bytes, stored.model_hash = version.model_size_bytes, f"sha256:{version.sha256}"
+                    stored.updated_at = now
+                    await _io(self.store.update_model, stored)
+                return version
+        return await self.fleet.add_version(ACTOR, stored, dump_state_dict(averaged), "pytorch",
+                                            stored.description, round_id=round_.id)
 
     async def _reference_state(self, round_id: str, acc: FedAvgAccumulator) -> StateDict | None:
         """One included update, to cast the average back to the parameters' own dtypes."""
@@ -217,21 +338,12 @@ class RoundProcessor:
         return None
 
     async def _fail(self, round_: Round, reason: str) -> None:
-        if await _io(self.store.transition_round, round_.id, RoundStatus.ACTIVE, RoundStatus.FAILED,
-                     completed_at=self.clock(), failure_reason=reason):
-            round_.failure_reason = reason
-            await self._round_event(round_, "round_failed", RoundStatus.FAILED)
-            self._accumulators.pop(round_.id, None)
-
-    async def _round_event(self, round_: Round, event_type: str, status: RoundStatus) -> None:
-        record = {"event_type": event_type, "round_id": round_.id, "round_number": round_.round_number,
-                  "status": status.value, "aggregated_model_id": round_.aggregated_model_id,
-                  "failure_reason": round_.failure_reason}
-        await self.events.publish(MessageType.ROUND_EVENT, record)
-        await self._lifecycle(event_type, round_.id, round_number=round_.round_number,
-                              aggregated_model_id=round_.aggregated_model_id, reason=round_.failure_reason)
-        await self.events.audit(actor="processor:rounds", action=f"round.{status.value}",
-                                subject=f"round/{round_.id}", outcome=status.value, after=record)
+        if await _io(self.store.transition_round, round_.id, round_.status, RoundStatus.FAILED,
+                     completed_at=self.clock(), failure_reason=reason, aggregation_lease_until=None):
+            round_.status, round_.failure_reason = RoundStatus.FAILED, reason
+            await self.fleet.round_event(round_, "round_failed", ACTOR)
+        self._accumulators.pop(round_.id, None)
+        self._failed.pop(round_.id, None)
 
     async def _lifecycle(self, event_type: str, round_id: str, **data: Any) -> None:
         await self.events.publish(MessageType.FLEET_EVENT, fleet_record(event_type, "round", round_id, **data))

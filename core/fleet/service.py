@@ -32,6 +32,7 @@ from core.fleet.models import (
     Platform,
     Round,
     RoundStatus,
+    Seat,
     SubjectType,
     registry_status,
 )
@@ -57,6 +58,7 @@ def iso(ts: datetime | None) -> str | None:
     return ts.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
+TIMEOUT_ACTOR = "ingress:round-timeout"  # who the audit trail names for a timeout the ingress found
 OFFLINE_AFTER_INTERVALS = 5  # DESIGN: online within 2x the heartbeat interval, stale within 5x, offline beyond
 
 
@@ -198,22 +200,87 @@ class FleetService:
         await self._publish(MessageType.DEVICE_HEARTBEAT, record)
         await self._audit(principal, "device.heartbeat", f"device/{device_id}",
                           after={"status": record["status"], "sent_at": iso(now)})
-        pending_round_id, message = await self._pending_round_for(device_id)
+        pending_round_id, message = await self._pending_round_for(principal, device_id, status or "active")
         return {"status": status or "active", "last_heartbeat": now, "pending_round_id": pending_round_id,
                 "message": message}
 
-    async def _pending_round_for(self, device_id: str) -> tuple[str | None, str | None]:
-        round_id = await self._io(self.store.active_round_id)
-        if round_id is None:
+    async def _pending_round_for(self, principal: Principal, device_id: str,
+                                 reported: str) -> tuple[str | None, str | None]:
+        """The round awaiting this device, if any. Selection is open: while the active round is below
+        its target, a device that heartbeats and reports ``active`` takes a seat (it is online: it just
+        beat), and learns it from this answer, as Flower's clients do when they connect."""
+        round_ = await self._open_round()
+        if round_ is None:
             return None, None
-        round_ = await self._io(self.store.get_round, round_id)
-        if round_ is None or round_.status is not RoundStatus.ACTIVE or device_id not in round_.selected_devices:
-            return None, None
-        submitted = {u.device_id for u in await self._io(self.store.list_updates, round_id)}
+        if device_id not in round_.selected_devices:
+            if reported != DeviceStatus.ACTIVE.value or len(round_.selected_devices) >= round_.target_devices:
+                return None, None
+            seat = await self._io(self.store.select_device, round_.id, device_id)
+            if seat is Seat.TAKEN:
+                await self._lifecycle("device_selected", "device", device_id, round_id=round_.id)
+                await self._audit(principal, "round.device.select", f"round/{round_.id}/device/{device_id}",
+                                  after={"round_id": round_.id})
+            elif seat is not Seat.HELD:
+                return None, None
+        submitted = {u.device_id for u in await self._io(self.store.list_updates, round_.id)}
         device = await self._io(self.store.get_device, device_id)
         if device is not None and device.id in submitted:
             return None, None
         return round_.id, f"Training round {round_.round_number} is awaiting your participation."
+
+    async def _open_round(self) -> Round | None:
+        """The active round while it takes devices and updates (before its timeout); None otherwise."""
+        round_id = await self._io(self.store.active_round_id)
+        if round_id is None:
+            return None
+        round_ = await self._io(self.store.get_round, round_id)
+        if round_ is None or round_.status is not RoundStatus.ACTIVE or await self.close_if_expired(round_):
+            return None
+        return round_
+
+    async def close_if_expired(self, round_: Round, actor: str = TIMEOUT_ACTOR) -> bool:
+        """Settle a round whose time is up, wherever it is found (a start, a heartbeat, an update, the
+        round processor's tick), so no outage of one process keeps it open: an active round past its
+        ``timeout_at`` goes ``aggregating`` when ``min_devices`` updates are stored (a round processor
+        aggregates it, see ``RoundProcessor.tick``), else ``failed``; a round left ``pending`` longer than
+        its timeout (its starter died between the two writes of a start) is failed. Compare-and-set, so
+        of the many that may find it, one settles it. True when the round was due (settled by anyone)."""
+        now = self.clock()
+        if round_.status is RoundStatus.PENDING:
+            if now < round_.created_at + timedelta(seconds=round_.timeout_seconds):
+                return False
+            await self._settle(round_, RoundStatus.FAILED, actor, "the round's start did not complete")
+            return True
+        deadline = as_utc(round_.timeout_at)
+        if round_.status is not RoundStatus.ACTIVE or deadline is None or now < deadline:
+            return False
+        stored = len(await self._io(self.store.list_updates, round_.id))
+        if stored >= round_.min_devices:
+            await self._settle(round_, RoundStatus.AGGREGATING, actor)
+        else:
+            await self._settle(round_, RoundStatus.FAILED, actor,
+                               f"timeout with {stored} of {round_.min_devices} required updates")
+        return True
+
+    async def _settle(self, round_: Round, new: RoundStatus, actor: str, reason: str | None = None) -> None:
+        fields: dict[str, Any] = ({"aggregation_attempts": 0, "aggregation_lease_until": None}
+                                  if new is RoundStatus.AGGREGATING
+                                  else {"completed_at": self.clock(), "failure_reason": reason})
+        if await self._io(self.store.transition_round, round_.id, round_.status, new, **fields):
+            round_.status, round_.failure_reason = new, reason
+            await self.round_event(round_, f"round_{new.value}", actor)
+
+    async def round_event(self, round_: Round, event_type: str, actor: Principal | str,
+                          before: dict[str, Any] | None = None) -> None:
+        """A round changed state: the round event, its lifecycle event and the audit record."""
+        record = {"event_type": event_type, "round_id": round_.id, "round_number": round_.round_number,
+                  "status": round_.status.value, "aggregated_model_id": round_.aggregated_model_id,
+                  "failure_reason": round_.failure_reason}
+        await self._publish(MessageType.ROUND_EVENT, record)
+        await self._lifecycle(event_type, "round", round_.id, round_number=round_.round_number,
+                              aggregated_model_id=round_.aggregated_model_id, reason=round_.failure_reason)
+        await self._audit(actor, f"round.{round_.status.value}", f"round/{round_.id}", outcome=round_.status.value,
+                          before=before, after=record)
 
     # --- status -------------------------------------------------------------------------
     async def status(self) -> dict[str, Any]:
@@ -257,10 +324,14 @@ class FleetService:
             global_model_id=global_model_id, global_model_path=global_model_path,
         )
         holder = await self._io(self.store.create_active_round, round_)
+        if holder is not None and await self.close_if_expired(holder):
+            # The holder's time was up (say no round processor ran to close it): it is settled now,
+            # and if that freed the slot this start takes it.
+            holder = await self._io(self.store.create_active_round, round_)
         if holder is not None:
             raise conflict("ROUND_ALREADY_ACTIVE",
                            f"Round {holder.round_number} is currently {holder.status.value}. "
-                           "Wait for it to complete.", round_id=holder.id)
+                           "Wait for it to complete or cancel it.", round_id=holder.id)
         selected = await self._select_devices(target_devices, now)
         timeout_at = now + timedelta(seconds=timeout_seconds)
         await self._io(self.store.transition_round, round_.id, RoundStatus.PENDING, RoundStatus.ACTIVE,
@@ -362,6 +433,25 @@ class FleetService:
             raise not_found("ROUND_NOT_FOUND", f"Round '{round_id}' not found.")
         return round_
 
+    async def cancel_round(self, principal: Principal, round_id: str) -> Round:
+        """Operators end a round that has not finished (pending, active or aggregating): it becomes
+        ``cancelled`` and frees the active slot; updates for it are refused from then on."""
+        principal.require_operator()
+        round_ = await self.round_status(round_id)
+        reason = f"cancelled by operator {principal.key_id}"
+        # CAS from the status read; a round that moved meanwhile (active -> aggregating) is read again.
+        while not round_.status.terminal:
+            if await self._io(self.store.transition_round, round_.id, round_.status, RoundStatus.CANCELLED,
+                              completed_at=self.clock(), failure_reason=reason):
+                before = {"status": round_.status.value}
+                round_ = await self.round_status(round_id)
+                await self.round_event(round_, "round_cancelled", principal, before=before)
+                return round_
+            round_ = await self.round_status(round_id)
+        raise conflict("ROUND_ALREADY_FINISHED",
+                       f"Round {round_.round_number} is already {round_.status.value}; only pending, active or "
+                       "aggregating rounds can be cancelled.", round_id=round_.id, status=round_.status.value)
+
     async def submit_update(
         self, principal: Principal, round_id: str, data: bytes, num_samples: int, local_loss: float | None,
         local_accuracy: float | None, training_time_seconds: int | None,
@@ -370,6 +460,7 @@ class FleetService:
             raise DomainError(ErrorKind.FORBIDDEN, "FORBIDDEN", "Model updates are submitted with a device key.")
         device_id = principal.subject_id
         round_ = await self.round_status(round_id)
+        await self.close_if_expired(round_)  # an update after the timeout is refused, whoever closes the round
         if round_.status is not RoundStatus.ACTIVE:
             raise conflict("ROUND_NOT_ACTIVE",
                            f"Round {round_.round_number} is no longer accepting updates "

@@ -27,6 +27,7 @@ from core.fleet.models import (
     RetrainingDecision,
     Round,
     RoundStatus,
+    Seat,
 )
 
 
@@ -95,6 +96,23 @@ class FleetStore(ABC):
     @abstractmethod
     def transition_round(self, round_id: str, expected: RoundStatus, new: RoundStatus, **fields: Any) -> bool:
         """CAS on status; frees the active slot when the new status is terminal."""
+
+    @abstractmethod
+    def select_device(self, round_id: str, device_id: str) -> Seat:
+        """Add the device to an active round's selection while fewer than ``target_devices`` are
+        selected (compare-and-set: replicas racing for the last seat never exceed the target).
+        TAKEN only for the call that added it, so its ``device_selected`` event is emitted once."""
+
+    @abstractmethod
+    def claim_aggregation(self, round_id: str, attempts_seen: int, lease_until: datetime) -> bool:
+        """Start aggregation attempt ``attempts_seen + 1`` of an aggregating round, holding it until
+        ``lease_until``: CAS on the attempt count, so one processor works on a round at a time."""
+
+    @abstractmethod
+    def extend_aggregation(self, round_id: str, attempt: int, lease_until: datetime,
+                           error: str | None = None) -> bool:
+        """Move the lease of attempt ``attempt`` (renew it, or set when the next attempt may start after
+        a failure, recording ``error``); False when the round left aggregating or another attempt began."""
 
     @abstractmethod
     def update_round_counters(self, round_id: str, *, participated: int, completed: int, failed: int) -> None: ...

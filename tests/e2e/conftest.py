@@ -59,6 +59,9 @@ def settings_env(settings: Settings, **extra: str) -> dict[str, str]:
         "TRIBUTARY_ADMIN_API_KEY": settings.admin_api_key.get_secret_value(),
         "TRIBUTARY_HEARTBEAT_INTERVAL_S": str(settings.heartbeat_interval_s),
         "TRIBUTARY_STRAGGLER_GRACE_S": str(settings.straggler_grace_s),
+        "TRIBUTARY_AGGREGATION_LEASE_S": str(settings.aggregation_lease_s),
+        "TRIBUTARY_AGGREGATION_RETRY_S": str(settings.aggregation_retry_s),
+        "TRIBUTARY_AGGREGATION_MAX_ATTEMPTS": str(settings.aggregation_max_attempts),
         "TRIBUTARY_FRESHNESS_SWEEP_S": str(settings.freshness_sweep_s),
         "TRIBUTARY_RATE_LIMIT_PER_MINUTE": str(settings.rate_limit_per_minute),
         "TRIBUTARY_MAX_UPLOAD_BYTES": str(settings.max_upload_bytes),
@@ -86,6 +89,9 @@ def system(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iter
         "api_port": free_port(), "grpc_port": free_port(), "admin_api_key": SecretStr(new_api_key()),
         "heartbeat_interval_s": 5.0,
         "straggler_grace_s": 3.0, "freshness_sweep_s": 1.0, "rate_limit_per_minute": 100,
+        # Short enough that the tests see an interrupted aggregation resumed, long enough for an
+        # outage of a few seconds not to use up the attempts.
+        "aggregation_lease_s": 5.0, "aggregation_retry_s": 3.0, "aggregation_max_attempts": 10,
         "max_upload_bytes": 2 * 1024 * 1024,
         # Keys, so seed 002's learning-graph submission is wired as in production (threshold unchanged).
         "learning_graph_hmac_key": SecretStr(secrets.token_hex(16)),

@@ -4,13 +4,21 @@ from __future__ import annotations
 
 import io
 import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import pytest
 import torch
 
+from cli.supervisor import ServiceSpec
+from core.cassandra.session import connect
+from core.fleet.cassandra_store import CassandraFleetStore
+from core.fleet.models import Round
 from sdk.client import ApiError, DeviceAgent, TributaryClient
-from tests.e2e.conftest import RunningSystem
+from tests.e2e.conftest import RunningSystem, free_port
+from tests.e2e.s3_proxy import HangingS3Proxy
 
 pytestmark = pytest.mark.e2e
 DEVICES = 20
@@ -152,3 +160,141 @@ def test_three_rounds(system: RunningSystem, fleet: dict[str, TributaryClient]) 
     with pytest.raises(ApiError) as late:
         list(fleet.values())[5].submit_update(round3["id"], to_bytes(states[0]), 5)
     assert late.value.status_code == 409
+
+
+# --- rounds that never get stuck (issue 15) ----------------------------------------------------
+
+
+def new_devices(system: RunningSystem, n: int) -> dict[str, TributaryClient]:
+    """Devices registered for one test only: they have never sent a heartbeat."""
+    tag = uuid.uuid4().hex[:6]
+    clients = {}
+    for i in range(n):
+        device_id = f"{system.settings.topic_prefix.strip('.')}-{tag}-{i}"
+        client = TributaryClient(system.base_url)
+        client.register_device(device_id)
+        clients[device_id] = client
+    return clients
+
+
+@contextmanager
+def retired_after(devices: dict[str, TributaryClient]) -> Iterator[None]:
+    """When the block ends the devices report ``inactive`` (and the device processor has applied it), so
+    the next test's round does not seat them from its start's selection in place of its own devices."""
+    try:
+        yield
+    finally:
+        for device_id, client in devices.items():
+            client.heartbeat(device_id, status="inactive")
+        for device_id, client in devices.items():
+            wait_for(lambda d=device_id, c=client: c.get_device(d)["status"] == "inactive", 60,
+                     f"{device_id}'s inactive heartbeat to be applied")
+
+
+def join_and_submit(round_id: str, devices: dict[str, TributaryClient], seed: int = 300) -> None:
+    """Each device heartbeats (its answer says it is selected), trains and submits."""
+    for i, (device_id, client) in enumerate(devices.items()):
+        assert client.heartbeat(device_id)["pending_round_id"] == round_id, device_id
+        state, n, metrics = train_locally(seed + i, None)
+        client.submit_update(round_id, to_bytes(state), n, **metrics)
+
+
+def stored_round(system: RunningSystem, round_id: str) -> Round:
+    """What the processors recorded about the aggregation (attempts, last error): not in the API."""
+    session = connect(system.settings, system.settings.cassandra_keyspace)
+    try:
+        found = CassandraFleetStore(session).get_round(round_id)
+    finally:
+        session.cluster.shutdown()
+    assert found is not None
+    return found
+
+
+@contextmanager
+def round_processor_with(system: RunningSystem, **env: str) -> Iterator[None]:
+    """Run the round processor with ``env`` on top of its own until the block ends, then as before."""
+    supervisor, name = system.supervisor, "round-processor"
+    run = supervisor.running[name]
+    original = run.spec
+    if run.proc.poll() is None:
+        supervisor.stop_service(name)
+    run.spec = ServiceSpec(original.name, original.argv, {**original.env, **env})
+    supervisor.start_service(name)
+    try:
+        yield
+    finally:
+        if run.proc.poll() is None:
+            supervisor.stop_service(name)
+        run.spec = original
+        supervisor.start_service(name)
+
+
+def round_models(operator: TributaryClient, round_id: str) -> list[dict[str, Any]]:
+    return [m for m in operator.list_models(limit=100)["models"] if m["round_id"] == round_id]
+
+
+def test_devices_that_beat_only_after_the_start_fill_the_round(system: RunningSystem) -> None:
+    """The device processor is down: the start finds no eligible device it applied, yet the devices'
+    own heartbeats seat them, and the round completes."""
+    operator = TributaryClient(system.base_url, system.admin_key)
+    devices = new_devices(system, 3)
+    system.supervisor.stop_service("device-processor")
+    with retired_after(devices):
+        try:
+            for device_id, client in devices.items():  # beats a moment before the start, never applied
+                assert client.heartbeat(device_id)["pending_round_id"] is None
+            round_ = operator.start_round(target_devices=3, min_devices=3, timeout_seconds=120)
+            join_and_submit(round_["id"], devices)
+            done = wait_for(lambda: (r := operator.round_status(round_["id"]))["status"] == "completed" and r, 60,
+                            "the round filled after its start to complete")
+            assert done["completed_devices"] == 3 and done["aggregated_model_path"]
+        finally:
+            system.supervisor.start_service("device-processor")
+
+
+def test_a_round_processor_killed_mid_aggregation_is_resumed(system: RunningSystem) -> None:
+    """The round processor's S3 goes through a proxy that hangs the upload of the aggregate: the processor
+    is caught mid-aggregation (round aggregating, its lease held), SIGKILLed, and restarted on the real S3.
+    Once the lease runs out the restarted one redoes the aggregation from the stored updates, and the
+    round has exactly one model."""
+    operator = TributaryClient(system.base_url, system.admin_key)
+    devices = new_devices(system, 2)
+
+    def aggregate_upload(method: str, path: str) -> bool:
+        return method == "PUT" and "/models/" in path
+
+    proxy = HangingS3Proxy(system.settings.s3_endpoint_url, aggregate_upload)
+    with retired_after(devices), proxy, round_processor_with(system, TRIBUTARY_S3_ENDPOINT=proxy.url):
+        round_ = operator.start_round(target_devices=2, min_devices=2, timeout_seconds=300)
+        join_and_submit(round_["id"], devices, seed=400)
+        assert proxy.held.wait(60), "the round processor never uploaded an aggregate"
+        assert operator.round_status(round_["id"])["status"] == "aggregating"
+        processor = system.supervisor.running["round-processor"].proc
+        processor.kill()  # SIGKILL: no shutdown hook runs
+        processor.wait()
+    done = wait_for(lambda: (r := operator.round_status(round_["id"]))["status"] == "completed" and r, 90,
+                    "the restarted processor to finish the aggregation")
+    assert done["completed_devices"] == 2
+    assert stored_round(system, round_["id"]).aggregation_attempts == 2
+    (model,) = round_models(operator, round_["id"])
+    assert model["model_path"] == done["aggregated_model_path"]
+
+
+def test_s3_down_during_aggregation_is_retried_until_it_is_back(system: RunningSystem) -> None:
+    """The shared S3 cannot be stopped, so the round processor runs with TRIBUTARY_S3_ENDPOINT on a closed
+    port (connection refused, as a down S3), then again with the real one. The ingress stores the updates
+    in the real S3; the processor closes the round from the stored updates, its aggregation attempts fail
+    and are recorded, and once S3 answers again the round completes."""
+    operator = TributaryClient(system.base_url, system.admin_key)
+    devices = new_devices(system, 2)
+    with retired_after(devices), round_processor_with(system, TRIBUTARY_S3_ENDPOINT=f"http://127.0.0.1:{free_port()}"):
+        round_ = operator.start_round(target_devices=2, min_devices=2, timeout_seconds=300)
+        join_and_submit(round_["id"], devices, seed=500)
+        stuck = wait_for(lambda: (r := stored_round(system, round_["id"])).aggregation_attempts >= 2 and r, 90,
+                         "aggregation attempts against the unavailable S3")
+        assert stuck.status.value == "aggregating" and stuck.aggregation_error, stuck
+        assert operator.round_status(round_["id"])["status"] == "aggregating"
+    done = wait_for(lambda: (r := operator.round_status(round_["id"]))["status"] == "completed" and r, 90,
+                    "the round to complete once S3 is back")
+    assert done["completed_devices"] == 2
+    assert len(round_models(operator, round_["id"])) == 1

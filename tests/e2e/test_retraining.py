@@ -13,9 +13,6 @@ import httpx
 import pytest
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 
-from core.cassandra.session import connect
-from core.fleet.cassandra_store import CassandraFleetStore
-from core.fleet.models import RoundStatus
 from core.fleet.retraining import retraining_round_id
 from schemas.codec import Codec, new_envelope
 from tests.e2e.conftest import RunningSystem, client_address
@@ -95,11 +92,9 @@ def test_a_retraining_request_delivered_twice_is_answered_once(system: RunningSy
             current = httpx.get(f"{system.base_url}/api/v1/training/rounds/current", headers=admin, timeout=30)
             assert current.json()["id"] == round_id  # the second delivery started no other round
         finally:  # free the single active-round slot for the session's other tests
-            session = connect(system.settings, system.settings.cassandra_keyspace)
-            try:
-                CassandraFleetStore(session).transition_round(round_id, RoundStatus.ACTIVE, RoundStatus.FAILED)
-            finally:
-                session.cluster.shutdown()
+            cancelled = httpx.post(f"{system.base_url}/api/v1/training/rounds/{round_id}/cancel", headers=admin,
+                                   timeout=30)
+            assert cancelled.status_code == 200 and cancelled.json()["status"] == "cancelled", cancelled.text
     else:  # another test's round holds the active slot: the reason says so, and no round was made
         assert first["event_type"] == "retraining_not_started", first
         assert first["details"]["reason"] == "ROUND_ALREADY_ACTIVE", first["details"]

@@ -37,3 +37,31 @@ def test_a_slot_left_on_a_finished_round_is_taken_over(session: Session) -> None
     blocked = store.create_active_round(make_round())
     assert blocked is not None and blocked.id == following.id and blocked.status is RoundStatus.PENDING
     finish_active(store)
+
+
+def test_a_round_from_before_migration_0007_takes_seats_and_resumes(session: Session) -> None:
+    """Rounds written before 0007 have no selected_count and no aggregation_attempts (null): the CAS
+    operations read null as zero instead of never applying."""
+    from datetime import UTC, datetime
+
+    from core.fleet.models import RoundStatus, Seat
+    from tests.store_contract import finish_active, make_round
+
+    store = CassandraFleetStore(session)
+    finish_active(store)
+    old = make_round(target_devices=2)
+    assert store.create_active_round(old) is None
+    store.transition_round(old.id, RoundStatus.PENDING, RoundStatus.ACTIVE, selected_devices=["a"])
+    session.execute("UPDATE rounds SET selected_count = null WHERE round_id = %s", [old.id])
+    assert store.select_device(old.id, "b") is Seat.TAKEN
+    assert store.select_device(old.id, "c") is Seat.FULL
+    stored = store.get_round(old.id)
+    assert stored is not None and stored.selected_devices == ["a", "b"]
+
+    session.execute("UPDATE rounds SET status = 'aggregating', aggregation_attempts = null WHERE round_id = %s",
+                    [old.id])
+    lease = datetime(2026, 11, 1, 12, 0, tzinfo=UTC)
+    assert store.claim_aggregation(old.id, 0, lease) is True
+    resumed = store.get_round(old.id)
+    assert resumed is not None and (resumed.aggregation_attempts, resumed.aggregation_lease_until) == (1, lease)
+    finish_active(store)

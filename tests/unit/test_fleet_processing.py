@@ -94,7 +94,7 @@ class RoundFixture:
         self.artifacts.put(key, data)
         update = make_update(self.round.id, f"d{i}")
         update = type(update)(**{**update.__dict__, "created_at": self.clock.now, "num_samples": samples,
-                                  "artifact_key": key})
+                                  "artifact_key": key, "sha256": hashlib.sha256(data).hexdigest()})
         self.store.add_update(update)
         return {"update_id": update.id, "round_id": self.round.id, "artifact_key": key,
                 "sha256": hashlib.sha256(data).hexdigest(), "num_samples": samples}
