@@ -408,11 +408,12 @@ class CassandraFleetStore(CassandraRepository, FleetStore):
 
     # --- rate limiting ----------------------------------------------------------------
     def hit(self, subject: str, window_start: int, count: int = 1) -> int:
-        self._run("UPDATE rate_limits SET hits = hits + ? WHERE subject = ? AND window_start = ?", count, subject,
-                  window_start)
-        row = self._run("SELECT hits FROM rate_limits WHERE subject = ? AND window_start = ?", subject,
-                        window_start).one()
-        return int(row.hits) if row else 1
+        # A lease row that expires by itself (migration 0008), then the window's sum.
+        self._run("INSERT INTO rate_limit_leases (subject, window_start, lease_id, tokens) VALUES (?, ?, now(), ?)",
+                  subject, window_start, count)
+        row = self._run("SELECT SUM(tokens) AS hits FROM rate_limit_leases WHERE subject = ? AND window_start = ?",
+                        subject, window_start).one()
+        return int(row.hits) if row and row.hits else count
 
 
 def _device_filters(query: DeviceQuery) -> tuple[list[str], list[Any]]:

@@ -177,7 +177,8 @@ class FleetStore(ABC):
     # --- rate limiting (shared by every ingress replica) --------------------------------
     @abstractmethod
     def hit(self, subject: str, window_start: int, count: int = 1) -> int:
-        """Count ``count`` requests of ``subject`` in the window; returns the count so far."""
+        """Count ``count`` requests of ``subject`` in the (one-minute) window; returns the count so far.
+        What it stores expires by itself a few windows later."""
 
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import uuid
+
 import pytest
 from cassandra.cluster import Session
 
@@ -65,3 +67,16 @@ def test_a_round_from_before_migration_0007_takes_seats_and_resumes(session: Ses
     resumed = store.get_round(old.id)
     assert resumed is not None and (resumed.aggregation_attempts, resumed.aggregation_lease_until) == (1, lease)
     finish_active(store)
+
+
+def test_rate_limit_rows_expire_by_themselves(store: FleetStore) -> None:
+    """Counting requests leaves nothing behind for ever: the table's rows carry a TTL."""
+    assert isinstance(store, CassandraFleetStore)
+    store.hit(f"ttl-{uuid.uuid4().hex[:6]}", 60, 5)
+    keyspace = store.session.keyspace
+    row = store.session.execute("SELECT default_time_to_live FROM system_schema.tables "
+                                "WHERE keyspace_name = %s AND table_name = 'rate_limit_leases'", (keyspace,)).one()
+    assert row is not None and 60 < row.default_time_to_live <= 600
+    tables = {r.table_name for r in store.session.execute(
+        "SELECT table_name FROM system_schema.tables WHERE keyspace_name = %s", (keyspace,))}
+    assert "rate_limits" not in tables  # the counter table that grew for ever is gone
