@@ -77,6 +77,9 @@ class Settings(BaseSettings):
     # --- API -------------------------------------------------------------------------
     api_host: str = "127.0.0.1"
     api_port: int = 8000
+    trusted_proxies: str = Field(
+        "", description="Comma-separated proxy addresses or networks whose X-Forwarded-For is believed; "
+                        "empty = none: the connection's peer is the client")
     grpc_port: int = Field(50051, ge=0, le=65535,
                            description="gRPC (seed 001 §3) port of the ingress, beside REST; 0 = no gRPC server")
     grpc_stream_max_in_flight: int = Field(

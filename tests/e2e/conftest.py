@@ -64,6 +64,8 @@ def settings_env(settings: Settings, **extra: str) -> dict[str, str]:
         "TRIBUTARY_AGGREGATION_MAX_ATTEMPTS": str(settings.aggregation_max_attempts),
         "TRIBUTARY_FRESHNESS_SWEEP_S": str(settings.freshness_sweep_s),
         "TRIBUTARY_RATE_LIMIT_PER_MINUTE": str(settings.rate_limit_per_minute),
+        # The tests stand in for a load balancer on loopback: their X-Forwarded-For is believed.
+        "TRIBUTARY_TRUSTED_PROXIES": "127.0.0.1",
         "TRIBUTARY_MAX_UPLOAD_BYTES": str(settings.max_upload_bytes),
         "TRIBUTARY_LEARNING_GRAPH_HMAC_KEY": settings.learning_graph_hmac_key.get_secret_value(),
         "TRIBUTARY_LEARNING_GRAPH_AES_KEY": settings.learning_graph_aes_key.get_secret_value(),

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import time
+import uuid
 
 import httpx
 import pytest
 
-from tests.e2e.conftest import RunningSystem, client_address
+from tests.e2e.conftest import RunningSystem, client_address, ingress_replica
 
 pytestmark = pytest.mark.e2e
 
@@ -34,3 +35,28 @@ def test_limit_is_shared_by_two_replicas(system: RunningSystem, second_replica: 
     assert codes.count(200) == limit, codes
     assert codes.count(429) == 20
     assert all(1 <= int(value) <= 60 for value in retry_after)
+
+
+def _registrations(url: str, count: int) -> list[int]:
+    """``count`` registrations, each claiming a client address of its own in X-Forwarded-For."""
+    codes = []
+    for _ in range(count):
+        forwarded = f"198.18.{uuid.uuid4().int % 250}.{uuid.uuid4().int % 250 + 1}"  # RFC 2544: never real
+        response = httpx.post(f"{url}/api/v1/devices/register", json={"device_id": f"xff-{uuid.uuid4().hex[:10]}"},
+                              headers={"X-Forwarded-For": forwarded}, timeout=30)
+        codes.append(response.status_code)
+    return codes
+
+
+@pytest.mark.parametrize("trusted", ["", "127.0.0.1"])
+def test_x_forwarded_for_is_believed_only_from_a_trusted_proxy(system: RunningSystem, trusted: str) -> None:
+    """Registration is limited per client address. Untrusted, the header is ignored and every
+    registration from this host shares the peer's budget (3 a minute here); trusted, each claimed
+    address has its own."""
+    with ingress_replica(system, f"xff-{trusted or 'none'}", TRIBUTARY_TRUSTED_PROXIES=trusted,
+                         TRIBUTARY_RATE_LIMIT_PER_MINUTE="3") as url:
+        codes = _registrations(url, 4)
+    if trusted:
+        assert codes == [201] * 4
+    else:
+        assert 429 in codes and set(codes) <= {201, 429}, codes
