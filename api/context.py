@@ -100,7 +100,7 @@ async def admit(ctx: AppContext, key: str | None) -> Principal:
 async def spend(ctx: AppContext, principal: Principal) -> None:
     """Count one request against the key's rate limit; a thread only when the store must be asked."""
     if not ctx.limiter.try_spend(principal.key_id):
-        await asyncio.to_thread(ctx.limiter.check, principal.key_id)
+        await asyncio.to_thread(ctx.limiter.check, principal.key_id, ctx.limiter.limit_for(principal))
 
 
 async def authenticated(request: Request) -> Principal:

@@ -97,7 +97,8 @@ class RateLimiter:
 
     def __init__(self, store: FleetStore, settings: Settings, clock: Callable[[], float] = time.time) -> None:
         self.store = store
-        self.limit = settings.rate_limit_per_minute
+        self.limit = settings.rate_limit_per_minute  # devices and open endpoints: seed 000's figure
+        self.operator_limit = settings.operator_rate_limit_per_minute
         self.clock = clock
         self._lock = threading.Lock()
         # (subject, window_start) -> [tokens left here, shared count last seen]
@@ -114,7 +115,14 @@ class RateLimiter:
                 return True
         return False
 
-    def check(self, subject: str) -> None:
+    def limit_for(self, principal: Principal) -> int:
+        """Per kind of caller: a device keeps seed 000's budget; an operator key (what services and
+        benchmarks call with today) gets its own, high one."""
+        return self.operator_limit if principal.is_operator else self.limit
+
+    def check(self, subject: str, limit: int | None = None) -> None:
+        """Count one request of ``subject`` against ``limit`` per minute (default: the device limit)."""
+        limit = limit or self.limit
         if self.try_spend(subject):
             return
         now = self.clock()
@@ -123,9 +131,9 @@ class RateLimiter:
         with self._lock:
             lease = self._leases.get(key)
             seen = lease[1] if lease is not None else 0
-        block = max(1, min(self.MAX_BLOCK, (self.limit - seen) // self.BLOCK_SHARE))
+        block = max(1, min(self.MAX_BLOCK, (limit - seen) // self.BLOCK_SHARE))
         total = self.store.hit(subject, window_start, block)
-        granted = max(0, min(block, self.limit - (total - block)))
+        granted = max(0, min(block, limit - (total - block)))
         with self._lock:
             if len(self._leases) > 10_000:  # old windows: drop everything not of this window
                 self._leases = {k: v for k, v in self._leases.items() if k[1] == window_start}
@@ -138,5 +146,5 @@ class RateLimiter:
         raise DomainError(
             ErrorKind.RATE_LIMITED, "RATE_LIMITED",
             f"Rate limit exceeded. Try again in {retry_after} seconds.",
-            retry_after_s=retry_after, details={"limit_per_minute": self.limit},
+            retry_after_s=retry_after, details={"limit_per_minute": limit},
         )

@@ -97,7 +97,9 @@ class Settings(BaseSettings):
     aggregation_retry_s: float = Field(10.0, ge=0, description="Pause after a failed aggregation attempt")
     aggregation_max_attempts: int = Field(
         5, ge=1, description="Failed aggregation attempts after which the round is failed with the last error")
-    rate_limit_per_minute: int = Field(100, ge=1, description="Requests per minute per API key")
+    rate_limit_per_minute: int = Field(100, ge=1, description="Requests per minute per device key (seed 000) "
+                                                              "and per address for registration")
+    operator_rate_limit_per_minute: int = Field(100_000, ge=1, description="Requests per minute per operator key")
     max_upload_bytes: int = Field(100 * 1024 * 1024, ge=1024, description="Largest model or update upload")
     max_request_bytes: int = Field(
         16 * 1024 * 1024, ge=1024, description="Largest non-multipart request body (JSON); 413 beyond it"

@@ -60,3 +60,16 @@ def test_x_forwarded_for_is_believed_only_from_a_trusted_proxy(system: RunningSy
         assert codes == [201] * 4
     else:
         assert 429 in codes and set(codes) <= {201, 429}, codes
+
+
+def test_the_operator_key_is_not_held_to_the_device_limit(system: RunningSystem) -> None:
+    """What a backend service calls with today: past the device limit in one minute, still answered."""
+    limit = system.settings.rate_limit_per_minute
+    device_id = f"{system.settings.topic_prefix}rl-op-{uuid.uuid4().hex[:6]}"
+    assert httpx.post(f"{system.base_url}/api/v1/devices/register", json={"device_id": device_id},
+                      headers=client_address(), timeout=30).status_code == 201
+    operator = {"Authorization": f"Bearer {system.admin_key}"}
+    with httpx.Client(timeout=10) as http:
+        codes = [http.get(f"{system.base_url}/api/v1/devices/{device_id}", headers=operator).status_code
+                 for _ in range(limit + 50)]
+    assert codes == [200] * (limit + 50)

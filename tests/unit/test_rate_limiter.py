@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from core.auth import RateLimiter
+from core.auth import Principal, RateLimiter
 from core.errors import DomainError, ErrorKind
 from core.fleet.memory_store import InMemoryFleetStore
+from core.fleet.models import SubjectType
 from settings import Settings
 
 pytestmark = pytest.mark.unit
@@ -53,3 +54,20 @@ def test_keys_are_limited_separately() -> None:
     limiter = RateLimiter(InMemoryFleetStore(), Settings(rate_limit_per_minute=3), clock=lambda: 600.0)
     assert [admitted(limiter, "a") for _ in range(4)] == [True, True, True, False]
     assert admitted(limiter, "b")
+
+
+def test_an_operator_key_has_its_own_higher_limit() -> None:
+    """A service calling with the operator key is not held to the device limit of seed 000."""
+    settings = Settings(rate_limit_per_minute=3, operator_rate_limit_per_minute=50)
+    limiter = RateLimiter(InMemoryFleetStore(), settings, clock=lambda: 600.0)
+    operator = Principal("key_op", SubjectType.OPERATOR, "operator")
+    device = Principal("key_dev", SubjectType.DEVICE, "dev-1")
+    for _ in range(50):
+        limiter.check(operator.key_id, limiter.limit_for(operator))
+    with pytest.raises(DomainError) as refused:
+        limiter.check(operator.key_id, limiter.limit_for(operator))
+    assert refused.value.details == {"limit_per_minute": 50}
+    for _ in range(3):
+        limiter.check(device.key_id, limiter.limit_for(device))
+    with pytest.raises(DomainError):
+        limiter.check(device.key_id, limiter.limit_for(device))
