@@ -43,7 +43,7 @@ from schemathesis.specs.openapi.checks import response_schema_conformance, statu
 CHECKS = [not_a_server_error, response_schema_conformance, status_code_conformance]
 MODES = (schemathesis.GenerationMode.POSITIVE, schemathesis.GenerationMode.NEGATIVE)
 # Operations that answer with something other than the API's JSON (prometheus text, HTML docs).
-SKIPPED = ("GET /metrics",)
+SKIPPED = ("GET /metrics", "GET /api/v1/metrics")
 
 
 @dataclass

@@ -42,11 +42,15 @@ async def health(ctx: Ctx, detailed: Annotated[bool, Query()] = False) -> JSONRe
     return JSONResponse(body, status_code=503 if overall is ComponentHealth.UNHEALTHY else 200)
 
 
+# Seed 001's base path is /api/v1: its probes and metrics answer there, and at the root too, where
+# Kubernetes conventions (and existing manifests) look for them.
+@router.get("/api/v1/health/live", openapi_extra=OPEN)
 @router.get("/health/live", openapi_extra=OPEN)
 async def live() -> dict[str, str]:
     return {"status": "ok"}
 
 
+@router.get("/api/v1/health/ready", openapi_extra=OPEN, responses={503: {"description": "Service not ready"}})
 @router.get("/health/ready", openapi_extra=OPEN, responses={503: {"description": "Service not ready"}})
 async def ready(ctx: Ctx) -> JSONResponse:
     """Ready when Cassandra answers and the producer can reach the broker (seed 001 §2.7)."""
@@ -55,6 +59,7 @@ async def ready(ctx: Ctx) -> JSONResponse:
     return JSONResponse({"status": "ready" if ok else "not_ready", "checks": checks}, status_code=200 if ok else 503)
 
 
+@router.get("/api/v1/health/models", openapi_extra=OPEN)
 @router.get("/health/models", openapi_extra=OPEN)
 async def models_health(ctx: Ctx) -> JSONResponse:
     """Seed 001 §2.7: every resident model per inference worker (``healthy_count``, ``unhealthy_count``, ``models``)."""
@@ -62,6 +67,7 @@ async def models_health(ctx: Ctx) -> JSONResponse:
     return JSONResponse(jsonable_encoder(body))
 
 
+@router.get("/api/v1/metrics", openapi_extra=OPEN, tags=["Metrics"], response_class=Response)
 @router.get("/metrics", openapi_extra=OPEN, tags=["Metrics"], response_class=Response)
 async def metrics() -> Response:
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)

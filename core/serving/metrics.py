@@ -35,6 +35,11 @@ REPLY_INFERENCE = Histogram("tributary_inference_model_duration_seconds",
 REPLY_BATCH = Histogram("tributary_inference_reply_batch_size", "Size of the batch that answered a request",
                         ["model"], buckets=BATCH_BUCKETS)
 
+# seed 001 §2.8's names and labels, beside ours, so a dashboard built from the seed works as is
+SEED_REQUESTS = Counter("modelmora_requests_total", "Total inference requests", ["model_id", "status"])
+SEED_DURATION = Histogram("modelmora_inference_duration_seconds", "Inference duration", ["model_id"],
+                          buckets=LATENCY_BUCKETS)
+
 # --- workers ---------------------------------------------------------------------------------
 WORKER_BATCHES = Histogram("tributary_worker_batch_size", "Batches run by this worker, by size",
                            ["model"], buckets=BATCH_BUCKETS)
@@ -50,6 +55,8 @@ MODEL_EVENTS = Counter("tributary_worker_model_events_total",
 def observe_reply(model_id: str, priority: str, outcome: str, seconds: float, metadata: dict[str, Any]) -> None:
     INFERENCE_REQUESTS.labels(model_id, priority, outcome).inc()
     INFERENCE_E2E.labels(model_id, priority).observe(seconds)
+    SEED_REQUESTS.labels(model_id, "success" if outcome == "success" else "error").inc()
+    SEED_DURATION.labels(model_id).observe(seconds)
     inference_ms = metadata.get("inference_time_ms")
     if isinstance(inference_ms, int | float):
         REPLY_INFERENCE.labels(model_id).observe(inference_ms / 1000.0)
@@ -65,7 +72,8 @@ def observe_batch(observation: Any) -> None:
 
 
 class QueueDepthCollector(Collector):
-    """``tributary_inference_queue_depth{priority}``: requests waiting per priority, read at scrape time."""
+    """``tributary_inference_queue_depth{priority}`` (and seed 001's ``modelmora_queue_depth``): requests
+    waiting per priority, read at scrape time."""
 
     def __init__(self, read: Callable[[], dict[str, int]]) -> None:
         self.read = read
@@ -79,9 +87,12 @@ class QueueDepthCollector(Collector):
         except Exception as exc:  # a scrape must not fail because the broker is slow
             log.warning("queue depth unavailable: %s", exc)
             depths = {}
+        seed = GaugeMetricFamily("modelmora_queue_depth", "Current queue depth", labels=["priority"])
         for name, depth in depths.items():
             family.add_metric([name.removesuffix("_priority")], depth)
+            seed.add_metric([name.removesuffix("_priority")], depth)
         yield family
+        yield seed
 
 
 def register_queue_depth(read: Callable[[], dict[str, int]]) -> Callable[[], None]:

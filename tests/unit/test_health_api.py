@@ -10,6 +10,7 @@ from api.context import AppContext
 from core.artifacts import MemoryArtifactStore
 from core.fleet.memory_store import InMemoryFleetStore
 from core.health import degraded
+from core.serving.metrics import observe_reply
 from settings import Settings
 from tests.recording_sink import RecordingSink
 
@@ -60,3 +61,18 @@ def test_metrics_count_requests_by_route_template() -> None:
         text = api.get("/metrics").text
         assert 'tributary_http_requests_total{method="GET",route="/api/v1/devices/{device_id}",status="401"}' in text
         assert "tributary_http_request_duration_seconds_bucket" in text
+
+
+def test_seed_001_paths_and_metric_names_answer_under_api_v1() -> None:
+    """Seed 001's base path is /api/v1 and its dashboard reads modelmora_* metrics."""
+    observe_reply("all-MiniLM-L6-v2", "high", "success", 0.012, {})
+    observe_reply("all-MiniLM-L6-v2", "high", "INFERENCE_TIMEOUT", 0.5, {})
+    with make_client({"cassandra": lambda: "ok"}) as api:
+        assert api.get("/api/v1/health/live").json() == api.get("/health/live").json() == {"status": "ok"}
+        ready = api.get("/api/v1/health/ready")
+        assert ready.status_code == 200 and ready.json() == api.get("/health/ready").json()
+        assert api.get("/api/v1/health/models").json() == api.get("/health/models").json()
+        metrics = api.get("/api/v1/metrics").text
+    assert 'modelmora_requests_total{model_id="all-MiniLM-L6-v2",status="success"}' in metrics
+    assert 'modelmora_requests_total{model_id="all-MiniLM-L6-v2",status="error"}' in metrics
+    assert 'modelmora_inference_duration_seconds_bucket{le="0.1",model_id="all-MiniLM-L6-v2"}' in metrics

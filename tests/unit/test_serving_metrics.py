@@ -47,6 +47,7 @@ def test_queue_depth_is_read_at_scrape_time_and_a_failure_does_not_break_the_scr
     try:
         text = generate_latest(REGISTRY).decode()
         assert 'tributary_inference_queue_depth{priority="low"} 41.0' in text
+        assert 'modelmora_queue_depth{priority="low"} 41.0' in text  # seed 001's name, same figure
         depths["low_priority"] = 2
         assert sample("tributary_inference_queue_depth", priority="low") == 2
     finally:
@@ -56,4 +57,4 @@ def test_queue_depth_is_read_at_scrape_time_and_a_failure_does_not_break_the_scr
     def broken() -> dict[str, int]:
         raise ConnectionError("broker down")
 
-    assert [list(family.samples) for family in QueueDepthCollector(broken).collect()] == [[]]
+    assert [list(family.samples) for family in QueueDepthCollector(broken).collect()] == [[], []]
