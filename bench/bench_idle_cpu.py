@@ -14,18 +14,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
-import subprocess
 import sys
 import time
-import uuid
 from pathlib import Path
 
-import httpx
-
+from bench.environment import tributary_run
 from infra.local_stack import LocalStack
 from settings import Settings
-from tests.e2e.conftest import free_port
 
 TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -64,7 +59,7 @@ def label(pid: int) -> str:
     words = [a.decode(errors="replace") for a in argv if a]
     if "-m" in words:
         i = words.index("-m")
-        return " ".join(words[i + 1:i + 4])
+        return " ".join(words[i + 1:])  # e.g. "cli worker --priority high"
     return " ".join(Path(w).name for w in words[:2])
 
 
@@ -100,38 +95,10 @@ def main() -> None:
 
     alone = sample(server_pids, args.seconds)
 
-    suffix = uuid.uuid4().hex[:6]
-    api_port = free_port()
-    env = {**os.environ, "TRIBUTARY_TOPIC_PREFIX": f"idle{suffix}.", "TRIBUTARY_CASSANDRA_KEYSPACE": f"idle_{suffix}",
-           "TRIBUTARY_API_PORT": str(api_port), "TRIBUTARY_GRPC_PORT": str(free_port()),
-           "TRIBUTARY_DATA_DIR": str(base.data_dir), "PYTHONUNBUFFERED": "1"}
-    log = open(base.data_dir / "logs" / f"bench-idle-{suffix}.log", "wb")  # noqa: SIM115 - closed below
-    tributary = Path(sys.executable).parent / "tributary"
-    run = subprocess.Popen([str(tributary), "run"], env=env, stdout=log, stderr=subprocess.STDOUT,
-                           start_new_session=True)
-    try:
-        deadline = time.monotonic() + 180
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"http://127.0.0.1:{api_port}/health/ready", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if run.poll() is not None:
-                sys.exit(f"tributary run exited with {run.returncode}; see {log.name}")
-            time.sleep(1)
-        else:
-            sys.exit("the system did not answer ready within 180 s")
+    with tributary_run("idle") as system:
         time.sleep(args.settle)
-        services = {f"{label(pid)} ({pid})": pid for pid in children(run.pid) if cpu_ticks(pid) is not None}
+        services = {f"{label(pid)} ({pid})": pid for pid in children(system.pid) if cpu_ticks(pid) is not None}
         busy = sample({**server_pids, **services}, args.seconds)
-    finally:
-        os.killpg(run.pid, signal.SIGINT)
-        try:
-            run.wait(60)
-        except subprocess.TimeoutExpired:
-            os.killpg(run.pid, signal.SIGKILL)
-        log.close()
 
     result = {
         "seconds": args.seconds,

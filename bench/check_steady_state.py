@@ -15,22 +15,17 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
-import signal
 import subprocess
 import sys
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import httpx
 
+from bench.environment import tributary_run
 from bench.load_heartbeats import drive, register
-from core.api_keys import new_api_key
-from settings import Settings
-from tests.e2e.conftest import free_port
 
 
 def health(url: str) -> dict[str, Any]:
@@ -63,46 +58,18 @@ def main() -> None:
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
 
-    base = Settings()
-    suffix = uuid.uuid4().hex[:6]
-    api_port = free_port()
-    env = {**os.environ, "TRIBUTARY_TOPIC_PREFIX": f"steady{suffix}.",
-           "TRIBUTARY_CASSANDRA_KEYSPACE": f"steady_{suffix}", "TRIBUTARY_API_PORT": str(api_port),
-           "TRIBUTARY_GRPC_PORT": str(free_port()), "TRIBUTARY_ADMIN_API_KEY": new_api_key(),
-           "TRIBUTARY_DATA_DIR": str(base.data_dir), "PYTHONUNBUFFERED": "1"}
-    url = f"http://127.0.0.1:{api_port}"
-    log = open(base.data_dir / "logs" / f"steady-state-{suffix}.log", "wb")  # noqa: SIM115 - closed below
-    run = subprocess.Popen([str(Path(sys.executable).parent / "tributary"), "run"], env=env, stdout=log,
-                           stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        deadline = time.monotonic() + 180
-        while True:
-            try:
-                if httpx.get(f"{url}/health/ready", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if run.poll() is not None or time.monotonic() > deadline:
-                sys.exit(f"tributary run did not get ready; see {log.name}")
-            time.sleep(1)
-        before_health, before_lag, settled_s = settle(url, env, 120)
+    with tributary_run("steady") as system:
+        before_health, before_lag, settled_s = settle(system.url, system.env, 120)
 
         async def load() -> dict[str, Any]:
             async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=64),
                                              timeout=aiohttp.ClientTimeout(total=30)) as client:
-                devices = await register(client, url, args.devices)
-                return await drive(client, url, devices, args.rate, args.seconds)
+                devices = await register(client, system.url, args.devices)
+                return await drive(client, system.url, devices, args.rate, args.seconds)
 
         traffic = asyncio.run(load())
         traffic.pop("last_accepted")
-        after_health, after_lag, drained_s = settle(url, env, 120)
-    finally:
-        os.killpg(run.pid, signal.SIGINT)
-        try:
-            run.wait(60)
-        except subprocess.TimeoutExpired:
-            os.killpg(run.pid, signal.SIGKILL)
-        log.close()
+        after_health, after_lag, drained_s = settle(system.url, system.env, 120)
     report = {"at_rest": {"health": before_health, "lag": before_lag, "settled_s": round(settled_s, 1)},
               "load": {k: traffic[k] for k in ("tried", "accepted", "codes", "sustained_per_s", "p50_ms", "p99_ms")},
               "after_load": {"health": after_health, "lag": after_lag, "lag_zero_after_s": round(drained_s, 1)}}

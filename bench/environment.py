@@ -3,9 +3,18 @@
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
+import sys
+import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+import httpx
 from pydantic import SecretStr
 
 from core.api_keys import new_api_key
@@ -34,3 +43,45 @@ def isolated_settings(name: str, **overrides: Any) -> Settings:
     apply(settings)
     os.environ.setdefault("PYTHONUNBUFFERED", "1")  # the services' logs arrive as they are written
     return settings
+
+
+@dataclass(frozen=True)
+class TributaryRun:
+    url: str  # the ingress
+    env: dict[str, str]  # its environment: run `tributary` subcommands against the same system with it
+    pid: int  # `tributary run` itself; the services are its children
+
+
+@contextmanager
+def tributary_run(name: str, ready_timeout_s: float = 180.0) -> Iterator[TributaryRun]:
+    """The whole system as an operator starts it (`tributary run`) on the local stack, with a topic
+    prefix, keyspace and ports of its own; yields once it answers ready, stops it with Ctrl-C's
+    SIGINT on exit. Its output goes to ``<data dir>/logs/<name>-<suffix>.log``."""
+    data_dir = Settings().data_dir
+    suffix = uuid.uuid4().hex[:6]
+    api_port = free_port()
+    env = {**os.environ, "TRIBUTARY_TOPIC_PREFIX": f"{name}{suffix}.",
+           "TRIBUTARY_CASSANDRA_KEYSPACE": f"{name}_{suffix}", "TRIBUTARY_API_PORT": str(api_port),
+           "TRIBUTARY_GRPC_PORT": str(free_port()), "TRIBUTARY_DATA_DIR": str(data_dir), "PYTHONUNBUFFERED": "1"}
+    url = f"http://127.0.0.1:{api_port}"
+    with open(data_dir / "logs" / f"{name}-{suffix}.log", "wb") as log:
+        run = subprocess.Popen([str(Path(sys.executable).parent / "tributary"), "run"], env=env, stdout=log,
+                               stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            deadline = time.monotonic() + ready_timeout_s
+            while True:
+                try:
+                    if httpx.get(f"{url}/health/ready", timeout=2).status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    pass
+                if run.poll() is not None or time.monotonic() > deadline:
+                    sys.exit(f"tributary run did not get ready within {ready_timeout_s:.0f} s; see {log.name}")
+                time.sleep(1)
+            yield TributaryRun(url, env, run.pid)
+        finally:
+            os.killpg(run.pid, signal.SIGINT)
+            try:
+                run.wait(60)
+            except subprocess.TimeoutExpired:
+                os.killpg(run.pid, signal.SIGKILL)
