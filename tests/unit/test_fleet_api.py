@@ -12,13 +12,13 @@ import torch
 from fastapi.testclient import TestClient
 from pydantic import SecretStr
 
-from api.app import create_app
 from api.context import AppContext
 from core.api_keys import new_api_key
 from core.artifacts import MemoryArtifactStore
 from core.events import EventsUnavailable
 from core.fleet.memory_store import InMemoryFleetStore
 from settings import Settings
+from tests.memory_app import app_client, memory_context
 from tests.recording_sink import RecordingSink
 
 pytestmark = pytest.mark.unit
@@ -28,13 +28,12 @@ ADMIN = new_api_key()
 @pytest.fixture
 def ctx() -> AppContext:
     settings = Settings(admin_api_key=SecretStr(ADMIN), rate_limit_per_minute=30, max_upload_bytes=64 * 1024)
-    return AppContext(settings=settings, store=InMemoryFleetStore(), artifacts=MemoryArtifactStore(),
-                      events=RecordingSink())
+    return memory_context(settings)
 
 
 @pytest.fixture
 def api(ctx: AppContext) -> Iterator[TestClient]:
-    with TestClient(create_app(ctx.settings, ctx)) as client:
+    with app_client(ctx) as client:
         yield client
 
 

@@ -11,12 +11,10 @@ import pytest
 from fastapi.testclient import TestClient
 from pydantic import SecretStr
 
-from api.app import create_app
 from api.context import AppContext
-from core.artifacts import MemoryArtifactStore
 from core.fleet.memory_store import InMemoryFleetStore
 from settings import Settings
-from tests.recording_sink import RecordingSink
+from tests.memory_app import app_client, memory_context
 from tests.unit.test_fleet_api import ADMIN, auth, register
 
 pytestmark = pytest.mark.unit
@@ -25,13 +23,12 @@ pytestmark = pytest.mark.unit
 @pytest.fixture
 def ctx() -> AppContext:
     settings = Settings(admin_api_key=SecretStr(ADMIN), rate_limit_per_minute=1000)
-    return AppContext(settings=settings, store=InMemoryFleetStore(), artifacts=MemoryArtifactStore(),
-                      events=RecordingSink())
+    return memory_context(settings)
 
 
 @pytest.fixture
 def api(ctx: AppContext) -> Iterator[TestClient]:
-    with TestClient(create_app(ctx.settings, ctx)) as client:
+    with app_client(ctx) as client:
         yield client
 
 

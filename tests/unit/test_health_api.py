@@ -6,20 +6,16 @@ import pytest
 from fastapi.testclient import TestClient
 
 from api.app import create_app
-from api.context import AppContext
-from core.artifacts import MemoryArtifactStore
-from core.fleet.memory_store import InMemoryFleetStore
 from core.health import degraded
 from core.serving.metrics import observe_reply
 from settings import Settings
-from tests.recording_sink import RecordingSink
+from tests.memory_app import memory_context
 
 pytestmark = pytest.mark.unit
 
 
 def make_client(probes: dict[str, object]) -> TestClient:
-    ctx = AppContext(settings=Settings(), store=InMemoryFleetStore(), artifacts=MemoryArtifactStore(),
-                     events=RecordingSink(), probes=probes)
+    ctx = memory_context(Settings(), probes=probes)
     return TestClient(create_app(ctx.settings, ctx))
 
 

@@ -13,14 +13,13 @@ import pytest
 from fastapi.testclient import TestClient
 from pydantic import SecretStr
 
-from api.app import create_app
 from api.context import AppContext
 from core.api_keys import new_api_key
-from core.artifacts import MemoryArtifactStore
 from core.fleet.learning_graphs import encrypt_graph, privacy_violations
 from core.fleet.memory_store import InMemoryFleetStore
 from core.fleet.models import CatalogModel, ModelUpdate, Round, RoundStatus
 from settings import Settings
+from tests.memory_app import app_client, memory_context
 from tests.recording_sink import RecordingSink
 
 pytestmark = pytest.mark.unit
@@ -35,13 +34,12 @@ def ctx() -> AppContext:
     settings = Settings(admin_api_key=SecretStr(new_api_key()), learning_graph_threshold=3,
                         learning_graph_hmac_key=SecretStr(HMAC_KEY.decode()),
                         learning_graph_aes_key=SecretStr(AES_KEY.hex()))
-    return AppContext(settings=settings, store=InMemoryFleetStore(), artifacts=MemoryArtifactStore(),
-                      events=RecordingSink())
+    return memory_context(settings)
 
 
 @pytest.fixture
 def client(ctx: AppContext) -> Iterator[tuple[TestClient, dict[str, str]]]:
-    with TestClient(create_app(ctx.settings, ctx)) as api:
+    with app_client(ctx) as api:
         key = api.post("/api/v1/devices/register", json={"device_id": "pcpos-1"}).json()["api_key"]
         yield api, {"Authorization": f"Bearer {key}"}
 

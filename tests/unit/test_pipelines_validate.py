@@ -10,16 +10,13 @@ import pytest
 from fastapi.testclient import TestClient
 from pydantic import SecretStr
 
-from api.app import create_app
 from api.context import AppContext
 from core.api_keys import new_api_key
-from core.artifacts import MemoryArtifactStore
 from core.errors import DomainError, ErrorKind
-from core.fleet.memory_store import InMemoryFleetStore
 from core.serving.pipelines import parse_request
 from core.serving.validation import field_errors
 from settings import Settings
-from tests.recording_sink import RecordingSink
+from tests.memory_app import app_client, memory_context
 
 pytestmark = pytest.mark.unit
 ADMIN = {"Authorization": f"Bearer {(ADMIN_KEY := new_api_key())}"}
@@ -35,13 +32,12 @@ MAX_INPUT_BYTES = 1024
 @pytest.fixture
 def ctx() -> AppContext:
     settings = Settings(admin_api_key=SecretStr(ADMIN_KEY), inference_max_input_bytes=MAX_INPUT_BYTES)
-    return AppContext(settings=settings, store=InMemoryFleetStore(), artifacts=MemoryArtifactStore(),
-                      events=RecordingSink())
+    return memory_context(settings)
 
 
 @pytest.fixture
 def api(ctx: AppContext) -> Iterator[TestClient]:
-    with TestClient(create_app(ctx.settings, ctx)) as client:
+    with app_client(ctx) as client:
         yield client
 
 

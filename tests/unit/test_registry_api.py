@@ -11,13 +11,11 @@ import pytest
 from fastapi.testclient import TestClient
 from pydantic import SecretStr
 
-from api.app import create_app
 from api.context import AppContext
 from core.api_keys import new_api_key
-from core.artifacts import MemoryArtifactStore
-from core.fleet.memory_store import InMemoryFleetStore
 from core.serving.residency import Residency, ResidencyState
 from settings import Settings
+from tests.memory_app import app_client, memory_context
 from tests.recording_sink import RecordingSink
 
 pytestmark = pytest.mark.unit
@@ -30,13 +28,12 @@ MINILM = {"model_id": "sentence-transformers/all-MiniLM-L6-v2", "version": "v2.2
 
 @pytest.fixture
 def ctx() -> AppContext:
-    return AppContext(settings=Settings(admin_api_key=SecretStr(ADMIN_KEY)), store=InMemoryFleetStore(),
-                      artifacts=MemoryArtifactStore(), events=RecordingSink())
+    return memory_context(Settings(admin_api_key=SecretStr(ADMIN_KEY)))
 
 
 @pytest.fixture
 def api(ctx: AppContext) -> Iterator[TestClient]:
-    with TestClient(create_app(ctx.settings, ctx)) as client:
+    with app_client(ctx) as client:
         yield client
 
 

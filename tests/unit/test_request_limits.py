@@ -11,14 +11,10 @@ import torch
 from fastapi.testclient import TestClient
 from pydantic import SecretStr
 
-from api.app import create_app
-from api.context import AppContext
 from api.limits import MULTIPART_OVERHEAD_BYTES
 from core.api_keys import new_api_key
-from core.artifacts import MemoryArtifactStore
-from core.fleet.memory_store import InMemoryFleetStore
 from settings import Settings
-from tests.recording_sink import RecordingSink
+from tests.memory_app import app_client, memory_context
 from tests.uploads import zip_bomb_state_dict
 
 pytestmark = pytest.mark.unit
@@ -31,9 +27,7 @@ MAX_UPLOAD = 64 * 1024
 @pytest.fixture
 def api() -> Iterator[TestClient]:
     settings = Settings(admin_api_key=SecretStr(ADMIN), max_request_bytes=MAX_REQUEST, max_upload_bytes=MAX_UPLOAD)
-    ctx = AppContext(settings=settings, store=InMemoryFleetStore(), artifacts=MemoryArtifactStore(),
-                     events=RecordingSink())
-    with TestClient(create_app(settings, ctx)) as client:
+    with app_client(memory_context(settings)) as client:
         yield client
 
 

@@ -17,7 +17,6 @@ from click.testing import CliRunner
 from fastapi.testclient import TestClient
 from pydantic import SecretStr
 
-from api.app import create_app
 from api.context import AppContext
 from core.api_keys import new_api_key
 from core.artifacts import MemoryArtifactStore
@@ -28,6 +27,7 @@ from core.fleet.models import Round, RoundStatus, SubjectType
 from core.fleet.processing import RoundProcessor, aggregate_model_id
 from core.fleet.service import FleetService
 from settings import Settings
+from tests.memory_app import app_client, memory_context
 from tests.recording_sink import RecordingSink
 from tests.store_contract import make_round
 
@@ -351,13 +351,12 @@ ADMIN = new_api_key()
 @pytest.fixture
 def ctx() -> AppContext:
     settings = Settings(admin_api_key=SecretStr(ADMIN), rate_limit_per_minute=1000)
-    return AppContext(settings=settings, store=InMemoryFleetStore(), artifacts=MemoryArtifactStore(),
-                      events=RecordingSink())
+    return memory_context(settings)
 
 
 @pytest.fixture
 def api(ctx: AppContext) -> Iterator[TestClient]:
-    with TestClient(create_app(ctx.settings, ctx)) as client:
+    with app_client(ctx) as client:
         yield client
 
 
