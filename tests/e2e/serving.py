@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from datetime import timedelta
 from typing import Any
 
@@ -49,6 +49,30 @@ def read_until(settings: Settings, topic: str, partition: int, match: Callable[[
     finally:
         consumer.close()
     raise AssertionError(f"nothing matching in {topic}[{partition}] within {timeout_s}s")
+
+
+def messages_in(settings: Settings, topic: str, partitions: Iterable[int]) -> Iterator[Message]:
+    """Every message of ``topic``'s ``partitions`` as they stand now: from each one's low watermark to
+    the end it had when it was reached (fails if a partition stops short of it)."""
+    consumer = Consumer({"bootstrap.servers": settings.kafka_bootstrap_servers,
+                         "group.id": f"e2e-reader-{uuid.uuid4().hex[:8]}", "enable.auto.commit": False,
+                         "fetch.wait.max.ms": settings.fetch_max_wait_ms})
+    try:
+        for partition in partitions:
+            low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=10)
+            if high <= low:
+                continue
+            consumer.assign([TopicPartition(topic, partition, low)])
+            position = low
+            while position < high:
+                message = consumer.poll(5.0)
+                assert message is not None, f"{topic}[{partition}] stopped before offset {high}"
+                if message.error() is not None:
+                    continue
+                position = (message.offset() or 0) + 1
+                yield message
+    finally:
+        consumer.close()
 
 
 class RequestProducer:

@@ -23,7 +23,6 @@ from typing import Any
 import httpx
 import pytest
 import torch
-from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from core.api_keys import hash_api_key, key_id, new_api_key
@@ -31,7 +30,7 @@ from core.cassandra.session import connect
 from core.fleet.cassandra_store import CassandraFleetStore
 from settings import Settings
 from tests.e2e.conftest import RunningSystem, client_address
-from tests.e2e.serving import ENCODED_MINILM
+from tests.e2e.serving import ENCODED_MINILM, messages_in
 from tests.uploads import zip_bomb_state_dict
 
 pytestmark = pytest.mark.e2e
@@ -264,30 +263,11 @@ def test_oversized_json_bodies_are_413(system: RunningSystem, devices: dict[str,
 def session_messages(settings: Settings) -> Iterator[tuple[str, bytes]]:
     """(topic, key + value + headers) of every message in every topic of this session, from the start."""
     admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap_servers})
-    topics = admin.list_topics(timeout=10).topics
-    consumer = Consumer({"bootstrap.servers": settings.kafka_bootstrap_servers,
-                         "group.id": f"e2e-security-{uuid.uuid4().hex[:8]}", "enable.auto.commit": False,
-                         "fetch.wait.max.ms": settings.fetch_max_wait_ms})
-    try:
-        for name, metadata in topics.items():
-            if not name.startswith(settings.topic_prefix):
-                continue
-            for partition in metadata.partitions:
-                low, high = consumer.get_watermark_offsets(TopicPartition(name, partition), timeout=10)
-                if high <= low:
-                    continue
-                consumer.assign([TopicPartition(name, partition, OFFSET_BEGINNING)])
-                position = low
-                while position < high:
-                    message = consumer.poll(5.0)
-                    assert message is not None, f"{name}[{partition}] stopped before offset {high}"
-                    if message.error() is not None:
-                        continue
-                    position = (message.offset() or 0) + 1
-                    headers = repr(message.headers()).encode()  # keys are ASCII: repr keeps them
-                    yield name, (message.key() or b"") + (message.value() or b"") + headers
-    finally:
-        consumer.close()
+    for name, metadata in admin.list_topics(timeout=10).topics.items():
+        if name.startswith(settings.topic_prefix):
+            for message in messages_in(settings, name, metadata.partitions):
+                headers = repr(message.headers()).encode()  # keys are ASCII: repr keeps them
+                yield name, (message.key() or b"") + (message.value() or b"") + headers
 
 
 def test_raw_keys_never_reach_logs_or_kafka(system: RunningSystem, devices: dict[str, tuple[str, str]]) -> None:

@@ -23,7 +23,7 @@ from typing import Any
 import httpx
 import jsonschema
 import pytest
-from confluent_kafka import Consumer, Message, Producer, TopicPartition
+from confluent_kafka import Message, Producer
 
 from core.cassandra.session import connect
 from core.fleet.cassandra_store import CassandraFleetStore
@@ -35,7 +35,7 @@ from schemas.json_views import FORMAT_CHECKER, validate_json_view
 from sdk.client import DeviceAgent, TributaryClient
 from settings import Settings
 from tests.e2e.conftest import RunningSystem, client_address
-from tests.e2e.serving import ENCODED_MINILM, HTTP_TIMEOUT
+from tests.e2e.serving import ENCODED_MINILM, HTTP_TIMEOUT, messages_in
 from tests.e2e.test_federated_rounds import to_bytes, train_locally
 from tests.onnx_models import linear_onnx
 from topology.messages import MESSAGES
@@ -80,28 +80,7 @@ class TopicReport:
 
 def read_all(settings: Settings, spec: TopicSpec) -> list[Message]:
     """Every message of the session's ``spec`` topic, from the beginning to the current end."""
-    name = spec.full_name(settings)
-    consumer = Consumer({"bootstrap.servers": settings.kafka_bootstrap_servers,
-                         "group.id": f"e2e-seed-topics-{uuid.uuid4().hex[:8]}", "enable.auto.commit": False,
-                         "fetch.wait.max.ms": settings.fetch_max_wait_ms})
-    messages: list[Message] = []
-    try:
-        for partition in range(spec.partitions):
-            low, high = consumer.get_watermark_offsets(TopicPartition(name, partition), timeout=10)
-            if high <= low:
-                continue
-            consumer.assign([TopicPartition(name, partition, low)])
-            position = low
-            while position < high:
-                message = consumer.poll(5.0)
-                assert message is not None, f"{name}[{partition}] stopped before offset {high}"
-                if message.error() is not None:
-                    continue
-                position = (message.offset() or 0) + 1
-                messages.append(message)
-    finally:
-        consumer.close()
-    return messages
+    return list(messages_in(settings, spec.full_name(settings), range(spec.partitions)))
 
 
 def validate_topic(settings: Settings, spec: TopicSpec, codec: Codec) -> TopicReport:

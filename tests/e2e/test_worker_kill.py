@@ -19,12 +19,11 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import numpy as np
 import pytest
-from confluent_kafka import Consumer, TopicPartition
 
 from schemas.codec import Codec
 from settings import Settings
 from tests.e2e.conftest import RunningSystem, client_address
-from tests.e2e.serving import ENCODED_MINILM, HTTP_TIMEOUT, cosine
+from tests.e2e.serving import ENCODED_MINILM, HTTP_TIMEOUT, cosine, messages_in
 from topology.topics import INFERENCE_RESPONSES, Priority
 
 pytestmark = pytest.mark.e2e
@@ -52,29 +51,13 @@ def late_replies(system: RunningSystem) -> float:
 def duplicate_sync_replies(settings: Settings, since_ms: int) -> int:
     """Sync replies (no job id) in the responses topic since ``since_ms`` beyond the first per
     correlation id: what a re-delivered request made the restarted worker answer twice."""
-    topic = INFERENCE_RESPONSES.full_name(settings)
-    reader = Consumer({"bootstrap.servers": settings.kafka_bootstrap_servers,
-                       "group.id": f"e2e-dupes-{uuid.uuid4().hex[:8]}", "enable.auto.commit": False})
     codec = Codec()
     seen: Counter[str] = Counter()
-    try:
-        for partition in range(INFERENCE_RESPONSES.partitions):
-            tp = TopicPartition(topic, partition)
-            low, end = reader.get_watermark_offsets(tp, timeout=10)
-            if end <= low:
-                continue
-            reader.assign([TopicPartition(topic, partition, low)])
-            position = low
-            while position < end:
-                for message in reader.consume(500, timeout=1.0):
-                    if message.error() is not None:
-                        continue
-                    position = (message.offset() or 0) + 1
-                    record = codec.decode(message.value()).record
-                    if record["job_id"] is None and message.timestamp()[1] >= since_ms:
-                        seen[record["correlation_id"]] += 1
-    finally:
-        reader.close()
+    topic = INFERENCE_RESPONSES.full_name(settings)
+    for message in messages_in(settings, topic, range(INFERENCE_RESPONSES.partitions)):
+        record = codec.decode(message.value()).record
+        if record["job_id"] is None and message.timestamp()[1] >= since_ms:
+            seen[record["correlation_id"]] += 1
     return sum(count - 1 for count in seen.values())
 
 
