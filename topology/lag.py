@@ -9,7 +9,8 @@ from confluent_kafka import Consumer, ConsumerGroupTopicPartitions, KafkaExcepti
 from confluent_kafka.admin import AdminClient
 
 from settings import Settings
-from topology.groups import GROUPS, ConsumerGroupSpec, group_spec
+from topology.groups import GROUPS, ConsumerGroupSpec, group_spec, inference_group
+from topology.topics import Priority
 
 
 @dataclass(frozen=True)
@@ -33,13 +34,16 @@ def log_end(reader: Consumer, tp: TopicPartition, timeout_s: float = 5.0) -> tup
 
 
 def group_lag(settings: Settings, group: ConsumerGroupSpec, admin: AdminClient,
-              offsets_reader: Consumer) -> list[PartitionLag]:
+              offsets_reader: Consumer, end_timeout_s: float = 5.0,
+              committed_timeout_s: float = 10.0) -> list[PartitionLag]:
+    """Per partition the group reads: log end minus its committed offset (the low watermark where it
+    never committed), each broker call bounded by its timeout."""
     group_id = group.full_id(settings)
     partitions = [TopicPartition(t.full_name(settings), p) for t in group.inputs for p in range(t.partitions)]
     committed: dict[tuple[str, int], int] = {}
     try:
         request = [ConsumerGroupTopicPartitions(group_id, partitions)]
-        result = admin.list_consumer_group_offsets(request, request_timeout=10)[group_id].result()
+        result = admin.list_consumer_group_offsets(request, request_timeout=committed_timeout_s)[group_id].result()
         for tp in result.topic_partitions:
             if tp.offset >= 0:
                 committed[(tp.topic, tp.partition)] = tp.offset
@@ -48,7 +52,7 @@ def group_lag(settings: Settings, group: ConsumerGroupSpec, admin: AdminClient,
     rows = []
     for tp in partitions:
         try:
-            low, high = log_end(offsets_reader, tp)
+            low, high = log_end(offsets_reader, tp, end_timeout_s)
         except KafkaException:
             continue  # topic missing: topology verify reports it
         done = committed.get((tp.topic, tp.partition))
@@ -80,28 +84,8 @@ def totals(rows: list[PartitionLag]) -> dict[str, int]:
 
 
 def queue_depths(settings: Settings, admin: AdminClient, reader: Consumer, timeout_s: float = 2.0) -> dict[str, int]:
-    """Requests waiting per priority: log end minus the inference group's committed offset."""
-    from topology.groups import inference_group
-    from topology.topics import Priority
-
-    depths: dict[str, int] = {}
-    for priority in Priority:
-        group = inference_group(priority)
-        group_id = group.full_id(settings)
-        partitions = [TopicPartition(t.full_name(settings), p) for t in group.inputs for p in range(t.partitions)]
-        committed: dict[tuple[str, int], int] = {}
-        try:
-            request = [ConsumerGroupTopicPartitions(group_id, partitions)]
-            result = admin.list_consumer_group_offsets(request, request_timeout=timeout_s)[group_id].result()
-            committed = {(tp.topic, tp.partition): tp.offset for tp in result.topic_partitions if tp.offset >= 0}
-        except KafkaException:
-            pass
-        total = 0
-        for tp in partitions:
-            try:
-                low, high = reader.get_watermark_offsets(tp, timeout=timeout_s)
-            except KafkaException:
-                continue
-            total += max(0, high - committed.get((tp.topic, tp.partition), low))
-        depths[f"{priority.value}_priority"] = total
-    return depths
+    """Requests waiting per priority: the lag of that priority's inference group (a status call:
+    every broker call bounded by ``timeout_s``)."""
+    return {f"{priority.value}_priority": sum(row.lag for row in group_lag(settings, inference_group(priority),
+                                                                         admin, reader, timeout_s, timeout_s))
+            for priority in Priority}
