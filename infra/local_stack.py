@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import functools
 import hashlib
 import json
 import os
@@ -92,6 +93,7 @@ def find_java(settings: Settings) -> str:
                      "or point TRIBUTARY_JAVA_HOME at one")
 
 
+@functools.cache  # Kafka and Cassandra each ask on every `up`; one JVM start answers both
 def _java_major(java: str) -> int | None:
     out = subprocess.run([java, "-XshowSettings:properties", "-version"], capture_output=True, text=True).stderr
     for line in out.splitlines():
