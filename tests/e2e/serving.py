@@ -16,7 +16,7 @@ from core.serving.builtin_specs import MINILM_ID
 from schemas.clock import utcnow
 from schemas.codec import Codec, new_envelope
 from settings import Settings
-from topology.topics import INFERENCE_REQUESTS, Priority
+from topology.topics import INFERENCE_REQUESTS, Priority, TopicSpec
 
 ENCODED_MINILM = MINILM_ID.replace("/", "%2F")
 HTTP_TIMEOUT = httpx.Timeout(90.0)  # the first request may wait for a worker's group join and model load
@@ -73,6 +73,30 @@ def messages_in(settings: Settings, topic: str, partitions: Iterable[int]) -> It
                 yield message
     finally:
         consumer.close()
+
+
+def records_until(settings: Settings, spec: TopicSpec, keep: Callable[[dict[str, Any]], bool],
+                  enough: Callable[[list[dict[str, Any]]], bool], timeout_s: float) -> list[dict[str, Any]]:
+    """The decoded records of ``spec`` (all partitions, from the beginning, then as they arrive) that
+    ``keep`` accepts, once ``enough`` holds for them or ``timeout_s`` has passed."""
+    topic, codec = spec.full_name(settings), Codec()
+    consumer = Consumer({"bootstrap.servers": settings.kafka_bootstrap_servers,
+                         "group.id": f"e2e-reader-{uuid.uuid4().hex[:8]}", "enable.auto.commit": False,
+                         "fetch.wait.max.ms": settings.fetch_max_wait_ms})
+    consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(spec.partitions)])
+    found: list[dict[str, Any]] = []
+    deadline = time.monotonic() + timeout_s
+    try:
+        while not enough(found) and time.monotonic() < deadline:
+            message = consumer.poll(0.2)
+            if message is None or message.error() is not None:
+                continue
+            record = codec.decode(message.value()).record
+            if keep(record):
+                found.append(record)
+    finally:
+        consumer.close()
+    return found
 
 
 class RequestProducer:

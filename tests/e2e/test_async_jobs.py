@@ -13,12 +13,10 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
-from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
 from core.serving.builtin_specs import MINILM_ID
-from schemas.codec import Codec
 from tests.e2e.conftest import RunningSystem, client_address
-from tests.e2e.serving import ENCODED_MINILM, HTTP_TIMEOUT, cosine
+from tests.e2e.serving import ENCODED_MINILM, HTTP_TIMEOUT, cosine, records_until
 from topology.groups import inference_group
 from topology.lag import topic_lag
 from topology.topics import JOB_EVENTS, Priority
@@ -50,25 +48,9 @@ def wait_status(system: RunningSystem, headers: dict[str, str], job_id: str, wan
 
 def job_events(system: RunningSystem, job_id: str, until: str, timeout_s: float = 30.0) -> list[str]:
     """The statuses of one job's events on the job events topic, in order, up to ``until``."""
-    settings, codec = system.settings, Codec()
-    topic = JOB_EVENTS.full_name(settings)
-    consumer = Consumer({"bootstrap.servers": settings.kafka_bootstrap_servers,
-                         "group.id": f"e2e-jobs-{uuid.uuid4().hex[:8]}", "enable.auto.commit": False,
-                         "fetch.wait.max.ms": settings.fetch_max_wait_ms})
-    consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(JOB_EVENTS.partitions)])
-    statuses: list[str] = []
-    deadline = time.monotonic() + timeout_s
-    try:
-        while time.monotonic() < deadline and until not in statuses:
-            message = consumer.poll(0.2)
-            if message is None or message.error() is not None:
-                continue
-            record = codec.decode(message.value()).record
-            if record["job_id"] == job_id:
-                statuses.append(record["status"])
-    finally:
-        consumer.close()
-    return statuses
+    events = records_until(system.settings, JOB_EVENTS, lambda record: record["job_id"] == job_id,
+                           lambda found: until in [e["status"] for e in found], timeout_s)
+    return [e["status"] for e in events]
 
 
 def test_async_job_lifecycle_and_result(system: RunningSystem, caller: dict[str, str],

@@ -11,11 +11,12 @@ from typing import Any
 
 import httpx
 import pytest
-from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
+from confluent_kafka import Producer
 
 from core.fleet.retraining import retraining_round_id
 from schemas.codec import Codec, new_envelope
 from tests.e2e.conftest import RunningSystem, client_address
+from tests.e2e.serving import records_until
 from topology.topics import FLEET_EVENTS, LEARNING_GRAPHS
 
 pytestmark = pytest.mark.e2e
@@ -40,25 +41,11 @@ def online_device(system: RunningSystem) -> str:
 
 def outcomes(system: RunningSystem, trigger_id: str, wanted: int, timeout_s: float = 60) -> list[dict[str, Any]]:
     """The retraining_* fleet events about ``trigger_id`` (waits for ``wanted`` of them)."""
-    settings, codec = system.settings, Codec()
-    topic = FLEET_EVENTS.full_name(settings)
-    consumer = Consumer({"bootstrap.servers": settings.kafka_bootstrap_servers,
-                         "group.id": f"e2e-retraining-{uuid.uuid4().hex[:6]}", "enable.auto.commit": False,
-                         "fetch.wait.max.ms": settings.fetch_max_wait_ms})
-    consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(FLEET_EVENTS.partitions)])
-    found: list[dict[str, Any]] = []
-    deadline = time.monotonic() + timeout_s
-    try:
-        while len(found) < wanted and time.monotonic() < deadline:
-            message = consumer.poll(0.5)
-            if message is None or message.error() is not None:
-                continue
-            record = codec.decode(message.value()).record
-            if record["event_type"].startswith("retraining_") and record["details"].get("trigger_id") == trigger_id:
-                found.append(record)
-    finally:
-        consumer.close()
-    return found
+    def about_trigger(record: dict[str, Any]) -> bool:
+        return bool(record["event_type"].startswith("retraining_")
+                    and record["details"].get("trigger_id") == trigger_id)
+
+    return records_until(system.settings, FLEET_EVENTS, about_trigger, lambda found: len(found) >= wanted, timeout_s)
 
 
 def test_a_retraining_request_delivered_twice_is_answered_once(system: RunningSystem) -> None:

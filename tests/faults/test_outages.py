@@ -200,26 +200,10 @@ def tiny_onnx() -> bytes:
 
 def fleet_events_for(system: RunningSystem, model_id: str, wait_s: float = 5.0) -> list[dict[str, Any]]:
     """Fleet events about ``model_id`` (other than its registration) on this session's fleet topic."""
-    from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
-
-    from schemas.codec import Codec
+    from tests.e2e.serving import records_until
     from topology.topics import FLEET_EVENTS
 
-    settings, codec = system.settings, Codec()
-    topic = FLEET_EVENTS.full_name(settings)
-    consumer = Consumer({"bootstrap.servers": settings.kafka_bootstrap_servers,
-                         "group.id": f"faults-{uuid.uuid4().hex[:6]}", "enable.auto.commit": False})
-    consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(FLEET_EVENTS.partitions)])
-    found: list[dict[str, Any]] = []
-    deadline = time.monotonic() + wait_s
-    try:
-        while time.monotonic() < deadline and not found:
-            message = consumer.poll(0.2)
-            if message is None or message.error() is not None:
-                continue
-            record = codec.decode(message.value()).record
-            if record.get("subject_id") == model_id and record.get("event_type") != "model_registered":
-                found.append(record)
-    finally:
-        consumer.close()
-    return found
+    def about_model(record: dict[str, Any]) -> bool:
+        return record.get("subject_id") == model_id and record.get("event_type") != "model_registered"
+
+    return records_until(system.settings, FLEET_EVENTS, about_model, bool, wait_s)
