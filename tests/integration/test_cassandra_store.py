@@ -54,14 +54,17 @@ def test_a_round_from_before_migration_0007_takes_seats_and_resumes(session: Ses
     old = make_round(target_devices=2)
     assert store.create_active_round(old) is None
     store.transition_round(old.id, RoundStatus.PENDING, RoundStatus.ACTIVE, selected_devices=["a"])
-    session.execute("UPDATE rounds SET selected_count = null WHERE round_id = %s", [old.id])
+    # The old state is written with LWTs too: a plain write can lose to the Paxos write before it
+    # (its timestamp can be older), which left the round 'active' now and then.
+    assert session.execute("UPDATE rounds SET selected_count = null WHERE round_id = %s IF status = 'active'",
+                           [old.id]).one().applied
     assert store.select_device(old.id, "b") is Seat.TAKEN
     assert store.select_device(old.id, "c") is Seat.FULL
     stored = store.get_round(old.id)
     assert stored is not None and stored.selected_devices == ["a", "b"]
 
-    session.execute("UPDATE rounds SET status = 'aggregating', aggregation_attempts = null WHERE round_id = %s",
-                    [old.id])
+    assert session.execute("UPDATE rounds SET status = 'aggregating', aggregation_attempts = null "
+                           "WHERE round_id = %s IF status = 'active'", [old.id]).one().applied
     lease = datetime(2026, 11, 1, 12, 0, tzinfo=UTC)
     assert store.claim_aggregation(old.id, 0, lease) is True
     resumed = store.get_round(old.id)
