@@ -590,6 +590,8 @@ class FleetService:
         await self._io(self.store.add_version, entry)
         model.latest_version, model.model_path = version, entry.model_path
         model.model_size_bytes, model.model_hash = stored.size, f"sha256:{stored.sha256}"
+        if model.extra.get("status"):  # a registry entry from a source_url: an uploaded version makes it ready
+            model.extra.update(status="ready", status_reason=None)
         model.updated_at = now
         await self._io(self.store.update_model, model)
         await self._lifecycle("model_version_created", "model", model.id, version=version, format=fmt,
