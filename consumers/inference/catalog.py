@@ -5,7 +5,7 @@ A catalog model (uploaded by a user, seed 000 versions) is served from its lates
 - ONNX (uploaded as ONNX, or a TorchScript upload the ingress converted to ONNX) ->
   ``OnnxRuntimeModel``; otherwise a TorchScript upload -> ``TorchScriptModel``.
 - The artifact is downloaded from S3 once into
-  ``<data_dir>/models/catalog/<safe id>/v<version>/model.<ext>``: streamed to a temporary file,
+  ``<data_dir>/models/catalog/<safe id>/v<version>/model-<sha256 prefix>.<ext>``: streamed to a temporary file,
   its sha256 checked against the catalog's, then renamed into place (atomic), so a crash or a
   concurrent download never leaves a half file where a runtime would read it.
 - Its contract is ``served_task_type`` (``core/fleet/models.py``, the one the ingress validates
@@ -105,7 +105,7 @@ class CatalogModels:
                                          details={"model_id": model_id},
                                          hint="Register it with a source_url that has tokenizer.json beside it.")
                 tok_path = self.fetch_file(str(tokenizer["key"]), str(tokenizer["sha256"]),
-                                           path.parent / "tokenizer.json", model_id)
+                                           path.parent / f"tokenizer-{str(tokenizer['sha256'])[:16]}.json", model_id)
                 return OnnxTextEmbedder(model_id, path, tok_path, config=config, intra_op_threads=threads,
                                         declared_memory_bytes=declared)
             if task_type == TaskType.IMG2EMBED:
@@ -123,8 +123,11 @@ class CatalogModels:
     __call__ = create
 
     def path_of(self, version: ModelVersion, *, onnx: bool) -> Path:
+        """Where the artifact is cached. Named by its sha256 too: an id deleted and registered again
+        starts at v1 again, and the old v1 file must not be taken for the new one."""
         suffix = "onnx" if onnx or version.format == "onnx" else "pt"
-        return self.cache_dir / safe_name(version.model_id) / f"v{version.version}" / f"model.{suffix}"
+        sha256 = (version.onnx_sha256 if onnx else version.sha256) or "unknown"
+        return self.cache_dir / safe_name(version.model_id) / f"v{version.version}" / f"model-{sha256[:16]}.{suffix}"
 
     def fetch(self, version: ModelVersion, *, onnx: bool) -> Path:
         """The local file of a version's artifact (or its ONNX form), downloaded and verified once."""

@@ -21,6 +21,7 @@ import torch
 from consumers.inference.cache import ModelCache
 from consumers.inference.catalog import CatalogModels
 from consumers.inference.errors import InsufficientMemoryError, ModelLoadError
+from consumers.inference.runtime import OnnxRuntimeModel
 from core.artifacts import MemoryArtifactStore
 from core.auth import Principal
 from core.errors import DomainError
@@ -215,3 +216,21 @@ def test_builtins_are_seeded_idempotently_listed_by_task_type_and_not_deletable(
     minilm.description = "edited by hand"
     stack.store.update_model(minilm)
     assert seed_builtins(stack.store) == [MINILM_ID]  # the spec is the one definition: put back
+
+
+def test_an_id_registered_again_is_not_served_from_the_old_cached_file(stack: Stack, tmp_path: Path) -> None:
+    catalog = CatalogModels(stack.store, stack.artifacts, tmp_path / "cache")
+    stack.register("org/again", stack.source("first.onnx", linear_onnx()))
+    stack.process()
+    first = catalog.create("org/again")
+    stack.store.delete_model("org/again")
+    other = np.array([[0.0, 1.0], [1.0, 0.0], [2.0, 2.0]], dtype=np.float32)
+    stack.register("org/again", stack.source("second.onnx", linear_onnx(other)))
+    stack.process()
+    second = catalog.create("org/again")  # v1 again, another file
+    assert isinstance(first, OnnxRuntimeModel) and isinstance(second, OnnxRuntimeModel)
+    assert first.path != second.path
+    second.load()
+    rows = [[1.0, 2.0, 3.0]]
+    np.testing.assert_allclose(second.infer_batch([{"inputs": rows}])[0]["outputs"], expected(rows, other),
+                               rtol=1e-6)
