@@ -30,7 +30,7 @@ from core.errors import conflict, invalid, not_found, unavailable
 from core.events import EventSink, EventsUnavailable, fleet_record, lifecycle_record
 from core.fleet.models import CatalogModel, RegistryStatus
 from core.fleet.store import FleetStore
-from core.onboarding.fetch import FetchError, FetchPolicy, check_source_url
+from core.onboarding.fetch import FetchError, FetchPolicy, check_source_url, redact
 from core.serving.builtin_specs import BUILTIN_SPECS, BuiltinSpec
 from core.serving.residency import ResidencyStore, observe
 from core.task_types import TaskType
@@ -257,7 +257,8 @@ class RegistryService:
                 "model_id": model.id,
                 "version": str(model.extra.get("version") or (f"v{model.latest_version}" if model.latest_version
                                                                else "main")),
-                "source_url": model.extra.get("source_url") or model.model_path or "",
+                "source_url": redact(model.extra["source_url"]) if model.extra.get("source_url")
+                else model.model_path or "",
                 "checksum": model.model_hash or "",
                 "task_type": model.task_type,
             })

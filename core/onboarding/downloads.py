@@ -87,7 +87,13 @@ class ModelDownloads:
             return "stale"
         started = time.monotonic()
         try:
-            version, checked = await asyncio.to_thread(self._download, model, request_id, record.get("sha256"))
+            try:
+                version, checked = await asyncio.to_thread(self._download, model, request_id, record.get("sha256"))
+            except FetchError:
+                raise
+            except Exception as exc:  # a checker or store crash: the model fails with it instead of staying downloading
+                log.exception("download of %s failed unexpectedly", model_id)
+                raise FetchError("DOWNLOAD_FAILED", f"{type(exc).__name__}: {str(exc)[:300]}") from exc
         except FetchError as exc:
             await asyncio.to_thread(self._finish, model_id, request_id, RegistryStatus.FAILED,
                                     f"{exc.code}: {exc.message}")
