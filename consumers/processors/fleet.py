@@ -19,6 +19,7 @@ from typing import Any
 
 import faust
 
+from consumers.inference.weights import build_onnx
 from consumers.processors.kinds import PROCESSORS
 from core.artifacts import S3ArtifactStore
 from core.cassandra.session import connect
@@ -89,7 +90,7 @@ def build(kind: str, settings: Settings) -> ProcessorSpec:
     if kind == "model-downloads":
         artifacts = S3ArtifactStore(settings)
         fetcher = SourceFetcher(FetchPolicy.from_settings(settings), s3_client=lambda: artifacts.client)
-        downloads = ModelDownloads(settings, store, artifacts, events, fetcher)
+        downloads = ModelDownloads(settings, store, artifacts, events, fetcher, weights_builder=build_onnx)
 
         async def on_download(_: str, record: dict[str, Any]) -> None:
             await downloads.on_requested(record)

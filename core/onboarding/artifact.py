@@ -7,9 +7,10 @@ Detection is by magic bytes, never by the URL's suffix:
 - a zip archive: TorchScript (``torch.jit.save``: ``code/`` and ``constants.pkl``) is accepted if
   ``torch.jit.load`` loads it (TorchScript's loader restores its own IR, not arbitrary objects);
   any other zip (``torch.save`` of a module or state_dict is a pickle inside a zip) -> refused.
-- safetensors (8-byte little-endian header length, then a JSON header) -> refused unless the
-  registration names a known architecture (none is servable from bare weights here yet, so:
-  refused with that reason).
+- safetensors (8-byte little-endian header length, then a JSON header): bare weights, accepted only
+  for a known architecture named by ``config.architecture`` (``KNOWN_ARCHITECTURES``); the
+  download processor then builds the module from its code, loads the weights strictly and exports
+  ONNX, which is checked like any ONNX upload. Otherwise refused.
 - anything else is tried as ONNX: it must load in ONNX Runtime; its input/output signature
   (names, element types, shapes with ``None`` for free dimensions) is recorded.
 """
@@ -25,8 +26,13 @@ from pathlib import Path
 from typing import Any
 
 from core.onboarding.fetch import FetchError
+from core.task_types import TaskType
 
 PICKLE_PROTOCOLS = range(2, 6)
+# Architectures whose safetensors weights become a servable ONNX model, with the task type they serve:
+# "bert-mean-pooling" is a BERT encoder + mean pooling + L2 (sentence-transformers' recipe, e.g.
+# all-MiniLM-L6-v2), with config.json and tokenizer.json beside the weights.
+KNOWN_ARCHITECTURES: dict[str, str] = {"bert-mean-pooling": TaskType.TXT2EMBED.value}
 
 
 @dataclass(frozen=True)
@@ -105,7 +111,8 @@ def check_artifact(path: Path, config: dict[str, Any]) -> CheckedArtifact:
         architecture = config.get("architecture")
         raise _refused("UNSUPPORTED_FORMAT", "safetensors weights carry no architecture and "
                        f"{'no' if not architecture else repr(architecture) + ' is not a'} known architecture "
-                       "this deployment can build; export the model to ONNX.")
+                       f"({', '.join(KNOWN_ARCHITECTURES)}) was named in config.architecture; "
+                       "export the model to ONNX.")
     if kind == "torchscript":
         return CheckedArtifact("pytorch", _torchscript_signature(path))
     return CheckedArtifact("onnx", _onnx_signature(path))

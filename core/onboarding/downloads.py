@@ -39,7 +39,7 @@ from core.artifacts import ArtifactStore
 from core.events import EventSink, fleet_record, lifecycle_record
 from core.fleet.models import CatalogModel, ModelVersion, RegistryStatus
 from core.fleet.store import FleetStore
-from core.onboarding.artifact import CheckedArtifact, check_artifact, check_tokenizer
+from core.onboarding.artifact import KNOWN_ARCHITECTURES, CheckedArtifact, check_artifact, check_tokenizer, sniff
 from core.onboarding.fetch import FetchError, SourceFetcher, redact
 from core.task_types import TaskType
 from schemas.clock import utcnow
@@ -56,9 +56,19 @@ def tokenizer_url(source_url: str, config: dict[str, Any]) -> str:
     explicit = config.get("tokenizer_url")
     if isinstance(explicit, str) and explicit:
         return explicit
+    return beside(source_url, "tokenizer.json")
+
+
+def beside(source_url: str, name: str) -> str:
+    """The URL of ``name`` in the same directory as ``source_url``."""
     parts = urlsplit(source_url)
     directory = parts.path.rsplit("/", 1)[0]
-    return urlunsplit((parts.scheme, parts.netloc, f"{directory}/tokenizer.json", parts.query, ""))
+    return urlunsplit((parts.scheme, parts.netloc, f"{directory}/{name}", parts.query, ""))
+
+
+# (architecture, directory holding model.safetensors and config.json, ONNX file to write): builds the module
+# from our code, loads the weights strictly and exports ONNX; raises FetchError when the weights do not fit.
+WeightsBuilder = Callable[[str, Path, Path], None]
 
 
 def needs_tokenizer(model: CatalogModel) -> bool:
@@ -68,7 +78,8 @@ def needs_tokenizer(model: CatalogModel) -> bool:
 
 class ModelDownloads:
     def __init__(self, settings: Settings, store: FleetStore, artifacts: ArtifactStore, events: EventSink,
-                 fetcher: SourceFetcher, *, clock: Callable[[], datetime] = utcnow) -> None:
+                 fetcher: SourceFetcher, *, clock: Callable[[], datetime] = utcnow,
+                 weights_builder: WeightsBuilder | None = None) -> None:
         self.settings = settings
         self.store = store
         self.artifacts = artifacts
@@ -76,6 +87,7 @@ class ModelDownloads:
         self.fetcher = fetcher
         self.clock = clock
         self.work_dir = settings.data_dir / "downloads"
+        self.weights_builder = weights_builder
 
     async def on_requested(self, record: dict[str, Any]) -> str:
         """Handle one request; returns the outcome (``ready``, ``failed``, ``stale``)."""
@@ -131,6 +143,9 @@ class ModelDownloads:
             if expected_sha256 and expected_sha256.lower() != fetched.sha256:
                 raise FetchError("CHECKSUM_MISMATCH", f"the file's sha256 is {fetched.sha256}, the registration "
                                                       f"expects {expected_sha256.lower()}; it was not loaded")
+            if sniff(path) == "safetensors" and config.get("architecture") in KNOWN_ARCHITECTURES \
+                    and self.weights_builder is not None:
+                path = self._build_from_weights(model, path, config, Path(tmp))
             checked = check_artifact(path, config)
             tokenizer: Path | None = None
             if needs_tokenizer(model):
@@ -142,6 +157,23 @@ class ModelDownloads:
                     self.fetcher.fetch(tokenizer_url(source_url, config), out)
                 check_tokenizer(tokenizer)
             return self._store_version(model, request_id, path, checked, tokenizer), checked
+
+    def _build_from_weights(self, model: CatalogModel, weights: Path, config: dict[str, Any], tmp: Path) -> Path:
+        """ONNX built from safetensors weights of a known architecture (config.json fetched beside them)."""
+        architecture = str(config["architecture"])
+        if KNOWN_ARCHITECTURES[architecture] != model.task_type:
+            raise FetchError("UNSUPPORTED_FORMAT", f"architecture {architecture!r} serves "
+                                                   f"{KNOWN_ARCHITECTURES[architecture]}, not {model.task_type}")
+        assert self.weights_builder is not None
+        source = tmp / "weights"
+        source.mkdir()
+        weights.rename(source / "model.safetensors")
+        with (source / "config.json").open("wb") as out:
+            self.fetcher.fetch(str(config.get("config_url") or beside(str(model.extra["source_url"]), "config.json")),
+                               out)
+        onnx_path = tmp / "built.onnx"
+        self.weights_builder(architecture, source, onnx_path)
+        return onnx_path
 
     def _store_version(self, model: CatalogModel, request_id: str, path: Path, checked: CheckedArtifact,
                        tokenizer: Path | None) -> ModelVersion:

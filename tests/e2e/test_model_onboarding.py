@@ -14,7 +14,7 @@ import pickle
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -268,3 +268,32 @@ def test_tampered_pickled_missing_and_metadata_sources_end_failed_with_the_reaso
             load = http.post(f"/api/v1/models/{model_id}/load")
             assert load.status_code == 409 and load.json()["error_code"] == "MODEL_NOT_READY"
     assert not marker.exists()
+
+
+def test_safetensors_of_a_known_architecture_are_built_into_onnx_and_answer_as_the_builtin_does(
+        system: RunningSystem, sources: tuple[Path, str], caller: dict[str, str],
+        reference: Callable[[list[str]], np.ndarray]) -> None:
+    """all-MiniLM-L6-v2's own safetensors, config.json and tokenizer.json as a user would publish them:
+    the processor builds the BERT module from our code, loads the weights strictly, exports ONNX; the
+    served embeddings equal the built-in MiniLM's (the same weights)."""
+    root, base = sources
+    directory = root / f"minilm-{uuid.uuid4().hex[:6]}"
+    directory.mkdir()
+    for name in ("model.safetensors", "config.json", "tokenizer.json"):
+        (directory / name).symlink_to(minilm_model_dir() / name)
+    model_id = f"e2e-byom/{directory.name}"
+    admin = {"Authorization": f"Bearer {system.admin_key}"}
+    with httpx.Client(base_url=system.base_url, headers=admin, timeout=HTTP_TIMEOUT) as http:
+        created = http.post("/api/v1/models", json={
+            "model_id": model_id, "task_type": "txt2embed", "auto_download": True,
+            "source_url": f"{base}/{directory.name}/model.safetensors",
+            "config": {"architecture": "bert-mean-pooling"}})
+        assert created.status_code == 201, created.text
+        body = wait_status(http, model_id, {"ready", "failed"})
+        assert body["status"] == "ready", body
+        assert body["signature"]["outputs"][0]["name"] == "sentence_embedding"
+    texts = ["weights from a safetensors file", "the same numbers as the built-in model"]
+    rest = httpx.post(f"{system.base_url}/api/v1/infer/{model_id}", headers=caller, timeout=HTTP_TIMEOUT,
+                      json={"input_data": {"text": texts}, "priority": "high"})
+    assert rest.status_code == 200, rest.text
+    np.testing.assert_allclose(rest.json()["output_data"]["embeddings"], reference(texts), rtol=1e-4, atol=1e-5)

@@ -18,16 +18,18 @@ import numpy as np
 import pytest
 import torch
 
+from consumers.inference.builtin import minilm_model_dir
 from consumers.inference.cache import ModelCache
 from consumers.inference.catalog import CatalogModels
 from consumers.inference.errors import InsufficientMemoryError, ModelLoadError
 from consumers.inference.runtime import OnnxRuntimeModel
+from consumers.inference.weights import build_onnx
 from core.artifacts import MemoryArtifactStore
 from core.auth import Principal
 from core.errors import DomainError
 from core.fleet.memory_store import InMemoryFleetStore
 from core.fleet.models import SubjectType
-from core.onboarding.downloads import ModelDownloads
+from core.onboarding.downloads import ModelDownloads, WeightsBuilder
 from core.onboarding.fetch import FetchPolicy, SourceFetcher
 from core.registry import RegistryService, seed_builtins
 from core.serving.builtin_specs import BUILTIN_SPECS, MINILM_ID
@@ -42,7 +44,7 @@ pytestmark = pytest.mark.unit
 
 
 class Stack:
-    def __init__(self, tmp: Path) -> None:
+    def __init__(self, tmp: Path, weights_builder: WeightsBuilder | None = None) -> None:
         self.root = tmp / "sources"
         self.root.mkdir()
         self.settings = Settings(data_dir=tmp / "data", model_source_file_root=str(self.root))
@@ -51,7 +53,8 @@ class Stack:
         self.events = RecordingSink()
         policy = FetchPolicy.from_settings(self.settings)
         self.registry = RegistryService(self.store, self.events, policy=policy)
-        self.downloads = ModelDownloads(self.settings, self.store, self.artifacts, self.events, SourceFetcher(policy))
+        self.downloads = ModelDownloads(self.settings, self.store, self.artifacts, self.events, SourceFetcher(policy),
+                                        weights_builder=weights_builder)
 
     def source(self, name: str, data: bytes) -> str:
         (self.root / name).write_bytes(data)
@@ -157,6 +160,19 @@ def test_bare_safetensors_and_garbage_are_refused_with_the_reason(stack: Stack) 
     assert stack.process() == "failed" and str(stack.status("org/weights")[1]).startswith("UNSUPPORTED_FORMAT")
     stack.register("org/garbage", stack.source("g.onnx", b"not a model at all"))
     assert stack.process() == "failed" and str(stack.status("org/garbage")[1]).startswith("INVALID_MODEL_FILE")
+
+
+def test_safetensors_of_a_known_architecture_that_do_not_fit_it_are_refused(tmp_path: Path) -> None:
+    stack = Stack(tmp_path, weights_builder=build_onnx)
+    header = b'{"w":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}'
+    (stack.root / "config.json").write_bytes((minilm_model_dir() / "config.json").read_bytes())
+    (stack.root / "tokenizer.json").write_bytes((minilm_model_dir() / "tokenizer.json").read_bytes())
+    stack.register("org/not-bert", stack.source("model.safetensors", struct.pack("<Q", len(header)) + header
+                                                + b"\0" * 4), config={"architecture": "bert-mean-pooling"})
+    assert stack.process() == "failed"
+    status, reason = stack.status("org/not-bert")
+    assert status == "failed" and reason is not None and reason.startswith("INVALID_MODEL_FILE")
+    assert "do not fit bert-mean-pooling" in reason
 
 
 def test_a_txt2embed_model_needs_its_tokenizer_beside_it(stack: Stack) -> None:
