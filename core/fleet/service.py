@@ -554,6 +554,8 @@ class FleetService:
         model = await self._io(self.store.get_model, model_id)
         if model is None:
             raise not_found("MODEL_NOT_FOUND", f"Model '{model_id}' not found.")
+        if model.extra.get("builtin"):  # served from its package: an uploaded file would never be used
+            raise conflict("BUILTIN_MODEL", f"Model '{model_id}' is built in; register your own id for your files.")
         self._check_size(len(data))
         fmt = fmt or model.framework or _format_from_name(filename)
         if fmt not in MODEL_FORMATS:
