@@ -17,6 +17,7 @@ from core.errors import unavailable
 from core.events import EventSink
 from core.fleet.service import FleetService
 from core.fleet.store import FleetStore
+from core.onboarding.fetch import FetchPolicy
 from core.registry import RegistryService
 from core.serving.jobs_service import JobService
 from core.serving.lifecycle import ModelLifecycleService
@@ -58,7 +59,9 @@ class AppContext:
         self.fleet = FleetService(self.settings, self.store, self.artifacts, self.events, residency=self.residency)
         self.authenticator = Authenticator(self.store, self.settings)
         self.limiter = RateLimiter(self.store, self.settings)
-        self.registry = RegistryService(self.store, self.events, residency=self.residency)
+        self.registry = RegistryService(self.store, self.events, residency=self.residency,
+                                        policy=FetchPolicy.from_settings(self.settings),
+                                        download_stale_s=2 * self.settings.model_fetch_timeout_s)
         self.lifecycle = ModelLifecycleService(self.store, self.residency, self.events, builtins=self.served_builtins,
                                                wait_s=self.settings.model_load_wait_s)
 

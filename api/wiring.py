@@ -15,6 +15,7 @@ from core.artifacts import S3ArtifactStore
 from core.cassandra.session import connect
 from core.fleet.cassandra_store import CassandraFleetStore
 from core.probes import component_probes
+from core.registry import seed_builtins
 from core.serving.cassandra_jobs import CassandraJobStore
 from core.serving.cassandra_residency import CassandraResidencyStore
 from core.serving.jobs_service import JobService
@@ -58,6 +59,8 @@ async def build_context(settings: Settings, service: str = "api") -> AppContext:
     replies = ReplyConsumer(settings, dead_letters=DeadLetterRouter(settings, publisher, REPLY_GROUP.group_id))
     await replies.start()
     store = CassandraFleetStore(session)
+    # The built-in models are registry entries like any other: upserted at every start (idempotent).
+    await asyncio.to_thread(seed_builtins, store)
     inference = InferenceService(settings, events, replies, catalog=store)
     depth, close_depth = queue_depth_reader(settings)
     unregister_depth = register_queue_depth(depth)  # /metrics: tributary_inference_queue_depth{priority}

@@ -132,6 +132,20 @@ class Settings(BaseSettings):
     model_residency_ttl_s: int = Field(
         30, ge=3, description="TTL of a worker's model residency rows; refreshed every third of it"
     )
+    # --- onboarding user models from a URI (POST /models with source_url, then /download) ---
+    model_fetch_max_bytes: int = Field(
+        2 * 1024**3, ge=1024, description="Largest model file fetched from a source_url; the fetch stops beyond it")
+    model_fetch_timeout_s: float = Field(
+        600.0, gt=0, description="Longest a source_url fetch may take, all redirects included")
+    model_fetch_allow_http: bool = Field(
+        False, description="Accept plain http:// source_urls (https:// only when off)")
+    model_fetch_allowed_networks: str = Field(
+        "", description="Comma-separated IPs/CIDRs a source_url may reach although private, loopback or "
+                        "link-local (e.g. 127.0.0.1 in tests); empty = public addresses only")
+    model_source_file_root: str = Field(
+        "", description="Directory file:// source_urls must lie under; empty = file:// refused")
+    model_source_s3_buckets: str = Field(
+        "", description="Comma-separated buckets of our S3 that s3:// source_urls may name (besides s3_bucket)")
     reply_assignment_timeout_s: float = Field(
         30.0, gt=0, description="How long an ingress waits at start-up for its first reply partition"
     )

@@ -28,6 +28,8 @@ def sample(message_type: str) -> dict[str, Any]:
         "job_event": {"job_id": uid, "model_id": "m1", "status": "running", "progress": 0.5,
                       "error_code": None, "error_message": None},
         "model_command": {"command": "load", "model_id": "m1", "version": 3, "reason": "warm-up"},
+        "model_download_requested": {"model_id": "org/m1", "request_id": uid,
+                                     "source_url": "https://models.example.com/m1.onnx", "sha256": "a" * 64},
         "lifecycle_event": {"event_id": env["message_id"], "event_type": "model_loaded", "model_id": "m1",
                             "details": {"load_ms": 120}},
         "fleet_event": {"event_type": "round_completed", "subject_kind": "round", "subject_id": uid,

@@ -25,6 +25,7 @@ from topology.topics import (
     LEARNING_GRAPHS,
     LIFECYCLE_EVENTS,
     MODEL_COMMANDS,
+    MODEL_DOWNLOADS,
     TRAINING_ROUNDS,
     TRAINING_UPDATES,
     Priority,
@@ -39,6 +40,7 @@ class MessageType(StrEnum):
     INFERENCE_RESPONSE = "inference_response"
     JOB_EVENT = "job_event"
     MODEL_COMMAND = "model_command"
+    MODEL_DOWNLOAD_REQUESTED = "model_download_requested"
     LIFECYCLE_EVENT = "lifecycle_event"  # seed 001 §4.2.3's model events only
     FLEET_EVENT = "fleet_event"  # every other catalog, device, round, update or retraining event
     AUDIT_EVENT = "audit_event"
@@ -86,6 +88,7 @@ MESSAGES: dict[MessageType, MessageRoute] = {
     MessageType.INFERENCE_RESPONSE: MessageRoute(INFERENCE_RESPONSES, "correlation_id", "reply_partition"),
     MessageType.JOB_EVENT: MessageRoute(JOB_EVENTS, "job_id"),
     MessageType.MODEL_COMMAND: MessageRoute(MODEL_COMMANDS, "model_id"),
+    MessageType.MODEL_DOWNLOAD_REQUESTED: MessageRoute(MODEL_DOWNLOADS, "model_id"),
     MessageType.LIFECYCLE_EVENT: MessageRoute(LIFECYCLE_EVENTS, "model_id"),
     MessageType.FLEET_EVENT: MessageRoute(FLEET_EVENTS, "subject_id"),
     MessageType.AUDIT_EVENT: MessageRoute(AUDIT_EVENTS, "chain_id"),

@@ -3,6 +3,7 @@
     tributary processor devices           # heartbeats → device rows, freshness events
     tributary processor rounds            # updates → counters, streaming FedAvg, round closing
     tributary processor learning-graphs   # retraining requests → a training round (or why not)
+    tributary processor model-downloads   # registry download requests → fetched, checked, stored versions
 
 ``consumers/processors/kinds.py`` names them, with the group and topic of each. Events are
 decoded with the project codec (faust sees raw bytes); failures go through the shared
@@ -18,6 +19,7 @@ from typing import Any
 
 import faust
 
+from consumers.inference.weights import build_onnx
 from consumers.processors.kinds import PROCESSORS
 from core.artifacts import S3ArtifactStore
 from core.cassandra.session import connect
@@ -26,6 +28,8 @@ from core.fleet.processing import DeviceProcessor, RoundProcessor
 from core.fleet.retraining import RetrainingTrigger
 from core.fleet.service import FleetService
 from core.logs import configure, correlation_id_var, trace_id_var
+from core.onboarding.downloads import ModelDownloads
+from core.onboarding.fetch import FetchPolicy, SourceFetcher
 from core.shutdown import arm_shutdown_deadline
 from messaging.dead_letter import DeadLetterRouter, RawMessage
 from producers.events import KafkaEventSink
@@ -83,6 +87,15 @@ def build(kind: str, settings: Settings) -> ProcessorSpec:
             await trigger.on_graph_submitted(record)
 
         return ProcessorSpec(group, topic, {MessageType.LEARNING_GRAPH_SUBMITTED: on_graph}, closers)
+    if kind == "model-downloads":
+        artifacts = S3ArtifactStore(settings)
+        fetcher = SourceFetcher(FetchPolicy.from_settings(settings), s3_client=lambda: artifacts.client)
+        downloads = ModelDownloads(settings, store, artifacts, events, fetcher, weights_builder=build_onnx)
+
+        async def on_download(_: str, record: dict[str, Any]) -> None:
+            await downloads.on_requested(record)
+
+        return ProcessorSpec(group, topic, {MessageType.MODEL_DOWNLOAD_REQUESTED: on_download}, closers)
     raise AssertionError(f"processor {kind!r} is listed but not built")
 
 

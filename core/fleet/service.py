@@ -554,6 +554,8 @@ class FleetService:
         model = await self._io(self.store.get_model, model_id)
         if model is None:
             raise not_found("MODEL_NOT_FOUND", f"Model '{model_id}' not found.")
+        if model.extra.get("builtin"):  # served from its package: an uploaded file would never be used
+            raise conflict("BUILTIN_MODEL", f"Model '{model_id}' is built in; register your own id for your files.")
         self._check_size(len(data))
         fmt = fmt or model.framework or _format_from_name(filename)
         if fmt not in MODEL_FORMATS:
@@ -590,6 +592,8 @@ class FleetService:
         await self._io(self.store.add_version, entry)
         model.latest_version, model.model_path = version, entry.model_path
         model.model_size_bytes, model.model_hash = stored.size, f"sha256:{stored.sha256}"
+        if model.extra.get("status"):  # a registry entry from a source_url: an uploaded version makes it ready
+            model.extra.update(status="ready", status_reason=None)
         model.updated_at = now
         await self._io(self.store.update_model, model)
         await self._lifecycle("model_version_created", "model", model.id, version=version, format=fmt,

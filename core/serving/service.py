@@ -10,6 +10,7 @@ Failure replies keep the worker's error code; its HTTP meaning comes from ``ERRO
 |----------------------------------------------------------|-----------------------------|
 | INVALID_INPUT, BATCH_SIZE_EXCEEDED                       | 400                         |
 | MODEL_NOT_FOUND                                          | 404                         |
+| MODEL_NOT_READY (a source_url model not yet ready)       | 409                         |
 | INFERENCE_TIMEOUT                                        | 408                         |
 | MODEL_LOAD_FAILED, MODEL_NOT_LOADED, INSUFFICIENT_MEMORY,| 503 + Retry-After           |
 | SERVICE_UNAVAILABLE (worker queue full)                  |                             |
@@ -39,13 +40,12 @@ from typing import Any, Protocol
 from core.auth import Principal
 from core.errors import DomainError, ErrorKind, invalid, unavailable
 from core.events import EventsUnavailable, MessageSink
-from core.fleet.models import CatalogModel
+from core.fleet.models import CatalogModel, not_ready_reason, served_task_type
 from core.logs import trace_id_var
 from core.serving.builtin_specs import BUILTIN_SPECS
 from core.serving.metrics import observe_reply
 from core.serving.replies import NoReplyPartition, Reply, ReplyConsumerClosed, ReplyPartitionRevoked, ReplySource
 from core.serving.validation import validate_request
-from core.task_types import GENERIC_TASK_TYPE, SERVED_TASK_TYPES
 from schemas.clock import utcnow
 from settings import Settings
 from topology.messages import MessageType
@@ -64,6 +64,7 @@ ERROR_KINDS: dict[str, ErrorKind] = {
     "VALIDATION_ERROR": ErrorKind.INVALID,
     "MODEL_NOT_FOUND": ErrorKind.NOT_FOUND,
     "INFERENCE_TIMEOUT": ErrorKind.TIMEOUT,
+    "MODEL_NOT_READY": ErrorKind.CONFLICT,
 }
 # Codes that a retry may cure, with the Retry-After to suggest.
 RETRYABLE_S: dict[str, float] = {
@@ -160,9 +161,13 @@ class InferenceService:
             raise unavailable("SERVICE_UNAVAILABLE", "The model catalog is unavailable.", 2.0) from exc
         if model is None:
             raise self._not_served(model_id)
-        if model.task_type in SERVED_TASK_TYPES:
-            return str(model.task_type)
-        return GENERIC_TASK_TYPE
+        reason = not_ready_reason(model)
+        if reason is not None:
+            raise DomainError(ErrorKind.CONFLICT, "MODEL_NOT_READY", f"Model '{model_id[:200]}' is "
+                              f"{model.extra.get('status')}: {reason}.", details={"model_id": model_id[:200],
+                                                                                   "status": model.extra.get("status")},
+                              hint="Wait until GET /api/v1/models/{id} shows status 'ready'.")
+        return served_task_type(model)
 
     async def check_async(self, model_id: str, input_data: Any, parameters: Any, priority: str,
                           timeout_seconds: int) -> tuple[str, Priority]:
