@@ -1,8 +1,8 @@
 """A global request body size limit, enforced before any endpoint buffers a body.
 
 JSON (and any other non-multipart) bodies may carry ``TRIBUTARY_MAX_REQUEST_BYTES``; multipart
-uploads may carry ``TRIBUTARY_MAX_UPLOAD_BYTES`` plus 1 MiB of form fields and boundaries (the
-upload endpoints then check the file itself). A declared ``Content-Length`` over the limit is
+uploads may carry the larger of ``TRIBUTARY_MAX_UPLOAD_BYTES`` and ``TRIBUTARY_MAX_REQUEST_BYTES``
+plus 1 MiB of form fields and boundaries (the upload endpoints then check the files themselves). A declared ``Content-Length`` over the limit is
 refused at once; a chunked body is counted as it streams and refused when it passes the limit.
 Either way the answer is 413 ``REQUEST_TOO_LARGE`` in the error envelope.
 """
@@ -28,7 +28,9 @@ class BodySizeLimit:
     def __init__(self, app: ASGIApp, max_request_bytes: int, max_upload_bytes: int) -> None:
         self.app = app
         self.max_request_bytes = max_request_bytes
-        self.max_multipart_bytes = max_upload_bytes + MULTIPART_OVERHEAD_BYTES
+        # A multipart body is a model upload or an inference upload (images, whose bound is the JSON
+        # request's); each endpoint then checks its own files.
+        self.max_multipart_bytes = max(max_upload_bytes, max_request_bytes) + MULTIPART_OVERHEAD_BYTES
 
     def limit_for(self, content_type: str) -> int:
         if content_type.lower().startswith("multipart/form-data"):
