@@ -2,8 +2,9 @@
 
 JSON (and any other non-multipart) bodies may carry ``TRIBUTARY_MAX_REQUEST_BYTES``; multipart
 uploads may carry the larger of ``TRIBUTARY_MAX_UPLOAD_BYTES`` and ``TRIBUTARY_MAX_REQUEST_BYTES``
-plus 1 MiB of form fields and boundaries (the upload endpoints then check the files themselves). A declared ``Content-Length`` over the limit is
-refused at once; a chunked body is counted as it streams and refused when it passes the limit.
+plus 1 MiB of form fields and boundaries (the upload endpoints then check the files themselves).
+A declared ``Content-Length`` over the limit is refused at once; a chunked body is counted as it
+streams and refused when it passes the limit.
 Either way the answer is 413 ``REQUEST_TOO_LARGE`` in the error envelope.
 """
 

@@ -107,7 +107,8 @@ async def infer_upload(
                       errors=[{"field": "file", "message": "send 'file' or 'files', not both or neither"}])
     # base64 takes 4/3 of the bytes; the encoded input is what the input limit counts.
     limit = ctx.settings.inference_max_input_bytes * 3 // 4
-    images = [base64.b64encode(await read_upload(upload, limit)).decode() for upload in files or [file] if upload]
+    uploads = files if file is None and files else [file] if file is not None else []
+    images = [base64.b64encode(await read_upload(upload, limit)).decode() for upload in uploads]
     input_data: dict[str, Any] = {"image": images[0]} if file is not None else {"images": images}
     result = await ctx.inference_service().infer(caller, model_id, input_data, upload_parameters(parameters),
                                                  priority, timeout_seconds)
