@@ -207,12 +207,15 @@ class TributaryClient:
 
     def __init__(self, base_url: str, api_key: str | None = None, *, timeout_s: float = 30.0,
                  retry: RetryPolicy | None = None, sleep: Callable[[float], None] = time.sleep,
-                 grpc_target: str | None = None, transport: httpx.BaseTransport | None = None) -> None:
+                 grpc_target: str | None = None, transport: httpx.BaseTransport | None = None,
+                 headers: Mapping[str, str] | None = None) -> None:
+        """``headers`` go with every request (e.g. an ``X-Trace-Id``); ``transport`` is httpx's (tests)."""
         self.api_key = api_key
         self.retry = retry or RetryPolicy()
         self.grpc_target = grpc_target
         self._sleep = sleep
-        self._http = httpx.Client(base_url=base_url.rstrip("/"), timeout=timeout_s, transport=transport)
+        self._http = httpx.Client(base_url=base_url.rstrip("/"), timeout=timeout_s, transport=transport,
+                                  headers=dict(headers or {}))
 
     def close(self) -> None:
         self._http.close()
