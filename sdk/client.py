@@ -466,10 +466,14 @@ def _fill_input(message: Any, item: Mapping[str, Any]) -> None:
         message.text = text
     elif text is not None:
         rest["text"] = text
-    if isinstance(texts, list):
+    if isinstance(texts, list) and all(isinstance(t, str) for t in texts):
         message.text_batch.texts.extend(texts)
+    elif texts is not None:
+        rest["texts"] = texts  # sent as given: the server names what is wrong with it
     if isinstance(image, bytes | str):
         message.image = image if isinstance(image, bytes) else base64.b64decode(image)
+    elif image is not None:
+        rest["image"] = image
     if rest:
         message.custom_data.update(rest)
 

@@ -81,18 +81,19 @@ def test_async_job_wait_result_and_cancel(device: TributaryClient) -> None:
     assert device.job(reference.job_id).status == "completed"
 
 
-def test_register_download_wait_ready_load_infer_unload(operator: TributaryClient, device: TributaryClient) -> None:
+def test_register_then_download_wait_ready_load_infer_unload(operator: TributaryClient, device: TributaryClient) -> None:
     name = f"sdk-e2e/{uuid.uuid4().hex[:8]}"
     registered = operator.register_model(name, "img2embed", "v1", description="registered by the SDK e2e")
     assert registered.model_id == name and registered.status == "registered" and registered.task_type == "img2embed"
-    accepted = operator.download(name)
-    assert accepted["model_id"] == name and accepted["status"] == "downloading"
+    assert operator.model(name).status == "registered"
 
-    # A model whose files are stored is ready: wait_ready returns it; load retries 503 (Retry-After)
-    # through tenacity until a worker holds it.
+    # A model with a stored ONNX file: download asks the workers to fetch it, wait_ready polls until
+    # it is ready; load retries 503 (Retry-After) through tenacity until a worker holds it.
     catalog_id = operator.create_model(description="sdk e2e linear")["id"]
     operator.upload_version(catalog_id, linear_onnx(), "linear.onnx", fmt="onnx")
-    assert operator.wait_ready(catalog_id, timeout_s=60).status == "ready"
+    accepted = operator.download(catalog_id)
+    assert accepted["model_id"] == catalog_id and accepted["status"] == "downloading"
+    assert operator.wait_ready(catalog_id, timeout_s=120).status == "ready"
     loaded = operator.load(catalog_id)
     assert loaded.state == "loaded" and loaded.workers
     rows = [[1.0, 2.0, 3.0]]
