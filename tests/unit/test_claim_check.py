@@ -4,17 +4,25 @@ the ingress's and the worker's use of it."""
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
+from collections.abc import Iterator
 from typing import Any
 
 import jsonschema
 import pytest
+from fastapi.testclient import TestClient
+from pydantic import SecretStr
 
+from api.app import create_app
+from api.context import AppContext
 from consumers.inference.worker import InferenceRequestHandler
+from core.api_keys import new_api_key
 from core.artifacts import MemoryArtifactStore
 from core.claimcheck import INPUT_REFERENCE_INVALID, PREFIX, ClaimCheck, ClaimCheckError, encode
 from core.errors import DomainError
+from core.fleet.memory_store import InMemoryFleetStore
 from core.serving.service import InferenceService
 from messaging.dead_letter import PERMANENT
 from messaging.reply_consumer import ReplyTable
@@ -22,6 +30,7 @@ from schemas.base import JSON_DIR
 from schemas.codec import Codec, new_envelope
 from schemas.json_views import validate_json_view
 from settings import Settings
+from tests.recording_sink import RecordingSink
 from tests.unit.test_reply_consumer import CALLER, MINILM, MODELS, FakeRunner, FakeSink, request
 
 pytestmark = pytest.mark.unit
@@ -167,3 +176,57 @@ async def test_an_unavailable_object_store_is_503_and_nothing_is_published() -> 
         await service.infer(CALLER, MINILM, large_input())
     assert caught.value.code == "SERVICE_UNAVAILABLE" and caught.value.retry_after_s == 2.0
     assert sink.published == []
+
+
+# --- the multipart route ------------------------------------------------------------------------
+ADMIN_KEY = new_api_key()
+ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
+IMG2EMBED = "efficientnet-lite0"
+
+
+@pytest.fixture
+def upload_api() -> Iterator[tuple[TestClient, FakeSink]]:
+    settings = Settings(admin_api_key=SecretStr(ADMIN_KEY))
+    table = ReplyTable()
+    table.assigned([0])
+    sink = FakeSink(table)
+    service = InferenceService(settings, sink, table, models={**MODELS, IMG2EMBED: "img2embed"},
+                               claims=claims())
+    ctx = AppContext(settings=settings, store=InMemoryFleetStore(), artifacts=MemoryArtifactStore(),
+                     events=RecordingSink(), inference=service)
+    with TestClient(create_app(settings, ctx)) as client:
+        yield client, sink
+
+
+def test_an_uploaded_image_becomes_the_base64_input_of_the_same_request(
+        upload_api: tuple[TestClient, FakeSink]) -> None:
+    client, sink = upload_api
+    image = b"\x89PNG\r\n" + bytes(range(256)) * 40  # ~10 KB: above the test threshold, sent by reference
+    response = client.post(f"/api/v1/infer/{IMG2EMBED}/upload", headers=ADMIN,
+                           files={"file": ("p.png", image, "image/png")},
+                           data={"parameters": '{"normalize": false}', "priority": "high", "timeout_seconds": "30"})
+    assert response.status_code == 200, response.text
+    ((topic, _, record, _),) = sink.published
+    assert topic.endswith(".high") and record["parameters"] == {"normalize": False}
+    assert record["input_data"] == {} and record["input_ref"]["size"] > THRESHOLD
+    several = client.post(f"/api/v1/infer/{IMG2EMBED}/upload", headers=ADMIN,
+                          files=[("files", ("a.png", b"a" * 10, "image/png")), ("files", ("b.png", b"b", "image/png"))])
+    assert several.status_code == 200, several.text
+    assert sink.published[-1][2]["input_data"] == {"images": [base64.b64encode(b"a" * 10).decode(),
+                                                              base64.b64encode(b"b").decode()]}
+
+
+@pytest.mark.parametrize(("files", "data", "field"), [
+    ({}, {}, "file"),
+    ([("file", ("a.png", b"a", "image/png")), ("files", ("b.png", b"b", "image/png"))], {}, "file"),
+    ({"file": ("a.png", b"a", "image/png")}, {"parameters": "[1, 2]"}, "parameters"),
+    ({"file": ("a.png", b"a", "image/png")}, {"parameters": "{not json"}, "parameters"),
+    ({"file": ("a.png", b"a", "image/png")}, {"timeout_seconds": "0"}, "timeout_seconds"),
+])
+def test_a_malformed_upload_is_a_400_naming_the_field(upload_api: tuple[TestClient, FakeSink], files: Any,
+                                                      data: dict[str, str], field: str) -> None:
+    client, sink = upload_api
+    response = client.post(f"/api/v1/infer/{IMG2EMBED}/upload", headers=ADMIN, files=files or None,
+                           data=data or None)
+    assert response.status_code == 400, response.text
+    assert field in json.dumps(response.json()["details"]) and sink.published == []
