@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import io
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from datetime import timedelta
@@ -135,6 +136,29 @@ def test_a_result_above_the_threshold_comes_back_through_s3(
              if (codec.decode(m.value()).record.get("output_ref") or {}).get("size", 0) > 256 * 1024]
     assert sizes and max(sizes) < 2048, sizes
     print(f"\n[claim-check] result reply messages with output_ref: {sizes} B")
+
+
+def test_an_async_job_with_a_large_input_runs_by_reference(
+        system: RunningSystem, caller: dict[str, str], in_process: Callable[[list[bytes]], np.ndarray]) -> None:
+    rng = np.random.default_rng(9)
+    out = io.BytesIO()
+    Image.fromarray(rng.integers(0, 256, (600, 600, 3), dtype=np.uint8)).save(out, format="PNG", compress_level=0)
+    image = out.getvalue()  # ~1 MB: over the threshold, under nothing else
+    submitted = httpx.post(f"{system.base_url}/api/v1/infer/{EFFICIENTNET_ID}/async", headers=caller,
+                           timeout=HTTP_TIMEOUT, json={"input_data": {"image": base64.b64encode(image).decode()},
+                                                       "priority": "low", "timeout_seconds": 120})
+    assert submitted.status_code == 202, submitted.text[:500]
+    job_id = submitted.json()["job_id"]
+    deadline = time.monotonic() + 120
+    while (status := httpx.get(f"{system.base_url}/api/v1/jobs/{job_id}", headers=caller,
+                               timeout=HTTP_TIMEOUT).json()["status"]) in ("queued", "processing"):
+        assert time.monotonic() < deadline, f"job {job_id} still {status}"
+        time.sleep(0.5)
+    assert status == "completed"
+    result = httpx.get(f"{system.base_url}/api/v1/jobs/{job_id}/result", headers=caller, timeout=HTTP_TIMEOUT)
+    assert cosine(result.json()["output_data"]["embedding"], in_process([image])[0]) > 0.9999
+    (record,) = [r for _, r in claimed_requests(system, Priority.LOW) if r.get("job_id") == job_id]
+    assert record["input_data"] == {} and record["input_ref"]["size"] > len(image)
 
 
 def test_a_tampered_claim_object_fails_the_request_clearly_and_is_dead_lettered(system: RunningSystem) -> None:
