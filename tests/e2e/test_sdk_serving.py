@@ -81,7 +81,8 @@ def test_async_job_wait_result_and_cancel(device: TributaryClient) -> None:
     assert device.job(reference.job_id).status == "completed"
 
 
-def test_register_then_download_wait_ready_load_infer_unload(operator: TributaryClient, device: TributaryClient) -> None:
+def test_register_then_download_wait_ready_load_infer_unload(operator: TributaryClient,
+                                                             device: TributaryClient) -> None:
     name = f"sdk-e2e/{uuid.uuid4().hex[:8]}"
     registered = operator.register_model(name, "img2embed", "v1", description="registered by the SDK e2e")
     assert registered.model_id == name and registered.status == "registered" and registered.task_type == "img2embed"
