@@ -230,3 +230,16 @@ def test_a_malformed_upload_is_a_400_naming_the_field(upload_api: tuple[TestClie
                            data=data or None)
     assert response.status_code == 400, response.text
     assert field in json.dumps(response.json()["details"]) and sink.published == []
+
+
+def test_inference_uploads_get_the_json_bound_and_model_uploads_keep_theirs() -> None:
+    from api.limits import MULTIPART_OVERHEAD_BYTES, BodySizeLimit
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        return None
+
+    limits = BodySizeLimit(app, max_request_bytes=32 << 20, max_upload_bytes=2 << 20)
+    multipart = "multipart/form-data; boundary=x"
+    assert limits.limit_for(multipart, f"/api/v1/infer/{IMG2EMBED}/upload") == (32 << 20) + MULTIPART_OVERHEAD_BYTES
+    assert limits.limit_for(multipart, "/api/v1/models/m/versions/upload") == (2 << 20) + MULTIPART_OVERHEAD_BYTES
+    assert limits.limit_for("application/json", "/api/v1/infer/m") == 32 << 20
