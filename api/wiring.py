@@ -13,6 +13,7 @@ from confluent_kafka.admin import AdminClient
 from api.context import AppContext
 from core.artifacts import S3ArtifactStore
 from core.cassandra.session import connect
+from core.claimcheck import ClaimCheck, sweep_periodically
 from core.fleet.cassandra_store import CassandraFleetStore
 from core.probes import component_probes
 from core.registry import seed_builtins
@@ -61,7 +62,8 @@ async def build_context(settings: Settings, service: str = "api") -> AppContext:
     store = CassandraFleetStore(session)
     # The built-in models are registry entries like any other: upserted at every start (idempotent).
     await asyncio.to_thread(seed_builtins, store)
-    inference = InferenceService(settings, events, replies, catalog=store)
+    claims = ClaimCheck(artifacts, bucket=settings.s3_bucket, threshold_bytes=settings.inference_claim_check_bytes)
+    inference = InferenceService(settings, events, replies, catalog=store, claims=claims)
     depth, close_depth = queue_depth_reader(settings)
     unregister_depth = register_queue_depth(depth)  # /metrics: tributary_inference_queue_depth{priority}
     context = AppContext(
@@ -78,4 +80,11 @@ async def build_context(settings: Settings, service: str = "api") -> AppContext:
     # Flush what is in flight before the session goes: nothing accepted is left unsent. Closers run in
     # reverse: the reply consumer leaves its group first, so other replicas take its partitions at once.
     context.closers += [session.cluster.shutdown, publisher.close, close_depth, unregister_depth, replies.close]
+    if settings.claim_check_sweep_interval_s > 0:
+        # Claim objects expire by the bucket's lifecycle rule where the S3 enforces it; this deletes
+        # them where it does not (SeaweedFS: see core/claimcheck.py).
+        sweeper = asyncio.create_task(sweep_periodically(
+            artifacts.client, settings.s3_bucket, retention_days=settings.claim_check_retention_days,
+            interval_s=settings.claim_check_sweep_interval_s))
+        context.closers.append(sweeper.cancel)
     return context

@@ -101,8 +101,9 @@ class Settings(BaseSettings):
                                                               "and per address for registration")
     operator_rate_limit_per_minute: int = Field(100_000, ge=1, description="Requests per minute per operator key")
     max_upload_bytes: int = Field(100 * 1024 * 1024, ge=1024, description="Largest model or update upload")
+    # 32 MiB: a 20 MiB image base64-encoded (4/3) in a JSON inference request, with room to spare.
     max_request_bytes: int = Field(
-        16 * 1024 * 1024, ge=1024, description="Largest non-multipart request body (JSON); 413 beyond it"
+        32 * 1024 * 1024, ge=1024, description="Largest non-multipart request body (JSON); 413 beyond it"
     )
     learning_graph_threshold: int = Field(1000, ge=1, description="Pending graphs that trigger retraining")
     learning_graph_hmac_key: SecretStr = SecretStr("")
@@ -123,9 +124,19 @@ class Settings(BaseSettings):
     inference_memory_budget_mb: int = Field(2048, ge=64, description="Loaded models per worker, LRU-evicted")
     inference_intra_op_threads: int = Field(1, ge=1, description="ONNX Runtime threads per model session")
     inference_preload_models: str = Field("", description="Comma-separated model ids each worker loads at start")
+    # Inputs above inference_claim_check_bytes travel as an S3 claim check, so this bound is the
+    # ingress's and the workers' memory, not Kafka's 1 MB: 30 MiB takes a 20 MiB image as base64.
     inference_max_input_bytes: int = Field(
-        900_000, ge=1024, description="Largest encoded input_data + parameters; requests ride Kafka (1 MB limit)"
+        30 * 1024 * 1024, ge=1024, description="Largest encoded input_data + parameters; 413 beyond it"
     )
+    inference_claim_check_bytes: int = Field(
+        256 * 1024, ge=1024, le=768 * 1024,
+        description="Inputs and results whose JSON is larger ride Kafka as an S3 claim check (bucket, key, "
+                    "size, sha256); at most 768 KiB, so a message stays under Kafka's 1 MB")
+    claim_check_retention_days: int = Field(
+        1, ge=1, description="Claim-check objects (claims/ in the bucket) expire after this many days")
+    claim_check_sweep_interval_s: float = Field(
+        3600.0, ge=0, description="How often the ingress deletes expired claim-check objects itself; 0 = never")
     model_load_wait_s: float = Field(
         60.0, gt=0, description="How long POST /models/{id}/load (and /unload) waits for a worker to report it"
     )
