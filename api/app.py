@@ -11,7 +11,7 @@ from api.context import AppContext
 from api.errors import install_error_handlers
 from api.limits import BodySizeLimit
 from api.middleware import TraceAndMeasure
-from api.routers import fleet, health, inference, jobs, learning, lifecycle, pipelines
+from api.routers import fleet, health, inference, jobs, keys, learning, lifecycle, pipelines
 from api.routers.health import API_VERSION
 from settings import Settings, get_settings
 
@@ -67,6 +67,7 @@ def create_app(settings: Settings | None = None, context: AppContext | None = No
     # /models/{id}/load|unload before fleet's /models/{model_id:path} catch-all routes
     app.include_router(lifecycle.router)
     app.include_router(fleet.router)
+    app.include_router(keys.router)
     app.include_router(inference.router)
     app.include_router(jobs.router)
     app.include_router(pipelines.router)
