@@ -87,7 +87,7 @@ class KeyService:
         await self._audit(actor, "key.create", f"key/{issued.record.key_id}", after=key_view(issued.record))
         return issued
 
-    async def list(self, actor: Principal, subject: str | None = None) -> list[ApiKeyRecord]:
+    async def list_keys(self, actor: Principal, subject: str | None = None) -> list[ApiKeyRecord]:
         actor.require(Action.KEYS)
         keys = await self._io(self.store.list_api_keys, subject)
         await self._audit(actor, "key.list", f"keys/{subject}" if subject else "keys", after={"count": len(keys)})

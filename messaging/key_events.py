@@ -135,7 +135,7 @@ class KeyEventConsumer:
                     continue
                 self._apply(message)
                 consumer.commit(message=message, asynchronous=False)
-        except Exception:  # noqa: BLE001 - a dead thread would leave revocations unconfirmed: log it loudly
+        except Exception:
             log.exception("key-events consumer %s stopped", self.group_id)
         finally:
             consumer.close()

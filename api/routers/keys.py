@@ -93,10 +93,11 @@ async def create_key(body: KeyCreateRequest, ctx: Ctx, caller: Caller) -> Issued
 
 
 @router.get("/keys", response_model=KeyList, responses=ERRORS)
-async def list_keys(ctx: Ctx, caller: Caller,
-                    subject: Annotated[str | None, Query(max_length=255, description="Only this subject's keys")] = None,
-                    ) -> KeyList:
-    return KeyList(keys=[KeyOut.of(k) for k in await ctx.keys.list(caller, subject)])
+async def list_keys(
+    ctx: Ctx, caller: Caller,
+    subject: Annotated[str | None, Query(max_length=255, description="Only this subject's keys")] = None,
+) -> KeyList:
+    return KeyList(keys=[KeyOut.of(k) for k in await ctx.keys.list_keys(caller, subject)])
 
 
 @router.post("/keys/{key_id}/rotate", status_code=201, response_model=RotatedKeyOut, responses=ERRORS)
