@@ -9,6 +9,7 @@ fail for its own reasons (404, 422, 409, 503 where a test wires no inference); i
 
 from __future__ import annotations
 
+import asyncio
 import re
 import uuid
 from collections.abc import Iterator
@@ -174,8 +175,16 @@ def test_the_grpc_table_names_every_method() -> None:
     assert {m for m, rule in GRPC_EXPECTED.items() if rule == OPEN} == set(OPEN_METHODS)
 
 
-@pytest.mark.asyncio(loop_scope="session")
-async def test_each_role_gets_permission_denied_exactly_where_the_grpc_table_says() -> None:
+def test_each_role_gets_permission_denied_exactly_where_the_grpc_table_says() -> None:
+    # On a loop of its own, leaving the thread's current loop (pytest-asyncio's session loop) alone.
+    loop = asyncio.new_event_loop()
+    try:
+        loop.run_until_complete(_grpc_matrix())
+    finally:
+        loop.close()
+
+
+async def _grpc_matrix() -> None:
     from api.grpc.server import GrpcServer
 
     ctx = memory_context(settings())

@@ -8,6 +8,7 @@ import asyncio
 import json
 import uuid
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
@@ -214,12 +215,20 @@ class CountingStore(InMemoryFleetStore):
         return super().get_api_key(key_hash)
 
 
+def run(coroutine: Any) -> Any:
+    """On a loop of its own, leaving the thread's current loop alone (pytest-asyncio's session loop)."""
+    loop = asyncio.new_event_loop()
+    try:
+        return loop.run_until_complete(coroutine)
+    finally:
+        loop.close()
+
+
 def test_a_cached_key_is_answered_without_the_store_until_its_age_runs_out() -> None:
     store = CountingStore()
     now = [0.0]
     authenticator = Authenticator(store, make_settings(key_cache_max_age_s=30), clock=lambda: now[0])
-    service = asyncio.run(KeyService(make_settings(), store, RecordingSink(), authenticator,
-                                     _Bus(authenticator)).create(
+    service = run(KeyService(make_settings(), store, RecordingSink(), authenticator, _Bus(authenticator)).create(
         authenticator.authenticate(ADMIN_KEY), SubjectType.SERVICE, "svc", None, None))
     assert authenticator.try_authenticate(service.api_key) is None  # not cached yet
     authenticator.lookup(service.api_key)
@@ -302,5 +311,5 @@ def test_the_forwarded_header_is_believed_only_from_trusted_proxies(peer: str, h
 
     middleware = ForwardedHeader(app, trusted="10.0.0.0/8")
     headers = [(b"forwarded", header.encode())] if header else []
-    asyncio.run(middleware({"type": "http", "client": (peer, 1234), "headers": headers}, None, None))  # type: ignore[arg-type]
+    run(middleware({"type": "http", "client": (peer, 1234), "headers": headers}, None, None))  # type: ignore[arg-type]
     assert scopes[0]["client"][0] == seen  # type: ignore[index]
