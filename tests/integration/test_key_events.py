@@ -4,7 +4,6 @@ unconfirmed within the bound. Key management through the Cassandra store and the
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 import uuid
@@ -117,7 +116,7 @@ def audit_records(settings: Settings, chain_prefix: str, want: int) -> list[dict
     consumer = Consumer({"bootstrap.servers": settings.kafka_bootstrap_servers, "group.id": f"audit-{uuid.uuid4()}",
                          "auto.offset.reset": "earliest"})
     consumer.subscribe([AUDIT_EVENTS.full_name(settings)])
-    codec, records = Codec(), []
+    codec, records = Codec(), list[dict[str, Any]]()
     deadline = time.monotonic() + 30
     while len(records) < want and time.monotonic() < deadline:
         message = consumer.poll(0.3)
@@ -158,5 +157,4 @@ async def test_keys_with_roles_survive_the_cassandra_store_and_find_by_id(keyed:
     secret, record = stored_key(store)
     assert store.find_api_key(record.key_id) == record
     assert record in store.list_api_keys(record.subject_id)
-    await asyncio.sleep(0)
     assert Authenticator(store, keyed).authenticate(secret).subject_type is SubjectType.SERVICE
