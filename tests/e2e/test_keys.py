@@ -149,10 +149,15 @@ def test_deleting_a_device_through_the_cli_stops_its_key_on_every_replica(
     assert events and events[0]["details"]["revoked_key_ids"] == [deleted["revoked"][0]["key_id"]]
 
 
-def test_key_and_device_management_is_on_the_audit_topic_with_the_actor_s_key_id(system: RunningSystem) -> None:
+def test_key_and_device_management_through_the_cli_is_on_the_audit_topic_with_the_actor_s_key_id(
+        system: RunningSystem) -> None:
     device_id, _ = register(system)
-    created = create_key(system, role="service", label="audited")
-    httpx.post(f"{system.base_url}/api/v1/keys/{created['key_id']}/revoke", headers=operator(system), timeout=30)
+    created = cli(system, "keys", "create", "--role", "service", "--label", "audited", "--rate-limit", "500")
+    assert created["rate_limit_per_minute"] == 500 and created["api_key"].startswith("sk_live_")
+    revoked = cli(system, "keys", "revoke", created["key_id"])
+    assert revoked["propagation"]["confirmed"] is True
+    status = httpx.get(f"{system.base_url}/api/v1/status", headers=bearer(created["api_key"]), timeout=30)
+    assert status.status_code == 401
     httpx.delete(f"{system.base_url}/api/v1/devices/{device_id}", headers=operator(system), timeout=30)
     wanted = {("key.create", f"key/{created['key_id']}"), ("key.revoke", f"key/{created['key_id']}"),
               ("device.delete", f"device/{device_id}")}
