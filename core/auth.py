@@ -31,7 +31,7 @@ class Action(StrEnum):
     (``api/access.py``); ``ROLE_ACTIONS`` says which roles may do it."""
 
     STATUS = "status"  # system status, pipeline validation
-    INFERENCE = "inference"  # sync, async and batch inference, and the caller's own jobs
+    INFERENCE = "inference"  # sync and async inference, and the caller's own jobs
     CATALOG_READ = "catalog.read"  # models, versions, downloads, lock files
     REGISTRY_WRITE = "registry.write"  # register, change, delete, upload, fetch, load, unload models
     OWN_DEVICE = "device.self"  # a device's own row, heartbeat and key (operators: any device)
