@@ -9,9 +9,10 @@ from fastapi import FastAPI
 
 from api.context import AppContext
 from api.errors import install_error_handlers
+from api.forwarded import ForwardedHeader
 from api.limits import BodySizeLimit
 from api.middleware import TraceAndMeasure
-from api.routers import fleet, health, inference, jobs, learning, lifecycle, pipelines
+from api.routers import fleet, health, inference, jobs, keys, learning, lifecycle, pipelines
 from api.routers.health import API_VERSION
 from settings import Settings, get_settings
 
@@ -61,12 +62,15 @@ def create_app(settings: Settings | None = None, context: AppContext | None = No
     app.add_middleware(BodySizeLimit, max_request_bytes=settings.max_request_bytes,
                        max_upload_bytes=settings.max_upload_bytes)
     app.add_middleware(TraceAndMeasure)
+    if settings.trusted_proxies.strip():  # RFC 7239 Forwarded from trusted proxies (uvicorn reads X-Forwarded-For)
+        app.add_middleware(ForwardedHeader, trusted=settings.trusted_proxies)
     app.include_router(health.router)
     # /models/latest must be matched before /models/{model_id}
     app.include_router(learning.router)
     # /models/{id}/load|unload before fleet's /models/{model_id:path} catch-all routes
     app.include_router(lifecycle.router)
     app.include_router(fleet.router)
+    app.include_router(keys.router)
     app.include_router(inference.router)
     app.include_router(jobs.router)
     app.include_router(pipelines.router)

@@ -23,6 +23,7 @@ from core.serving.jobs_service import JobService
 from core.serving.metrics import register_queue_depth
 from core.serving.service import InferenceService
 from messaging.dead_letter import DeadLetterRouter
+from messaging.key_events import KafkaKeyEventBus, KeyEventConsumer
 from messaging.reply_consumer import REPLY_GROUP, ReplyConsumer
 from producers.events import KafkaEventSink
 from producers.publisher import Publisher
@@ -76,10 +77,16 @@ async def build_context(settings: Settings, service: str = "api") -> AppContext:
         jobs=JobService(settings, inference, CassandraJobStore(session), events),
         residency=CassandraResidencyStore(session),
         queue_depth=depth,
+        key_events=KafkaKeyEventBus(settings, events),
     )
+    # Key events: this replica caches key lookups only because it applies every revocation before the
+    # revoking call returns; it joins before it serves.
+    key_events = KeyEventConsumer(settings, context.authenticator)
+    await key_events.start()
     # Flush what is in flight before the session goes: nothing accepted is left unsent. Closers run in
     # reverse: the reply consumer leaves its group first, so other replicas take its partitions at once.
-    context.closers += [session.cluster.shutdown, publisher.close, close_depth, unregister_depth, replies.close]
+    context.closers += [session.cluster.shutdown, publisher.close, close_depth, unregister_depth, replies.close,
+                        key_events.close]
     if settings.claim_check_sweep_interval_s > 0:
         # Claim objects expire by the bucket's lifecycle rule where the S3 enforces it; this deletes
         # them where it does not (SeaweedFS: see core/claimcheck.py).

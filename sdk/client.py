@@ -276,6 +276,34 @@ class TributaryClient:
     def get_device(self, device_id: str) -> dict[str, Any]:
         return self._json("GET", f"/api/v1/devices/{device_id}")
 
+    def rotate_device_key(self, device_id: str) -> dict[str, Any]:
+        """A device swaps its key for a new one and adopts it (the old one stops working everywhere)."""
+        body = self._json("POST", f"/api/v1/devices/{device_id}/keys/rotate")
+        self.api_key = body["api_key"]
+        return body
+
+    def delete_device(self, device_id: str) -> dict[str, Any]:
+        """Operators: the device's row and keys go; a device_deleted event says so."""
+        return self._json("DELETE", f"/api/v1/devices/{device_id}")
+
+    # --- keys (operators) ---------------------------------------------------------------
+    def create_key(self, role: str, subject: str | None = None, label: str | None = None,
+                   rate_limit_per_minute: int | None = None) -> dict[str, Any]:
+        """A new key; its ``api_key`` is in this answer only."""
+        body = {"role": role, "subject": subject, "label": label, "rate_limit_per_minute": rate_limit_per_minute}
+        return self._json("POST", "/api/v1/keys", json={k: v for k, v in body.items() if v is not None})
+
+    def list_keys(self, subject: str | None = None) -> list[dict[str, Any]]:
+        keys: list[dict[str, Any]] = self._json("GET", "/api/v1/keys",
+                                                params={"subject": subject} if subject else None)["keys"]
+        return keys
+
+    def rotate_key(self, key_id: str) -> dict[str, Any]:
+        return self._json("POST", f"/api/v1/keys/{key_id}/rotate")
+
+    def revoke_key(self, key_id: str) -> dict[str, Any]:
+        return self._json("POST", f"/api/v1/keys/{key_id}/revoke")
+
     # --- rounds -------------------------------------------------------------------------
     def start_round(self, target_devices: int, min_devices: int, timeout_seconds: int = 300,
                     global_model_id: str | None = None) -> dict[str, Any]:

@@ -100,6 +100,14 @@ class Settings(BaseSettings):
     rate_limit_per_minute: int = Field(100, ge=1, description="Requests per minute per device key (seed 000) "
                                                               "and per address for registration")
     operator_rate_limit_per_minute: int = Field(100_000, ge=1, description="Requests per minute per operator key")
+    service_rate_limit_per_minute: int = Field(100_000, ge=1, description="Requests per minute per service key")
+    key_cache_max_age_s: float = Field(
+        60.0, gt=0, description="Longest an ingress replica answers from a cached key lookup (the backstop "
+                                "behind revocation events)")
+    key_cache_size: int = Field(100_000, ge=1, description="Key lookups each ingress replica caches")
+    key_propagation_timeout_s: float = Field(
+        10.0, gt=0, description="How long a revoke, rotate or device delete waits for every live ingress "
+                                "replica to apply it before answering that it could not confirm")
     max_upload_bytes: int = Field(100 * 1024 * 1024, ge=1024, description="Largest model or update upload")
     # 32 MiB: a 20 MiB image base64-encoded (4/3) in a JSON inference request, with room to spare.
     max_request_bytes: int = Field(

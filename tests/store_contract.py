@@ -183,6 +183,28 @@ def test_revoke_key(store: FleetStore) -> None:
     assert revoked is not None and revoked.revoked_at == T0
 
 
+def test_service_and_operator_keys_keep_their_fields_and_are_found_by_id(store: FleetStore) -> None:
+    suffix = uuid.uuid4().hex[:8]
+    service = ApiKeyRecord(f"hash-{uuid.uuid4().hex}", f"key_svc{suffix}", SubjectType.SERVICE, f"svc-{suffix}", T0,
+                           label="search backend", created_by="key_op", rate_limit_per_minute=5000)
+    store.put_api_key(service)
+    assert store.get_api_key(service.key_hash) == service
+    assert store.find_api_key(service.key_id) == service
+    assert store.find_api_key(f"key_missing{suffix}") is None
+    assert service in store.list_api_keys()
+
+
+def test_a_subjects_keys_are_listed_oldest_first(store: FleetStore) -> None:
+    device, first = make_device()
+    store.create_device(device, first)
+    second = ApiKeyRecord(f"hash-{uuid.uuid4().hex}", f"{first.key_id}-2", SubjectType.DEVICE, device.device_id,
+                          T0 + timedelta(minutes=1))
+    store.put_api_key(second)
+    other, other_key = make_device()
+    store.create_device(other, other_key)
+    assert store.list_api_keys(device.device_id) == [first, second]
+
+
 def test_one_active_round_and_numbering(store: FleetStore) -> None:
     finish_active(store)
     first = make_round()

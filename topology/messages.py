@@ -22,6 +22,7 @@ from topology.topics import (
     INFERENCE_REQUESTS,
     INFERENCE_RESPONSES,
     JOB_EVENTS,
+    KEY_EVENTS,
     LEARNING_GRAPHS,
     LIFECYCLE_EVENTS,
     MODEL_COMMANDS,
@@ -50,6 +51,7 @@ class MessageType(StrEnum):
     ROUND_EVENT = "round_event"
     MODEL_UPDATE_SUBMITTED = "model_update_submitted"
     LEARNING_GRAPH_SUBMITTED = "learning_graph_submitted"
+    KEY_EVENT = "key_event"  # an API key stopped working: every ingress replica forgets it
 
 
 @dataclass(frozen=True)
@@ -98,4 +100,5 @@ MESSAGES: dict[MessageType, MessageRoute] = {
     MessageType.ROUND_EVENT: MessageRoute(TRAINING_ROUNDS, "round_id"),
     MessageType.MODEL_UPDATE_SUBMITTED: MessageRoute(TRAINING_UPDATES, "round_id"),
     MessageType.LEARNING_GRAPH_SUBMITTED: MessageRoute(LEARNING_GRAPHS, "device_id_hash"),
+    MessageType.KEY_EVENT: MessageRoute(KEY_EVENTS, "key_id"),
 }

@@ -113,11 +113,16 @@ TRAINING_UPDATES = _spec("tributary.training.updates", 3, 30,
 LEARNING_GRAPHS = _spec("tributary.learning.graphs", 3, 30, "accepted learning graphs and retraining requests")
 FLEET_EVENTS = _spec("tributary.fleet.events", 3, 30,
                      "catalog, device, round, update and retraining events, keyed by subject, for other services")
+# Compacted: the latest event per key is kept for good (a key never becomes valid again). One
+# partition: revocations are rare, and one offset tells a revoker how far each replica has read.
+KEY_EVENTS = TopicSpec("tributary.keys.events", 1, -1,
+                       "API key revocations, keyed by key id, applied by every ingress replica's key cache",
+                       cleanup_policy="compact")
 
 DATA_TOPICS: tuple[TopicSpec, ...] = (
     *INFERENCE_REQUESTS.values(), INFERENCE_RESPONSES, LIFECYCLE_EVENTS, AUDIT_EVENTS, JOB_EVENTS,
     MODEL_COMMANDS, MODEL_DOWNLOADS, DEVICE_EVENTS, DEVICE_HEARTBEATS, TRAINING_ROUNDS, TRAINING_UPDATES,
-    LEARNING_GRAPHS, FLEET_EVENTS,
+    LEARNING_GRAPHS, FLEET_EVENTS, KEY_EVENTS,
 )
 
 

@@ -50,6 +50,8 @@ VERSION_FIELDS = (
     "model_id", "version", "format", "artifact_key", "model_path", "model_size_bytes", "sha256", "uploaded_at",
     "description", "onnx_key", "onnx_size_bytes", "onnx_sha256", "round_id",
 )
+API_KEY_FIELDS = ("key_hash", "key_id", "subject_type", "subject_id", "created_at", "revoked_at", "label",
+                  "created_by", "rate_limit_per_minute")
 RETRAINING_FIELDS = ("trigger_id", "model_version", "graphs", "decided_at", "round_id", "reason", "detail")
 UPDATE_FIELDS = (
     "round_id", "device_id", "update_id", "model_path", "artifact_key", "model_size_bytes", "sha256", "num_samples",
@@ -140,17 +142,32 @@ class CassandraFleetStore(CassandraRepository, FleetStore):
         # Through the last_heartbeat index: only the devices that beat since then are read.
         return int(self._run("SELECT COUNT(*) FROM devices WHERE last_heartbeat >= ?", heartbeat_since).one()[0])
 
+    @staticmethod
+    def _api_key(row: Any) -> ApiKeyRecord:
+        return ApiKeyRecord(row.key_hash, row.key_id, SubjectType(row.subject_type), row.subject_id,
+                            as_utc(row.created_at) or datetime.now(UTC), as_utc(row.revoked_at),
+                            label=row.label, created_by=row.created_by,
+                            rate_limit_per_minute=row.rate_limit_per_minute)
+
     def get_api_key(self, key_hash: str) -> ApiKeyRecord | None:
         row = self._run("SELECT * FROM api_keys WHERE key_hash = ?", key_hash).one()
-        if row is None:
-            return None
-        return ApiKeyRecord(row.key_hash, row.key_id, SubjectType(row.subject_type), row.subject_id,
-                            as_utc(row.created_at) or datetime.now(UTC), as_utc(row.revoked_at))
+        return self._api_key(row) if row is not None else None
 
     def put_api_key(self, key: ApiKeyRecord) -> None:
-        self._run(_insert("api_keys", ("key_hash", "key_id", "subject_type", "subject_id", "created_at",
-                                       "revoked_at")),
-                  key.key_hash, key.key_id, key.subject_type.value, key.subject_id, key.created_at, key.revoked_at)
+        self._run(_insert("api_keys", API_KEY_FIELDS), key.key_hash, key.key_id, key.subject_type.value,
+                  key.subject_id, key.created_at, key.revoked_at, key.label, key.created_by,
+                  key.rate_limit_per_minute)
+
+    def find_api_key(self, key_id: str) -> ApiKeyRecord | None:
+        row = self._run("SELECT * FROM api_keys WHERE key_id = ?", key_id).one()  # the key_id index (0009)
+        return self._api_key(row) if row is not None else None
+
+    def list_api_keys(self, subject_id: str | None = None) -> list[ApiKeyRecord]:
+        if subject_id is None:
+            rows = self._run("SELECT * FROM api_keys")  # operators list keys: thousands at most
+        else:
+            rows = self._run("SELECT * FROM api_keys WHERE subject_id = ?", subject_id)  # the subject index
+        return sorted((self._api_key(row) for row in rows), key=lambda k: (k.created_at, k.key_id))
 
     def revoke_api_key(self, key_hash: str, at: datetime) -> bool:
         return bool(self._run("UPDATE api_keys SET revoked_at = ? WHERE key_hash = ? IF revoked_at = null",

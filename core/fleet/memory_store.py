@@ -122,6 +122,15 @@ class InMemoryFleetStore(FleetStore):
             self.keys[key_hash] = replace(key, revoked_at=at)
             return True
 
+    def find_api_key(self, key_id: str) -> ApiKeyRecord | None:
+        with self._lock:
+            return next((k for k in self.keys.values() if k.key_id == key_id), None)
+
+    def list_api_keys(self, subject_id: str | None = None) -> list[ApiKeyRecord]:
+        with self._lock:
+            keys = [k for k in self.keys.values() if subject_id is None or k.subject_id == subject_id]
+        return sorted(keys, key=lambda k: (k.created_at, k.key_id))
+
     def delete_device(self, device_id: str) -> None:
         with self._lock:
             self.devices.pop(device_id, None)

@@ -59,8 +59,11 @@ class Seat(StrEnum):
 
 
 class SubjectType(StrEnum):
-    DEVICE = "device"
-    OPERATOR = "operator"
+    """A key's role: what kind of caller holds it (``core.auth.ROLE_ACTIONS`` says what each may do)."""
+
+    DEVICE = "device"  # acts only for its own device (seed 000)
+    SERVICE = "service"  # an application: inference, jobs, catalog reads, status
+    OPERATOR = "operator"  # everything, including fleet and registry writes and key management
 
 
 @dataclass
@@ -104,6 +107,9 @@ class ApiKeyRecord:
     subject_id: str
     created_at: datetime
     revoked_at: datetime | None = None
+    label: str | None = None  # what the operator called it
+    created_by: str | None = None  # key id of the operator that created it (None: registration)
+    rate_limit_per_minute: int | None = None  # None: the role's limit
 
 
 @dataclass

@@ -74,7 +74,16 @@ class FleetStore(ABC):
     def put_api_key(self, key: ApiKeyRecord) -> None: ...
 
     @abstractmethod
-    def revoke_api_key(self, key_hash: str, at: datetime) -> bool: ...
+    def revoke_api_key(self, key_hash: str, at: datetime) -> bool:
+        """Mark the key revoked (compare-and-set); False when it is unknown or already revoked."""
+
+    @abstractmethod
+    def find_api_key(self, key_id: str) -> ApiKeyRecord | None:
+        """The key with this id (what operators name keys by; the key itself is never stored)."""
+
+    @abstractmethod
+    def list_api_keys(self, subject_id: str | None = None) -> list[ApiKeyRecord]:
+        """Every key, or the keys of one subject (a device's keys), oldest first."""
 
     # --- rounds -----------------------------------------------------------------------
     @abstractmethod
