@@ -44,6 +44,7 @@ ROUTE_ACTIONS: dict[tuple[str, str], Action] = {
     # serving
     ("POST", "/api/v1/infer/{model_id}"): A.INFERENCE,
     ("POST", "/api/v1/infer/{model_id}/async"): A.INFERENCE,
+    ("POST", "/api/v1/infer/{model_id}/upload"): A.INFERENCE,
     ("GET", "/api/v1/jobs/{job_id}"): A.INFERENCE,
     ("GET", "/api/v1/jobs/{job_id}/result"): A.INFERENCE,
     ("DELETE", "/api/v1/jobs/{job_id}"): A.INFERENCE,

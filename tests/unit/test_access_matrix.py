@@ -73,6 +73,7 @@ EXPECTED: dict[tuple[str, str], set[str] | str] = {
     # serving: services are what it is for; devices may fall back to the cloud
     ("POST", "/api/v1/infer/{model_id}"): ALL,
     ("POST", "/api/v1/infer/{model_id}/async"): ALL,
+    ("POST", "/api/v1/infer/{model_id}/upload"): ALL,
     ("GET", "/api/v1/jobs/{job_id}"): ALL,
     ("GET", "/api/v1/jobs/{job_id}/result"): ALL,
     ("DELETE", "/api/v1/jobs/{job_id}"): ALL,
