@@ -1,14 +1,26 @@
-"""Bounded heartbeat load: REST -> Kafka -> device processor -> Cassandra at a fixed rate, zero loss.
+"""Open-loop heartbeat load: REST -> Kafka -> device processor -> Cassandra at a fixed rate, zero loss.
 
-    python -m bench.load_heartbeats [--rate 100] [--seconds 60] [--devices 200] [--json]
+    python -m bench.load_heartbeats [--rate 1000] [--seconds 60] [--devices 2000] [--api-workers N]
+                                    [--profile DIR] [--json]
 
 Needs the local stack (`tributary up`). Starts its own ingress and device processor under a fresh
-topic prefix and keyspace, registers ``--devices`` devices, then sends heartbeats open-loop at
-``--rate`` per second for ``--seconds`` (loopback only; it stops by itself). Reports the
-sustained accepted rate, ingress latency (p50/p99), the processor's lag when the load stops and
-how long it takes to drain, and checks for loss three ways: every 2xx heartbeat is in the
-heartbeats topic (message count), the processor committed to the log end, and each device row
-holds the timestamp of its last accepted heartbeat.
+topic prefix and keyspace (with a rate limit no bench reaches, so registering thousands of devices
+from one address is allowed), registers ``--devices`` devices over REST, then sends heartbeats
+open-loop at ``--rate`` per second for ``--seconds``: request i is sent at start + i/rate whatever the
+answers do, round-robin over the devices. It stops by itself and reports, all computed:
+
+- offered vs accepted: the rate the generator actually sent at (it reports how late it fell behind
+  its own schedule, so a generator that cannot keep up shows as such) and the rate of 2xx answers;
+- ingress latency p50/p99 of every request (an error or a timeout counts at the time it took);
+- the device processor's lag sampled every ``--lag-every`` seconds during and after the load, its
+  peak, its value when the load stopped and the time from then until it was 0 (drained);
+- lost = accepted heartbeats missing from the heartbeats topic + devices whose row in Cassandra does
+  not hold the timestamp of their last accepted heartbeat + lag left once the drain gave up. A device
+  row keeps only its latest heartbeat (an older one is superseded, by design), so "applied" is
+  checked per device: its row must hold the newest heartbeat the ingress accepted for it.
+
+``--profile DIR`` runs ``py-spy record`` on the ingress (with its worker processes) and on the
+device processor for the load's duration and writes their collapsed stacks there.
 """
 
 from __future__ import annotations
@@ -16,7 +28,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import shutil
 import statistics
+import subprocess
+import sys
+import threading
 import time
 import uuid
 from datetime import datetime
@@ -38,21 +54,27 @@ from topology.lag import log_end, topic_lag
 from topology.topics import DEVICE_HEARTBEATS
 
 
-async def register(client: aiohttp.ClientSession, url: str, count: int) -> list[tuple[str, str]]:
-    devices = []
-    for i in range(count):
-        device_id = f"load-{i:05d}-{uuid.uuid4().hex[:4]}"
-        async with client.post(f"{url}/api/v1/devices/register", json={"device_id": device_id}) as response:
+async def register(client: aiohttp.ClientSession, url: str, count: int, concurrency: int) -> list[tuple[str, str]]:
+    """``count`` devices over REST, ``concurrency`` registrations in flight at a time."""
+    gate = asyncio.Semaphore(concurrency)
+    run = uuid.uuid4().hex[:4]
+
+    async def one(i: int) -> tuple[str, str]:
+        device_id = f"load-{run}-{i:06d}"
+        async with gate, client.post(f"{url}/api/v1/devices/register", json={"device_id": device_id}) as response:
             response.raise_for_status()
-            devices.append((device_id, (await response.json())["api_key"]))
-    return devices
+            return device_id, (await response.json())["api_key"]
+
+    return list(await asyncio.gather(*(one(i) for i in range(count))))
 
 
 async def drive(client: aiohttp.ClientSession, url: str, devices: list[tuple[str, str]], rate: float,
                 seconds: float) -> dict[str, Any]:
-    """Open loop: request i is sent at start + i/rate whatever the answers do (aiohttp: the
-    generator must not be the bottleneck; httpx's async client saturated near 40 req/s here)."""
+    """Open loop: request i is sent at start + i/rate whatever the answers do (aiohttp: httpx's async
+    client saturated near 40 req/s here). How late each send was against that schedule is recorded:
+    it is the generator's own capacity showing."""
     latencies: list[float] = []
+    lateness: list[float] = []
     codes: dict[int, int] = {}
     last_accepted: dict[str, str] = {}
     total = int(rate * seconds)
@@ -71,7 +93,7 @@ async def drive(client: aiohttp.ClientSession, url: str, devices: list[tuple[str
                     stamp = (await response.json())["last_heartbeat"]
                 else:
                     await response.read()
-        except aiohttp.ClientError:
+        except (TimeoutError, aiohttp.ClientError):
             status = 0
         latencies.append((time.perf_counter() - sent) * 1000.0)
         codes[status] = codes.get(status, 0) + 1
@@ -80,16 +102,22 @@ async def drive(client: aiohttp.ClientSession, url: str, devices: list[tuple[str
 
     tasks = []
     for index in range(total):
-        delay = started + index / rate - time.monotonic()
+        due = started + index / rate
+        delay = due - time.monotonic()
         if delay > 0:
             await asyncio.sleep(delay)
+        lateness.append(max(0.0, time.monotonic() - due) * 1000.0)
         tasks.append(asyncio.create_task(one(index)))
+    sending_s = time.monotonic() - started
     await asyncio.gather(*tasks)
     elapsed = time.monotonic() - started
     accepted = sum(n for code, n in codes.items() if 200 <= code < 300)
     return {"tried": total, "accepted": accepted, "codes": codes, "elapsed_s": elapsed,
-            "sustained_per_s": accepted / elapsed, "p50_ms": statistics.median(latencies),
-            "p99_ms": percentile(latencies, 0.99), "last_accepted": last_accepted}
+            "offered_per_s": total / sending_s if sending_s > 0 else float(total),
+            "accepted_per_s": accepted / elapsed,
+            "send_late_p99_ms": percentile(lateness, 0.99), "send_late_max_ms": max(lateness, default=0.0),
+            "p50_ms": statistics.median(latencies), "p99_ms": percentile(latencies, 0.99),
+            "last_accepted": last_accepted}
 
 
 def topic_messages(settings: Settings) -> int:
@@ -101,40 +129,101 @@ def topic_messages(settings: Settings) -> int:
         reader.close()
 
 
+class LagSampler(threading.Thread):
+    """The device processor's committed lag every ``every`` seconds, as (seconds since start, lag)."""
+
+    def __init__(self, settings: Settings, every: float) -> None:
+        super().__init__(daemon=True)
+        self.settings, self.every = settings, every
+        self.samples: list[tuple[float, int]] = []
+        self.started_at = time.monotonic()
+        self._halt = threading.Event()
+
+    def lag(self) -> int:
+        return sum(row.lag for row in topic_lag(self.settings, "device-processor"))
+
+    def run(self) -> None:
+        while not self._halt.is_set():
+            self.samples.append((round(time.monotonic() - self.started_at, 2), self.lag()))
+            self._halt.wait(self.every)
+
+    def stop(self) -> None:
+        self._halt.set()
+        self.join()
+
+
+def profile(pid: int, seconds: float, out: Path) -> subprocess.Popen[bytes] | None:
+    """py-spy record (collapsed stacks) of ``pid`` and its children; None without py-spy."""
+    py_spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+    if not Path(py_spy).exists():
+        print("py-spy not found: no profile")
+        return None
+    return subprocess.Popen([py_spy, "record", "--pid", str(pid), "--subprocesses", "--duration", str(int(seconds)),
+                             "--rate", "50", "--format", "raw", "--output", str(out), "--nonblocking"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rate", type=float, default=100.0, help="heartbeats per second, all devices together")
+    parser.add_argument("--rate", type=float, default=1000.0, help="heartbeats per second, all devices together")
     parser.add_argument("--seconds", type=float, default=60.0)
-    parser.add_argument("--devices", type=int, default=200)
+    parser.add_argument("--devices", type=int, default=2000)
+    parser.add_argument("--api-workers", type=int, default=None,
+                        help="TRIBUTARY_API_WORKERS of the ingress (default: the setting's default)")
+    parser.add_argument("--connections", type=int, default=512, help="the generator's connection pool")
+    parser.add_argument("--register-concurrency", type=int, default=32)
+    parser.add_argument("--lag-every", type=float, default=0.5, help="seconds between lag samples")
+    parser.add_argument("--drain-timeout", type=float, default=300.0)
+    parser.add_argument("--profile", type=Path, default=None, help="py-spy the ingress and processor into DIR")
     parser.add_argument("--log-dir", type=Path, default=Path(".local/logs/load-heartbeats"))
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
 
-    settings = isolated_settings("load")
+    overrides: dict[str, Any] = {} if args.api_workers is None else {"api_workers": args.api_workers}
+    settings = isolated_settings("load", **overrides)
     session = connect(settings, settings.cassandra_keyspace)  # to check the stored rows at the end
-    services = [s for s in system_services(settings, settings_env(settings)) if s.name in ("api", "device-processor")]
+    workers = getattr(settings, "api_workers", 1)  # absent on a checkout before the setting
+    env = settings_env(settings, TRIBUTARY_API_WORKERS=str(workers))
+    services = [s for s in system_services(settings, env) if s.name in ("api", "device-processor")]
     supervisor = Supervisor(services, args.log_dir, stop_timeout_s=20, progress=lambda _: None)
     supervisor.start()
     url = f"http://127.0.0.1:{settings.api_port}"
+    sampler = LagSampler(settings, args.lag_every)
+    profilers: list[subprocess.Popen[bytes]] = []
     try:
         wait_http(f"{url}/api/v1/health", timeout_s=120)
 
         async def run() -> dict[str, Any]:
-            connector = aiohttp.TCPConnector(limit=64)
+            connector = aiohttp.TCPConnector(limit=args.connections)
             timeout = aiohttp.ClientTimeout(total=30)
             async with aiohttp.ClientSession(connector=connector, timeout=timeout) as client:
-                devices = await register(client, url, args.devices)
-                return await drive(client, url, devices, args.rate, args.seconds)
+                began = time.monotonic()
+                devices = await register(client, url, args.devices, args.register_concurrency)
+                registered_s = time.monotonic() - began
+                await asyncio.sleep(2.0)  # let the processor's group settle before the clock starts
+                sampler.start()
+                if args.profile is not None:
+                    args.profile.mkdir(parents=True, exist_ok=True)
+                    for name in ("api", "device-processor"):
+                        proc = profile(supervisor.running[name].proc.pid, args.seconds,
+                                       args.profile / f"{name}.txt")
+                        if proc is not None:
+                            profilers.append(proc)
+                out = await drive(client, url, devices, args.rate, args.seconds)
+                out["register_s"] = registered_s
+                return out
 
         report = asyncio.run(run())
-        lag_at_stop = sum(row.lag for row in topic_lag(settings, "device-processor"))
+        stopped_at = time.monotonic() - sampler.started_at
+        lag_at_stop = sampler.lag()
         drain_started = time.monotonic()
-        while sum(row.lag for row in topic_lag(settings, "device-processor")) > 0:
-            if time.monotonic() - drain_started > 300:
-                break
-            time.sleep(0.5)
+        while sampler.lag() > 0 and time.monotonic() - drain_started < args.drain_timeout:
+            time.sleep(0.1)
         drain_s = time.monotonic() - drain_started
-        lag_after = sum(row.lag for row in topic_lag(settings, "device-processor"))
+        sampler.stop()
+        lag_after = sampler.lag()
+        for proc in profilers:
+            proc.wait(timeout=60)
         in_topic = topic_messages(settings)
         store = CassandraFleetStore(session)
         last_accepted: dict[str, str] = report.pop("last_accepted")
@@ -147,21 +236,29 @@ def main() -> None:
     finally:
         supervisor.stop()
         session.cluster.shutdown()
-    report.update({"rate": args.rate, "devices": args.devices, "heartbeats_in_topic": in_topic,
-                   "processor_lag_at_stop": lag_at_stop, "drain_s": drain_s, "processor_lag_after": lag_after,
-                   "devices_missing_their_last_heartbeat": len(stale)})
-    lost = report["accepted"] - in_topic
-    report["lost"] = max(0, lost) + len(stale) + lag_after
+    lags = [lag for _, lag in sampler.samples]
+    report.update({"rate": args.rate, "seconds": args.seconds, "devices": args.devices,
+                   "api_workers": workers, "heartbeats_in_topic": in_topic,
+                   "processor_lag_peak": max(lags, default=0), "processor_lag_at_stop": lag_at_stop,
+                   "load_stopped_at_s": round(stopped_at, 2), "drain_s": drain_s,
+                   "processor_lag_after": lag_after, "devices_missing_their_last_heartbeat": len(stale),
+                   "lag_samples": sampler.samples})
+    report["lost"] = max(0, report["accepted"] - in_topic) + len(stale) + lag_after
     if args.json:
         print(json.dumps(report, indent=2, default=str))
         return
-    print(f"heartbeats: {report['tried']} tried at {args.rate:g}/s over {args.devices} devices in "
-          f"{report['elapsed_s']:.1f}s; {report['accepted']} accepted ({report['codes']})")
-    print(f"sustained {report['sustained_per_s']:.1f}/s; ingress p50 {report['p50_ms']:.1f} ms, "
-          f"p99 {report['p99_ms']:.1f} ms")
-    print(f"in the heartbeats topic: {in_topic}; processor lag when the load stopped: {lag_at_stop}, "
-          f"drained in {drain_s:.1f}s (lag now {lag_after})")
-    print(f"devices whose row misses their last accepted heartbeat: {len(stale)}; lost: {report['lost']}")
+    print(f"registered {args.devices} devices in {report['register_s']:.1f}s; ingress workers: {workers}")
+    print(f"heartbeats: {report['tried']} at {args.rate:g}/s for {args.seconds:g}s; offered "
+          f"{report['offered_per_s']:.1f}/s (generator late p99 {report['send_late_p99_ms']:.1f} ms, max "
+          f"{report['send_late_max_ms']:.1f} ms); accepted {report['accepted']} = {report['accepted_per_s']:.1f}/s "
+          f"({report['codes']})")
+    print(f"ingress p50 {report['p50_ms']:.1f} ms, p99 {report['p99_ms']:.1f} ms")
+    every = max(1, int(5 / args.lag_every))
+    print("processor lag (s, lag): " + " ".join(f"{t:g}:{lag}" for t, lag in sampler.samples[::every]))
+    print(f"processor lag peak {report['processor_lag_peak']}, at stop {lag_at_stop}, drained in {drain_s:.1f}s "
+          f"(lag now {lag_after})")
+    print(f"in the heartbeats topic: {in_topic}; devices whose row misses their last accepted heartbeat: "
+          f"{len(stale)}; lost: {report['lost']}")
 
 
 if __name__ == "__main__":
