@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import shutil
 import statistics
 import subprocess
@@ -152,6 +153,53 @@ class LagSampler(threading.Thread):
         self.join()
 
 
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def _stat(pid: int) -> tuple[int, float]:
+    """(parent pid, CPU seconds used) of one process, from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return int(fields[1]), (int(fields[11]) + int(fields[12])) / TICKS
+
+
+def cpu_seconds(root: int) -> float:
+    """CPU seconds used so far by ``root`` and every process under it (an ingress's workers)."""
+    stats: dict[int, tuple[int, float]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stats[int(entry.name)] = _stat(int(entry.name))
+            except (OSError, ValueError, IndexError):
+                continue  # gone meanwhile
+    tree, total, grew = {root}, 0.0, True
+    while grew:
+        grew = False
+        for pid, (parent, _) in stats.items():
+            if parent in tree and pid not in tree:
+                tree.add(pid)
+                grew = True
+    for pid in tree:
+        total += stats.get(pid, (0, 0.0))[1]
+    return total
+
+
+def server_pids() -> dict[str, int]:
+    """The local stack's Cassandra and Kafka JVMs, found by their main class."""
+    found: dict[str, int] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if b"CassandraDaemon" in cmdline:
+            found["cassandra"] = int(entry.name)
+        elif b"kafka.Kafka" in cmdline:
+            found["kafka"] = int(entry.name)
+    return found
+
+
 def profile(pid: int, seconds: float, out: Path) -> subprocess.Popen[bytes] | None:
     """py-spy record (collapsed stacks) of ``pid`` and its children; None without py-spy."""
     py_spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
@@ -190,6 +238,9 @@ def main() -> None:
     url = f"http://127.0.0.1:{settings.api_port}"
     sampler = LagSampler(settings, args.lag_every)
     profilers: list[subprocess.Popen[bytes]] = []
+    watched = {"api": supervisor.running["api"].proc.pid,
+               "device-processor": supervisor.running["device-processor"].proc.pid, **server_pids()}
+    cpu_before: dict[str, float] = {}
     try:
         wait_http(f"{url}/api/v1/health", timeout_s=120)
 
@@ -202,6 +253,8 @@ def main() -> None:
                 registered_s = time.monotonic() - began
                 await asyncio.sleep(2.0)  # let the processor's group settle before the clock starts
                 sampler.start()
+                cpu_before.update({name: cpu_seconds(pid) for name, pid in watched.items()})
+                cpu_before["generator"] = sum(os.times()[:2])
                 if args.profile is not None:
                     args.profile.mkdir(parents=True, exist_ok=True)
                     for name in ("api", "device-processor"):
@@ -210,6 +263,11 @@ def main() -> None:
                         if proc is not None:
                             profilers.append(proc)
                 out = await drive(client, url, devices, args.rate, args.seconds)
+                load_s = out["elapsed_s"]
+                used = {name: cpu_seconds(pid) - cpu_before[name] for name, pid in watched.items()}
+                used["generator"] = sum(os.times()[:2]) - cpu_before["generator"]
+                # Share of one core each used while the load ran (the machine has os.cpu_count() cores).
+                out["cpu_share_of_a_core"] = {name: round(seconds / load_s, 3) for name, seconds in used.items()}
                 out["register_s"] = registered_s
                 return out
 
@@ -253,6 +311,8 @@ def main() -> None:
           f"{report['send_late_max_ms']:.1f} ms); accepted {report['accepted']} = {report['accepted_per_s']:.1f}/s "
           f"({report['codes']})")
     print(f"ingress p50 {report['p50_ms']:.1f} ms, p99 {report['p99_ms']:.1f} ms")
+    shares = ", ".join(f"{k} {v:.0%}" for k, v in report["cpu_share_of_a_core"].items())
+    print(f"CPU while loaded, share of one core (the machine has {os.cpu_count()}): {shares}")
     every = max(1, int(5 / args.lag_every))
     print("processor lag (s, lag): " + " ".join(f"{t:g}:{lag}" for t, lag in sampler.samples[::every]))
     print(f"processor lag peak {report['processor_lag_peak']}, at stop {lag_at_stop}, drained in {drain_s:.1f}s "
