@@ -1,6 +1,6 @@
 """Open-loop heartbeat load: REST -> Kafka -> device processor -> Cassandra at a fixed rate, zero loss.
 
-    python -m bench.load_heartbeats [--rate 1000] [--seconds 60] [--devices 2000] [--api-workers N]
+    python -m bench.load_heartbeats [--rate 1000 | --closed N] [--seconds 60] [--devices 2000] [--api-workers N]
                                     [--profile DIR] [--json]
 
 Needs the local stack (`tributary up`). Starts its own ingress and device processor under a fresh
@@ -36,6 +36,7 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Callable, Coroutine
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -70,7 +71,7 @@ async def register(client: aiohttp.ClientSession, url: str, count: int, concurre
 
 
 async def drive(client: aiohttp.ClientSession, url: str, devices: list[tuple[str, str]], rate: float,
-                seconds: float) -> dict[str, Any]:
+                seconds: float, closed: int = 0) -> dict[str, Any]:
     """Open loop: request i is sent at start + i/rate whatever the answers do (aiohttp: httpx's async
     client saturated near 40 req/s here). How late each send was against that schedule is recorded:
     it is the generator's own capacity showing."""
@@ -101,6 +102,34 @@ async def drive(client: aiohttp.ClientSession, url: str, devices: list[tuple[str
         if stamp is not None and stamp > last_accepted.get(device_id, ""):
             last_accepted[device_id] = stamp
 
+    if closed:
+        # Closed loop: ``closed`` clients, each sending its next heartbeat when the last is answered,
+        # for ``seconds``: the rate the system sustains (capacity), not what it does when offered more.
+        counter = iter(range(10**9))
+
+        async def client_loop() -> None:
+            while time.monotonic() - started < seconds:
+                await one(next(counter))
+
+        await asyncio.gather(*(client_loop() for _ in range(closed)))
+        total = len(latencies)
+        sending_s = time.monotonic() - started
+    else:
+        sending_s = await send_open_loop(one, rate, total, started, lateness)
+    elapsed = time.monotonic() - started
+    accepted = sum(n for code, n in codes.items() if 200 <= code < 300)
+    return {"tried": total, "accepted": accepted, "codes": codes, "elapsed_s": elapsed,
+            "offered_per_s": total / sending_s if sending_s > 0 else float(total),
+            "accepted_per_s": accepted / elapsed,
+            "send_late_p99_ms": percentile(lateness, 0.99) if lateness else 0.0,
+            "send_late_max_ms": max(lateness, default=0.0),
+            "p50_ms": statistics.median(latencies), "p99_ms": percentile(latencies, 0.99),
+            "last_accepted": last_accepted}
+
+
+async def send_open_loop(one: Callable[[int], Coroutine[Any, Any, None]], rate: float, total: int, started: float,
+                         lateness: list[float]) -> float:
+    """Send request i at start + i/rate whatever the answers do; returns how long sending took."""
     tasks = []
     for index in range(total):
         due = started + index / rate
@@ -111,14 +140,7 @@ async def drive(client: aiohttp.ClientSession, url: str, devices: list[tuple[str
         tasks.append(asyncio.create_task(one(index)))
     sending_s = time.monotonic() - started
     await asyncio.gather(*tasks)
-    elapsed = time.monotonic() - started
-    accepted = sum(n for code, n in codes.items() if 200 <= code < 300)
-    return {"tried": total, "accepted": accepted, "codes": codes, "elapsed_s": elapsed,
-            "offered_per_s": total / sending_s if sending_s > 0 else float(total),
-            "accepted_per_s": accepted / elapsed,
-            "send_late_p99_ms": percentile(lateness, 0.99), "send_late_max_ms": max(lateness, default=0.0),
-            "p50_ms": statistics.median(latencies), "p99_ms": percentile(latencies, 0.99),
-            "last_accepted": last_accepted}
+    return sending_s
 
 
 def topic_messages(settings: Settings) -> int:
@@ -218,6 +240,9 @@ def main() -> None:
     parser.add_argument("--devices", type=int, default=2000)
     parser.add_argument("--api-workers", type=int, default=None,
                         help="TRIBUTARY_API_WORKERS of the ingress (default: the setting's default)")
+    parser.add_argument("--closed", type=int, default=0, metavar="N",
+                        help="closed loop instead: N clients, each sending when its last heartbeat is answered "
+                             "(the sustainable rate); --rate is then ignored")
     parser.add_argument("--connections", type=int, default=512, help="the generator's connection pool")
     parser.add_argument("--register-concurrency", type=int, default=32)
     parser.add_argument("--lag-every", type=float, default=0.5, help="seconds between lag samples")
@@ -262,7 +287,7 @@ def main() -> None:
                                        args.profile / f"{name}.txt")
                         if proc is not None:
                             profilers.append(proc)
-                out = await drive(client, url, devices, args.rate, args.seconds)
+                out = await drive(client, url, devices, args.rate, args.seconds, args.closed)
                 load_s = out["elapsed_s"]
                 used = {name: cpu_seconds(pid) - cpu_before[name] for name, pid in watched.items()}
                 used["generator"] = sum(os.times()[:2]) - cpu_before["generator"]
@@ -306,7 +331,8 @@ def main() -> None:
         print(json.dumps(report, indent=2, default=str))
         return
     print(f"registered {args.devices} devices in {report['register_s']:.1f}s; ingress workers: {workers}")
-    print(f"heartbeats: {report['tried']} at {args.rate:g}/s for {args.seconds:g}s; offered "
+    mode = f"closed loop, {args.closed} clients" if args.closed else f"open loop at {args.rate:g}/s"
+    print(f"heartbeats: {report['tried']} ({mode}) for {args.seconds:g}s; offered "
           f"{report['offered_per_s']:.1f}/s (generator late p99 {report['send_late_p99_ms']:.1f} ms, max "
           f"{report['send_late_max_ms']:.1f} ms); accepted {report['accepted']} = {report['accepted_per_s']:.1f}/s "
           f"({report['codes']})")
