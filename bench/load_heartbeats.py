@@ -43,6 +43,7 @@ from typing import Any
 
 import aiohttp
 from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka.admin import AdminClient
 
 from bench.bench_inference_inprocess import percentile
 from bench.environment import isolated_settings
@@ -52,7 +53,8 @@ from core.cassandra.session import connect
 from core.fleet.cassandra_store import CassandraFleetStore
 from settings import Settings
 from tests.e2e.conftest import settings_env, wait_http
-from topology.lag import log_end, topic_lag
+from topology.groups import group_spec
+from topology.lag import group_lag, log_end
 from topology.topics import DEVICE_HEARTBEATS
 
 
@@ -153,7 +155,8 @@ def topic_messages(settings: Settings) -> int:
 
 
 class LagSampler(threading.Thread):
-    """The device processor's committed lag every ``every`` seconds, as (seconds since start, lag)."""
+    """The device processor's committed lag every ``every`` seconds, as (seconds since start, lag), through
+    one admin client and one offsets reader kept open (a fresh pair per sample took seconds here)."""
 
     def __init__(self, settings: Settings, every: float) -> None:
         super().__init__(daemon=True)
@@ -161,9 +164,14 @@ class LagSampler(threading.Thread):
         self.samples: list[tuple[float, int]] = []
         self.started_at = time.monotonic()
         self._halt = threading.Event()
+        self._lock = threading.Lock()
+        self._admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap_servers})
+        self._reader = Consumer({"bootstrap.servers": settings.kafka_bootstrap_servers, "group.id": "load-lag"})
 
     def lag(self) -> int:
-        return sum(row.lag for row in topic_lag(self.settings, "device-processor"))
+        with self._lock:
+            return sum(row.lag for row in group_lag(self.settings, group_spec("device-processor"), self._admin,
+                                                    self._reader))
 
     def run(self) -> None:
         while not self._halt.is_set():
@@ -173,6 +181,9 @@ class LagSampler(threading.Thread):
     def stop(self) -> None:
         self._halt.set()
         self.join()
+
+    def close(self) -> None:
+        self._reader.close()
 
 
 TICKS = os.sysconf("SC_CLK_TCK")
@@ -305,6 +316,7 @@ def main() -> None:
         drain_s = time.monotonic() - drain_started
         sampler.stop()
         lag_after = sampler.lag()
+        sampler.close()
         for proc in profilers:
             proc.wait(timeout=60)
         in_topic = topic_messages(settings)

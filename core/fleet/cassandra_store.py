@@ -1,8 +1,9 @@
 """``FleetStore`` on Cassandra 5: LWT where a decision must be unique across replicas.
 
 Device lists, counts and round selection go through storage-attached indexes (migration 0005) and
-page by token from the previous page's last device. ``list_devices`` (the freshness sweep) and ``list_models``
-still read whole tables: fine for catalogs of hundreds; the sweep is issue 18's.
+page by token from the previous page's last device. ``list_devices`` (the freshness sweep's first pass
+after a processor starts; later passes read index windows) and ``list_models`` read whole tables.
+Heartbeats are not LWTs: last-write-wins by their own time (``record_heartbeats``).
 """
 
 from __future__ import annotations
