@@ -200,10 +200,12 @@ class LagSampler(threading.Thread):
         self._reader.close()
 
 
-def wait_drained(sampler: LagSampler, timeout_s: float) -> None:
-    """Until the device processor has committed everything in its topic (or ``timeout_s``)."""
+def wait_drained(sampler: LagSampler, supervisor: Supervisor, timeout_s: float) -> None:
+    """Until the device processor has committed everything in its topic (or ``timeout_s``); a service
+    that exited meanwhile (say it could not reach a busy Cassandra at start) is restarted."""
     deadline = time.monotonic() + timeout_s
     while sampler.lag() > 0 and time.monotonic() < deadline:
+        supervisor.check()
         time.sleep(0.1)
 
 
@@ -292,13 +294,13 @@ def main() -> None:
     workers = getattr(settings, "api_workers", 1)  # absent on a checkout before the setting
     env = settings_env(settings, TRIBUTARY_API_WORKERS=str(workers))
     services = [s for s in system_services(settings, env) if s.name in ("api", "device-processor")]
-    supervisor = Supervisor(services, args.log_dir, stop_timeout_s=20, progress=lambda _: None)
+    supervisor = Supervisor(services, args.log_dir, stop_timeout_s=20,
+                            progress=lambda line: print(line, file=sys.stderr))
     supervisor.start()
     url = f"http://127.0.0.1:{settings.api_port}"
     sampler = LagSampler(settings, args.lag_every)
     profilers: list[subprocess.Popen[bytes]] = []
-    watched = {"api": supervisor.running["api"].proc.pid,
-               "device-processor": supervisor.running["device-processor"].proc.pid, **server_pids()}
+    watched: dict[str, int] = {}
     cpu_before: dict[str, float] = {}
     try:
         wait_http(f"{url}/api/v1/health", timeout_s=120)
@@ -313,11 +315,13 @@ def main() -> None:
                 began = time.monotonic()
                 if args.warm_up:
                     await warm_up(client, url, devices, args.register_concurrency)
-                    await asyncio.to_thread(wait_drained, sampler, args.drain_timeout)
+                    await asyncio.to_thread(wait_drained, sampler, supervisor, args.drain_timeout)
                 warm_s = time.monotonic() - began
                 await asyncio.sleep(2.0)  # let the processor's group settle before the clock starts
                 sampler.started_at = time.monotonic()  # lag samples count from the start of the load
                 sampler.start()
+                watched.update({name: supervisor.running[name].proc.pid for name in ("api", "device-processor")})
+                watched.update(server_pids())
                 cpu_before.update({name: cpu_seconds(pid) for name, pid in watched.items()})
                 cpu_before["generator"] = sum(os.times()[:2])
                 if args.profile is not None:
@@ -340,7 +344,7 @@ def main() -> None:
         stopped_at = time.monotonic() - sampler.started_at
         lag_at_stop = sampler.lag()
         drain_started = time.monotonic()
-        wait_drained(sampler, args.drain_timeout)
+        wait_drained(sampler, supervisor, args.drain_timeout)
         drain_s = time.monotonic() - drain_started
         sampler.stop()
         lag_after = sampler.lag()
@@ -364,7 +368,9 @@ def main() -> None:
                    "api_workers": workers, "heartbeats_in_topic": in_topic,
                    "processor_lag_peak": max(lags, default=0), "processor_lag_at_stop": lag_at_stop,
                    "load_stopped_at_s": round(stopped_at, 2), "drain_s": drain_s,
-                   "processor_lag_after": lag_after, "devices_missing_their_last_heartbeat": len(stale),
+                   "processor_lag_after": lag_after,
+                   "service_restarts": {name: run.restarts for name, run in supervisor.running.items()},
+                   "devices_missing_their_last_heartbeat": len(stale),
                    "lag_samples": sampler.samples})
     report["lost"] = max(0, report["accepted"] - in_topic) + len(stale) + lag_after
     if args.json:
