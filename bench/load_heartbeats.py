@@ -51,10 +51,14 @@ from cli.services import system_services
 from cli.supervisor import Supervisor
 from core.cassandra.session import connect
 from core.fleet.cassandra_store import CassandraFleetStore
+from producers.events import KafkaEventSink
+from producers.publisher import Publisher
+from schemas.clock import utcnow
 from settings import Settings
 from tests.e2e.conftest import settings_env, wait_http
 from topology.groups import group_spec
 from topology.lag import group_lag, log_end
+from topology.messages import MessageType
 from topology.topics import DEVICE_HEARTBEATS
 
 
@@ -157,6 +161,40 @@ async def send_open_loop(one: Callable[[int], Coroutine[Any, Any, None]], rate: 
     sending_s = time.monotonic() - started
     await asyncio.gather(*tasks)
     return sending_s
+
+
+async def publish_direct(settings: Settings, devices: list[tuple[str, str]], rate: float,
+                         seconds: float) -> dict[str, Any]:
+    """The processor alone: heartbeats published straight to the topic at ``rate`` (as the ingress
+    would, each acknowledged by the broker), no REST in front."""
+    publisher = Publisher(settings, client_id="load-direct")
+    events = KafkaEventSink(settings, publisher, service="load-direct")
+    last_accepted: dict[str, str] = {}
+    lateness: list[float] = []
+    total = int(rate * seconds)
+    started = time.monotonic()
+    pending = []
+    try:
+        for index in range(total):
+            due = started + index / rate
+            delay = due - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            lateness.append(max(0.0, time.monotonic() - due) * 1000.0)
+            device_id = devices[index % len(devices)][0]
+            now = utcnow()  # what the ingress stamps: milliseconds, as Cassandra keeps them
+            record = {"device_id": device_id, "status": "active", "metrics": {"seq": index}, "sent_at": now}
+            pending.append(asyncio.ensure_future(events.publish(MessageType.DEVICE_HEARTBEAT, record)))
+            last_accepted[device_id] = now.isoformat()
+        sending_s = time.monotonic() - started
+        await asyncio.gather(*pending)
+    finally:
+        publisher.close()
+    elapsed = time.monotonic() - started
+    return {"tried": total, "accepted": total, "codes": {"published": total}, "elapsed_s": elapsed,
+            "offered_per_s": total / sending_s if sending_s > 0 else float(total), "accepted_per_s": total / elapsed,
+            "send_late_p99_ms": percentile(lateness, 0.99), "send_late_max_ms": max(lateness, default=0.0),
+            "p50_ms": 0.0, "p99_ms": 0.0, "last_accepted": last_accepted}
 
 
 def topic_messages(settings: Settings) -> int:
@@ -277,6 +315,9 @@ def main() -> None:
     parser.add_argument("--closed", type=int, default=0, metavar="N",
                         help="closed loop instead: N clients, each sending when its last heartbeat is answered "
                              "(the sustainable rate); --rate is then ignored")
+    parser.add_argument("--direct", action="store_true",
+                        help="the device processor alone: publish the heartbeats straight to the topic at --rate "
+                             "(no ingress; ingress latency is then not measured)")
     parser.add_argument("--connections", type=int, default=512, help="the generator's connection pool")
     parser.add_argument("--register-concurrency", type=int, default=32)
     parser.add_argument("--no-warm-up", dest="warm_up", action="store_false",
@@ -331,7 +372,10 @@ def main() -> None:
                                        args.profile / f"{name}.txt")
                         if proc is not None:
                             profilers.append(proc)
-                out = await drive(client, url, devices, args.rate, args.seconds, args.closed)
+                if args.direct:
+                    out = await publish_direct(settings, devices, args.rate, args.seconds)
+                else:
+                    out = await drive(client, url, devices, args.rate, args.seconds, args.closed)
                 load_s = out["elapsed_s"]
                 used = {name: cpu_seconds(pid) - cpu_before[name] for name, pid in watched.items()}
                 used["generator"] = sum(os.times()[:2]) - cpu_before["generator"]
@@ -378,7 +422,8 @@ def main() -> None:
         return
     print(f"registered {args.devices} devices in {report['register_s']:.1f}s, one heartbeat each applied in "
           f"{report['warm_up_s']:.1f}s; ingress workers: {workers}")
-    mode = f"closed loop, {args.closed} clients" if args.closed else f"open loop at {args.rate:g}/s"
+    mode = (f"closed loop, {args.closed} clients" if args.closed
+            else f"straight to the topic at {args.rate:g}/s" if args.direct else f"open loop at {args.rate:g}/s")
     print(f"heartbeats: {report['tried']} ({mode}) for {args.seconds:g}s; offered "
           f"{report['offered_per_s']:.1f}/s (generator late p99 {report['send_late_p99_ms']:.1f} ms, max "
           f"{report['send_late_max_ms']:.1f} ms); accepted {report['accepted']} = {report['accepted_per_s']:.1f}/s "
