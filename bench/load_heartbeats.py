@@ -62,7 +62,8 @@ from topology.messages import MessageType
 from topology.topics import DEVICE_HEARTBEATS
 
 
-async def register(client: aiohttp.ClientSession, url: str, count: int, concurrency: int) -> list[tuple[str, str]]:
+async def register(client: aiohttp.ClientSession, url: str, count: int,
+                   concurrency: int = 1) -> list[tuple[str, str]]:
     """``count`` devices over REST, ``concurrency`` registrations in flight at a time."""
     gate = asyncio.Semaphore(concurrency)
     run = uuid.uuid4().hex[:4]
