@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
@@ -30,6 +32,11 @@ def create_app(settings: Settings | None = None, context: AppContext | None = No
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # Blocking store calls (key lookups, rate-limit leases, round reads) run on the loop's default
+        # executor, which asyncio sizes by cores (6 threads here): under heartbeat load requests
+        # queued for a thread while each waited on Cassandra. The threads mostly wait, so more of them.
+        asyncio.get_running_loop().set_default_executor(
+            ThreadPoolExecutor(settings.api_io_threads, thread_name_prefix="api-io"))
         if context is None:
             from api.wiring import build_context
 

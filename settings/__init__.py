@@ -77,6 +77,11 @@ class Settings(BaseSettings):
     # --- API -------------------------------------------------------------------------
     api_host: str = "127.0.0.1"
     api_port: int = 8000
+    api_io_threads: int = Field(
+        64, ge=1, le=1024, description="Threads of each ingress process for blocking store calls (they wait on I/O)")
+    api_workers: int = Field(
+        1, ge=1, le=64, description="Ingress processes (uvicorn workers) sharing the REST and gRPC ports; each is a "
+                                    "replica of its own (reply-group member, rate-limit leases, audit chain)")
     trusted_proxies: str = Field(
         "", description="Comma-separated proxy addresses or networks whose X-Forwarded-For is believed; "
                         "empty = none: the connection's peer is the client")
@@ -91,6 +96,8 @@ class Settings(BaseSettings):
     heartbeat_interval_s: float = Field(30.0, gt=0, description="Expected heartbeat interval of devices")
     active_device_window_s: float = Field(300.0, gt=0, description="active_devices = heartbeat within this")
     freshness_sweep_s: float = Field(5.0, gt=0, description="How often the device processor re-checks freshness")
+    heartbeat_batch_max: int = Field(
+        500, ge=1, description="Heartbeats the device processor applies together (reads and writes in flight at once)")
     straggler_grace_s: float = Field(10.0, ge=0, description="Wait after min_devices completed before aggregating")
     aggregation_lease_s: float = Field(
         60.0, gt=0, description="How long an aggregation attempt holds a round unrenewed before another may take over")

@@ -82,6 +82,16 @@ class Device:
 
 
 @dataclass(frozen=True)
+class Heartbeat:
+    """One heartbeat as the device processor applies it: the device's time, reported status, metrics."""
+
+    device_id: str
+    at: datetime
+    status: str | None = None  # None: the status stays what it was
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class DeviceQuery:
     """Which devices to list: every given filter must hold (None: no filter on it)."""
 
