@@ -415,7 +415,8 @@ class KafkaBroker(LocalServer):
         heap = self.settings.kafka_heap_mb
         argv = [
             self.java, f"-Xms{heap}m", f"-Xmx{heap}m", "-XX:+UseG1GC", "-XX:MaxGCPauseMillis=20",
-            "-Djava.awt.headless=true", "-Djava.net.preferIPv4Stack=true", *self._jvm_common(),
+            "-XX:+ExitOnOutOfMemoryError", "-Djava.awt.headless=true", "-Djava.net.preferIPv4Stack=true",
+            *self._jvm_common(),
             "kafka.Kafka", str(self.home / "conf" / "server.properties"),
         ]
         return argv, {}, self.home
@@ -528,7 +529,9 @@ class CassandraServer(LocalServer):
         if jamm is None:
             raise StackError(f"cassandra: no jamm agent among the jars in {self.lib}")
         argv = [
-            self.java, f"-Xms{heap}m", f"-Xmx{heap}m", "-Xss512k", "-XX:+UseG1GC",
+            # Exit on OutOfMemoryError (Cassandra's own start-up check asks for it): a node that ran out of
+            # heap stays up refusing connections, so status says "running" and nothing restarts it.
+            self.java, f"-Xms{heap}m", f"-Xmx{heap}m", "-Xss512k", "-XX:+UseG1GC", "-XX:+ExitOnOutOfMemoryError",
             *CASSANDRA_JAVA17_FLAGS, f"-javaagent:{jamm}",
             f"-Dcassandra.config=file://{conf / 'cassandra.yaml'}",
             f"-Dlogback.configurationFile={conf / 'logback.xml'}",
