@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import fastavro
+import orjson
 from fastavro.schema import fingerprint, to_parsing_canonical_form
 
 from schemas.base import AVRO_DIR, SchemaValidationError
@@ -134,12 +135,63 @@ def default_schemas() -> SchemaSet:
     return SchemaSet()
 
 
+# Datetimes and dataclasses go to ``default=str`` as with ``json``: audit digests are computed over
+# the decoded values, so a datetime must keep reading back as ``str(datetime)``.
+_ORJSON_OPTIONS = (orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS | orjson.OPT_PASSTHROUGH_DATETIME
+                   | orjson.OPT_PASSTHROUGH_DATACLASS)
+
+
+def dump_json_field(value: Any) -> str:
+    """A JSON field's wire text: compact, keys sorted, unknown types as ``str``.
+
+    orjson writes what ``json.dumps(separators=(",", ":"), sort_keys=True, default=str)`` writes, read
+    back as the same values (the text may differ: UTF-8 instead of escaped non-ASCII, ``1e-7`` for
+    ``1e-07``), ~15x faster (an embedding reply: 0.47 -> 0.03 ms). What orjson refuses (integers
+    beyond 64 bits, keys of mixed types) goes through ``json``; NaN and infinities do too, because
+    orjson would turn them into null and ``json`` keeps them as before.
+    """
+    try:
+        text = orjson.dumps(value, default=str, option=_ORJSON_OPTIONS).decode()
+    except (orjson.JSONEncodeError, TypeError):
+        return json.dumps(value, separators=(",", ":"), sort_keys=True, default=str)
+    if "null" in text and _has_non_finite(value):
+        return json.dumps(value, separators=(",", ":"), sort_keys=True, default=str)
+    return text
+
+
+def _has_non_finite(value: Any) -> bool:
+    if isinstance(value, float):
+        return value != value or value in (float("inf"), float("-inf"))
+    if isinstance(value, dict):
+        return any(_has_non_finite(v) for v in value.values())
+    if isinstance(value, list | tuple):
+        return any(_has_non_finite(v) for v in value)
+    return False
+
+
+# 20 digits in a row may be an integer beyond 64 bits, which orjson would read as a float. Found by
+# mapping every digit to 0 (bytes.translate runs at memory speed; a regex takes ~0.5 ms on 8 kB).
+_DIGITS_TO_ZERO = bytes.maketrans(b"123456789", b"000000000")
+_TWENTY_DIGITS = b"0" * 20
+
+
+def load_json_field(text: str) -> Any:
+    """A JSON field from its wire text; ``json`` for what orjson refuses (NaN) or would read
+    differently (integers beyond 64 bits)."""
+    if _TWENTY_DIGITS in text.encode().translate(_DIGITS_TO_ZERO):
+        return json.loads(text)
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return json.loads(text)
+
+
 def _to_wire(entry: SchemaVersion, record: dict[str, Any]) -> dict[str, Any]:
     """Python form → Avro datum: JSON fields become strings."""
     datum = dict(record)
     for name in entry.json_fields:
         if name in datum and datum[name] is not None and not isinstance(datum[name], str):
-            datum[name] = json.dumps(datum[name], separators=(",", ":"), sort_keys=True, default=str)
+            datum[name] = dump_json_field(datum[name])
     return datum
 
 
@@ -147,7 +199,7 @@ def _from_wire(entry: SchemaVersion, datum: dict[str, Any]) -> dict[str, Any]:
     record = dict(datum)
     for name in entry.json_fields:
         if isinstance(record.get(name), str):
-            record[name] = json.loads(record[name])
+            record[name] = load_json_field(record[name])
     return record
 
 
