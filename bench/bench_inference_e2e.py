@@ -81,17 +81,41 @@ def warm_up(http: httpx.Client, url: str, headers: dict[str, str]) -> None:
 
 
 def sequential_samples(http: httpx.Client, url: str, headers: dict[str, str], texts: list[str], count: int,
-                       first: int = 0) -> list[float]:
-    """Milliseconds of ``count`` requests sent one at a time, texts from index ``first`` on."""
+                       first: int = 0, stages: dict[str, list[float]] | None = None) -> list[float]:
+    """Milliseconds of ``count`` requests sent one at a time, texts from index ``first`` on; with
+    ``stages``, each reply's own timings are appended to it (see ``stage_medians``)."""
     samples = []
     for i in range(first, first + count):
         started = time.perf_counter()
         response = http.post(f"{url}/api/v1/infer/{ENCODED}",
                              json={"input_data": {"text": texts[i % len(texts)]}, "priority": "high",
                                    "timeout_seconds": 30}, headers=headers)
-        samples.append((time.perf_counter() - started) * 1000.0)
+        elapsed = (time.perf_counter() - started) * 1000.0
+        samples.append(elapsed)
         response.raise_for_status()
+        if stages is not None:
+            metadata = response.json()["metadata"]
+            stages.setdefault("client", []).append(elapsed)
+            for name in ("total_time_ms", "queue_time_ms", "inference_time_ms"):
+                stages.setdefault(name, []).append(float(metadata.get(name) or 0.0))
     return samples
+
+
+def stage_medians(stages: dict[str, list[float]]) -> dict[str, float]:
+    """Where a sequential request's time goes, medians of each reply's own timings (ms):
+    HTTP and the ingress outside the inference service (client - ingress total), the request's way
+    to the model (``queue_time_ms``: from its Avro timestamp, millisecond-truncated, to the worker
+    taking it up), the model (``inference_time_ms``), and the rest of the ingress total (the
+    reply's way back, the worker's and the ingress's own steps around them)."""
+    if not stages:
+        return {}
+    rows = list(zip(stages["client"], stages["total_time_ms"], stages["queue_time_ms"],
+                    stages["inference_time_ms"], strict=True))
+    return {"client_ms": percentile([r[0] for r in rows], 0.5),
+            "http_and_ingress_outside_service_ms": percentile([r[0] - r[1] for r in rows], 0.5),
+            "request_to_worker_ms": percentile([r[2] for r in rows], 0.5),
+            "model_ms": percentile([r[3] for r in rows], 0.5),
+            "reply_back_and_rest_ms": percentile([r[1] - r[2] - r[3] for r in rows], 0.5)}
 
 
 def in_process_samples(runtime: MiniLMEmbedder, texts: list[str], count: int, first: int = 0) -> list[float]:
@@ -209,6 +233,7 @@ def main() -> None:
     per_round = max(1, args.sequential // rounds)
     in_process_ms: list[float] = []
     e2e_ms: list[float] = []
+    stages: dict[str, list[float]] = {}
     batched_runs: list[dict[str, float]] = []
     on_runs: list[dict[str, float]] = []
     with running_system(settings, args.log_dir / "batching-on") as (url, pids), httpx.Client(timeout=60) as http:
@@ -216,7 +241,7 @@ def main() -> None:
         for r in range(rounds):
             in_process_ms += in_process_samples(runtime, texts, per_round, r * per_round)
             with py_spy(pids, args.profile if r == 0 else None, "sequential"):
-                e2e_ms += sequential_samples(http, url, headers, texts, per_round, r * per_round)
+                e2e_ms += sequential_samples(http, url, headers, texts, per_round, r * per_round, stages)
         for r in range(rounds):
             batched_runs.append(throughput(runtime, texts, args.seconds / rounds, args.concurrency,
                                            args.in_process_batch, settings.inference_max_wait_ms))
@@ -227,6 +252,7 @@ def main() -> None:
             "model": MINILM_ID, "concurrency": args.concurrency, "rounds": rounds, "in_process_batch1": in_process,
             "in_process_batched": {**in_process_batched, "max_batch_size": args.in_process_batch},
             "words_per_text": [args.min_words, args.max_words], "e2e_batch1": summary(e2e_ms),
+            "e2e_batch1_stages": stage_medians(stages),
             "batching_on": combined(on_runs)}
         # 4. priority isolation: a low backlog of 10x the high requests, served while high runs
         if not args.without_flood:
@@ -273,6 +299,8 @@ def main() -> None:
             continue
         print(f"{name:<44}{run.get('per_s', 0.0):>9.1f}{run['p50_ms']:>9.2f}{run['p99_ms']:>9.2f}"
               f"{run.get('mean_batch', 1.0):>7.1f}")
+    print("sequential stages, medians (ms): " + ", ".join(f"{name[:-3]} {value:.2f}"
+                                                        for name, value in report["e2e_batch1_stages"].items()))
     print(f"e2e p50 - in-process p50: {report['e2e_minus_in_process_p50_ms']:.2f} ms (target <= 5)")
     if report["throughput_ratio_on_vs_off"] is not None:
         print(f"throughput batching on / off: {report['throughput_ratio_on_vs_off']:.2f}x")
