@@ -118,10 +118,16 @@ def stage_medians(stages: dict[str, list[float]]) -> dict[str, float]:
             "reply_back_and_rest_ms": percentile([r[1] - r[2] - r[3] for r in rows], 0.5)}
 
 
-def in_process_samples(runtime: MiniLMEmbedder, texts: list[str], count: int, first: int = 0) -> list[float]:
-    """The same as ``sequential_samples`` straight into the runtime: the batch-1 baseline."""
+def in_process_samples(runtime: MiniLMEmbedder, texts: list[str], count: int, first: int = 0,
+                       gap_s: float = 0.0) -> list[float]:
+    """The same as ``sequential_samples`` straight into the runtime: the batch-1 baseline. ``gap_s``
+    of sleep between calls makes each one a request that finds the model idle, as the worker's
+    model is at one client; back to back, on a loaded machine, the kernel's fair scheduler gives a
+    thread that never sleeps a fraction of the share it gives the worker's."""
     samples = []
     for i in range(first, first + count):
+        if gap_s:
+            time.sleep(gap_s)
         started = time.perf_counter()
         runtime.infer_batch([{"text": texts[i % len(texts)]}])
         samples.append((time.perf_counter() - started) * 1000.0)
@@ -208,6 +214,8 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--in-process-batch", type=int, default=32, help="max batch of the in-process baseline")
     parser.add_argument("--without-off", action="store_true", help="skip the batching-off run")
+    parser.add_argument("--baseline-gap-ms", type=float, default=10.0,
+                        help="sleep between the in-process batch-1 calls (0: back to back, as before issue 18)")
     parser.add_argument("--without-flood", action="store_true", help="skip the priority-isolation run")
     parser.add_argument("--profile", type=Path, default=None, help="py-spy the ingress and the high worker")
     parser.add_argument("--sequential", type=int, default=300, help="requests in each sequential run")
@@ -239,7 +247,8 @@ def main() -> None:
     with running_system(settings, args.log_dir / "batching-on") as (url, pids), httpx.Client(timeout=60) as http:
         warm_up(http, url, headers)
         for r in range(rounds):
-            in_process_ms += in_process_samples(runtime, texts, per_round, r * per_round)
+            in_process_ms += in_process_samples(runtime, texts, per_round, r * per_round,
+                                                args.baseline_gap_ms / 1000.0)
             with py_spy(pids, args.profile if r == 0 else None, "sequential"):
                 e2e_ms += sequential_samples(http, url, headers, texts, per_round, r * per_round, stages)
         for r in range(rounds):
