@@ -170,16 +170,35 @@ def _has_non_finite(value: Any) -> bool:
     return False
 
 
-# 20 digits in a row may be an integer beyond 64 bits, which orjson would read as a float. Found by
-# mapping every digit to 0 (bytes.translate runs at memory speed; a regex takes ~0.5 ms on 8 kB).
+# An integer of 20 digits or more may lie beyond 64 bits, which orjson would read as a float. Found
+# by mapping every digit to 0 (bytes.translate runs at memory speed; a regex takes ~0.5 ms on 8 kB)
+# and looking at what precedes each run of 20: a fraction's digits follow a '.' (0.00012345678901234567
+# is a float32 written as a float64), an integer's do not.
 _DIGITS_TO_ZERO = bytes.maketrans(b"123456789", b"000000000")
 _TWENTY_DIGITS = b"0" * 20
+_ZERO, _POINT = ord("0"), ord(".")
+
+
+def _has_long_integer(text: str) -> bool:
+    digits = text.encode().translate(_DIGITS_TO_ZERO)
+    at = digits.find(_TWENTY_DIGITS)
+    while at != -1:
+        start = at
+        while start > 0 and digits[start - 1] == _ZERO:
+            start -= 1
+        if start == 0 or digits[start - 1] != _POINT:
+            return True
+        end = at + len(_TWENTY_DIGITS)
+        while end < len(digits) and digits[end] == _ZERO:
+            end += 1
+        at = digits.find(_TWENTY_DIGITS, end)
+    return False
 
 
 def load_json_field(text: str) -> Any:
     """A JSON field from its wire text; ``json`` for what orjson refuses (NaN) or would read
     differently (integers beyond 64 bits)."""
-    if _TWENTY_DIGITS in text.encode().translate(_DIGITS_TO_ZERO):
+    if _has_long_integer(text):
         return json.loads(text)
     try:
         return orjson.loads(text)
