@@ -5,10 +5,8 @@ period). The worker takes the oldest request, then waits until ``max_batch_size`
 are queued or the oldest has waited ``max_wait_ms``, whichever comes first, and runs them as
 one batch. ``max_batch_size=1`` switches batching off: every request runs alone at once.
 With ``eager_when_idle`` a request that finds the model idle (no batch finished within the last
-``max_wait_ms``) runs at once: a lone request pays no batching delay; and the requests that
-arrived while a batch ran form the next batch as soon as it finishes, without waiting for more
-(continuous batching: under sustained load the batch size follows the arrival rate, and the
-model is never idle while requests wait).
+``max_wait_ms``) runs at once: a lone request pays no batching delay, and under sustained load
+the requests that arrive while a batch runs still form the next one.
 
 If a batch call fails, each request is retried alone, so one bad input fails only its own
 request. Requests whose deadline has passed are answered with INFERENCE_TIMEOUT without
@@ -183,13 +181,8 @@ class DynamicBatcher:
                         del self._queues[model_id]
                     return None
             due = queue.items[0].enqueued + self.max_wait_s
-            if self.eager_when_idle and (time.monotonic() - queue.last_finished > self.max_wait_s
-                                         or queue.items[0].enqueued <= queue.last_finished):
-                # Idle model: nothing is coming that waiting would batch with this one. Or the oldest
-                # request queued while the last batch ran: the ones that arrived meanwhile are the
-                # next batch, and waiting for more would leave the model idle while work is queued
-                # (a batch of n costs nearly n times one on a CPU, so a fuller batch buys little).
-                due = 0.0
+            if self.eager_when_idle and time.monotonic() - queue.last_finished > self.max_wait_s:
+                due = 0.0  # idle model: nothing is coming that waiting would batch with this one
             while len(queue.items) < self.max_batch_size and not self._closed:
                 remaining = due - time.monotonic()
                 if remaining <= 0:

@@ -297,23 +297,3 @@ def test_eager_when_idle_runs_a_lone_request_at_once_and_still_batches_under_loa
         assert results([first, *rest]) == [{"y": 2 * i} for i in range(6)]
     assert runtime.batches == [1, 5]
     assert observations[0].queue_wait_s < 0.2
-
-
-def test_eager_batcher_runs_what_queued_during_a_batch_as_soon_as_it_finishes() -> None:
-    """Requests that arrived while the model was busy are the next batch at once: they are not held
-    for the rest of the wait window to fill it (the model would idle with work queued)."""
-    runtime = EchoRuntime()
-    runtime.gate = threading.Event()
-    batcher, _ = make(runtime, max_batch_size=8, max_wait_ms=2000, eager_when_idle=True)
-    with batcher:
-        first = batcher.submit("echo", {"x": 0})
-        deadline = time.monotonic() + 5
-        while batcher.queue_depth("echo") and time.monotonic() < deadline:
-            time.sleep(0.001)
-        rest = [batcher.submit("echo", {"x": i}) for i in range(1, 4)]
-        released = time.monotonic()
-        runtime.gate.set()
-        assert results([first, *rest]) == [{"y": 2 * i} for i in range(4)]
-        waited_after_release = time.monotonic() - released
-    assert runtime.batches == [1, 3]
-    assert waited_after_release < 1.0  # not the 2 s window
