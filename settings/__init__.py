@@ -6,6 +6,7 @@ each field is documented in the README's settings table.
 
 from __future__ import annotations
 
+import os
 from functools import lru_cache
 from pathlib import Path
 
@@ -13,6 +14,20 @@ from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def default_intra_op_threads() -> int:
+    """ONNX Runtime threads per session when not set: half the usable CPUs, at least one.
+
+    A node runs the ingress, the broker and a worker per priority beside each model; a session
+    that takes every core stalls on the one a neighbour holds (on this 2-core machine, under load,
+    2 threads ran a batch-1 embedding 2-3x slower than 1 thread; see docs/benchmarks.md).
+    """
+    try:
+        usable = len(os.sched_getaffinity(0))  # the CPUs this process may run on (cpusets, taskset)
+    except AttributeError:  # not Linux
+        usable = os.cpu_count() or 1
+    return max(1, usable // 2)
 
 
 class Settings(BaseSettings):
@@ -137,7 +152,9 @@ class Settings(BaseSettings):
     inference_max_wait_ms: float = Field(5.0, ge=0, description="How long a batch waits to fill before it runs")
     inference_max_in_flight: int = Field(64, ge=1, description="Requests one worker process holds at once")
     inference_memory_budget_mb: int = Field(2048, ge=64, description="Loaded models per worker, LRU-evicted")
-    inference_intra_op_threads: int = Field(1, ge=1, description="ONNX Runtime threads per model session")
+    inference_intra_op_threads: int = Field(default_factory=default_intra_op_threads, ge=1,
+                                            description="ONNX Runtime threads per model session; default: "
+                                                        "half the CPUs this process may use, at least 1")
     inference_preload_models: str = Field("", description="Comma-separated model ids each worker loads at start")
     # Inputs above inference_claim_check_bytes travel as an S3 claim check, so this bound is the
     # ingress's and the workers' memory, not Kafka's 1 MB: 30 MiB takes a 20 MiB image as base64.

@@ -36,3 +36,15 @@ def test_invalid_values_are_rejected(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TRIBUTARY_KAFKA_HEAP_MB", "lots")
     with pytest.raises(ValueError, match="kafka_heap_mb"):
         Settings()
+
+
+def test_onnx_runtime_threads_default_to_half_the_usable_cpus(monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    monkeypatch.delenv("TRIBUTARY_INFERENCE_INTRA_OP_THREADS", raising=False)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda _pid: set(range(8)), raising=False)
+    assert Settings(_env_file=None).inference_intra_op_threads == 4
+    monkeypatch.setattr(os, "sched_getaffinity", lambda _pid: {0}, raising=False)
+    assert Settings(_env_file=None).inference_intra_op_threads == 1
+    monkeypatch.setenv("TRIBUTARY_INFERENCE_INTRA_OP_THREADS", "3")
+    assert Settings(_env_file=None).inference_intra_op_threads == 3
