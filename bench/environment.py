@@ -91,7 +91,7 @@ def tributary_run(name: str, ready_timeout_s: float = 180.0) -> Iterator[Tributa
 def py_spy(pids: dict[str, int], out_dir: Path | None, label: str) -> Iterator[None]:
     """``py-spy record`` each named process while the block runs: collapsed stacks (flame graph input,
     one ``frame;frame;... count`` line per stack) in ``out_dir/<label>-<name>.txt``, of the thread
-    holding the GIL only (``--gil``: where Python code spends CPU; a thread blocked in C, e.g. in a
+    holding the GIL only, in the process and its children (uvicorn workers) (``--gil``: where Python code spends CPU; a thread blocked in C, e.g. in a
     Kafka poll, would otherwise look busy); nothing when ``out_dir`` is None.
     ``python -m bench.profile_summary FILE`` reads one."""
     if out_dir is None:
@@ -99,7 +99,7 @@ def py_spy(pids: dict[str, int], out_dir: Path | None, label: str) -> Iterator[N
         return
     out_dir.mkdir(parents=True, exist_ok=True)
     spy = Path(sys.executable).parent / "py-spy"
-    recorders = [subprocess.Popen([str(spy), "record", "--pid", str(pid), "--gil", "--format", "raw",
+    recorders = [subprocess.Popen([str(spy), "record", "--pid", str(pid), "--subprocesses", "--gil", "--format", "raw",
                                    "--rate", "200", "--output", str(out_dir / f"{label}-{name}.txt")],
                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
                  for name, pid in pids.items()]

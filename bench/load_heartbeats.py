@@ -29,9 +29,7 @@ import argparse
 import asyncio
 import json
 import os
-import shutil
 import statistics
-import subprocess
 import sys
 import threading
 import time
@@ -46,7 +44,7 @@ from confluent_kafka import Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from bench.bench_inference_inprocess import percentile
-from bench.environment import isolated_settings
+from bench.environment import isolated_settings, py_spy
 from cli.services import system_services
 from cli.supervisor import Supervisor
 from core.cassandra.session import connect
@@ -295,17 +293,6 @@ def server_pids() -> dict[str, int]:
     return found
 
 
-def profile(pid: int, seconds: float, out: Path) -> subprocess.Popen[bytes] | None:
-    """py-spy record (collapsed stacks) of ``pid`` and its children; None without py-spy."""
-    py_spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
-    if not Path(py_spy).exists():
-        print("py-spy not found: no profile")
-        return None
-    return subprocess.Popen([py_spy, "record", "--pid", str(pid), "--subprocesses", "--duration", str(int(seconds)),
-                             "--rate", "50", "--format", "raw", "--output", str(out), "--nonblocking"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rate", type=float, default=1000.0, help="heartbeats per second, all devices together")
@@ -341,7 +328,6 @@ def main() -> None:
     supervisor.start()
     url = f"http://127.0.0.1:{settings.api_port}"
     sampler = LagSampler(settings, args.lag_every)
-    profilers: list[subprocess.Popen[bytes]] = []
     watched: dict[str, int] = {}
     cpu_before: dict[str, float] = {}
     try:
@@ -366,17 +352,12 @@ def main() -> None:
                 watched.update(server_pids())
                 cpu_before.update({name: cpu_seconds(pid) for name, pid in watched.items()})
                 cpu_before["generator"] = sum(os.times()[:2])
-                if args.profile is not None:
-                    args.profile.mkdir(parents=True, exist_ok=True)
-                    for name in ("api", "device-processor"):
-                        proc = profile(supervisor.running[name].proc.pid, args.seconds,
-                                       args.profile / f"{name}.txt")
-                        if proc is not None:
-                            profilers.append(proc)
-                if args.direct:
-                    out = await publish_direct(settings, devices, args.rate, args.seconds)
-                else:
-                    out = await drive(client, url, devices, args.rate, args.seconds, args.closed)
+                profiled = {name: supervisor.running[name].proc.pid for name in ("api", "device-processor")}
+                with py_spy(profiled, args.profile, "heartbeats"):
+                    if args.direct:
+                        out = await publish_direct(settings, devices, args.rate, args.seconds)
+                    else:
+                        out = await drive(client, url, devices, args.rate, args.seconds, args.closed)
                 load_s = out["elapsed_s"]
                 used = {name: cpu_seconds(pid) - cpu_before[name] for name, pid in watched.items()}
                 used["generator"] = sum(os.times()[:2]) - cpu_before["generator"]
@@ -394,8 +375,6 @@ def main() -> None:
         sampler.stop()
         lag_after = sampler.lag()
         sampler.close()
-        for proc in profilers:
-            proc.wait(timeout=60)
         in_topic = topic_messages(settings)
         store = CassandraFleetStore(session)
         last_accepted: dict[str, str] = report.pop("last_accepted")
