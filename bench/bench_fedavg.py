@@ -1,0 +1,396 @@
+"""FedAvg of N updates x P parameters: Tributary's round processor against Flower, in one run.
+
+    python bench/bench_fedavg.py                                  # quick: 50 updates x 2M parameters
+    python bench/bench_fedavg.py --params 25000000                # issue 18's size: 50 x 25M
+    python bench/bench_fedavg.py --before /work/main              # also the processor of another checkout
+    python bench/bench_fedavg.py --flower-python .local/flower-venv/bin/python
+
+Every contender runs in a fresh subprocess, so its time and its peak RSS (VmHWM, reset with
+/proc/self/clear_refs just before it starts) are its own; ratios are against Flower measured in the
+same run. The inputs are made once: each update as the file a device uploads (torch.save of a
+state_dict) and, for Flower, the same tensors as the np.save bytes its Parameters / Array carry.
+
+- ``tributary``: the real ``RoundProcessor.on_update`` for each update, as the round processor runs it,
+  on the in-memory fleet store; the updates are read through an ``ArtifactStore`` that streams them
+  from local files in 1 MiB chunks (``--s3``: from the S3 at TRIBUTARY_S3_ENDPOINT instead). The time
+  includes the sha256 checks, folding, closing the round and storing the aggregate as a model file.
+- ``flower-inplace``: ``flwr.server.strategy.aggregate.aggregate_inplace`` over FitRes results.
+- ``flower-message``: ``flwr.serverapp.strategy.FedAvg().aggregate_train`` over reply Messages.
+  Flower's time is the call alone, its inputs already in memory (as its server holds the replies).
+
+Flower 1.42 pins protobuf<7 and fastapi 0.138, which the project's own pins exclude, so it cannot
+live in the project's environment: give ``--flower-python`` an interpreter of a venv with
+``pip install 'flwr==1.42.0'`` (see docs/benchmarks.md). Without one, Flower is skipped, saying so.
+
+Peak memory is reported as the RSS above the process's RSS before the contender started, in units
+of one model (P x 4 bytes): Flower's includes the N replies it must hold, and its figure above the
+loaded replies is given too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import IO, Any
+
+ROOT = Path(__file__).resolve().parent.parent
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+# --- memory ------------------------------------------------------------------------------------
+
+
+def _status(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) * 1024
+    raise LookupError(field)
+
+
+def reset_peak() -> int:
+    """Reset the peak RSS to the current RSS (Linux clear_refs 5) and return it."""
+    Path("/proc/self/clear_refs").write_text("5")
+    return _status("VmRSS")
+
+
+def peak_rss() -> int:
+    return _status("VmHWM")
+
+
+# --- inputs ------------------------------------------------------------------------------------
+
+
+def shapes(params: int, tensors: int) -> list[tuple[str, tuple[int, ...]]]:
+    """A few large weight matrices and a bias, adding up to ``params``."""
+    bias = 1024
+    per = (params - bias) // tensors
+    cols = 1024
+    rows = per // cols
+    out: list[tuple[str, tuple[int, ...]]] = [(f"layer{i}.weight", (rows, cols)) for i in range(tensors)]
+    out.append(("head.bias", (params - rows * cols * tensors,)))
+    return out
+
+
+def make_inputs(directory: Path, updates: int, params: int, tensors: int, with_flower: bool) -> dict[str, Any]:
+    """Write the updates (torch.save, as devices upload) and, for Flower, their np.save tensors; the
+    float64 weighted mean is written as the reference every contender is checked against."""
+    import numpy as np
+    import torch
+
+    layout = shapes(params, tensors)
+    generator = torch.Generator().manual_seed(18)
+    reference = {name: torch.zeros(shape, dtype=torch.float64) for name, shape in layout}
+    samples, max_abs = [], 0.0
+    for i in range(updates):
+        n = 10 + (i * 37) % 200
+        samples.append(n)
+        state = {name: torch.randn(shape, generator=generator) * 0.05 for name, shape in layout}
+        torch.save(state, directory / f"update-{i}.pt")
+        for j, (name, tensor) in enumerate(state.items()):
+            reference[name].add_(tensor, alpha=n)
+            max_abs = max(max_abs, float(tensor.abs().max()))
+            if with_flower:
+                np.save(directory / f"update-{i}-{j}.npy", tensor.numpy(), allow_pickle=False)
+        del state
+    total = sum(samples)
+    torch.save({name: value / total for name, value in reference.items()}, directory / "reference.pt")
+    return {"samples": samples, "layout": layout, "max_abs": max_abs}
+
+
+def check(result: dict[str, Any], directory: Path) -> dict[str, float]:
+    import torch
+
+    reference = torch.load(directory / "reference.pt", weights_only=True)
+    worst = 0.0
+    for name, value in result.items():
+        worst = max(worst, float((torch.as_tensor(value).double() - reference[name]).abs().max()))
+    return {"max_abs_error": worst}
+
+
+# --- contenders (each in its own process) ------------------------------------------------------
+
+
+class DirArtifactStore:
+    """Reads objects from files (what S3 streams, without the network) and writes them to files."""
+
+    def __init__(self, directory: Path) -> None:
+        from core.artifacts import ArtifactStore
+
+        self.directory = directory
+        ArtifactStore.register(DirArtifactStore)
+
+    def _path(self, key: str) -> Path:
+        return self.directory / key.replace("/", "__")
+
+    def put(self, key: str, data: bytes | IO[bytes], content_type: str = "application/octet-stream") -> Any:
+        import hashlib
+
+        from core.artifacts import StoredArtifact
+
+        body = data if isinstance(data, bytes) else data.read()
+        self._path(key).write_bytes(body)
+        return StoredArtifact(key, len(body), hashlib.sha256(body).hexdigest())
+
+    def stream(self, key: str, chunk_size: int = 1024 * 1024) -> Iterator[bytes]:
+        from core.artifacts import ArtifactNotFound
+
+        path = self._path(key)
+        if not path.exists():
+            raise ArtifactNotFound(key)
+        with path.open("rb") as f:
+            while chunk := f.read(chunk_size):
+                yield chunk
+
+    def get(self, key: str) -> bytes:
+        return b"".join(self.stream(key))
+
+    def head(self, key: str) -> Any:
+        raise NotImplementedError
+
+    def delete(self, key: str) -> None:
+        self._path(key).unlink(missing_ok=True)
+
+
+class NullSink:
+    async def publish(self, message_type: Any, record: dict[str, Any]) -> None:
+        return None
+
+    async def audit(self, **_: Any) -> None:
+        return None
+
+
+def run_tributary(directory: Path, samples: list[int], use_s3: bool) -> dict[str, Any]:
+    import hashlib
+
+    import torch
+
+    from core.artifacts import S3ArtifactStore
+    from core.fleet.memory_store import InMemoryFleetStore
+    from core.fleet.models import ModelUpdate, Round, RoundStatus
+    from core.fleet.processing import RoundProcessor
+    from core.fleet.service import FleetService
+    from settings import Settings
+
+    settings = Settings()
+    store = InMemoryFleetStore()
+    artifacts: Any = S3ArtifactStore(settings) if use_s3 else DirArtifactStore(directory)
+    round_ = Round(id=str(uuid.uuid4()), round_number=1, status=RoundStatus.PENDING, target_devices=len(samples),
+                   min_devices=len(samples), timeout_seconds=3600, created_at=T0)
+    store.create_active_round(round_)
+    store.transition_round(round_.id, RoundStatus.PENDING, RoundStatus.ACTIVE,
+                           selected_devices=[f"d{i}" for i in range(len(samples))],
+                           timeout_at=datetime.now(UTC) + timedelta(hours=1))
+    records = []
+    for i, n in enumerate(samples):
+        key = f"updates/{round_.id}/d{i}.pt"
+        path = directory / f"update-{i}.pt"
+        digest = hashlib.sha256()
+        with path.open("rb") as f:
+            while chunk := f.read(1 << 20):
+                digest.update(chunk)
+        if use_s3:
+            with path.open("rb") as f:
+                artifacts.client.upload_fileobj(f, artifacts.bucket, key)
+        else:
+            os.link(path, artifacts._path(key))
+        update = ModelUpdate(id=str(uuid.uuid4()), round_id=round_.id, device_id=f"d{i}", model_path=f"s3://b/{key}",
+                             artifact_key=key, model_size_bytes=path.stat().st_size, sha256=digest.hexdigest(),
+                             num_samples=n, created_at=datetime.now(UTC))
+        store.add_update(update)
+        records.append({"update_id": update.id, "round_id": round_.id, "artifact_key": key,
+                        "sha256": update.sha256, "num_samples": n})
+    sink = NullSink()
+    processor = RoundProcessor(settings, store, artifacts, sink, FleetService(settings, store, artifacts, sink))
+
+    async def drive() -> None:
+        for record in records:
+            await processor.on_update(record)
+
+    baseline = reset_peak()
+    started = time.perf_counter()
+    asyncio.run(drive())
+    seconds = time.perf_counter() - started
+    peak = peak_rss() - baseline
+    done = store.get_round(round_.id)
+    assert done is not None and done.status is RoundStatus.COMPLETED, done
+    assert done.aggregated_model_id is not None
+    (version,) = store.list_versions(done.aggregated_model_id)
+    if use_s3:
+        result = torch.load(__import__("io").BytesIO(artifacts.get(version.artifact_key)), weights_only=True)
+    else:
+        result = torch.load(artifacts._path(version.artifact_key), weights_only=True)
+    return {"seconds": seconds, "peak_bytes": peak, "inputs_bytes": 0, **check(result, directory)}
+
+
+def run_flower(directory: Path, samples: list[int], layout: list[tuple[str, list[int]]], api: str) -> dict[str, Any]:
+    import numpy as np
+    from flwr.app import Array, ArrayRecord, Message, Metadata, MetricRecord, RecordDict
+    from flwr.common import Code, FitRes, Parameters, Status
+    from flwr.server.strategy.aggregate import aggregate_inplace
+    from flwr.serverapp.strategy import FedAvg
+
+    n_tensors = len(layout)
+    layout_files = [[directory / f"update-{i}-{j}.npy" for j in range(n_tensors)] for i in range(len(samples))]
+    baseline = reset_peak()
+    # The replies Flower's server holds before it aggregates: the np.save bytes of every tensor.
+    blobs = [[path.read_bytes() for path in files] for files in layout_files]
+    loaded = _status("VmRSS")
+    if api == "inplace":
+        results: list[Any] = [
+            (None, FitRes(status=Status(code=Code.OK, message=""),
+                          parameters=Parameters(tensors=tensors, tensor_type="numpy.ndarray"),
+                          num_examples=n, metrics={}))
+            for tensors, n in zip(blobs, samples, strict=True)
+        ]
+        del blobs
+        reset_peak()
+        started = time.perf_counter()
+        arrays = aggregate_inplace(results)
+        seconds = time.perf_counter() - started
+    else:
+        def record(tensors: list[bytes], n: int) -> RecordDict:
+            items = {f"t{j}": Array(dtype="float32", shape=tuple(shape), stype="numpy.ndarray", data=data)
+                     for j, (data, (_, shape)) in enumerate(zip(tensors, layout, strict=True))}
+            return RecordDict({"arrays": ArrayRecord(items), "metrics": MetricRecord({"num-examples": n})})
+
+        def reply(i: int, content: RecordDict) -> Message:  # as the SuperLink hands replies to the ServerApp
+            return Message(content=content, metadata=Metadata(
+                run_id=1, message_id=f"reply-{i}", src_node_id=i + 1, dst_node_id=0, reply_to_message_id=f"ins-{i}",
+                group_id="1", created_at=time.time(), ttl=3600, message_type="train"))
+
+        replies = [reply(i, record(tensors, n)) for i, (tensors, n) in enumerate(zip(blobs, samples, strict=True))]
+        del blobs
+        reset_peak()
+        started = time.perf_counter()
+        aggregated, _ = FedAvg().aggregate_train(1, replies)
+        seconds = time.perf_counter() - started
+        assert aggregated is not None
+        arrays = [aggregated[f"t{j}"].numpy() for j in range(n_tensors)]
+    peak = peak_rss()
+    # Checked against the reference in the parent (no torch in Flower's venv).
+    np.savez(directory / f"result-{api}.npz", *arrays)
+    return {"seconds": seconds, "peak_bytes": peak - baseline, "above_inputs_bytes": peak - loaded,
+            "inputs_bytes": loaded - baseline}
+
+
+# --- orchestration -----------------------------------------------------------------------------
+
+
+def worker(args: argparse.Namespace) -> None:
+    spec = json.loads(Path(args.spec).read_text())
+    directory = Path(spec["directory"])
+    if args.worker == "tributary":
+        out = run_tributary(directory, spec["samples"], spec["s3"])
+    else:
+        out = run_flower(directory, spec["samples"], spec["layout"], args.worker.removeprefix("flower-"))
+    print("RESULT " + json.dumps(out))
+
+
+def spawn(python: str, name: str, spec_path: Path, pythonpath: str | None) -> dict[str, Any] | str:
+    env = dict(os.environ)
+    if pythonpath is not None:
+        env["PYTHONPATH"] = pythonpath
+    proc = subprocess.run([python, str(Path(__file__).resolve()), "--worker", name, "--spec", str(spec_path)],
+                          env=env, capture_output=True, text=True, check=False)
+    for line in proc.stdout.splitlines():
+        if line.startswith("RESULT "):
+            return json.loads(line.removeprefix("RESULT "))  # type: ignore[no-any-return]
+    return f"failed (exit {proc.returncode}): {proc.stderr.strip().splitlines()[-1:] or proc.stdout[-300:]}"
+
+
+def flower_error(directory: Path, api: str) -> float:
+    import numpy as np
+    import torch
+
+    arrays = np.load(directory / f"result-{api}.npz")
+    reference = torch.load(directory / "reference.pt", weights_only=True)
+    return max(float(np.abs(arrays[f"arr_{j}"].astype(np.float64) - ref.numpy()).max())
+               for j, ref in enumerate(reference.values()))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--updates", type=int, default=50)
+    parser.add_argument("--params", type=int, default=2_000_000, help="parameters per model (25000000 for issue 18)")
+    parser.add_argument("--tensors", type=int, default=4, help="large weight matrices (plus one bias)")
+    parser.add_argument("--flower-python", default=os.environ.get("FLOWER_PYTHON", ""),
+                        help="python of a venv with flwr installed; empty = this interpreter if it has flwr")
+    parser.add_argument("--before", default="", help="another checkout whose round processor runs too (before)")
+    parser.add_argument("--s3", action="store_true", help="read the updates from the S3 at TRIBUTARY_S3_ENDPOINT")
+    parser.add_argument("--dir", default="", help="where the inputs go (default: a temporary directory)")
+    parser.add_argument("--worker", default="", help=argparse.SUPPRESS)
+    parser.add_argument("--spec", default="", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        worker(args)
+        return
+
+    flower_python = args.flower_python
+    if not flower_python:
+        probe = subprocess.run([sys.executable, "-c", "import flwr"], capture_output=True, check=False)
+        flower_python = sys.executable if probe.returncode == 0 else ""
+    directory = Path(args.dir or tempfile.mkdtemp(prefix="bench-fedavg-"))
+    directory.mkdir(parents=True, exist_ok=True)
+    try:
+        started = time.perf_counter()
+        made = make_inputs(directory, args.updates, args.params, args.tensors, bool(flower_python))
+        print(f"inputs: {args.updates} updates x {args.params:,} parameters ({len(made['layout'])} tensors, "
+              f"float32, {args.params * 4 / 1e6:.0f} MB a model) made in {time.perf_counter() - started:.1f} s; "
+              f"updates read from {'S3' if args.s3 else 'local files'}")
+        spec_path = directory / "spec.json"
+        spec_path.write_text(json.dumps({"directory": str(directory), "samples": made["samples"],
+                                         "layout": made["layout"], "s3": args.s3}))
+        contenders: list[tuple[str, str, str, str | None]] = [
+            ("tributary", sys.executable, "tributary", str(ROOT))]
+        if args.before:
+            contenders.append((f"tributary ({args.before})", sys.executable, "tributary", args.before))
+        if flower_python:
+            contenders += [("flower aggregate_inplace", flower_python, "flower-inplace", None),
+                           ("flower FedAvg.aggregate_train", flower_python, "flower-message", None)]
+        else:
+            print("Flower skipped: flwr is not importable here and no --flower-python was given "
+                  "(see docs/benchmarks.md for its venv)")
+        results: dict[str, dict[str, Any] | str] = {}
+        for label, python, name, pythonpath in contenders:
+            result = spawn(python, name, spec_path, pythonpath)
+            if isinstance(result, dict) and name.startswith("flower"):
+                result["max_abs_error"] = flower_error(directory, name.removeprefix("flower-"))
+            results[label] = result
+        report(results, args, made)
+    finally:
+        if not args.dir:
+            shutil.rmtree(directory, ignore_errors=True)
+
+
+def report(results: dict[str, dict[str, Any] | str], args: argparse.Namespace, made: dict[str, Any]) -> None:
+    model = args.params * 4
+    baseline = results.get("flower aggregate_inplace")
+    bound = (args.updates + 1) * 2.0**-24 * made["max_abs"]
+    print(f"{'contender':34} {'seconds':>8} {'x flower_inplace':>17} {'peak RSS (models)':>18} "
+          f"{'above inputs':>13} {'max |err| vs f64':>17}")
+    for label, result in results.items():
+        if isinstance(result, str):
+            print(f"{label:34} {result}")
+            continue
+        ratio = (f"{result['seconds'] / baseline['seconds']:.2f}" if isinstance(baseline, dict) else "-")
+        above = result.get("above_inputs_bytes", result["peak_bytes"])
+        print(f"{label:34} {result['seconds']:8.2f} {ratio:>17} {result['peak_bytes'] / model:18.2f} "
+              f"{above / model:13.2f} {result['max_abs_error']:17.2e}")
+    print(f"float32 bound (N+1)*2^-24*max|x| = {bound:.2e}; machine shared with other work, "
+          f"{os.cpu_count()} cores")
+    print(json.dumps({"updates": args.updates, "params": args.params, "results": results}))
+
+
+if __name__ == "__main__":
+    main()
