@@ -189,9 +189,9 @@ def run_tributary(directory: Path, samples: list[int], use_s3: bool) -> dict[str
     files = [directory / f"update-{i}.pt" for i in range(len(samples))]
     run = _tributary_round(settings, artifacts, files, samples, use_s3)
     baseline = reset_peak()
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     asyncio.run(run.drive())
-    seconds = time.perf_counter() - started
+    seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - cpu
     peak = peak_rss() - baseline
     key = run.aggregate_key()
     data = artifacts.get(key) if use_s3 else artifacts._path(key).read_bytes()
@@ -199,7 +199,8 @@ def run_tributary(directory: Path, samples: list[int], use_s3: bool) -> dict[str
     for made in [*directory.glob("warmup-*"), *directory.glob("updates__*"), *directory.glob("models__*"),
                  *directory.glob("rounds__*")]:
         made.unlink()  # what the processor wrote, and the links to the inputs (--dir keeps only the inputs)
-    return {"seconds": seconds, "after_last_seconds": run.last_seconds, "peak_bytes": peak, "inputs_bytes": 0,
+    return {"seconds": seconds, "after_last_seconds": run.last_seconds, "cpu_seconds": cpu_seconds,
+            "peak_bytes": peak, "inputs_bytes": 0,
             **check(result, directory)}
 
 
@@ -317,15 +318,18 @@ def run_flower(directory: Path, samples: list[int], layout: list[tuple[str, list
     shapes = [shape for _, shape in layout]
     baseline = reset_peak()
     # The replies Flower's server holds before it aggregates: the np.save bytes of every tensor.
+    started, cpu = time.perf_counter(), time.process_time()
     blobs = [[(directory / f"update-{i}-{j}.npy").read_bytes() for j in range(len(shapes))]
              for i in range(len(samples))]
+    read_seconds = time.perf_counter() - started
     loaded = _status("VmRSS")
     seconds, arrays = aggregate(blobs, samples, shapes)
+    cpu_seconds = time.process_time() - cpu
     peak = peak_rss()
     # Checked against the reference in the parent (no torch in Flower's venv).
     np.savez(directory / f"result-{api}.npz", *arrays)
-    return {"seconds": seconds, "peak_bytes": peak - baseline, "above_inputs_bytes": peak - loaded,
-            "inputs_bytes": loaded - baseline}
+    return {"seconds": seconds, "read_seconds": read_seconds, "cpu_seconds": cpu_seconds,
+            "peak_bytes": peak - baseline, "above_inputs_bytes": peak - loaded, "inputs_bytes": loaded - baseline}
 
 
 # --- orchestration -----------------------------------------------------------------------------
@@ -423,22 +427,34 @@ def main() -> None:
 
 
 def report(results: dict[str, dict[str, Any] | str], args: argparse.Namespace, made: dict[str, Any]) -> None:
+    """Times: the contender's own (Tributary: every update read from storage, checked, folded, and the model
+    stored; Flower: the aggregate call on replies in memory), then with Flower's reading of its replies from
+    the same files added (storage to average for both), the time after the last update, and CPU seconds
+    (all threads; on a shared machine the steadier figure). Ratios are to aggregate_inplace."""
     model = args.params * 4
-    baseline = results.get("flower aggregate_inplace")
-    bound = (args.updates + 1) * 2.0**-24 * made["max_abs"]
-    print(f"{'contender':32} {'seconds':>8} {'x flower_inplace':>16} {'after last update':>17} "
-          f"{'peak RSS, models':>16} {'above inputs':>12} {'max |err| vs f64':>16}")
+    base = results.get("flower aggregate_inplace")
+
+    def figures(result: dict[str, Any]) -> dict[str, float]:
+        return {"seconds": result["seconds"], "total": result["seconds"] + result.get("read_seconds", 0.0),
+                "cpu": result["cpu_seconds"]}
+
+    def ratio(result: dict[str, Any], key: str) -> str:
+        return f"{figures(result)[key] / figures(base)[key]:.2f}" if isinstance(base, dict) else "-"
+
+    print(f"{'contender':30} {'seconds':>8} {'ratio':>6} {'+ reading':>9} {'ratio':>6} {'after last':>10} "
+          f"{'CPU s':>7} {'ratio':>6} {'peak RSS':>8} {'over inputs':>11} {'max|err|':>9}")
     for label, result in results.items():
         if isinstance(result, str):
-            print(f"{label:32} {result}")
+            print(f"{label:30} {result}")
             continue
-        ratio = f"{result['seconds'] / baseline['seconds']:.2f}" if isinstance(baseline, dict) else "-"
-        above = result.get("above_inputs_bytes", result["peak_bytes"])
         # Flower starts when every reply is in: all of its time comes after the last update.
         after = result.get("after_last_seconds", result["seconds"])
-        print(f"{label:32} {result['seconds']:8.2f} {ratio:>16} {after:17.2f} {result['peak_bytes'] / model:16.2f} "
-              f"{above / model:12.2f} {result['max_abs_error']:16.2e}")
-    print(f"float32 bound (N+1)*2^-24*max|x| = {bound:.2e}; one model = {model / 1e6:.0f} MB; "
+        above = result.get("above_inputs_bytes", result["peak_bytes"])
+        print(f"{label:30} {result['seconds']:8.2f} {ratio(result, 'seconds'):>6} {figures(result)['total']:9.2f} "
+              f"{ratio(result, 'total'):>6} {after:10.2f} {result['cpu_seconds']:7.2f} {ratio(result, 'cpu'):>6} "
+              f"{result['peak_bytes'] / model:8.2f} {above / model:11.2f} {result['max_abs_error']:9.2e}")
+    bound = (args.updates + 1) * 2.0**-24 * made["max_abs"]
+    print(f"peak RSS in models of {model / 1e6:.0f} MB; float32 bound (N+1)*2^-24*max|x| = {bound:.2e}; "
           f"{os.cpu_count()} cores shared with other work (load average {os.getloadavg()[0]:.1f})")
     print(json.dumps({"updates": args.updates, "params": args.params, "results": results}))
 
