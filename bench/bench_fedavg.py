@@ -196,6 +196,11 @@ def run_tributary(directory: Path, samples: list[int], use_s3: bool) -> dict[str
     key = run.aggregate_key()
     data = artifacts.get(key) if use_s3 else artifacts._path(key).read_bytes()
     result = torch.load(io.BytesIO(data), weights_only=True)
+    if use_s3:  # leave the shared S3 as it was
+        for done in (warm, run):
+            for record in done.records:
+                artifacts.delete(record["artifact_key"])
+            artifacts.delete(done.aggregate_key())
     for made in [*directory.glob("warmup-*"), *directory.glob("updates__*"), *directory.glob("models__*"),
                  *directory.glob("rounds__*")]:
         made.unlink()  # what the processor wrote, and the links to the inputs (--dir keeps only the inputs)
