@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
 from api.context import AppContext
 from api.errors import install_error_handlers
+from api.forwarded import ForwardedHeader
 from api.limits import BodySizeLimit
 from api.middleware import TraceAndMeasure
-from api.routers import fleet, health, inference, jobs, learning, lifecycle, pipelines
+from api.routers import fleet, health, inference, jobs, keys, learning, lifecycle, pipelines
 from api.routers.health import API_VERSION
 from settings import Settings, get_settings
 
@@ -29,6 +32,11 @@ def create_app(settings: Settings | None = None, context: AppContext | None = No
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # Blocking store calls (key lookups, rate-limit leases, round reads) run on the loop's default
+        # executor, which asyncio sizes by cores (6 threads here): under heartbeat load requests
+        # queued for a thread while each waited on Cassandra. The threads mostly wait, so more of them.
+        asyncio.get_running_loop().set_default_executor(
+            ThreadPoolExecutor(settings.api_io_threads, thread_name_prefix="api-io"))
         if context is None:
             from api.wiring import build_context
 
@@ -61,12 +69,15 @@ def create_app(settings: Settings | None = None, context: AppContext | None = No
     app.add_middleware(BodySizeLimit, max_request_bytes=settings.max_request_bytes,
                        max_upload_bytes=settings.max_upload_bytes)
     app.add_middleware(TraceAndMeasure)
+    if settings.trusted_proxies.strip():  # RFC 7239 Forwarded from trusted proxies (uvicorn reads X-Forwarded-For)
+        app.add_middleware(ForwardedHeader, trusted=settings.trusted_proxies)
     app.include_router(health.router)
     # /models/latest must be matched before /models/{model_id}
     app.include_router(learning.router)
     # /models/{id}/load|unload before fleet's /models/{model_id:path} catch-all routes
     app.include_router(lifecycle.router)
     app.include_router(fleet.router)
+    app.include_router(keys.router)
     app.include_router(inference.router)
     app.include_router(jobs.router)
     app.include_router(pipelines.router)

@@ -11,12 +11,15 @@ from typing import Any
 from fastapi import Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+from api.access import route_action
 from core.artifacts import ArtifactStore
-from core.auth import Authenticator, Principal, RateLimiter
+from core.auth import Action, Authenticator, KeyEventBus, LocalKeyEventBus, Principal, RateLimiter, forbidden
 from core.errors import unavailable
 from core.events import EventSink
 from core.fleet.service import FleetService
 from core.fleet.store import FleetStore
+from core.keys import KeyService
+from core.onboarding.fetch import FetchPolicy
 from core.registry import RegistryService
 from core.serving.jobs_service import JobService
 from core.serving.lifecycle import ModelLifecycleService
@@ -34,6 +37,9 @@ class AppContext:
     fleet: FleetService = field(init=False)
     authenticator: Authenticator = field(init=False)
     limiter: RateLimiter = field(init=False)
+    keys: KeyService = field(init=False)
+    # key events to every ingress replica (Kafka in production); None: this process only
+    key_events: KeyEventBus | None = None
     registry: RegistryService = field(init=False)
     lifecycle: ModelLifecycleService = field(init=False)
     closers: list[Any] = field(default_factory=list)
@@ -58,7 +64,11 @@ class AppContext:
         self.fleet = FleetService(self.settings, self.store, self.artifacts, self.events, residency=self.residency)
         self.authenticator = Authenticator(self.store, self.settings)
         self.limiter = RateLimiter(self.store, self.settings)
-        self.registry = RegistryService(self.store, self.events, residency=self.residency)
+        self.keys = KeyService(self.settings, self.store, self.events, self.authenticator,
+                               self.key_events or LocalKeyEventBus(self.authenticator))
+        self.registry = RegistryService(self.store, self.events, residency=self.residency,
+                                        policy=FetchPolicy.from_settings(self.settings),
+                                        download_stale_s=2 * self.settings.model_fetch_timeout_s)
         self.lifecycle = ModelLifecycleService(self.store, self.residency, self.events, builtins=self.served_builtins,
                                                wait_s=self.settings.model_load_wait_s)
 
@@ -86,14 +96,18 @@ async def context(request: Request) -> AppContext:
 bearer = HTTPBearer(auto_error=False, bearerFormat="sk_live_*", description="Authorization: Bearer sk_live_...")
 
 
-async def admit(ctx: AppContext, key: str | None) -> Principal:
-    """Authenticate a Bearer key, then count the call against the key's rate limit, which every
-    replica and transport (REST, gRPC) shares."""
+async def admit(ctx: AppContext, key: str | None, action: Action | None) -> Principal:
+    """Authenticate a Bearer key, count the call against the key's rate limit (which every replica
+    and transport, REST and gRPC, shares), then check that the key's role may do ``action`` (None:
+    the transport has no rule for this call, which is refused)."""
     principal = ctx.authenticator.try_authenticate(key)
-    if principal is None:  # a device key (well-formed, checked above): the store is asked, off the event loop
+    if principal is None:  # a stored key not in the cache: the store is asked, off the event loop
         assert key is not None
         principal = await asyncio.to_thread(ctx.authenticator.lookup, key)
     await spend(ctx, principal)
+    if action is None:
+        raise forbidden("No access rule covers this call; it is refused until one does.")
+    principal.require(action)
     return principal
 
 
@@ -107,4 +121,6 @@ async def authenticated(request: Request) -> Principal:
     ctx = await context(request)
     credentials: HTTPAuthorizationCredentials | None = await bearer(request)
     key = credentials.credentials if credentials else None
-    return await admit(ctx, key)
+    route = request.scope.get("route")
+    action = route_action(request.method, getattr(route, "path_format", ""))
+    return await admit(ctx, key, action)

@@ -2,8 +2,10 @@
 
 JSON (and any other non-multipart) bodies may carry ``TRIBUTARY_MAX_REQUEST_BYTES``; multipart
 uploads may carry ``TRIBUTARY_MAX_UPLOAD_BYTES`` plus 1 MiB of form fields and boundaries (the
-upload endpoints then check the file itself). A declared ``Content-Length`` over the limit is
-refused at once; a chunked body is counted as it streams and refused when it passes the limit.
+upload endpoints then check the file itself), except inference uploads (``/api/v1/infer/...``:
+images), which may carry ``TRIBUTARY_MAX_REQUEST_BYTES`` plus 1 MiB, as their JSON twin may.
+A declared ``Content-Length`` over the limit is refused at once; a chunked body is counted as it
+streams and refused when it passes the limit.
 Either way the answer is 413 ``REQUEST_TOO_LARGE`` in the error envelope.
 """
 
@@ -18,6 +20,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from api.errors import envelope
 
 MULTIPART_OVERHEAD_BYTES = 1024 * 1024
+INFERENCE_PREFIX = "/api/v1/infer/"
 
 
 class _BodyTooLarge(Exception):
@@ -29,9 +32,13 @@ class BodySizeLimit:
         self.app = app
         self.max_request_bytes = max_request_bytes
         self.max_multipart_bytes = max_upload_bytes + MULTIPART_OVERHEAD_BYTES
+        # Images sent as files instead of base64 JSON: the JSON request's bound (they are smaller).
+        self.max_inference_multipart_bytes = max_request_bytes + MULTIPART_OVERHEAD_BYTES
 
-    def limit_for(self, content_type: str) -> int:
+    def limit_for(self, content_type: str, path: str = "") -> int:
         if content_type.lower().startswith("multipart/form-data"):
+            if path.startswith(INFERENCE_PREFIX):
+                return self.max_inference_multipart_bytes
             return self.max_multipart_bytes
         return self.max_request_bytes
 
@@ -40,7 +47,7 @@ class BodySizeLimit:
             await self.app(scope, receive, send)
             return
         headers = {name.lower(): value for name, value in scope.get("headers", [])}
-        limit = self.limit_for(headers.get(b"content-type", b"").decode("latin-1"))
+        limit = self.limit_for(headers.get(b"content-type", b"").decode("latin-1"), str(scope.get("path", "")))
         declared = headers.get(b"content-length", b"").decode("latin-1").strip()
         if declared.isdigit() and int(declared) > limit:
             await self._refuse(scope, send, limit)

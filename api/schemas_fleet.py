@@ -7,7 +7,16 @@ from typing import Any, Literal
 
 from pydantic import AnyUrl, BaseModel, ConfigDict, Field
 
-from core.fleet.models import CatalogModel, Device, ModelUpdate, ModelVersion, Round, registry_status
+from core.fleet.models import (
+    CatalogModel,
+    Device,
+    ModelUpdate,
+    ModelVersion,
+    Round,
+    registry_status,
+    registry_status_reason,
+)
+from core.onboarding.fetch import redact
 from core.task_types import TaskType
 
 PlatformName = Literal["python", "ios", "android", "edge"]
@@ -179,9 +188,19 @@ class ModelOut(BaseModel):
     task_type: TaskType | None = None
     display_name: str | None = None
     status: Literal["registered", "downloading", "ready", "failed"] = Field(
-        description="What the inference workers report (ready when one holds it, downloading while one loads it, "
-                    "failed when the load failed), else ready when its files are stored, else registered")
-    status_reason: str | None = Field(None, description="Why it failed, as the worker reported it")
+        description="A source_url model's download state until it is ready (registered, downloading, failed); "
+                    "then what the inference workers report (ready when one holds it, downloading while one "
+                    "loads it, failed when the load failed), else ready when its files are stored or it is "
+                    "built in, else registered")
+    status_reason: str | None = Field(None, description="Why it failed: 'CODE: message' of the download or the "
+                                                        "worker's load")
+    download: dict[str, Any] | None = Field(None, description="The last download from source_url: bytes, "
+                                                              "total_bytes, progress (0..1), timestamps")
+    source_url: str | None = None
+    signature: dict[str, Any] | None = Field(None, description="Input/output tensors (name, type, shape; null = "
+                                                               "free dimension) recorded when the file was checked")
+    builtin: bool = Field(False, description="Served from an installed package (cannot be deleted)")
+    loaded_on: list[str] = Field(default_factory=list, description="Inference workers that hold it now")
     resource_requirements: dict[str, Any] = {}
     config: dict[str, Any] = {}
     updated_at: datetime
@@ -194,9 +213,13 @@ class ModelOut(BaseModel):
                     model_hash=m.model_hash, framework=framework, framework_version=m.framework_version,
                     accuracy=m.accuracy, loss=m.loss, is_baseline=m.is_baseline, description=m.description,
                     created_at=m.created_at, model_id=m.id, version=version, task_type=m.task_type,
-                    display_name=m.name, status=registry_status(m), status_reason=m.observed_reason,
+                    display_name=m.name, status=registry_status(m), status_reason=registry_status_reason(m),
                     resource_requirements=m.extra.get("resource_requirements") or {},
-                    config=m.extra.get("config") or {}, updated_at=m.updated_at)
+                    config=m.extra.get("config") or {}, updated_at=m.updated_at,
+                    download=_public_download(m.extra.get("download")),
+                    source_url=redact(m.extra["source_url"]) if m.extra.get("source_url") else None,
+                    signature=m.extra.get("signature"), builtin=bool(m.extra.get("builtin")),
+                    loaded_on=list(m.observed_workers))
 
     @classmethod
     def of(cls, m: CatalogModel) -> ModelOut:
@@ -261,16 +284,23 @@ class RegisterModelRequest(StrictBody):
     task_type: TaskType
     display_name: str | None = Field(None, max_length=200)
     description: str | None = Field(None, max_length=1000)
-    source_url: AnyUrl | None = None
+    source_url: AnyUrl | None = Field(None, description="https:// (http:// if allowed), s3:// of our S3, or "
+                                                        "file:// under the configured root")
+    sha256: str | None = Field(None, pattern=r"^[0-9a-fA-F]{64}$",
+                               description="Expected sha256 (hex) of the source_url's file; a mismatch fails it")
+    auto_download: bool = Field(False, description="Start the download at once (as POST /download would)")
     resource_requirements: ResourceRequirements | None = None
-    config: dict[str, Any] | None = None
+    config: dict[str, Any] | None = Field(None, description="Model-specific configuration; for user models "
+                                          "'contract': 'tensor' serves the generic tensor contract, "
+                                          "'tokenizer_url' names a txt2embed tokenizer.json elsewhere")
 
     def registration(self) -> dict[str, Any]:
         """Keyword arguments of ``RegistryService.register`` (REST and gRPC)."""
         return {"model_id": self.model_id, "task_type": self.task_type, "version": self.version,
                 "display_name": self.display_name, "description": self.description,
                 "source_url": str(self.source_url) if self.source_url else None,
-                "resource_requirements": _requirements(self.resource_requirements), "config": self.config}
+                "resource_requirements": _requirements(self.resource_requirements), "config": self.config,
+                "sha256": self.sha256, "auto_download": self.auto_download}
 
 
 class UpdateModelRequest(StrictBody):
@@ -283,6 +313,13 @@ class UpdateModelRequest(StrictBody):
         """Keyword arguments of ``RegistryService.update`` (REST and gRPC); None leaves a field as it is."""
         return {"display_name": self.display_name, "description": self.description, "config": self.config,
                 "resource_requirements": _requirements(self.resource_requirements)}
+
+
+def _public_download(download: Any) -> dict[str, Any] | None:
+    if not isinstance(download, dict):
+        return None
+    return {k: download.get(k) for k in ("bytes", "total_bytes", "progress", "requested_at", "updated_at",
+                                         "finished_at") if k in download}
 
 
 def _requirements(requirements: ResourceRequirements | None) -> dict[str, Any] | None:

@@ -71,14 +71,14 @@ def main() -> None:
         traffic.pop("last_accepted")
         after_health, after_lag, drained_s = settle(system.url, system.env, 120)
     report = {"at_rest": {"health": before_health, "lag": before_lag, "settled_s": round(settled_s, 1)},
-              "load": {k: traffic[k] for k in ("tried", "accepted", "codes", "sustained_per_s", "p50_ms", "p99_ms")},
+              "load": {k: traffic[k] for k in ("tried", "accepted", "codes", "accepted_per_s", "p50_ms", "p99_ms")},
               "after_load": {"health": after_health, "lag": after_lag, "lag_zero_after_s": round(drained_s, 1)}}
     if args.json:
         print(json.dumps(report, indent=2))
     else:
         print(f"at rest:    health {before_health['status']} {before_health}; lag total {before_lag['total']}")
         print(f"load:       {traffic['accepted']}/{traffic['tried']} heartbeats accepted at "
-              f"{traffic['sustained_per_s']:.1f}/s, p50 {traffic['p50_ms']:.1f} ms, p99 {traffic['p99_ms']:.1f} ms")
+              f"{traffic['accepted_per_s']:.1f}/s, p50 {traffic['p50_ms']:.1f} ms, p99 {traffic['p99_ms']:.1f} ms")
         print(f"after load: health {after_health['status']}; lag total {after_lag['total']} "
               f"({drained_s:.1f} s after the load ended)")
     ok = all(h["status"] == "healthy" for h in (before_health, after_health)) and \

@@ -255,6 +255,127 @@ def rounds_cancel(round_id: str, url: str | None, api_key: str | None, as_json: 
         "id", "round_number", "status", "participated_devices", "completed_devices", "failure_reason")}])
 
 
+def _operator_client(url: str | None, api_key: str | None) -> Any:
+    from sdk.client import TributaryClient
+
+    settings = get_settings()
+    base_url = url or f"http://{settings.api_host}:{settings.api_port}"
+    return TributaryClient(base_url, api_key or settings.admin_api_key.get_secret_value() or None)
+
+
+_URL = click.option("--url", default=None, help="API base URL (default: http://TRIBUTARY_API_HOST:TRIBUTARY_API_PORT).")
+_KEY = click.option("--api-key", default=None, help="An operator key (default: TRIBUTARY_ADMIN_API_KEY).")
+_JSON = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+KEY_COLUMNS = ("key_id", "role", "subject", "label", "created_at", "created_by", "revoked_at", "rate_limit_per_minute")
+
+
+def _call(fn: Any, *args: Any) -> Any:
+    from sdk.client import ApiError
+
+    try:
+        return fn(*args)
+    except ApiError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        sys.exit(1)
+
+
+def _print_key(title: str, body: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        click.echo(json.dumps(body, indent=2))
+        return
+    _print_rows(title, [{k: body.get(k) for k in KEY_COLUMNS if k in body}])
+    if body.get("api_key"):
+        console.print(f"api_key: [bold]{body['api_key']}[/bold]  (shown once: store it now)")
+    propagation = body.get("propagation")
+    if propagation and not propagation.get("confirmed"):
+        console.print(f"[yellow]not every replica confirmed the old key's revocation:[/yellow] {propagation}")
+
+
+@main.group()
+def keys() -> None:
+    """API keys (device, service, operator), through the REST API: the key is shown once, never stored."""
+
+
+@keys.command("create")
+@click.option("--role", required=True, type=click.Choice(["device", "service", "operator"]))
+@click.option("--subject", default=None, help="Device id for a device key; a name otherwise (default: the label).")
+@click.option("--label", default=None, help="What the key is for.")
+@click.option("--rate-limit", "rate_limit", type=click.IntRange(1), default=None,
+              help="Requests per minute for this key (default: its role's).")
+@_URL
+@_KEY
+@_JSON
+def keys_create(role: str, subject: str | None, label: str | None, rate_limit: int | None, url: str | None,
+                api_key: str | None, as_json: bool) -> None:
+    """Create a key; its secret is printed this once."""
+    with _operator_client(url, api_key) as client:
+        body = _call(client.create_key, role, subject, label, rate_limit)
+    _print_key("key created", body, as_json)
+
+
+@keys.command("list")
+@click.option("--subject", default=None, help="Only this subject's keys (e.g. a device id).")
+@_URL
+@_KEY
+@_JSON
+def keys_list(subject: str | None, url: str | None, api_key: str | None, as_json: bool) -> None:
+    """Every key (never a secret or a hash)."""
+    with _operator_client(url, api_key) as client:
+        rows = _call(client.list_keys, subject)
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    _print_rows("keys", [{k: row.get(k) for k in KEY_COLUMNS} for row in rows])
+
+
+@keys.command("rotate")
+@click.argument("key_id")
+@_URL
+@_KEY
+@_JSON
+def keys_rotate(key_id: str, url: str | None, api_key: str | None, as_json: bool) -> None:
+    """Replace a key: a new one with the same role, subject and limit; the old one stops working."""
+    with _operator_client(url, api_key) as client:
+        body = _call(client.rotate_key, key_id)
+    _print_key("key rotated", body, as_json)
+
+
+@keys.command("revoke")
+@click.argument("key_id")
+@_URL
+@_KEY
+@_JSON
+def keys_revoke(key_id: str, url: str | None, api_key: str | None, as_json: bool) -> None:
+    """Revoke a key; answers once every ingress replica refuses it (exit 1 if that was not confirmed)."""
+    with _operator_client(url, api_key) as client:
+        body = _call(client.revoke_key, key_id)
+    if as_json:
+        click.echo(json.dumps(body, indent=2))
+        return
+    _print_rows("key revoked", [{k: row.get(k) for k in KEY_COLUMNS} for row in body["revoked"]])
+
+
+@main.group()
+def devices() -> None:
+    """Devices, through the REST API."""
+
+
+@devices.command("delete")
+@click.argument("device_id")
+@_URL
+@_KEY
+@_JSON
+def devices_delete(device_id: str, url: str | None, api_key: str | None, as_json: bool) -> None:
+    """Delete a device: its row goes, its keys stop working on every replica, an event says so."""
+    with _operator_client(url, api_key) as client:
+        body = _call(client.delete_device, device_id)
+    if as_json:
+        click.echo(json.dumps(body, indent=2))
+        return
+    _print_rows("device deleted", [{"device_id": body["device_id"],
+                                    "revoked_keys": ", ".join(k["key_id"] for k in body["revoked"])}])
+
+
 @main.group()
 def audit() -> None:
     """The audit trail."""

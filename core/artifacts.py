@@ -9,6 +9,7 @@ import hashlib
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import IO, Any
 
 import boto3
@@ -72,6 +73,11 @@ class ArtifactStore(ABC):
     def get(self, key: str) -> bytes:
         return b"".join(self.stream(key))
 
+    def put_path(self, key: str, path: Path) -> StoredArtifact:
+        """Store a local file; S3 streams it in parts instead of reading it into memory."""
+        with path.open("rb") as handle:
+            return self.put(key, handle)
+
 
 class MemoryArtifactStore(ArtifactStore):
     def __init__(self) -> None:
@@ -128,6 +134,23 @@ class S3ArtifactStore(ArtifactStore):
         except Exception as exc:  # connection refused, timeouts
             raise ArtifactStoreUnavailable(str(exc)) from exc
         return StoredArtifact(key=key, size=len(body), sha256=digest)
+
+    def put_path(self, key: str, path: Path) -> StoredArtifact:
+        """Multipart upload of a local file (model files may be gigabytes), sha256 in its metadata."""
+        digest = hashlib.sha256()
+        with path.open("rb") as handle:
+            for chunk in iter(lambda: handle.read(CHUNK), b""):
+                digest.update(chunk)
+        sha256 = digest.hexdigest()
+        try:
+            self.client.upload_file(str(path), self.bucket, key,
+                                    ExtraArgs={"Metadata": {"sha256": sha256},
+                                               "ContentType": "application/octet-stream"})
+        except ClientError:
+            raise
+        except Exception as exc:
+            raise ArtifactStoreUnavailable(str(exc)) from exc
+        return StoredArtifact(key=key, size=path.stat().st_size, sha256=sha256)
 
     def head(self, key: str) -> StoredArtifact:
         try:

@@ -1,6 +1,8 @@
-"""Who is calling: API keys to principals, and the shared per-key rate limit.
+"""Who is calling and what they may do: API keys to principals (with a lookup cache that key events
+keep honest), roles to actions, and the shared per-key rate limit.
 
-Transports (REST today, gRPC later) parse the credential and call these; the rules live here.
+Transports (REST, gRPC) parse the credential, name the call's ``Action`` and call these; the rules
+live here.
 """
 
 from __future__ import annotations
@@ -11,33 +13,82 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+from typing import Any, Protocol
+
+from cachetools import TTLCache
 
 from core.api_keys import hash_api_key, is_well_formed, key_id
 from core.errors import DomainError, ErrorKind
-from core.fleet.models import SubjectType
+from core.fleet.models import ApiKeyRecord, SubjectType
 from core.fleet.store import FleetStore
 from settings import Settings
+
+
+class Action(StrEnum):
+    """What a call does, as far as access goes. Every REST route and gRPC method names one
+    (``api/access.py``); ``ROLE_ACTIONS`` says which roles may do it."""
+
+    STATUS = "status"  # system status, pipeline validation
+    INFERENCE = "inference"  # sync and async inference, and the caller's own jobs
+    CATALOG_READ = "catalog.read"  # models, versions, downloads, lock files
+    REGISTRY_WRITE = "registry.write"  # register, change, delete, upload, fetch, load, unload models
+    OWN_DEVICE = "device.self"  # a device's own row, heartbeat and key (operators: any device)
+    TRAINING = "training"  # round reads, update and learning-graph submission
+    FLEET_ADMIN = "fleet.admin"  # list and delete devices, start and cancel rounds
+    KEYS = "keys"  # create, list, rotate and revoke keys
+
+
+ROLE_ACTIONS: dict[SubjectType, frozenset[Action]] = {
+    # seed 000: a device acts for itself and takes part in training; it may also call inference
+    # (cloud fallback), counted against its own 100/min.
+    SubjectType.DEVICE: frozenset({Action.STATUS, Action.INFERENCE, Action.CATALOG_READ, Action.OWN_DEVICE,
+                                   Action.TRAINING}),
+    # an application: serving and reads, nothing that changes the fleet, the registry or keys
+    SubjectType.SERVICE: frozenset({Action.STATUS, Action.INFERENCE, Action.CATALOG_READ}),
+    SubjectType.OPERATOR: frozenset(Action),
+}
+
+
+def forbidden(message: str, **details: Any) -> DomainError:
+    return DomainError(ErrorKind.FORBIDDEN, "FORBIDDEN", message, details=details or None)
 
 
 @dataclass(frozen=True)
 class Principal:
     key_id: str  # safe to log and audit; never the key
-    subject_type: SubjectType
-    subject_id: str  # device_id for devices, "operator" for the admin key
+    subject_type: SubjectType  # the key's role
+    subject_id: str  # device_id for device keys; the name of the service or operator otherwise
+    rate_limit_per_minute: int | None = None  # this key's own limit; None: its role's
 
     @property
     def is_operator(self) -> bool:
         return self.subject_type is SubjectType.OPERATOR
 
+    def may(self, action: Action) -> bool:
+        return action in ROLE_ACTIONS[self.subject_type]
+
+    def require(self, action: Action) -> None:
+        if not self.may(action):
+            raise forbidden(f"A {self.subject_type.value} key may not do this ({action.value}).",
+                            role=self.subject_type.value, action=action.value)
+
     def require_operator(self) -> None:
         if not self.is_operator:
-            raise DomainError(ErrorKind.FORBIDDEN, "FORBIDDEN", "This operation needs an operator API key.")
+            raise forbidden("This operation needs an operator API key.", role=self.subject_type.value)
 
     def require_device(self, device_id: str) -> None:
-        """A device key acts only as its own device; operators may act on any device."""
-        if self.is_operator or self.subject_id == device_id:
+        """A device key acts only as its own device; operators may act on any device; service keys on none."""
+        if self.is_operator or (self.subject_type is SubjectType.DEVICE and self.subject_id == device_id):
             return
-        raise DomainError(ErrorKind.FORBIDDEN, "FORBIDDEN", "This API key cannot act for another device.")
+        raise forbidden("This API key cannot act for this device.", role=self.subject_type.value)
+
+
+def principal_of(record: ApiKeyRecord) -> Principal:
+    if record.revoked_at is not None:
+        raise _unauthenticated("This API key has been revoked.")
+    return Principal(record.key_id, record.subject_type, record.subject_id, record.rate_limit_per_minute)
 
 
 def _unauthenticated(message: str = "Invalid or missing API key.") -> DomainError:
@@ -46,22 +97,76 @@ def _unauthenticated(message: str = "Invalid or missing API key.") -> DomainErro
     )
 
 
+@dataclass(frozen=True)
+class KeyEvent:
+    """A key stopped being valid (revoked, rotated away, its device deleted): every ingress replica
+    evicts it from its lookup cache. Travels on the compacted key-events topic, keyed by key id."""
+
+    key_id: str
+    event: str  # "revoked"
+    subject_type: SubjectType
+    subject_id: str
+    at: datetime
+
+    def record(self) -> dict[str, Any]:
+        return {"key_id": self.key_id, "event": self.event, "subject_type": self.subject_type.value,
+                "subject_id": self.subject_id, "at": self.at}
+
+    @classmethod
+    def of(cls, record: dict[str, Any]) -> KeyEvent:
+        return cls(str(record["key_id"]), str(record["event"]), SubjectType(record["subject_type"]),
+                   str(record["subject_id"]), record["at"])
+
+
+@dataclass(frozen=True)
+class Propagation:
+    """Whether every live ingress replica applied a key event before the bound
+    (``key_propagation_timeout_s``); ``pending``: the replicas that had not."""
+
+    confirmed: bool
+    replicas: int  # live replicas that applied it
+    pending: tuple[str, ...] = ()
+
+    def row(self) -> dict[str, Any]:
+        return {"confirmed": self.confirmed, "replicas": self.replicas, "pending": list(self.pending)}
+
+
+class KeyEventBus(Protocol):
+    """Delivers key events to every ingress replica and says whether all live ones applied them
+    (``messaging.key_events.KafkaKeyEventBus`` in production; ``LocalKeyEventBus`` in one process)."""
+
+    async def broadcast(self, events: list[KeyEvent]) -> Propagation: ...
+
+
 class Authenticator:
-    def __init__(self, store: FleetStore, settings: Settings) -> None:
+    """API keys to principals. The operator key of the environment is compared in memory; stored keys
+    are looked up once and then answered from a cache bounded in size and age
+    (``key_cache_max_age_s``). A revoked key leaves every replica's cache at once through a key event
+    (``apply``), so the cache never outlives a revocation that has been confirmed."""
+
+    def __init__(self, store: FleetStore, settings: Settings, clock: Callable[[], float] = time.monotonic) -> None:
         self.store = store
         admin = settings.admin_api_key.get_secret_value()
         self._admin_hash = hash_api_key(admin) if admin else None
+        self.admin_key_id = key_id(admin) if admin else None
+        self._lock = threading.Lock()
+        self._cache: TTLCache[str, ApiKeyRecord] = TTLCache(
+            maxsize=settings.key_cache_size, ttl=settings.key_cache_max_age_s, timer=clock)
+        self._events_applied = 0  # a lookup that overlapped an event is not cached (it may predate it)
 
     def try_authenticate(self, key: str | None) -> Principal | None:
-        """Answer without I/O (safe on the event loop) for a missing or malformed key and for the
-        operator key; None when the key must be looked up in the store (``lookup``)."""
+        """Answer without I/O (safe on the event loop) for a missing or malformed key, the operator
+        key and a cached lookup; None when the key must be looked up in the store (``lookup``)."""
         if not key:
             raise _unauthenticated()
         if not is_well_formed(key):
             raise _unauthenticated("Malformed API key: expected sk_live_ followed by 32 letters or digits.")
-        if self._admin_hash is not None and hmac.compare_digest(hash_api_key(key), self._admin_hash):
+        hashed = hash_api_key(key)
+        if self._admin_hash is not None and hmac.compare_digest(hashed, self._admin_hash):
             return Principal(key_id(key), SubjectType.OPERATOR, "operator")
-        return None
+        with self._lock:
+            record = self._cache.get(hashed)
+        return principal_of(record) if record is not None else None
 
     def authenticate(self, key: str | None) -> Principal:
         principal = self.try_authenticate(key)
@@ -71,13 +176,41 @@ class Authenticator:
         return self.lookup(key)
 
     def lookup(self, key: str) -> Principal:
-        """The store's answer for a well-formed key that is not the operator's (blocking I/O)."""
-        record = self.store.get_api_key(hash_api_key(key))
+        """The store's answer for a well-formed key that is not the operator's (blocking I/O), cached."""
+        hashed = hash_api_key(key)
+        with self._lock:
+            seen = self._events_applied
+        record = self.store.get_api_key(hashed)
         if record is None:
             raise _unauthenticated()
-        if record.revoked_at is not None:
-            raise _unauthenticated("This API key has been revoked.")
-        return Principal(record.key_id, record.subject_type, record.subject_id)
+        with self._lock:
+            if self._events_applied == seen:
+                self._cache[hashed] = record
+        return principal_of(record)
+
+    def apply(self, event: KeyEvent) -> None:
+        """A key event: forget the key, so its next use reads the store (which says it is revoked)."""
+        with self._lock:
+            self._events_applied += 1
+            for hashed in [h for h, r in self._cache.items() if r.key_id == event.key_id]:
+                del self._cache[hashed]
+
+    def cached(self) -> int:
+        with self._lock:
+            return len(self._cache)
+
+
+class LocalKeyEventBus:
+    """The key-event bus of a single process (unit tests, in-memory wiring): the one authenticator
+    there is applies the events at once."""
+
+    def __init__(self, authenticator: Authenticator) -> None:
+        self.authenticator = authenticator
+
+    async def broadcast(self, events: list[KeyEvent]) -> Propagation:
+        for event in events:
+            self.authenticator.apply(event)
+        return Propagation(True, 1)
 
 
 class RateLimiter:
@@ -98,7 +231,9 @@ class RateLimiter:
     def __init__(self, store: FleetStore, settings: Settings, clock: Callable[[], float] = time.time) -> None:
         self.store = store
         self.limit = settings.rate_limit_per_minute  # devices and open endpoints: seed 000's figure
-        self.operator_limit = settings.operator_rate_limit_per_minute
+        self.role_limits = {SubjectType.DEVICE: settings.rate_limit_per_minute,
+                            SubjectType.SERVICE: settings.service_rate_limit_per_minute,
+                            SubjectType.OPERATOR: settings.operator_rate_limit_per_minute}
         self.clock = clock
         self._lock = threading.Lock()
         # (subject, window_start) -> [tokens left here, shared count last seen]
@@ -116,9 +251,9 @@ class RateLimiter:
         return False
 
     def limit_for(self, principal: Principal) -> int:
-        """Per kind of caller: a device keeps seed 000's budget; an operator key (what services and
-        benchmarks call with today) gets its own, high one."""
-        return self.operator_limit if principal.is_operator else self.limit
+        """The key's own limit when it has one, else its role's: a device keeps seed 000's budget,
+        service and operator keys get their own, high ones."""
+        return principal.rate_limit_per_minute or self.role_limits[principal.subject_type]
 
     def check(self, subject: str, limit: int | None = None) -> None:
         """Count one request of ``subject`` against ``limit`` per minute (default: the device limit)."""

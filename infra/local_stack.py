@@ -18,6 +18,7 @@ import contextlib
 import functools
 import hashlib
 import json
+import logging
 import os
 import shutil
 import signal
@@ -32,6 +33,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from settings import Settings
+
+log = logging.getLogger(__name__)
 
 MAVEN_DIR = Path(__file__).resolve().parent / "maven"
 # Runs on Maven 3.8.7, the version Debian ships.
@@ -341,13 +344,20 @@ class SeaweedS3(LocalServer):
 
 
 def ensure_buckets(settings: Settings, buckets: list[str]) -> None:
+    """Create missing buckets; the artifacts bucket also gets the claim-check expiration rule."""
     from core.artifacts import s3_client
+    from core.claimcheck import apply_lifecycle
 
     client = s3_client(settings)
     existing = {b["Name"] for b in client.list_buckets().get("Buckets", [])}
     for bucket in buckets:
         if bucket not in existing:
             client.create_bucket(Bucket=bucket)
+    if settings.s3_bucket in buckets:
+        try:
+            apply_lifecycle(client, settings.s3_bucket, settings.claim_check_retention_days)
+        except Exception as exc:  # an S3 without lifecycle support: the ingress's sweep deletes them
+            log.warning("claim-check lifecycle rule not set on %s: %s", settings.s3_bucket, exc)
 
 
 class KafkaBroker(LocalServer):

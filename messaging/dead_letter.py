@@ -86,6 +86,36 @@ class DeadLetterRouter:
                                      headers=self.headers_for(message, error, attempts))
         self.dead_lettered += 1
 
+    async def process_batch(self, messages: Sequence[RawMessage],
+                            handler: Callable[[Sequence[RawMessage]], Awaitable[Sequence[BaseException | None]]],
+                            single: Callable[[RawMessage], Awaitable[None]], backoff_s: float = 0.2) -> None:
+        """Handle ``messages`` together; returns once each is handled or in the dead-letter topic.
+
+        ``handler`` answers, per message, the permanent failure that sends it to the dead-letter topic
+        (or None). While a backing service is unavailable the batch is retried, as ``process`` does;
+        when it fails otherwise, each message goes through ``process`` with ``single`` on its own, so
+        one bad message costs only itself its retries and dead letter.
+        """
+        outage = 0
+        while True:
+            try:
+                failures = await handler(messages)
+                break
+            except Exception as exc:
+                if not is_transient_infrastructure_error(exc):
+                    log.warning("a batch of %d failed (%s: %s); handling its messages one at a time",
+                                len(messages), type(exc).__name__, exc)
+                    for message in messages:
+                        await self.process(message, single, backoff_s)
+                    return
+                outage += 1
+                log.warning("a batch of %d waits for an unavailable service (%s: %s), retry %d",
+                            len(messages), type(exc).__name__, exc, outage)
+                await asyncio.sleep(min(MAX_OUTAGE_BACKOFF_S, backoff_s * 2 ** min(outage, 6)))
+        for message, failure in zip(messages, failures, strict=True):
+            if failure is not None:
+                await self.send(message, failure, 1)
+
     async def process(self, message: RawMessage, handler: Callable[[RawMessage], Awaitable[None]],
                       backoff_s: float = 0.2) -> bool:
         """Run the handler with bounded retries; returns False when the message was dead-lettered.

@@ -18,7 +18,7 @@ FLEET_EVENT_TYPES: tuple[str, ...] = (
     # the model catalog (registry)
     "model_registered", "model_version_created", "model_deleted",
     # devices
-    "device_registered", "device_online", "device_stale", "device_offline",
+    "device_registered", "device_online", "device_stale", "device_offline", "device_deleted",
     # training rounds and the updates submitted to them
     "round_started", "device_selected", "update_accepted", "update_rejected", "round_aggregating",
     "round_completed", "round_failed", "round_cancelled", "round_aggregation_retried",

@@ -78,6 +78,11 @@ class Settings(BaseSettings):
     # --- API -------------------------------------------------------------------------
     api_host: str = "127.0.0.1"
     api_port: int = 8000
+    api_io_threads: int = Field(
+        64, ge=1, le=1024, description="Threads of each ingress process for blocking store calls (they wait on I/O)")
+    api_workers: int = Field(
+        1, ge=1, le=64, description="Ingress processes (uvicorn workers) sharing the REST and gRPC ports; each is a "
+                                    "replica of its own (reply-group member, rate-limit leases, audit chain)")
     trusted_proxies: str = Field(
         "", description="Comma-separated proxy addresses or networks whose X-Forwarded-For is believed; "
                         "empty = none: the connection's peer is the client")
@@ -92,6 +97,8 @@ class Settings(BaseSettings):
     heartbeat_interval_s: float = Field(30.0, gt=0, description="Expected heartbeat interval of devices")
     active_device_window_s: float = Field(300.0, gt=0, description="active_devices = heartbeat within this")
     freshness_sweep_s: float = Field(5.0, gt=0, description="How often the device processor re-checks freshness")
+    heartbeat_batch_max: int = Field(
+        500, ge=1, description="Heartbeats the device processor applies together (reads and writes in flight at once)")
     straggler_grace_s: float = Field(10.0, ge=0, description="Wait after min_devices completed before aggregating")
     aggregation_lease_s: float = Field(
         60.0, gt=0, description="How long an aggregation attempt holds a round unrenewed before another may take over")
@@ -109,9 +116,18 @@ class Settings(BaseSettings):
     rate_limit_per_minute: int = Field(100, ge=1, description="Requests per minute per device key (seed 000) "
                                                               "and per address for registration")
     operator_rate_limit_per_minute: int = Field(100_000, ge=1, description="Requests per minute per operator key")
+    service_rate_limit_per_minute: int = Field(100_000, ge=1, description="Requests per minute per service key")
+    key_cache_max_age_s: float = Field(
+        60.0, gt=0, description="Longest an ingress replica answers from a cached key lookup (the backstop "
+                                "behind revocation events)")
+    key_cache_size: int = Field(100_000, ge=1, description="Key lookups each ingress replica caches")
+    key_propagation_timeout_s: float = Field(
+        10.0, gt=0, description="How long a revoke, rotate or device delete waits for every live ingress "
+                                "replica to apply it before answering that it could not confirm")
     max_upload_bytes: int = Field(100 * 1024 * 1024, ge=1024, description="Largest model or update upload")
+    # 32 MiB: a 20 MiB image base64-encoded (4/3) in a JSON inference request, with room to spare.
     max_request_bytes: int = Field(
-        16 * 1024 * 1024, ge=1024, description="Largest non-multipart request body (JSON); 413 beyond it"
+        32 * 1024 * 1024, ge=1024, description="Largest non-multipart request body (JSON); 413 beyond it"
     )
     learning_graph_threshold: int = Field(1000, ge=1, description="Pending graphs that trigger retraining")
     learning_graph_hmac_key: SecretStr = SecretStr("")
@@ -132,15 +148,39 @@ class Settings(BaseSettings):
     inference_memory_budget_mb: int = Field(2048, ge=64, description="Loaded models per worker, LRU-evicted")
     inference_intra_op_threads: int = Field(1, ge=1, description="ONNX Runtime threads per model session")
     inference_preload_models: str = Field("", description="Comma-separated model ids each worker loads at start")
+    # Inputs above inference_claim_check_bytes travel as an S3 claim check, so this bound is the
+    # ingress's and the workers' memory, not Kafka's 1 MB: 30 MiB takes a 20 MiB image as base64.
     inference_max_input_bytes: int = Field(
-        900_000, ge=1024, description="Largest encoded input_data + parameters; requests ride Kafka (1 MB limit)"
+        30 * 1024 * 1024, ge=1024, description="Largest encoded input_data + parameters; 413 beyond it"
     )
+    inference_claim_check_bytes: int = Field(
+        256 * 1024, ge=1024, le=768 * 1024,
+        description="Inputs and results whose JSON is larger ride Kafka as an S3 claim check (bucket, key, "
+                    "size, sha256); at most 768 KiB, so a message stays under Kafka's 1 MB")
+    claim_check_retention_days: int = Field(
+        1, ge=1, description="Claim-check objects (claims/ in the bucket) expire after this many days")
+    claim_check_sweep_interval_s: float = Field(
+        3600.0, ge=0, description="How often the ingress deletes expired claim-check objects itself; 0 = never")
     model_load_wait_s: float = Field(
         60.0, gt=0, description="How long POST /models/{id}/load (and /unload) waits for a worker to report it"
     )
     model_residency_ttl_s: int = Field(
         30, ge=3, description="TTL of a worker's model residency rows; refreshed every third of it"
     )
+    # --- onboarding user models from a URI (POST /models with source_url, then /download) ---
+    model_fetch_max_bytes: int = Field(
+        2 * 1024**3, ge=1024, description="Largest model file fetched from a source_url; the fetch stops beyond it")
+    model_fetch_timeout_s: float = Field(
+        600.0, gt=0, description="Longest a source_url fetch may take, all redirects included")
+    model_fetch_allow_http: bool = Field(
+        False, description="Accept plain http:// source_urls (https:// only when off)")
+    model_fetch_allowed_networks: str = Field(
+        "", description="Comma-separated IPs/CIDRs a source_url may reach although private, loopback or "
+                        "link-local (e.g. 127.0.0.1 in tests); empty = public addresses only")
+    model_source_file_root: str = Field(
+        "", description="Directory file:// source_urls must lie under; empty = file:// refused")
+    model_source_s3_buckets: str = Field(
+        "", description="Comma-separated buckets of our S3 that s3:// source_urls may name (besides s3_bucket)")
     reply_assignment_timeout_s: float = Field(
         30.0, gt=0, description="How long an ingress waits at start-up for its first reply partition"
     )

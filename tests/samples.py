@@ -28,6 +28,8 @@ def sample(message_type: str) -> dict[str, Any]:
         "job_event": {"job_id": uid, "model_id": "m1", "status": "running", "progress": 0.5,
                       "error_code": None, "error_message": None},
         "model_command": {"command": "load", "model_id": "m1", "version": 3, "reason": "warm-up"},
+        "model_download_requested": {"model_id": "org/m1", "request_id": uid,
+                                     "source_url": "https://models.example.com/m1.onnx", "sha256": "a" * 64},
         "lifecycle_event": {"event_id": env["message_id"], "event_type": "model_loaded", "model_id": "m1",
                             "details": {"load_ms": 120}},
         "fleet_event": {"event_type": "round_completed", "subject_kind": "round", "subject_id": uid,
@@ -51,5 +53,7 @@ def sample(message_type: str) -> dict[str, Any]:
         "learning_graph_submitted": {"graph_id": uid, "device_id_hash": "ab" * 32, "app_version": "1.2.0",
                                      "model_version": "granite-3b-v1", "pending_count": 3,
                                      "retraining_requested": False},
+        "key_event": {"key_id": "key_0123456789abcdef", "event": "revoked", "subject_type": "device",
+                      "subject_id": "laptop-001", "at": now},
     }
     return {**env, **bodies[message_type]}

@@ -19,6 +19,7 @@ from core.fleet.models import (
     DeviceQuery,
     DeviceStatus,
     Freshness,
+    Heartbeat,
     LearningGraph,
     ModelUpdate,
     ModelVersion,
@@ -107,6 +108,45 @@ def test_heartbeat_stores_the_reported_status(store: FleetStore) -> None:
     assert (store.get_device(device.device_id) or device).status is DeviceStatus.ACTIVE
 
 
+def test_heartbeats_are_last_write_wins_by_their_own_time_in_any_order(store: FleetStore) -> None:
+    (a, a_key), (b, b_key) = make_device(), make_device()
+    store.create_device(a, a_key)
+    store.create_device(b, b_key)
+    at = [T0 + timedelta(seconds=i) for i in range(4)]
+    # One batch, out of order, with an unknown device in it.
+    result = store.record_heartbeats([Heartbeat(a.device_id, at[2], "inactive", {"n": 2}),
+                                      Heartbeat("nope", at[2], None, {}),
+                                      Heartbeat(a.device_id, at[1], "active", {"n": 1}),
+                                      Heartbeat(b.device_id, at[1], None, {"n": 10})])
+    assert result[1] is None
+    for applied in (result[0], result[2]):  # each beat answers the device as it stands after the call
+        assert applied is not None and applied.last_heartbeat == at[2] and applied.status is DeviceStatus.INACTIVE
+    # Later calls: an older beat (a redelivery, or one a slower processor applies late) changes nothing.
+    store.record_heartbeats([Heartbeat(a.device_id, at[0], "active", {"n": 0})])
+    store.record_heartbeats([Heartbeat(b.device_id, at[3], None, {"n": 13}),
+                             Heartbeat(b.device_id, at[3], None, {"n": 13})])  # the same beat twice
+    stored_a, stored_b = store.get_device(a.device_id), store.get_device(b.device_id)
+    assert stored_a is not None and stored_b is not None
+    assert (stored_a.last_heartbeat, stored_a.status, stored_a.metrics) == (at[2], DeviceStatus.INACTIVE, {"n": 2})
+    assert (stored_b.last_heartbeat, stored_b.status, stored_b.metrics) == (at[3], DeviceStatus.ACTIVE, {"n": 13})
+    assert store.record_heartbeats([]) == []
+
+
+def test_concurrent_heartbeat_writers_end_with_the_newest(store: FleetStore) -> None:
+    """Two processors racing (a rebalance hands a partition over): whoever writes last, the row
+    keeps the newest heartbeat."""
+    device, key = make_device()
+    store.create_device(device, key)
+    beats = [Heartbeat(device.device_id, T0 + timedelta(milliseconds=i), None, {"i": i}) for i in range(40)]
+    threads = [threading.Thread(target=store.record_heartbeats, args=(beats[i::2][::-1],)) for i in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    stored = store.get_device(device.device_id)
+    assert stored is not None and (stored.last_heartbeat, stored.metrics) == (beats[-1].at, {"i": 39})
+
+
 def _fleet_in_a_window(store: FleetStore) -> tuple[datetime, dict[str, tuple[str, Platform, datetime]]]:
     """Six devices that beat inside an hour nobody else's test uses: (status, platform, last heartbeat)."""
     start = T0 + timedelta(days=900 + uuid.uuid4().int % 10_000)
@@ -181,6 +221,28 @@ def test_revoke_key(store: FleetStore) -> None:
     assert store.revoke_api_key(key.key_hash, T0) is False
     revoked = store.get_api_key(key.key_hash)
     assert revoked is not None and revoked.revoked_at == T0
+
+
+def test_service_and_operator_keys_keep_their_fields_and_are_found_by_id(store: FleetStore) -> None:
+    suffix = uuid.uuid4().hex[:8]
+    service = ApiKeyRecord(f"hash-{uuid.uuid4().hex}", f"key_svc{suffix}", SubjectType.SERVICE, f"svc-{suffix}", T0,
+                           label="search backend", created_by="key_op", rate_limit_per_minute=5000)
+    store.put_api_key(service)
+    assert store.get_api_key(service.key_hash) == service
+    assert store.find_api_key(service.key_id) == service
+    assert store.find_api_key(f"key_missing{suffix}") is None
+    assert service in store.list_api_keys()
+
+
+def test_a_subjects_keys_are_listed_oldest_first(store: FleetStore) -> None:
+    device, first = make_device()
+    store.create_device(device, first)
+    second = ApiKeyRecord(f"hash-{uuid.uuid4().hex}", f"{first.key_id}-2", SubjectType.DEVICE, device.device_id,
+                          T0 + timedelta(minutes=1))
+    store.put_api_key(second)
+    other, other_key = make_device()
+    store.create_device(other, other_key)
+    assert store.list_api_keys(device.device_id) == [first, second]
 
 
 def test_one_active_round_and_numbering(store: FleetStore) -> None:

@@ -16,6 +16,7 @@ from topology.topics import (
     INFERENCE_REQUESTS,
     INFERENCE_RESPONSES,
     LEARNING_GRAPHS,
+    MODEL_DOWNLOADS,
     TRAINING_UPDATES,
     Priority,
     TopicSpec,
@@ -41,6 +42,7 @@ class Group(StrEnum):
     DEVICE_PROCESSOR = "device-processor"
     ROUND_PROCESSOR = "round-processor"
     LEARNING_GRAPH_PROCESSOR = "learning-graph-processor"
+    MODEL_DOWNLOAD_PROCESSOR = "model-download-processor"
     INGRESS_REPLIES = "ingress-replies"
 
     @classmethod
@@ -89,6 +91,8 @@ GROUPS: tuple[ConsumerGroupSpec, ...] = (
                       "update counting, FedAvg aggregation, round closing"),
     ConsumerGroupSpec(Group.LEARNING_GRAPH_PROCESSOR.value, (LEARNING_GRAPHS,),
                       "retraining requests (seed 002) start a training round"),
+    ConsumerGroupSpec(Group.MODEL_DOWNLOAD_PROCESSOR.value, (MODEL_DOWNLOADS,),
+                      "fetches registry models from their source_url, checks and stores them"),
     ConsumerGroupSpec(Group.INGRESS_REPLIES.value, (INFERENCE_RESPONSES,),
                       "ingress replicas awaiting synchronous inference replies"),
 )

@@ -22,9 +22,11 @@ from topology.topics import (
     INFERENCE_REQUESTS,
     INFERENCE_RESPONSES,
     JOB_EVENTS,
+    KEY_EVENTS,
     LEARNING_GRAPHS,
     LIFECYCLE_EVENTS,
     MODEL_COMMANDS,
+    MODEL_DOWNLOADS,
     TRAINING_ROUNDS,
     TRAINING_UPDATES,
     Priority,
@@ -39,6 +41,7 @@ class MessageType(StrEnum):
     INFERENCE_RESPONSE = "inference_response"
     JOB_EVENT = "job_event"
     MODEL_COMMAND = "model_command"
+    MODEL_DOWNLOAD_REQUESTED = "model_download_requested"
     LIFECYCLE_EVENT = "lifecycle_event"  # seed 001 §4.2.3's model events only
     FLEET_EVENT = "fleet_event"  # every other catalog, device, round, update or retraining event
     AUDIT_EVENT = "audit_event"
@@ -48,6 +51,7 @@ class MessageType(StrEnum):
     ROUND_EVENT = "round_event"
     MODEL_UPDATE_SUBMITTED = "model_update_submitted"
     LEARNING_GRAPH_SUBMITTED = "learning_graph_submitted"
+    KEY_EVENT = "key_event"  # an API key stopped working: every ingress replica forgets it
 
 
 @dataclass(frozen=True)
@@ -86,6 +90,7 @@ MESSAGES: dict[MessageType, MessageRoute] = {
     MessageType.INFERENCE_RESPONSE: MessageRoute(INFERENCE_RESPONSES, "correlation_id", "reply_partition"),
     MessageType.JOB_EVENT: MessageRoute(JOB_EVENTS, "job_id"),
     MessageType.MODEL_COMMAND: MessageRoute(MODEL_COMMANDS, "model_id"),
+    MessageType.MODEL_DOWNLOAD_REQUESTED: MessageRoute(MODEL_DOWNLOADS, "model_id"),
     MessageType.LIFECYCLE_EVENT: MessageRoute(LIFECYCLE_EVENTS, "model_id"),
     MessageType.FLEET_EVENT: MessageRoute(FLEET_EVENTS, "subject_id"),
     MessageType.AUDIT_EVENT: MessageRoute(AUDIT_EVENTS, "chain_id"),
@@ -95,4 +100,5 @@ MESSAGES: dict[MessageType, MessageRoute] = {
     MessageType.ROUND_EVENT: MessageRoute(TRAINING_ROUNDS, "round_id"),
     MessageType.MODEL_UPDATE_SUBMITTED: MessageRoute(TRAINING_UPDATES, "round_id"),
     MessageType.LEARNING_GRAPH_SUBMITTED: MessageRoute(LEARNING_GRAPHS, "device_id_hash"),
+    MessageType.KEY_EVENT: MessageRoute(KEY_EVENTS, "key_id"),
 }

@@ -103,6 +103,8 @@ LIFECYCLE_EVENTS = _spec("modelmora.lifecycle.events", 3, 30,
 AUDIT_EVENTS = _spec("modelmora.audit.events", 3, 365, "tamper-evident audit trail that auditors replay")
 JOB_EVENTS = _spec("tributary.jobs.events", 3, 7, "async job state changes, keyed by job id")
 MODEL_COMMANDS = _spec("tributary.models.commands", 3, 7, "model load/unload commands, keyed by model id")
+MODEL_DOWNLOADS = _spec("tributary.models.downloads", 3, 7,
+                        "requests to fetch a registry model from its source_url, keyed by model id")
 DEVICE_EVENTS = _spec("tributary.devices.events", 3, 30, "device registrations and changes, keyed by device id")
 DEVICE_HEARTBEATS = _spec("tributary.devices.heartbeats", 6, 1, "device heartbeats with metrics, keyed by device id")
 TRAINING_ROUNDS = _spec("tributary.training.rounds", 3, 30, "training round commands and events, keyed by round id")
@@ -111,11 +113,16 @@ TRAINING_UPDATES = _spec("tributary.training.updates", 3, 30,
 LEARNING_GRAPHS = _spec("tributary.learning.graphs", 3, 30, "accepted learning graphs and retraining requests")
 FLEET_EVENTS = _spec("tributary.fleet.events", 3, 30,
                      "catalog, device, round, update and retraining events, keyed by subject, for other services")
+# Compacted: the latest event per key is kept for good (a key never becomes valid again). One
+# partition: revocations are rare, and one offset tells a revoker how far each replica has read.
+KEY_EVENTS = TopicSpec("tributary.keys.events", 1, -1,
+                       "API key revocations, keyed by key id, applied by every ingress replica's key cache",
+                       cleanup_policy="compact")
 
 DATA_TOPICS: tuple[TopicSpec, ...] = (
     *INFERENCE_REQUESTS.values(), INFERENCE_RESPONSES, LIFECYCLE_EVENTS, AUDIT_EVENTS, JOB_EVENTS,
-    MODEL_COMMANDS, DEVICE_EVENTS, DEVICE_HEARTBEATS, TRAINING_ROUNDS, TRAINING_UPDATES, LEARNING_GRAPHS,
-    FLEET_EVENTS,
+    MODEL_COMMANDS, MODEL_DOWNLOADS, DEVICE_EVENTS, DEVICE_HEARTBEATS, TRAINING_ROUNDS, TRAINING_UPDATES,
+    LEARNING_GRAPHS, FLEET_EVENTS, KEY_EVENTS,
 )
 
 

@@ -13,6 +13,7 @@ from typing import Any, NoReturn
 
 import grpc
 
+from api.access import GRPC_ACTIONS
 from api.context import AppContext, admit
 from api.grpc.errors import abort, failure
 from api.metrics import grpc_call_metrics
@@ -111,7 +112,7 @@ class CallInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             with grpc_call_metrics(name) as outcome:
                 try:
                     if authenticate:
-                        _caller.set(await admit(self.ctx, bearer_key(context)))
+                        _caller.set(await admit(self.ctx, bearer_key(context), GRPC_ACTIONS.get(name)))
                     return await behavior(request, context)
                 except Exception as exc:
                     await end_call(context, exc, trace_id, outcome)
@@ -124,7 +125,7 @@ class CallInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             with grpc_call_metrics(name) as outcome:
                 if authenticate:
                     try:
-                        _caller.set(await admit(self.ctx, bearer_key(context)))
+                        _caller.set(await admit(self.ctx, bearer_key(context), GRPC_ACTIONS.get(name)))
                     except Exception as exc:
                         await drain(requests)
                         await end_call(context, exc, trace_id, outcome)

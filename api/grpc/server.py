@@ -48,8 +48,12 @@ class GrpcServer:
         self.ctx = ctx
         self.address = f"{host}:{port}"
         limit = max(ctx.settings.max_request_bytes, ctx.settings.inference_max_input_bytes) + MESSAGE_OVERHEAD_BYTES
+        # No port sharing, so a second ingress on a taken port fails, except between the worker
+        # processes of one ingress (TRIBUTARY_API_WORKERS), which share it on purpose.
+        reuse = 1 if ctx.settings.api_workers > 1 else 0
         self.server = grpc.aio.server(interceptors=[CallInterceptor(ctx)],
-                                      options=[("grpc.max_receive_message_length", limit), ("grpc.so_reuseport", 0)])
+                                      options=[("grpc.max_receive_message_length", limit),
+                                               ("grpc.so_reuseport", reuse)])
         inference_pb2_grpc.add_InferenceServiceServicer_to_server(InferenceHandlers(ctx), self.server)
         registry_pb2_grpc.add_RegistryServiceServicer_to_server(RegistryHandlers(ctx), self.server)
         management_pb2_grpc.add_ManagementServiceServicer_to_server(ManagementHandlers(ctx), self.server)

@@ -48,7 +48,6 @@ Caller = Annotated[Principal, Depends(authenticated)]
 UUID_PATTERN = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
 DeviceId = Annotated[str, Path(min_length=1, max_length=255, pattern=r"^[^\x00-\x1f/\\]+$")]
 RoundId = Annotated[str, Path(pattern=UUID_PATTERN, description="UUID of the training round.")]
-ModelId = Annotated[str, Path(pattern=UUID_PATTERN, description="UUID of the model.")]
 # Largest values the Cassandra columns behind them hold (int, bigint): larger ones are a 400, not a 500.
 INT32_MAX, INT64_MAX = 2**31 - 1, 2**63 - 1
 CatalogId = Annotated[str, Path(description="Catalog id: a UUID (seed 000) or a registry id such as "
@@ -222,31 +221,33 @@ async def lock_file(ctx: Ctx, _: Caller) -> LockFile:
     return LockFile(**await ctx.registry.lock_file())
 
 
-@router.post("/models/{model_id}/versions/upload", status_code=201, response_model=ModelVersionOut,
+@router.post("/models/{model_id:path}/versions/upload", status_code=201, response_model=ModelVersionOut,
              tags=["Models"], responses=ERRORS)
 async def upload_version(
-    model_id: ModelId,
+    model_id: CatalogId,
     ctx: Ctx,
     caller: Caller,
     file: Annotated[UploadFile, File(description="Model weights file (.pt, .h5, .pkl, .onnx).")],
     format: Annotated[Literal["pytorch", "tensorflow", "onnx", "sklearn", "xgboost"] | None, Form()] = None,
     description: Annotated[str | None, Form(max_length=1000)] = None,
 ) -> ModelVersionOut:
+    validate_catalog_id(model_id)
     data = await read_upload(file, ctx.settings.max_upload_bytes)
     version = await ctx.fleet.upload_version(caller, model_id, data, file.filename or "", format, description)
     return ModelVersionOut.of(version)
 
 
-@router.get("/models/{model_id}/versions/{version}/download", tags=["Models"],
+@router.get("/models/{model_id:path}/versions/{version}/download", tags=["Models"],
             responses={200: {"content": {"application/octet-stream": {}}}, **ERRORS},
             response_class=StreamingResponse)
 async def download_version(
-    model_id: ModelId,
+    model_id: CatalogId,
     version: Annotated[int, Path(ge=1, le=INT32_MAX)],
     ctx: Ctx,
     _: Caller,
     format: Literal["pytorch", "onnx", "tflite", "coreml"] | None = None,
 ) -> StreamingResponse:
+    validate_catalog_id(model_id)
     _entry, key, filename, size, sha256 = await ctx.fleet.download(model_id, version, format)
     headers = {"Content-Disposition": f'attachment; filename="{filename}"', "Content-Length": str(size),
                "X-Model-Hash": f"sha256:{sha256}"}

@@ -62,6 +62,13 @@ class ModelLoadError(InferenceError):
     default_code = "MODEL_LOAD_FAILED"
 
 
+class ModelNotReadyError(ModelLoadError):
+    """A registry model onboarded from a source_url is not ``ready`` (never downloaded, downloading, failed)."""
+
+    default_kind = ErrorKind.CONFLICT
+    default_code = "MODEL_NOT_READY"
+
+
 class ModelNotLoadedError(InferenceError):
     """``infer_batch`` was called on a runtime that is not loaded (or was closed)."""
 

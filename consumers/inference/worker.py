@@ -52,6 +52,7 @@ from consumers.inference.residency import ResidencyReporter
 from consumers.inference.runtime import JsonDict, ModelRuntime
 from core.artifacts import ArtifactStore, S3ArtifactStore
 from core.cassandra.session import connect
+from core.claimcheck import INPUT_REFERENCE_INVALID, ClaimCheck, ClaimCheckError
 from core.events import lifecycle_record
 from core.fleet.cassandra_store import CassandraFleetStore
 from core.fleet.store import FleetStore
@@ -135,8 +136,9 @@ class InferenceRequestHandler:
 
     def __init__(self, runner: Runner, *, worker: str, codec: Codec | None = None,
                  clock: Callable[[], datetime] = utcnow, device: str = "cpu",
-                 overrun_grace_s: float = OVERRUN_GRACE_S) -> None:
+                 overrun_grace_s: float = OVERRUN_GRACE_S, claims: ClaimCheck | None = None) -> None:
         self.runner = runner
+        self.claims = claims  # resolves inputs that ride S3 (input_ref)
         self.worker = worker
         self.codec = codec or Codec()
         self.clock = clock
@@ -174,6 +176,15 @@ class InferenceRequestHandler:
             return self.failure(request, "INFERENCE_TIMEOUT",
                                 f"deadline passed {-remaining:.3f}s before a worker dequeued the request; not run",
                                 ran=False, queue_time_ms=queued_ms)
+        if request.get("input_ref"):
+            try:
+                if self.claims is None:
+                    raise ClaimCheckError("this worker has no object store for claim checks")
+                request = await self.claims.resolve_input(request)
+            except ClaimCheckError as exc:
+                # Answered here so the caller learns why; ``InferenceWorker`` also dead-letters it.
+                return self.failure(request, INPUT_REFERENCE_INVALID, f"the request's input was not run: {exc}",
+                                    ran=False, queue_time_ms=queued_ms)
         input_data, parameters = request.get("input_data"), request.get("parameters") or {}
         if not isinstance(input_data, dict) or not isinstance(parameters, dict):
             return self.failure(request, "INVALID_INPUT", "input_data and parameters must be JSON objects",
@@ -289,7 +300,9 @@ class InferenceWorker:
                                       max_queue=max(1024, settings.inference_max_in_flight),
                                       eager_when_idle=True,  # a lone request pays no batching delay
                                       on_batch=observe_batch)
-        self.handler = InferenceRequestHandler(self.batcher, worker=self.instance)
+        self.claims = ClaimCheck(self._artifact_store, bucket=settings.s3_bucket,
+                                 threshold_bytes=settings.inference_claim_check_bytes)
+        self.handler = InferenceRequestHandler(self.batcher, worker=self.instance, claims=self.claims)
         self.jobs = JobRunner(self._connect_jobs, self.handler, worker=self.instance, clock=utcnow)
         self._cassandra: Any = None
         self._cassandra_lock = threading.Lock()
@@ -433,15 +446,20 @@ class InferenceWorker:
                     response, job_record = outcome.response, outcome.event
                 else:
                     response = await self.handler.answer(request)
-                answered = True
                 if response is not None:
                     result = "success" if response.get("status") == "success" else str(
                         (response.get("error") or {}).get("code") or "INFERENCE_FAILED")
                     WORKER_REQUESTS.labels(str(response.get("model_id")), result).inc()
+                    response = await self.claims.offload_output(response)  # a large result rides S3
+                answered = True
             if response is not None:
                 await self.sink.publish(MessageType.INFERENCE_RESPONSE, response)
             if job_record is not None:
                 await self._job_event(job_record)
+            error = (response or {}).get("error") or {}
+            if error.get("code") == INPUT_REFERENCE_INVALID:
+                # The caller has its answer; the message itself is poison: to the dead letters, with why.
+                raise ClaimCheckError(str(error.get("message")))
 
         try:
             await self.dead_letters.process(raw, handle)

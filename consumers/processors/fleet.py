@@ -3,6 +3,7 @@
     tributary processor devices           # heartbeats → device rows, freshness events
     tributary processor rounds            # updates → counters, streaming FedAvg, round closing
     tributary processor learning-graphs   # retraining requests → a training round (or why not)
+    tributary processor model-downloads   # registry download requests → fetched, checked, stored versions
 
 ``consumers/processors/kinds.py`` names them, with the group and topic of each. Events are
 decoded with the project codec (faust sees raw bytes); failures go through the shared
@@ -12,12 +13,13 @@ dead-letter router, so the agent always moves on and faust commits past the mess
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import faust
 
+from consumers.inference.weights import build_onnx
 from consumers.processors.kinds import PROCESSORS
 from core.artifacts import S3ArtifactStore
 from core.cassandra.session import connect
@@ -26,8 +28,10 @@ from core.fleet.processing import DeviceProcessor, RoundProcessor
 from core.fleet.retraining import RetrainingTrigger
 from core.fleet.service import FleetService
 from core.logs import configure, correlation_id_var, trace_id_var
+from core.onboarding.downloads import ModelDownloads
+from core.onboarding.fetch import FetchPolicy, SourceFetcher
 from core.shutdown import arm_shutdown_deadline
-from messaging.dead_letter import DeadLetterRouter, RawMessage
+from messaging.dead_letter import PERMANENT, DeadLetterRouter, RawMessage
 from producers.events import KafkaEventSink
 from producers.publisher import Publisher
 from schemas.codec import Codec
@@ -37,7 +41,12 @@ from topology.messages import MessageType
 from topology.topics import TopicSpec
 
 log = logging.getLogger(__name__)
+# How long the device processor waits to fill a heartbeat batch: under load batches fill at once;
+# alone, a heartbeat waits at most this long.
+HEARTBEAT_BATCH_WAIT_S = 0.05
 Handler = Callable[[str, dict[str, Any]], Awaitable[None]]
+# Applies decoded records together; answers, per record, the failure that dead-letters it (or None).
+BatchHandler = Callable[[Sequence[dict[str, Any]]], Awaitable[Sequence[BaseException | None]]]
 
 
 @dataclass
@@ -48,6 +57,10 @@ class ProcessorSpec:
     closers: list[Callable[[], Any]]
     timer_s: float = 0.0
     on_timer: Callable[[], Awaitable[Any]] | None = None  # work that no message triggers
+    # Messages of one type handled a batch at a time (up to batch_max, waiting at most batch_wait_s).
+    batch: tuple[str, BatchHandler] | None = None
+    batch_max: int = 1
+    batch_wait_s: float = 0.0
 
 
 def build(kind: str, settings: Settings) -> ProcessorSpec:
@@ -66,7 +79,9 @@ def build(kind: str, settings: Settings) -> ProcessorSpec:
             await devices.on_heartbeat(record)
 
         return ProcessorSpec(group, topic, {MessageType.DEVICE_HEARTBEAT: on_heartbeat}, closers,
-                             settings.freshness_sweep_s, devices.sweep)
+                             settings.freshness_sweep_s, devices.sweep,
+                             batch=(MessageType.DEVICE_HEARTBEAT, devices.on_heartbeats),
+                             batch_max=settings.heartbeat_batch_max, batch_wait_s=HEARTBEAT_BATCH_WAIT_S)
     if kind == "rounds":
         artifacts = S3ArtifactStore(settings)
         rounds = RoundProcessor(settings, store, artifacts, events, FleetService(settings, store, artifacts, events))
@@ -83,6 +98,15 @@ def build(kind: str, settings: Settings) -> ProcessorSpec:
             await trigger.on_graph_submitted(record)
 
         return ProcessorSpec(group, topic, {MessageType.LEARNING_GRAPH_SUBMITTED: on_graph}, closers)
+    if kind == "model-downloads":
+        artifacts = S3ArtifactStore(settings)
+        fetcher = SourceFetcher(FetchPolicy.from_settings(settings), s3_client=lambda: artifacts.client)
+        downloads = ModelDownloads(settings, store, artifacts, events, fetcher, weights_builder=build_onnx)
+
+        async def on_download(_: str, record: dict[str, Any]) -> None:
+            await downloads.on_requested(record)
+
+        return ProcessorSpec(group, topic, {MessageType.MODEL_DOWNLOAD_REQUESTED: on_download}, closers)
     raise AssertionError(f"processor {kind!r} is listed but not built")
 
 
@@ -118,15 +142,52 @@ def make_app(spec: ProcessorSpec, settings: Settings, dead_letters: DeadLetterRo
             raise TypeError(f"{spec.group_id} does not handle {decoded.message_type}")
         await handler(decoded.message_type, decoded.record)
 
-    @app.agent(topic, name=f"{spec.group_id}-agent")
-    async def consume(stream: faust.StreamT[bytes]) -> None:
-        async for event in stream.events():
-            msg = event.message
-            raw = RawMessage(msg.topic, msg.partition, msg.offset, msg.key, msg.value,
-                             [(k, bytes(v)) for k, v in (msg.headers or [])])
-            # Returns once handled or dead-lettered; faust then acks (commits) the offset.
-            await dead_letters.process(raw, handle)
+    def raw_of(event: Any) -> RawMessage:  # a faust EventT
+        msg = event.message
+        return RawMessage(msg.topic, msg.partition, msg.offset, msg.key, msg.value,
+                          [(k, bytes(v)) for k, v in (msg.headers or [])])
 
+    batch = spec.batch
+    if batch is None:
+        @app.agent(topic, name=f"{spec.group_id}-agent")
+        async def consume(stream: faust.StreamT[bytes]) -> None:
+            async for event in stream.events():
+                # Returns once handled or dead-lettered; faust then acks (commits) the offset.
+                await dead_letters.process(raw_of(event), handle)
+        return _with_timer_and_close(app, spec, settings)
+
+    batch_type, batch_handler = batch
+
+    async def handle_batch(messages: Sequence[RawMessage]) -> list[BaseException | None]:
+        """Decode each message (one that fails is dead-lettered alone), apply the rest together."""
+        failures: list[BaseException | None] = [None] * len(messages)
+        records: list[dict[str, Any]] = []
+        positions: list[int] = []
+        for i, message in enumerate(messages):
+            try:
+                decoded = codec.decode(message.value)
+                if decoded.message_type != batch_type:
+                    raise TypeError(f"{spec.group_id} does not handle {decoded.message_type}")
+            except PERMANENT as exc:
+                failures[i] = exc
+                continue
+            records.append(decoded.record)
+            positions.append(i)
+        for position, failure in zip(positions, await batch_handler(records), strict=True):
+            failures[position] = failure
+        return failures
+
+    @app.agent(topic, name=f"{spec.group_id}-agent")
+    async def consume_batches(stream: faust.StreamT[bytes]) -> None:
+        # faust acks (commits) a batch's offsets once this body has handled or dead-lettered all of it.
+        # take_events is faust-streaming's Stream method; its StreamT interface does not declare it.
+        async for events in stream.take_events(spec.batch_max, within=spec.batch_wait_s):  # type: ignore[attr-defined]
+            await dead_letters.process_batch([raw_of(event) for event in events], handle_batch, handle)
+
+    return _with_timer_and_close(app, spec, settings)
+
+
+def _with_timer_and_close(app: faust.App, spec: ProcessorSpec, settings: Settings) -> faust.App:
     on_timer = spec.on_timer
     if on_timer is not None:
         @app.timer(interval=spec.timer_s)  # type: ignore[untyped-decorator]

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from topology.groups import BY_GROUP, ConsumerGroupSpec, Group
-from topology.topics import DEVICE_HEARTBEATS, LEARNING_GRAPHS, TRAINING_UPDATES, TopicSpec
+from topology.topics import DEVICE_HEARTBEATS, LEARNING_GRAPHS, MODEL_DOWNLOADS, TRAINING_UPDATES, TopicSpec
 
 
 @dataclass(frozen=True)
@@ -27,4 +27,6 @@ PROCESSORS: dict[str, ProcessorKind] = {kind.name: kind for kind in (
                   "model updates -> counters and streaming FedAvg; a timer closes rounds"),
     ProcessorKind("learning-graphs", BY_GROUP[Group.LEARNING_GRAPH_PROCESSOR], LEARNING_GRAPHS,
                   "retraining requests (seed 002) -> a training round, or an event saying why not"),
+    ProcessorKind("model-downloads", BY_GROUP[Group.MODEL_DOWNLOAD_PROCESSOR], MODEL_DOWNLOADS,
+                  "registry download requests -> fetch source_url, check the artifact, store a version"),
 )}

@@ -1,16 +1,21 @@
 """``FleetStore`` on Cassandra 5: LWT where a decision must be unique across replicas.
 
 Device lists, counts and round selection go through storage-attached indexes (migration 0005) and
-page by token from the previous page's last device. ``list_devices`` (the freshness sweep) and ``list_models``
-still read whole tables: fine for catalogs of hundreds; the sweep is issue 18's.
+page by token from the previous page's last device. ``list_devices`` (the freshness sweep's first pass
+after a processor starts; later passes read index windows) and ``list_models`` read whole tables.
+Heartbeats are not LWTs: last-write-wins by their own time (``record_heartbeats``).
 """
 
 from __future__ import annotations
 
 import json
 import time
-from datetime import UTC, datetime
+from collections.abc import Sequence
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
 from typing import Any
+
+from cassandra.concurrent import execute_concurrent_with_args
 
 from core.cassandra.statements import CassandraRepository, as_utc
 from core.fleet.models import (
@@ -21,6 +26,7 @@ from core.fleet.models import (
     DeviceQuery,
     DeviceStatus,
     Freshness,
+    Heartbeat,
     LearningGraph,
     ModelUpdate,
     ModelVersion,
@@ -34,6 +40,13 @@ from core.fleet.models import (
 from core.fleet.store import FleetStore, decode_cursor, encode_cursor
 
 CAS_RETRIES = 50
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+HEARTBEAT_CONCURRENCY = 64  # reads or writes of one heartbeat batch in flight at once
+# A heartbeat's cells carry its own time as their write timestamp: the newest heartbeat wins.
+HEARTBEAT_WITH_STATUS = ("UPDATE devices USING TIMESTAMP ? SET last_heartbeat = ?, updated_at = ?, metrics = ?, "
+                         "status = ? WHERE device_id = ?")
+HEARTBEAT_WITHOUT_STATUS = ("UPDATE devices USING TIMESTAMP ? SET last_heartbeat = ?, updated_at = ?, metrics = ? "
+                            "WHERE device_id = ?")
 ORPHAN_WAIT_POLLS = 60  # x 50 ms
 ROUND_FIELDS = (
     "round_id", "round_number", "status", "target_devices", "min_devices", "timeout_seconds", "created_at",
@@ -50,12 +63,19 @@ VERSION_FIELDS = (
     "model_id", "version", "format", "artifact_key", "model_path", "model_size_bytes", "sha256", "uploaded_at",
     "description", "onnx_key", "onnx_size_bytes", "onnx_sha256", "round_id",
 )
+API_KEY_FIELDS = ("key_hash", "key_id", "subject_type", "subject_id", "created_at", "revoked_at", "label",
+                  "created_by", "rate_limit_per_minute")
 RETRAINING_FIELDS = ("trigger_id", "model_version", "graphs", "decided_at", "round_id", "reason", "detail")
 UPDATE_FIELDS = (
     "round_id", "device_id", "update_id", "model_path", "artifact_key", "model_size_bytes", "sha256", "num_samples",
     "local_loss", "local_accuracy", "training_time_seconds", "created_at",
 )
 
+
+
+def _micros(at: datetime) -> int:
+    """A write timestamp (microseconds since the epoch) from a time: heartbeats are ordered by their own."""
+    return ((as_utc(at) or at) - EPOCH) // timedelta(microseconds=1)
 
 
 def _insert(table: str, fields: tuple[str, ...], suffix: str = "") -> str:
@@ -65,14 +85,20 @@ def _insert(table: str, fields: tuple[str, ...], suffix: str = "") -> str:
 class CassandraFleetStore(CassandraRepository, FleetStore):
     # --- devices and keys ---------------------------------------------------------------
     def create_device(self, device: Device, key: ApiKeyRecord) -> bool:
+        # The claim (LWT) writes what identifies the device; what heartbeats later overwrite (status,
+        # metrics, updated_at) is written next at the registration's own time, so heartbeats, which
+        # are last-write-wins by their time, win over it (an LWT's cells carry the coordinator's clock).
         applied = self._run(
-            "INSERT INTO devices (device_id, id, platform, capabilities, status, api_key_id, created_at, updated_at, "
-            "freshness, metrics) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) IF NOT EXISTS",
-            device.device_id, device.id, device.platform.value, json.dumps(device.capabilities), device.status.value,
-            device.api_key_id, device.created_at, device.updated_at, device.freshness.value,
-            json.dumps(device.metrics),
+            "INSERT INTO devices (device_id, id, platform, capabilities, api_key_id, created_at, freshness) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?) IF NOT EXISTS",
+            device.device_id, device.id, device.platform.value, json.dumps(device.capabilities),
+            device.api_key_id, device.created_at, device.freshness.value,
         ).one().applied
         if applied:
+            self._run("UPDATE devices USING TIMESTAMP ? SET status = ?, updated_at = ?, metrics = ? "
+                      "WHERE device_id = ?",
+                      _micros(device.created_at), device.status.value, device.updated_at, json.dumps(device.metrics),
+                      device.device_id)
             self.put_api_key(key)
         return bool(applied)
 
@@ -92,27 +118,43 @@ class CassandraFleetStore(CassandraRepository, FleetStore):
     def delete_device(self, device_id: str) -> None:
         self._run("DELETE FROM devices WHERE device_id = ?", device_id)
 
-    def record_heartbeat(self, device_id: str, at: datetime, status: str | None,
-                         metrics: dict[str, Any]) -> Device | None:
-        at = as_utc(at) or at
-        for _ in range(CAS_RETRIES):
-            device = self.get_device(device_id)
-            if device is None:
-                return None
-            if device.last_heartbeat is not None and at <= device.last_heartbeat:
-                return device  # older or redelivered: never move backwards
-            reported = DeviceStatus(status) if status else device.status
-            # CAS on the value we read: concurrent heartbeats of one device serialise here.
-            applied = self._run(
-                "UPDATE devices SET last_heartbeat = ?, updated_at = ?, metrics = ?, status = ? WHERE device_id = ? "
-                "IF last_heartbeat = ?",
-                at, at, json.dumps(metrics), reported.value, device_id, device.last_heartbeat,
-            ).one().applied
-            if applied:
-                device.last_heartbeat, device.updated_at, device.metrics = at, at, dict(metrics)
-                device.status = reported
-                return device
-        raise RuntimeError(f"heartbeat CAS on {device_id} kept losing")
+    def record_heartbeats(self, beats: Sequence[Heartbeat]) -> list[Device | None]:
+        """One read per device and one write per device with a newer heartbeat, all in flight together
+        (no compare-and-set). Each write carries the heartbeat's own time as its cell timestamp
+        (``USING TIMESTAMP``), so Cassandra keeps the newest heartbeat whatever order writes arrive in:
+        two processors racing over a rebalance, or a redelivered older one, cannot move a row back."""
+        ids = list(dict.fromkeys(b.device_id for b in beats))
+        reads = execute_concurrent_with_args(self.session, self._q("SELECT * FROM devices WHERE device_id = ?"),
+                                             [(device_id,) for device_id in ids], concurrency=HEARTBEAT_CONCURRENCY,
+                                             raise_on_first_error=True)
+        found = {device_id: rows.one() for device_id, (_, rows) in zip(ids, reads, strict=True)}
+        devices = {device_id: self._device(row) for device_id, row in found.items() if row is not None}
+        newest: dict[str, Heartbeat] = {}
+        for beat in beats:
+            at = as_utc(beat.at) or beat.at
+            device = devices.get(beat.device_id)
+            if device is None or (device.last_heartbeat is not None and at <= device.last_heartbeat):
+                continue  # unknown, or older than what is stored (a redelivery): nothing to write
+            held = newest.get(beat.device_id)
+            if held is None or at > (as_utc(held.at) or held.at):
+                newest[beat.device_id] = beat
+        writes: dict[str, list[tuple[Any, ...]]] = {HEARTBEAT_WITH_STATUS: [], HEARTBEAT_WITHOUT_STATUS: []}
+        for beat in newest.values():
+            at = as_utc(beat.at) or beat.at
+            device = devices[beat.device_id]
+            device.last_heartbeat, device.updated_at, device.metrics = at, at, dict(beat.metrics)
+            stamp = _micros(at)
+            if beat.status:
+                device.status = DeviceStatus(beat.status)
+                writes[HEARTBEAT_WITH_STATUS].append((stamp, at, at, json.dumps(beat.metrics), device.status.value,
+                                                      beat.device_id))
+            else:
+                writes[HEARTBEAT_WITHOUT_STATUS].append((stamp, at, at, json.dumps(beat.metrics), beat.device_id))
+        for cql, params in writes.items():
+            if params:
+                execute_concurrent_with_args(self.session, self._q(cql), params, concurrency=HEARTBEAT_CONCURRENCY,
+                                             raise_on_first_error=True)
+        return [replace(devices[b.device_id]) if b.device_id in devices else None for b in beats]
 
     def set_freshness(self, device_id: str, expected: Freshness, new: Freshness) -> bool:
         return bool(self._run("UPDATE devices SET freshness = ? WHERE device_id = ? IF freshness = ?",
@@ -140,17 +182,32 @@ class CassandraFleetStore(CassandraRepository, FleetStore):
         # Through the last_heartbeat index: only the devices that beat since then are read.
         return int(self._run("SELECT COUNT(*) FROM devices WHERE last_heartbeat >= ?", heartbeat_since).one()[0])
 
+    @staticmethod
+    def _api_key(row: Any) -> ApiKeyRecord:
+        return ApiKeyRecord(row.key_hash, row.key_id, SubjectType(row.subject_type), row.subject_id,
+                            as_utc(row.created_at) or datetime.now(UTC), as_utc(row.revoked_at),
+                            label=row.label, created_by=row.created_by,
+                            rate_limit_per_minute=row.rate_limit_per_minute)
+
     def get_api_key(self, key_hash: str) -> ApiKeyRecord | None:
         row = self._run("SELECT * FROM api_keys WHERE key_hash = ?", key_hash).one()
-        if row is None:
-            return None
-        return ApiKeyRecord(row.key_hash, row.key_id, SubjectType(row.subject_type), row.subject_id,
-                            as_utc(row.created_at) or datetime.now(UTC), as_utc(row.revoked_at))
+        return self._api_key(row) if row is not None else None
 
     def put_api_key(self, key: ApiKeyRecord) -> None:
-        self._run(_insert("api_keys", ("key_hash", "key_id", "subject_type", "subject_id", "created_at",
-                                       "revoked_at")),
-                  key.key_hash, key.key_id, key.subject_type.value, key.subject_id, key.created_at, key.revoked_at)
+        self._run(_insert("api_keys", API_KEY_FIELDS), key.key_hash, key.key_id, key.subject_type.value,
+                  key.subject_id, key.created_at, key.revoked_at, key.label, key.created_by,
+                  key.rate_limit_per_minute)
+
+    def find_api_key(self, key_id: str) -> ApiKeyRecord | None:
+        row = self._run("SELECT * FROM api_keys WHERE key_id = ?", key_id).one()  # the key_id index (0009)
+        return self._api_key(row) if row is not None else None
+
+    def list_api_keys(self, subject_id: str | None = None) -> list[ApiKeyRecord]:
+        if subject_id is None:
+            rows = self._run("SELECT * FROM api_keys")  # operators list keys: thousands at most
+        else:
+            rows = self._run("SELECT * FROM api_keys WHERE subject_id = ?", subject_id)  # the subject index
+        return sorted((self._api_key(row) for row in rows), key=lambda k: (k.created_at, k.key_id))
 
     def revoke_api_key(self, key_hash: str, at: datetime) -> bool:
         return bool(self._run("UPDATE api_keys SET revoked_at = ? WHERE key_hash = ? IF revoked_at = null",

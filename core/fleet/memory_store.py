@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import threading
+from collections.abc import Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
@@ -16,6 +17,7 @@ from core.fleet.models import (
     DeviceQuery,
     DeviceStatus,
     Freshness,
+    Heartbeat,
     LearningGraph,
     ModelUpdate,
     ModelVersion,
@@ -62,20 +64,18 @@ class InMemoryFleetStore(FleetStore):
             device = self.devices.get(device_id)
             return copy.deepcopy(device) if device else None
 
-    def record_heartbeat(self, device_id: str, at: datetime, status: str | None,
-                         metrics: dict[str, Any]) -> Device | None:
+    def record_heartbeats(self, beats: Sequence[Heartbeat]) -> list[Device | None]:
         with self._lock:
-            device = self.devices.get(device_id)
-            if device is None:
-                return None
-            at = _aware(at) or at
-            if device.last_heartbeat is None or at > device.last_heartbeat:
-                device.last_heartbeat = at
-                device.metrics = dict(metrics)
-                device.updated_at = at
-                if status:
-                    device.status = DeviceStatus(status)
-            return copy.deepcopy(device)
+            for beat in beats:
+                device = self.devices.get(beat.device_id)
+                at = _aware(beat.at) or beat.at
+                if device is not None and (device.last_heartbeat is None or at > device.last_heartbeat):
+                    device.last_heartbeat = at
+                    device.metrics = dict(beat.metrics)
+                    device.updated_at = at
+                    if beat.status:
+                        device.status = DeviceStatus(beat.status)
+            return [copy.deepcopy(self.devices[b.device_id]) if b.device_id in self.devices else None for b in beats]
 
     def set_freshness(self, device_id: str, expected: Freshness, new: Freshness) -> bool:
         with self._lock:
@@ -121,6 +121,15 @@ class InMemoryFleetStore(FleetStore):
                 return False
             self.keys[key_hash] = replace(key, revoked_at=at)
             return True
+
+    def find_api_key(self, key_id: str) -> ApiKeyRecord | None:
+        with self._lock:
+            return next((k for k in self.keys.values() if k.key_id == key_id), None)
+
+    def list_api_keys(self, subject_id: str | None = None) -> list[ApiKeyRecord]:
+        with self._lock:
+            keys = [k for k in self.keys.values() if subject_id is None or k.subject_id == subject_id]
+        return sorted(keys, key=lambda k: (k.created_at, k.key_id))
 
     def delete_device(self, device_id: str) -> None:
         with self._lock:

@@ -7,6 +7,11 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
+from core.task_types import GENERIC_TASK_TYPE, TaskType
+
+# Task types the workers serve user (catalog) models with; the others get the generic tensor contract.
+USER_MODEL_TASK_TYPES = frozenset({TaskType.TXT2EMBED.value, TaskType.IMG2EMBED.value})
+
 
 class Platform(StrEnum):
     PYTHON = "python"
@@ -54,8 +59,11 @@ class Seat(StrEnum):
 
 
 class SubjectType(StrEnum):
-    DEVICE = "device"
-    OPERATOR = "operator"
+    """A key's role: what kind of caller holds it (``core.auth.ROLE_ACTIONS`` says what each may do)."""
+
+    DEVICE = "device"  # acts only for its own device (seed 000)
+    SERVICE = "service"  # an application: inference, jobs, catalog reads, status
+    OPERATOR = "operator"  # everything, including fleet and registry writes and key management
 
 
 @dataclass
@@ -70,6 +78,16 @@ class Device:
     updated_at: datetime
     last_heartbeat: datetime | None = None
     freshness: Freshness = Freshness.OFFLINE
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Heartbeat:
+    """One heartbeat as the device processor applies it: the device's time, reported status, metrics."""
+
+    device_id: str
+    at: datetime
+    status: str | None = None  # None: the status stays what it was
     metrics: dict[str, Any] = field(default_factory=dict)
 
 
@@ -99,6 +117,9 @@ class ApiKeyRecord:
     subject_id: str
     created_at: datetime
     revoked_at: datetime | None = None
+    label: str | None = None  # what the operator called it
+    created_by: str | None = None  # key id of the operator that created it (None: registration)
+    rate_limit_per_minute: int | None = None  # None: the role's limit
 
 
 @dataclass
@@ -180,15 +201,53 @@ class CatalogModel:
     # read-time only, never stored, None where nobody asked them.
     observed_status: RegistryStatus | None = None
     observed_reason: str | None = None
+    observed_workers: list[str] = field(default_factory=list)  # workers holding or loading it
 
 
 def registry_status(model: CatalogModel) -> str:
-    """The registry status of a catalog entry (seed 001): what the workers report when they hold or
-    tried to load it, else ``ready`` when its files are stored, else ``registered``. Nothing is
-    ``downloading`` or ``failed`` unless a worker says so, so no status is one nothing will leave."""
+    """The registry status of a catalog entry (seed 001). A model onboarded from a ``source_url``
+    carries its own until it is ``ready`` (``registered``, ``downloading`` with the download
+    processor's progress, ``failed`` with the reason); a ``ready`` one, an uploaded one or a built-in
+    one shows what the workers report when they hold or tried to load it, else ``ready`` when its
+    files are stored (or it is built in), else ``registered``. Nothing is ``downloading`` unless a
+    download or a worker's load is under way, so no status is one nothing will leave."""
+    stored = model.extra.get("status")
+    if stored in (RegistryStatus.REGISTERED, RegistryStatus.DOWNLOADING, RegistryStatus.FAILED):
+        return str(stored)
     if model.observed_status is not None:
         return model.observed_status.value
-    return RegistryStatus.READY.value if model.model_path else RegistryStatus.REGISTERED.value
+    if model.model_path or model.extra.get("builtin"):
+        return RegistryStatus.READY.value
+    return RegistryStatus.REGISTERED.value
+
+
+def served_task_type(model: CatalogModel) -> str:
+    """The contract a catalog model is served with (ingress validation and worker runtime agree on it):
+    its task type where the workers have a runtime for user models of it (txt2embed, img2embed:
+    ``consumers/inference/user_models.py``), else the generic tensor contract, also when its config
+    asks for it (``"contract": "tensor"``)."""
+    config = model.extra.get("config") or {}
+    if config.get("contract") == GENERIC_TASK_TYPE or model.task_type not in USER_MODEL_TASK_TYPES:
+        return GENERIC_TASK_TYPE
+    return str(model.task_type)
+
+
+def not_ready_reason(model: CatalogModel) -> str | None:
+    """Why a model onboarded from a source_url cannot be served yet (None when it can)."""
+    status = model.extra.get("status")
+    if status in (RegistryStatus.REGISTERED, RegistryStatus.DOWNLOADING, RegistryStatus.FAILED):
+        return {"registered": "its files were never downloaded (POST /models/{id}/download)",
+                "downloading": "its download is still under way",
+                "failed": f"its download failed ({model.extra.get('status_reason') or 'no reason recorded'})",
+                }[str(status)]
+    return None
+
+
+def registry_status_reason(model: CatalogModel) -> str | None:
+    """Why the entry is ``failed`` (its download, or the workers' load), else None."""
+    if model.extra.get("status") == RegistryStatus.FAILED:
+        return str(model.extra.get("status_reason") or "failed")
+    return model.observed_reason
 
 
 @dataclass(frozen=True)

@@ -10,15 +10,25 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, ParamSpec, TypeVar
 
 from core.artifacts import ArtifactNotFound, ArtifactStore
 from core.errors import DomainError
 from core.events import EventSink, fleet_record
-from core.fleet.models import CatalogModel, Freshness, ModelUpdate, ModelVersion, Round, RoundStatus
-from core.fleet.service import FleetService, freshness_of, iso
+from core.fleet.models import (
+    CatalogModel,
+    Device,
+    DeviceQuery,
+    Freshness,
+    Heartbeat,
+    ModelUpdate,
+    ModelVersion,
+    Round,
+    RoundStatus,
+)
+from core.fleet.service import OFFLINE_AFTER_INTERVALS, FleetService, freshness_of, iso
 from core.fleet.store import FleetStore
 from core.fleet.weights import FedAvgAccumulator, StateDict, dump_state_dict, load_state_dict_file, spooled
 from schemas.clock import as_utc, utcnow
@@ -29,6 +39,7 @@ log = logging.getLogger(__name__)
 P = ParamSpec("P")
 T = TypeVar("T")
 
+SWEEP_PAGE = 500  # devices per index read of the freshness sweep
 FRESHNESS_EVENT = {Freshness.ONLINE: "device_online", Freshness.STALE: "device_stale",
                    Freshness.OFFLINE: "device_offline"}
 
@@ -56,23 +67,61 @@ class DeviceProcessor:
         self.store = store
         self.events = events
         self.clock = clock
+        self._swept_at: datetime | None = None  # when the last sweep that succeeded began
 
     async def on_heartbeat(self, record: dict[str, Any]) -> None:
-        device_id = record["device_id"]
-        at = _parse_ts(record.get("sent_at"), self.clock())
-        device = await _io(self.store.record_heartbeat, device_id, at, record.get("status"),
-                           record.get("metrics") or {})
-        if device is None:
-            raise UnknownSubject(f"heartbeat for unknown device {device_id!r}")
-        await self._refresh(device_id, device.last_heartbeat, device.freshness)
+        failure = (await self.on_heartbeats([record]))[0]
+        if failure is not None:
+            raise failure
+
+    async def on_heartbeats(self, records: Sequence[dict[str, Any]]) -> list[UnknownSubject | None]:
+        """Apply a batch of heartbeats together (last-write-wins by their own time, no compare-and-set),
+        then refresh the freshness of each device once. Returns, per record, why it could not be
+        applied (an unknown device: the caller dead-letters it) or None."""
+        now = self.clock()
+        beats = [Heartbeat(r["device_id"], _parse_ts(r.get("sent_at"), now), r.get("status"), r.get("metrics") or {})
+                 for r in records]
+        devices = await _io(self.store.record_heartbeats, beats)
+        latest = {device.device_id: device for device in devices if device is not None}
+        await asyncio.gather(*(self._refresh(d.device_id, d.last_heartbeat, d.freshness) for d in latest.values()))
+        return [None if device is not None else UnknownSubject(f"heartbeat for unknown device {beat.device_id!r}")
+                for beat, device in zip(beats, devices, strict=True)]
 
     async def sweep(self) -> int:
-        """Re-derive every device's freshness; returns how many changed."""
+        """Re-derive freshness where it can have changed; returns how many devices changed.
+
+        The first sweep of a process reads every device (what happened while no processor ran). After
+        that only the devices whose last heartbeat crossed an age boundary (2 intervals: online to
+        stale; 5 intervals: stale to offline) since the previous sweep are read, through the
+        ``last_heartbeat`` index, one window per boundary: a sweep costs the devices that changed,
+        not the fleet. A sweep that fails is redone over the same windows by the next one."""
+        now = self.clock()
+        since = self._swept_at
+        if since is None:
+            devices = await _io(self.store.list_devices)
+        else:
+            devices = []
+            interval = self.settings.heartbeat_interval_s
+            for age in (2 * interval, OFFLINE_AFTER_INTERVALS * interval):
+                devices += await self._beaten_between(since - timedelta(seconds=age), now - timedelta(seconds=age))
         changed = 0
-        for device in await _io(self.store.list_devices):
+        for device in devices:
             if await self._refresh(device.device_id, device.last_heartbeat, device.freshness):
                 changed += 1
+        self._swept_at = now
         return changed
+
+    async def _beaten_between(self, since: datetime, before: datetime) -> list[Device]:
+        """Devices whose last heartbeat is in [since, before), page by page through the index."""
+        devices: list[Device] = []
+        cursor: str | None = None
+        while True:
+            page = await _io(self.store.find_devices, DeviceQuery(heartbeat_since=since, heartbeat_before=before,
+                                                                   limit=SWEEP_PAGE, cursor=cursor))
+            devices += page.devices
+            if page.next_cursor is None:
+                return devices
+            cursor = page.next_cursor
 
     async def _refresh(self, device_id: str, last_heartbeat: datetime | None, current: Freshness) -> bool:
         new = freshness_of(last_heartbeat, self.clock(), self.settings.heartbeat_interval_s)

@@ -8,6 +8,7 @@ store's compare-and-set operations; everything else becomes an event for the pro
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import asdict, replace
@@ -59,6 +60,7 @@ def iso(ts: datetime | None) -> str | None:
 
 
 TIMEOUT_ACTOR = "ingress:round-timeout"  # who the audit trail names for a timeout the ingress found
+ACTIVE_ROUND_CACHE_S = 1.0  # how stale the heartbeat path's view of the active-round slot may be
 OFFLINE_AFTER_INTERVALS = 5  # DESIGN: online within 2x the heartbeat interval, stale within 5x, offline beyond
 
 
@@ -91,6 +93,7 @@ class FleetService:
         self.events = events
         self.clock = clock
         self.residency = residency  # what the workers report: a catalog entry's registry status
+        self._slot: tuple[float, str | None] | None = None  # (time.monotonic() read, active round id)
 
     async def observed(self, models: list[CatalogModel]) -> list[CatalogModel]:
         if self.residency is None or not models:
@@ -191,15 +194,15 @@ class FleetService:
         self, principal: Principal, device_id: str, status: str | None, metrics: dict[str, Any] | None
     ) -> dict[str, Any]:
         principal.require_device(device_id)
-        device = await self._io(self.store.get_device, device_id)
-        if device is None:
+        # A device key exists only while its device does (registration writes the device first and
+        # revokes the key before undoing it), so only an operator's call needs the row read.
+        if principal.is_operator and await self._io(self.store.get_device, device_id) is None:
             raise not_found("DEVICE_NOT_FOUND", f"Device '{device_id}' not found.")
         now = self.clock()
         record = {"device_id": device_id, "status": status or "active", "metrics": metrics or {}, "sent_at": now}
-        # Accepted = stored by the broker; the device processor applies it to the row.
+        # Accepted = stored by the broker; the device processor applies it to the row. Not audited:
+        # a heartbeat is data (the heartbeats topic keeps it), not a change of rights or models.
         await self._publish(MessageType.DEVICE_HEARTBEAT, record)
-        await self._audit(principal, "device.heartbeat", f"device/{device_id}",
-                          after={"status": record["status"], "sent_at": iso(now)})
         pending_round_id, message = await self._pending_round_for(principal, device_id, status or "active")
         return {"status": status or "active", "last_heartbeat": now, "pending_round_id": pending_round_id,
                 "message": message}
@@ -228,9 +231,24 @@ class FleetService:
             return None, None
         return round_.id, f"Training round {round_.round_number} is awaiting your participation."
 
+    async def _active_round_id(self) -> str | None:
+        """The active-round slot as read at most ACTIVE_ROUND_CACHE_S ago: every heartbeat asks it, and
+        at fleet rates that was a Cassandra read per heartbeat for a value that changes a few times a
+        day. A round started or cancelled through this process is seen at once (``_forget_round``);
+        one started through another replica, within ACTIVE_ROUND_CACHE_S."""
+        now = time.monotonic()
+        if self._slot is not None and now - self._slot[0] < ACTIVE_ROUND_CACHE_S:
+            return self._slot[1]
+        round_id = await self._io(self.store.active_round_id)
+        self._slot = (now, round_id)
+        return round_id
+
+    def _forget_round(self) -> None:
+        self._slot = None
+
     async def _open_round(self) -> Round | None:
         """The active round while it takes devices and updates (before its timeout); None otherwise."""
-        round_id = await self._io(self.store.active_round_id)
+        round_id = await self._active_round_id()
         if round_id is None:
             return None
         round_ = await self._io(self.store.get_round, round_id)
@@ -323,6 +341,7 @@ class FleetService:
             min_devices=min_devices, timeout_seconds=timeout_seconds, created_at=now,
             global_model_id=global_model_id, global_model_path=global_model_path,
         )
+        self._forget_round()
         holder = await self._io(self.store.create_active_round, round_)
         if holder is not None and await self.close_if_expired(holder):
             # The holder's time was up (say no round processor ran to close it): it is settled now,
@@ -554,6 +573,8 @@ class FleetService:
         model = await self._io(self.store.get_model, model_id)
         if model is None:
             raise not_found("MODEL_NOT_FOUND", f"Model '{model_id}' not found.")
+        if model.extra.get("builtin"):  # served from its package: an uploaded file would never be used
+            raise conflict("BUILTIN_MODEL", f"Model '{model_id}' is built in; register your own id for your files.")
         self._check_size(len(data))
         fmt = fmt or model.framework or _format_from_name(filename)
         if fmt not in MODEL_FORMATS:
@@ -590,6 +611,8 @@ class FleetService:
         await self._io(self.store.add_version, entry)
         model.latest_version, model.model_path = version, entry.model_path
         model.model_size_bytes, model.model_hash = stored.size, f"sha256:{stored.sha256}"
+        if model.extra.get("status"):  # a registry entry from a source_url: an uploaded version makes it ready
+            model.extra.update(status="ready", status_reason=None)
         model.updated_at = now
         await self._io(self.store.update_model, model)
         await self._lifecycle("model_version_created", "model", model.id, version=version, format=fmt,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import binascii
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
@@ -21,6 +22,7 @@ from core.fleet.models import (
     DevicePage,
     DeviceQuery,
     Freshness,
+    Heartbeat,
     LearningGraph,
     ModelUpdate,
     ModelVersion,
@@ -44,12 +46,20 @@ class FleetStore(ABC):
     def delete_device(self, device_id: str) -> None:
         """Undo a registration whose event could not be published."""
 
-    @abstractmethod
     def record_heartbeat(
         self, device_id: str, at: datetime, status: str | None, metrics: dict[str, Any]
     ) -> Device | None:
         """Apply a heartbeat (time, reported status when given, metrics) unless an equal or newer one was
         applied (idempotent); None if unknown."""
+        return self.record_heartbeats([Heartbeat(device_id, at, status, metrics)])[0]
+
+    @abstractmethod
+    def record_heartbeats(self, beats: Sequence[Heartbeat]) -> list[Device | None]:
+        """Apply many heartbeats at once, last-write-wins by each heartbeat's own time: a device ends with
+        its newest heartbeat (time, metrics, reported status when given) whatever order they arrive in,
+        in one call or over several, and an equal or older one changes nothing (redelivery is harmless).
+        Returns, for each beat in order, the device as it stands after the call (None: unknown device,
+        nothing written for it)."""
 
     @abstractmethod
     def set_freshness(self, device_id: str, expected: Freshness, new: Freshness) -> bool:
@@ -74,7 +84,16 @@ class FleetStore(ABC):
     def put_api_key(self, key: ApiKeyRecord) -> None: ...
 
     @abstractmethod
-    def revoke_api_key(self, key_hash: str, at: datetime) -> bool: ...
+    def revoke_api_key(self, key_hash: str, at: datetime) -> bool:
+        """Mark the key revoked (compare-and-set); False when it is unknown or already revoked."""
+
+    @abstractmethod
+    def find_api_key(self, key_id: str) -> ApiKeyRecord | None:
+        """The key with this id (what operators name keys by; the key itself is never stored)."""
+
+    @abstractmethod
+    def list_api_keys(self, subject_id: str | None = None) -> list[ApiKeyRecord]:
+        """Every key, or the keys of one subject (a device's keys), oldest first."""
 
     # --- rounds -----------------------------------------------------------------------
     @abstractmethod

@@ -25,7 +25,7 @@ from core.errors import DomainError, ErrorKind, conflict, unavailable
 from core.events import EventSink, EventsUnavailable
 from core.logs import trace_id_var
 from core.serving.jobs import Job, JobStatus, JobStore
-from core.serving.service import InferenceService, request_record
+from core.serving.service import InferenceService, offload_input, request_record
 from schemas.clock import utcnow
 from settings import Settings
 from topology.messages import MessageType
@@ -81,12 +81,13 @@ class JobService:
         job = Job(job_id=str(uuid.uuid4()), model_id=model_id, task_type=task_type, priority=level.value,
                   owner_key_id=principal.key_id, created_at=now, deadline=now + timedelta(seconds=timeout_seconds),
                   timeout_seconds=timeout_seconds)
+        sent_input, input_ref = await offload_input(self.inference.claims, input_data)
         await self._io(self.store.create, job)
         record = request_record(
             message_id=str(uuid.uuid4()), correlation_id=job.job_id, causation_id=None,
             trace_id=trace_id_var.get() or uuid.uuid4().hex, principal=principal, model_id=model_id,
-            task_type=task_type, input_data=input_data, parameters=parameters, priority=level,
-            deadline=job.deadline, timeout_seconds=timeout_seconds, job_id=job.job_id)
+            task_type=task_type, input_data=sent_input, parameters=parameters, priority=level,
+            deadline=job.deadline, timeout_seconds=timeout_seconds, job_id=job.job_id, input_ref=input_ref)
         try:
             await self.events.publish(MessageType.INFERENCE_REQUEST, record)
         except EventsUnavailable as exc:

@@ -5,7 +5,8 @@ worker process applies each one (broadcast, ``consumers/inference/commands.py``)
 the outcome in the residency store (``core/serving/residency.py``). So the ingress answers
 from the residency rows:
 
-- ``load``: 404 when the id is neither built in nor in the catalog; publish ``load``; wait up to
+- ``load``: 404 when the id is neither built in nor in the catalog, 409 ``MODEL_NOT_READY`` for a
+  ``source_url`` model that is not ``ready`` (never downloaded, downloading, failed); publish ``load``; wait up to
   ``TRIBUTARY_MODEL_LOAD_WAIT_S`` for a row in state ``loaded`` -> 200 with that row's
   ``ModelStatusResponse``. A row ``unhealthy`` written after the command (and nobody loading or
   loaded) ends the wait: ``INSUFFICIENT_MEMORY`` -> 507, any other code -> 503 with the
@@ -25,8 +26,9 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from core.auth import Principal
-from core.errors import DomainError, ErrorKind, not_found, unavailable
+from core.errors import DomainError, ErrorKind, conflict, not_found, unavailable
 from core.events import EventSink, EventsUnavailable, lifecycle_record
+from core.fleet.models import not_ready_reason
 from core.fleet.store import FleetStore
 from core.serving.residency import Residency, ResidencyState, ResidencyStore
 from schemas.clock import utcnow
@@ -50,10 +52,17 @@ class ModelLifecycleService:
         self.clock = clock
         self.poll_interval_s = poll_interval_s
 
-    async def _known(self, model_id: str) -> bool:
+    async def _known(self, model_id: str, *, for_load: bool = False) -> bool:
         if model_id in self.builtins():
             return True
-        return await asyncio.to_thread(self.store.get_model, model_id) is not None
+        model = await asyncio.to_thread(self.store.get_model, model_id)
+        if model is None:
+            return False
+        reason = not_ready_reason(model) if for_load else None
+        if reason is not None:  # the workers would refuse it too (MODEL_NOT_READY); say so without asking them
+            raise conflict("MODEL_NOT_READY", f"Model '{model_id[:200]}' is {model.extra.get('status')}: {reason}.",
+                           status=model.extra.get("status"))
+        return True
 
     async def _rows(self, model_id: str) -> list[Residency]:
         return await asyncio.to_thread(self.residency.for_model, model_id)
@@ -69,7 +78,7 @@ class ModelLifecycleService:
     async def load(self, principal: Principal, model_id: str) -> dict[str, Any]:
         """``ModelStatusResponse`` once a worker reports the model loaded."""
         principal.require_operator()
-        if not await self._known(model_id):
+        if not await self._known(model_id, for_load=True):
             raise not_found("MODEL_NOT_FOUND", f"Model '{model_id[:200]}' not found.")
         sent_at = self.clock()
         await self._command("load", model_id, "load requested")

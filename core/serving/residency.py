@@ -128,6 +128,8 @@ def observe(models: list[CatalogModel], rows: list[Residency]) -> list[CatalogMo
         by_model.setdefault(row.model_id, []).append(row)
     for model in models:
         states = {r.state for r in by_model.get(model.id, [])}
+        model.observed_workers = sorted(r.worker for r in by_model.get(model.id, [])
+                                        if r.state is not ResidencyState.UNHEALTHY)
         if ResidencyState.LOADED in states:
             model.observed_status = RegistryStatus.READY
         elif ResidencyState.LOADING in states:

@@ -10,6 +10,7 @@ Failure replies keep the worker's error code; its HTTP meaning comes from ``ERRO
 |----------------------------------------------------------|-----------------------------|
 | INVALID_INPUT, BATCH_SIZE_EXCEEDED                       | 400                         |
 | MODEL_NOT_FOUND                                          | 404                         |
+| MODEL_NOT_READY (a source_url model not yet ready)       | 409                         |
 | INFERENCE_TIMEOUT                                        | 408                         |
 | MODEL_LOAD_FAILED, MODEL_NOT_LOADED, INSUFFICIENT_MEMORY,| 503 + Retry-After           |
 | SERVICE_UNAVAILABLE (worker queue full)                  |                             |
@@ -37,15 +38,15 @@ from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 from core.auth import Principal
+from core.claimcheck import INPUT_REFERENCE_INVALID, ClaimCheck, ClaimCheckError
 from core.errors import DomainError, ErrorKind, invalid, unavailable
 from core.events import EventsUnavailable, MessageSink
-from core.fleet.models import CatalogModel
+from core.fleet.models import CatalogModel, not_ready_reason, served_task_type
 from core.logs import trace_id_var
 from core.serving.builtin_specs import BUILTIN_SPECS
 from core.serving.metrics import observe_reply
 from core.serving.replies import NoReplyPartition, Reply, ReplyConsumerClosed, ReplyPartitionRevoked, ReplySource
 from core.serving.validation import validate_request
-from core.task_types import GENERIC_TASK_TYPE, SERVED_TASK_TYPES
 from schemas.clock import utcnow
 from settings import Settings
 from topology.messages import MessageType
@@ -64,6 +65,7 @@ ERROR_KINDS: dict[str, ErrorKind] = {
     "VALIDATION_ERROR": ErrorKind.INVALID,
     "MODEL_NOT_FOUND": ErrorKind.NOT_FOUND,
     "INFERENCE_TIMEOUT": ErrorKind.TIMEOUT,
+    "MODEL_NOT_READY": ErrorKind.CONFLICT,
 }
 # Codes that a retry may cure, with the Retry-After to suggest.
 RETRYABLE_S: dict[str, float] = {
@@ -71,6 +73,9 @@ RETRYABLE_S: dict[str, float] = {
     "MODEL_NOT_LOADED": 1.0,
     "INSUFFICIENT_MEMORY": 5.0,
     "SERVICE_UNAVAILABLE": 1.0,
+    # The input's S3 claim failed its check at the worker (object corrupted or gone): sending the
+    # request again stores the input again.
+    INPUT_REFERENCE_INVALID: 1.0,
 }
 NOT_SERVED_HINT = "This deployment has no model for this task; retrying will not help."
 
@@ -105,15 +110,30 @@ def reply_error(code: str, message: str) -> DomainError:
 def request_record(*, message_id: str, correlation_id: str, causation_id: str | None, trace_id: str,
                    principal: Principal, model_id: str, task_type: str, input_data: dict[str, Any],
                    parameters: dict[str, Any], priority: Priority, deadline: datetime, timeout_seconds: int,
-                   reply_partition: int | None = None, job_id: str | None = None) -> dict[str, Any]:
-    """An ``inference_request`` record: ``reply_partition`` for sync requests, ``job_id`` for async ones."""
+                   reply_partition: int | None = None, job_id: str | None = None,
+                   input_ref: dict[str, Any] | None = None) -> dict[str, Any]:
+    """An ``inference_request`` record: ``reply_partition`` for sync requests, ``job_id`` for async ones;
+    ``input_ref`` when ``input_data`` rides S3 (``offload_input``)."""
     return {
         "message_id": message_id, "correlation_id": correlation_id, "causation_id": causation_id,
         "trace_id": trace_id, "model_id": model_id, "task_type": task_type, "input_data": input_data,
         "parameters": parameters, "priority": priority.value, "deadline": deadline,
         "timeout_seconds": timeout_seconds, "reply_partition": reply_partition, "job_id": job_id,
-        "client_id": principal.key_id,
+        "client_id": principal.key_id, "input_ref": input_ref,
     }
+
+
+async def offload_input(claims: ClaimCheck | None, input_data: dict[str, Any]
+                        ) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """(input_data, input_ref) to send: a large input goes to S3 and its claim rides Kafka."""
+    if claims is None:
+        return input_data, None
+    try:
+        sent = await claims.offload_input({"input_data": input_data})
+    except Exception as exc:  # S3 down or refusing: nothing was sent, the caller may retry
+        raise unavailable("SERVICE_UNAVAILABLE", "The object store that carries large inputs is unavailable; "
+                          "nothing was sent.", 2.0) from exc
+    return sent["input_data"], sent.get("input_ref")
 
 
 class InferenceService:
@@ -126,6 +146,7 @@ class InferenceService:
         models: Mapping[str, str] | None = None,
         clock: Callable[[], datetime] = utcnow,
         catalog: ModelCatalog | None = None,
+        claims: ClaimCheck | None = None,
     ) -> None:
         self.settings = settings
         self.sink = sink
@@ -133,6 +154,7 @@ class InferenceService:
         self.models = dict(models) if models is not None else builtin_models()
         self.clock = clock
         self.catalog = catalog
+        self.claims = claims
 
     def _not_served(self, model_id: str) -> DomainError:
         return DomainError(ErrorKind.NOT_FOUND, "MODEL_NOT_FOUND", f"Model '{model_id[:200]}' is not served here.",
@@ -160,9 +182,13 @@ class InferenceService:
             raise unavailable("SERVICE_UNAVAILABLE", "The model catalog is unavailable.", 2.0) from exc
         if model is None:
             raise self._not_served(model_id)
-        if model.task_type in SERVED_TASK_TYPES:
-            return str(model.task_type)
-        return GENERIC_TASK_TYPE
+        reason = not_ready_reason(model)
+        if reason is not None:
+            raise DomainError(ErrorKind.CONFLICT, "MODEL_NOT_READY", f"Model '{model_id[:200]}' is "
+                              f"{model.extra.get('status')}: {reason}.", details={"model_id": model_id[:200],
+                                                                                   "status": model.extra.get("status")},
+                              hint="Wait until GET /api/v1/models/{id} shows status 'ready'.")
+        return served_task_type(model)
 
     async def check_async(self, model_id: str, input_data: Any, parameters: Any, priority: str,
                           timeout_seconds: int) -> tuple[str, Priority]:
@@ -211,6 +237,7 @@ class InferenceService:
         started = time.perf_counter()
         parameters = parameters or {}
         task_type, level = await self.check_async(model_id, input_data, parameters, priority, timeout_seconds)
+        sent_input, input_ref = await offload_input(self.claims, input_data)
         budget = float(timeout_seconds) if within_s is None else max(0.0, min(float(timeout_seconds), within_s))
         expires = time.monotonic() + budget
         deadline = self.clock() + timedelta(seconds=budget)
@@ -222,9 +249,9 @@ class InferenceService:
             message_id = str(uuid.uuid4())
             record = request_record(
                 message_id=message_id, correlation_id=correlation_id, causation_id=previous, trace_id=trace_id,
-                principal=principal, model_id=model_id, task_type=task_type, input_data=input_data,
+                principal=principal, model_id=model_id, task_type=task_type, input_data=sent_input,
                 parameters=parameters, priority=level, deadline=deadline, timeout_seconds=timeout_seconds,
-                reply_partition=partition)
+                reply_partition=partition, input_ref=input_ref)
             # Wait first: the reply may arrive before the broker's acknowledgement does.
             reply_future = self.replies.expect(correlation_id, partition)
             try:
@@ -251,7 +278,7 @@ class InferenceService:
             except BaseException:
                 self.replies.discard(correlation_id)  # e.g. the client went away (cancelled)
                 raise
-            return self._render(model_id, level, reply, started)
+            return self._render(model_id, level, await self._resolve_output(reply), started)
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def _reply_partition(self, expires: float) -> int:
@@ -268,6 +295,20 @@ class InferenceService:
             raise unavailable("NO_REPLY_PARTITION",
                               "This ingress replica owns no responses partition (rebalance in progress, or more "
                               "replicas than partitions).", 2.0) from exc
+
+    async def _resolve_output(self, reply: Reply) -> Reply:
+        """The reply with a large ``output_data`` fetched back from S3 (``output_ref``)."""
+        if self.claims is None or not reply.get("output_ref"):
+            return reply
+        try:
+            return await self.claims.resolve_output(reply)
+        except ClaimCheckError as exc:
+            raise DomainError(ErrorKind.UNAVAILABLE, "RESULT_REFERENCE_INVALID",
+                              f"The model answered but its stored result failed its check: {exc}",
+                              hint="Send the request again.") from exc
+        except Exception as exc:
+            raise unavailable("SERVICE_UNAVAILABLE", "The model answered but the object store holding its result "
+                              "is unavailable.", 2.0) from exc
 
     @staticmethod
     def _render(model_id: str, priority: Priority, reply: Reply, started: float) -> dict[str, Any]:

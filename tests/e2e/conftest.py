@@ -69,6 +69,9 @@ def settings_env(settings: Settings, **extra: str) -> dict[str, str]:
         "TRIBUTARY_MAX_UPLOAD_BYTES": str(settings.max_upload_bytes),
         "TRIBUTARY_LEARNING_GRAPH_HMAC_KEY": settings.learning_graph_hmac_key.get_secret_value(),
         "TRIBUTARY_LEARNING_GRAPH_AES_KEY": settings.learning_graph_aes_key.get_secret_value(),
+        "TRIBUTARY_MODEL_FETCH_ALLOW_HTTP": str(settings.model_fetch_allow_http).lower(),
+        "TRIBUTARY_MODEL_FETCH_ALLOWED_NETWORKS": settings.model_fetch_allowed_networks,
+        "TRIBUTARY_MODEL_SOURCE_FILE_ROOT": settings.model_source_file_root,
     }
     return {**env, **extra}
 
@@ -98,6 +101,10 @@ def system(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iter
         # Keys, so seed 002's learning-graph submission is wired as in production (threshold unchanged).
         "learning_graph_hmac_key": SecretStr(secrets.token_hex(16)),
         "learning_graph_aes_key": SecretStr(secrets.token_hex(32)),
+        # Onboarding tests serve model files from a server on loopback and from a directory: both are
+        # refused by default, so this system allows exactly 127.0.0.1, plain http and that directory.
+        "model_fetch_allow_http": True, "model_fetch_allowed_networks": "127.0.0.1",
+        "model_source_file_root": str(tmp_path_factory.mktemp("model-sources").resolve()),
     })
     session = connect(e2e)
     migrate(session, e2e)

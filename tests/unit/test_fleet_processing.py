@@ -64,6 +64,99 @@ def test_freshness_changes_emit_one_event_each() -> None:
     assert [a["action"] for a in sink.audits] == ["device.freshness"] * 4
 
 
+def test_a_batch_applies_each_devices_newest_heartbeat_whatever_the_order_and_names_unknown_devices() -> None:
+    settings = Settings(heartbeat_interval_s=10)
+    store, sink, clock = InMemoryFleetStore(), RecordingSink(), Clock()
+    a, b = make_device(), make_device()
+    for device, key in (a, b):
+        store.create_device(device, key)
+    processor = DeviceProcessor(settings, store, sink, clock)
+    at = [T0 + timedelta(seconds=i) for i in range(3)]
+    records = [{"device_id": a[0].device_id, "sent_at": at[2], "metrics": {"n": 2}},
+               {"device_id": "ghost", "sent_at": at[0]},
+               {"device_id": a[0].device_id, "sent_at": at[1], "metrics": {"n": 1}, "status": "inactive"},
+               {"device_id": b[0].device_id, "sent_at": at[0], "status": "inactive"}]
+
+    failures = asyncio.run(processor.on_heartbeats(records))
+    assert [type(f).__name__ if f else None for f in failures] == [None, "UnknownSubject", None, None]
+    stored_a, stored_b = store.get_device(a[0].device_id), store.get_device(b[0].device_id)
+    assert stored_a is not None and (stored_a.last_heartbeat, stored_a.metrics) == (at[2], {"n": 2})
+    assert stored_a.status.value == "active"  # the older beat's "inactive" lost to the newer beat
+    assert stored_b is not None and stored_b.status.value == "inactive"
+    # One online transition per device, however many of its heartbeats the batch held.
+    assert fleet_event_types(sink) == ["device_online", "device_online"]
+
+
+class CountingStore(InMemoryFleetStore):
+    """Records how the sweep reads the fleet."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.full_scans = 0
+        self.windows: list[tuple[datetime | None, datetime | None]] = []
+        self.fail_finds = False
+
+    def list_devices(self) -> list[Any]:
+        self.full_scans += 1
+        return super().list_devices()
+
+    def find_devices(self, query: Any) -> Any:
+        if self.fail_finds:
+            raise RuntimeError("index unavailable")
+        self.windows.append((query.heartbeat_since, query.heartbeat_before))
+        return super().find_devices(query)
+
+
+def test_after_the_first_sweep_only_devices_that_crossed_an_age_boundary_are_read() -> None:
+    settings = Settings(heartbeat_interval_s=10)
+    store, sink, clock = CountingStore(), RecordingSink(), Clock()
+    devices = [make_device() for _ in range(3)]
+    for device, key in devices:
+        store.create_device(device, key)
+    processor = DeviceProcessor(settings, store, sink, clock)
+    ids = [device.device_id for device, _ in devices]
+
+    async def scenario() -> None:
+        # Beats at T0, T0+10 s and T0+30 s; one full scan at start, then windows only.
+        for i, offset in enumerate((0, 10, 30)):
+            await processor.on_heartbeat({"device_id": ids[i], "sent_at": T0 + timedelta(seconds=offset)})
+        clock.now = T0 + timedelta(seconds=30)
+        assert await processor.sweep() == 2  # the first two are 30 s and 20 s old: stale
+        assert store.full_scans == 1
+        clock.now = T0 + timedelta(seconds=51)
+        # Crossed since the last sweep: device 2 (21 s: stale) and device 0 (51 s: offline).
+        assert await processor.sweep() == 2
+        assert store.full_scans == 1
+        assert store.windows == [(T0 + timedelta(seconds=10), T0 + timedelta(seconds=31)),
+                                 (T0 - timedelta(seconds=20), T0 + timedelta(seconds=1))]
+
+    asyncio.run(scenario())
+    freshness = {i: (store.get_device(i) or devices[0][0]).freshness for i in ids}
+    assert freshness == {ids[0]: Freshness.OFFLINE, ids[1]: Freshness.STALE, ids[2]: Freshness.STALE}
+
+
+def test_a_sweep_that_fails_is_redone_over_the_same_windows_by_the_next() -> None:
+    settings = Settings(heartbeat_interval_s=10)
+    store, sink, clock = CountingStore(), RecordingSink(), Clock()
+    device, key = make_device()
+    store.create_device(device, key)
+    processor = DeviceProcessor(settings, store, sink, clock)
+
+    async def scenario() -> None:
+        await processor.on_heartbeat({"device_id": device.device_id, "sent_at": T0})
+        assert await processor.sweep() == 0
+        clock.now = T0 + timedelta(seconds=25)
+        store.fail_finds = True
+        with pytest.raises(RuntimeError):
+            await processor.sweep()
+        store.fail_finds = False
+        clock.now = T0 + timedelta(seconds=26)
+        assert await processor.sweep() == 1  # the window of the failed sweep is read again
+
+    asyncio.run(scenario())
+    assert (store.get_device(device.device_id) or device).freshness is Freshness.STALE
+
+
 def state(seed: int) -> dict[str, torch.Tensor]:
     torch.manual_seed(seed)
     return {"w": torch.randn(3, 2), "b": torch.randn(2)}

@@ -432,11 +432,17 @@ async def test_registry(stack: Stack) -> None:
     updated = await stack.registry.UpdateModel(registry_pb2.UpdateModelRequest(
         model_id="org/embedder", description="better"), metadata=ADMIN)
     assert updated.description == "better" and updated.display_name == "Embedder"  # empty = unchanged
-    # No stored files: nothing could carry the download out, so it is refused (REST: 409).
-    code, error, _ = await refused(stack.registry.DownloadModel(
-        registry_pb2.DownloadModelRequest(model_id="org/embedder"), metadata=ADMIN))
-    assert (code, error.code) == (grpc.StatusCode.FAILED_PRECONDITION, "MODEL_FILES_MISSING")
+    # A source_url: the download is handed to the model-download processor (REST: 202) and the status moves.
     assert got.status == "registered"
+    started = await stack.registry.DownloadModel(registry_pb2.DownloadModelRequest(model_id="org/embedder"),
+                                                 metadata=ADMIN)
+    assert started.status == "downloading"
+    got = await stack.registry.GetModel(registry_pb2.GetModelRequest(model_id="org/embedder"), metadata=ADMIN)
+    assert got.status == "downloading"
+    # No stored files and no source_url: nothing could carry the download out, so it is refused (REST: 409).
+    code, error, _ = await refused(stack.registry.DownloadModel(
+        registry_pb2.DownloadModelRequest(model_id="org/img-0"), metadata=ADMIN))
+    assert (code, error.code) == (grpc.StatusCode.FAILED_PRECONDITION, "MODEL_FILES_MISSING")
     lock = await stack.registry.GenerateLock(registry_pb2.GenerateLockRequest(), metadata=ADMIN)
     assert "org/embedder" in [m.model_id for m in lock.models] and lock.generated_at.seconds > 0
     deleted = await stack.registry.DeleteModel(registry_pb2.DeleteModelRequest(model_id="org/embedder"),

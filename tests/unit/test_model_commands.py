@@ -70,7 +70,8 @@ def test_catalog_onnx_model_is_downloaded_once_verified_and_served(
     add_model(store, artifacts, "org/linear", linear_onnx())
     runtime = models.create("org/linear")
     assert isinstance(runtime, OnnxRuntimeModel) and runtime.task_type == GENERIC_TASK_TYPE
-    assert runtime.path == models.cache_dir / "org__linear" / "v1" / "model.onnx"
+    sha256 = store.list_versions("org/linear")[0].sha256
+    assert runtime.path == models.cache_dir / "org__linear" / "v1" / f"model-{sha256[:16]}.onnx"
     assert hashlib.sha256(runtime.path.read_bytes()).hexdigest() == store.list_versions("org/linear")[0].sha256
     runtime.load()
     rows = [[1.0, 2.0, 3.0], [0.0, 0.0, 0.0]]
@@ -79,7 +80,7 @@ def test_catalog_onnx_model_is_downloaded_once_verified_and_served(
     runtime.close()
     models.create("org/linear")  # the verified file is reused
     assert artifacts.streams == 1
-    assert [p.name for p in runtime.path.parent.iterdir()] == ["model.onnx"]  # no temporary left
+    assert [p.name for p in runtime.path.parent.iterdir()] == [runtime.path.name]  # no temporary left
 
 
 def test_catalog_failures(catalog: tuple[CatalogModels, InMemoryFleetStore, CountingArtifacts]) -> None:
@@ -92,7 +93,6 @@ def test_catalog_failures(catalog: tuple[CatalogModels, InMemoryFleetStore, Coun
     add_model(store, artifacts, "org/tampered", linear_onnx(), sha256="0" * 64)
     with pytest.raises(ModelLoadError, match="sha256"):
         models.create("org/tampered")
-    assert not (models.cache_dir / "org__tampered" / "v1" / "model.onnx").exists()
     assert list((models.cache_dir / "org__tampered" / "v1").iterdir()) == []
     add_model(store, artifacts, "org/keras", b"\x89HDF\r\n\x1a\nweights", fmt="tensorflow")
     with pytest.raises(ModelLoadError, match="cannot run"):

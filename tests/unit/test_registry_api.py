@@ -135,3 +135,46 @@ def test_download_delete_and_lock(api: TestClient, ctx: AppContext) -> None:
     assert events.of_type("model_command")[-1]["command"] == "unload"
     assert api.get(f"/api/v1/models/{model_id}", headers=ADMIN).status_code == 404
     assert api.delete(f"/api/v1/models/{model_id}", headers=ADMIN).status_code == 404
+
+
+def test_registry_ids_get_versions_as_catalog_uuids_do(api: TestClient, ctx: AppContext) -> None:
+    from tests.onnx_models import linear_onnx
+
+    created = api.post("/api/v1/models", json={"model_id": "org/uploaded", "task_type": "img2embed"}, headers=ADMIN)
+    assert created.status_code == 201 and created.json()["status"] == "registered"
+    data = linear_onnx()
+    for path in ("org/uploaded", "org%2Fuploaded"):
+        uploaded = api.post(f"/api/v1/models/{path}/versions/upload", files={"file": ("m.onnx", data)},
+                            data={"format": "onnx"}, headers=ADMIN)
+        assert uploaded.status_code == 201, uploaded.text
+    detail = api.get("/api/v1/models/org/uploaded", headers=ADMIN).json()
+    assert [v["version"] for v in detail["versions"]] == [1, 2] and detail["status"] == "ready"
+    downloaded = api.get("/api/v1/models/org/uploaded/versions/2/download", headers=ADMIN)
+    assert downloaded.status_code == 200 and downloaded.content == data
+    bad = api.post("/api/v1/models/../etc/versions/upload", files={"file": ("m.onnx", data)}, headers=ADMIN)
+    assert bad.status_code in (400, 404)
+
+
+def test_registration_source_url_fields(api: TestClient, ctx: AppContext) -> None:
+    refused = api.post("/api/v1/models", headers=ADMIN, json={
+        "model_id": "org/remote", "task_type": "txt2embed", "source_url": "http://models.example.com/m.onnx"})
+    assert refused.status_code == 400 and refused.json()["error_code"] == "SOURCE_NOT_ALLOWED"
+    bad_sha = api.post("/api/v1/models", headers=ADMIN, json={
+        "model_id": "org/remote", "task_type": "txt2embed", "source_url": "https://models.example.com/m.onnx",
+        "sha256": "not-hex"})
+    assert bad_sha.status_code == 400
+    no_source = api.post("/api/v1/models", headers=ADMIN, json={
+        "model_id": "org/remote", "task_type": "txt2embed", "auto_download": True})
+    assert no_source.status_code == 400
+    started = api.post("/api/v1/models", headers=ADMIN, json={
+        "model_id": "org/remote", "task_type": "txt2embed", "source_url": "https://u:p@models.example.com/m.onnx"})
+    assert started.status_code == 400  # credentials in the URL are refused
+    accepted = api.post("/api/v1/models", headers=ADMIN, json={
+        "model_id": "org/remote", "task_type": "txt2embed", "auto_download": True,
+        "source_url": "https://models.example.com/m.onnx?X-Amz-Signature=secret"})
+    assert accepted.status_code == 201 and accepted.json()["status"] == "downloading"
+    assert accepted.json()["source_url"] == "https://models.example.com/m.onnx"  # no query (signatures) shown
+    again = api.post("/api/v1/models/org/remote/download", headers=ADMIN)
+    assert again.status_code == 202 and again.json()["status"] == "downloading"  # nothing new while it runs
+    events = ctx.events
+    assert isinstance(events, RecordingSink) and len(events.of_type("model_download_requested")) == 1

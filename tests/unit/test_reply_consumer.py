@@ -217,7 +217,7 @@ async def test_unknown_model_and_bad_input_are_refused_before_publishing() -> No
     assert bad.value.kind is ErrorKind.INVALID and bad.value.code == "INVALID_INPUT"
     assert bad.value.details is not None and bad.value.details["errors"][0]["field"] == "input_data.texts"
     with pytest.raises(DomainError) as big:
-        await service.infer(CALLER, MINILM, {"text": "x" * 1_000_000})
+        await service.infer(CALLER, MINILM, {"text": "x" * service.settings.inference_max_input_bytes})
     assert big.value.kind is ErrorKind.TOO_LARGE
     assert sink.published == []
 

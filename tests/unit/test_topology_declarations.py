@@ -14,6 +14,7 @@ from topology.topics import (
     DEVICE_HEARTBEATS,
     INFERENCE_REQUESTS,
     INFERENCE_RESPONSES,
+    KEY_EVENTS,
     Priority,
     TopicSpec,
     dead_letter_topic,
@@ -75,7 +76,9 @@ def test_audit_topic_keeps_a_year() -> None:
 def test_partition_counts() -> None:
     assert all(t.partitions == 6 for t in INFERENCE_REQUESTS.values())
     assert DEVICE_HEARTBEATS.partitions == 6
-    assert all(t.partitions >= 3 for t in DATA_TOPICS)
+    # Key events: one partition on purpose (rare; one offset tells a revoker how far each replica read).
+    assert all(t.partitions >= 3 for t in DATA_TOPICS if t is not KEY_EVENTS)
+    assert KEY_EVENTS.partitions == 1 and KEY_EVENTS.cleanup_policy == "compact"
 
 
 def test_max_replicas_never_exceed_partitions() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import pytest
@@ -57,6 +58,44 @@ async def test_a_real_failure_still_dead_letters_after_its_attempts() -> None:
 
     assert not await router.process(MESSAGE, handler, backoff_s=0.001)
     assert len(publisher.sent) == 1 and publisher.sent[0][0].endswith("dlq.device-processor")
+
+
+async def test_a_batch_waits_out_an_outage_then_dead_letters_only_the_messages_it_reports() -> None:
+    publisher = FakePublisher()
+    router = DeadLetterRouter(Settings(max_processing_attempts=2), publisher, "device-processor")  # type: ignore[arg-type]
+    batch = [RawMessage("t", 0, offset, b"k", f"v{offset}".encode(), []) for offset in range(3)]
+    calls = 0
+
+    async def handler(messages: Sequence[RawMessage]) -> list[BaseException | None]:
+        nonlocal calls
+        calls += 1
+        if calls <= 3:
+            raise NoHostAvailable("Unable to connect to any servers", {})
+        return [None, LookupError("unknown device"), None]
+
+    async def single(_: RawMessage) -> None:
+        raise AssertionError("an outage is no reason to split the batch")
+
+    await router.process_batch(batch, handler, single, backoff_s=0.001)
+    assert calls == 4 and publisher.sent == [("tributary.dlq.device-processor", b"v1")]
+
+
+async def test_a_batch_that_fails_otherwise_is_handled_one_message_at_a_time() -> None:
+    publisher = FakePublisher()
+    router = DeadLetterRouter(Settings(max_processing_attempts=2), publisher, "device-processor")  # type: ignore[arg-type]
+    batch = [RawMessage("t", 0, offset, b"k", f"v{offset}".encode(), []) for offset in range(3)]
+    handled: list[bytes] = []
+
+    async def handler(messages: Sequence[RawMessage]) -> list[BaseException | None]:
+        raise RuntimeError("one of them breaks the batch")
+
+    async def single(message: RawMessage) -> None:
+        if message.value == b"v2":
+            raise RuntimeError("this one")
+        handled.append(message.value or b"")
+
+    await router.process_batch(batch, handler, single, backoff_s=0.001)
+    assert handled == [b"v0", b"v1"] and [value for _, value in publisher.sent] == [b"v2"]
 
 
 def test_classification() -> None:
