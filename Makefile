@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PYTHON ?= python3
 STAMP := $(VENV)/.installed
 
-.PHONY: install protos run test lint unit integration e2e faults up down status clean
+.PHONY: install protos run test lint unit integration e2e faults up down status clean bench-fedavg
 
 install: $(STAMP)
 
@@ -49,6 +49,15 @@ e2e: install
 
 up: install
 	$(VENV)/bin/tributary up
+
+# FedAvg against Flower (issue 18's size; PARAMS=2000000 for a quick run). Flower gets its own venv:
+# its pins exclude the project's (bench/requirements-flower.txt says which).
+FLOWER_VENV := .local/flower-venv
+PARAMS ?= 25000000
+bench-fedavg: install
+	@test -x $(FLOWER_VENV)/bin/python || $(PYTHON) -m venv $(FLOWER_VENV)
+	$(FLOWER_VENV)/bin/python -m pip install --disable-pip-version-check -q -r bench/requirements-flower.txt
+	PYTHONPATH=$(CURDIR) $(PY) bench/bench_fedavg.py --params $(PARAMS) --flower-python $(FLOWER_VENV)/bin/python
 
 down:
 	$(VENV)/bin/tributary down

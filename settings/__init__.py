@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -119,6 +120,14 @@ class Settings(BaseSettings):
     aggregation_retry_s: float = Field(10.0, ge=0, description="Pause after a failed aggregation attempt")
     aggregation_max_attempts: int = Field(
         5, ge=1, description="Failed aggregation attempts after which the round is failed with the last error")
+    fedavg_sum_precision: Literal["float32", "float64"] = Field(
+        "float32", description="dtype of FedAvg's running sum of float32/16 parameters: float32 keeps one model "
+                               "in memory, float64 two (float64 parameters are always summed in float64)")
+    fedavg_checkpoint_every: int = Field(
+        0, ge=0, description="Write the running FedAvg sum to S3 after this many folded updates; 0 = not by count")
+    fedavg_checkpoint_interval_s: float = Field(
+        300.0, ge=0, description="Write the running FedAvg sum to S3 when this long has passed since the last "
+                                 "write; 0 = not by time. A restart folds the stored updates after the checkpoint")
     rate_limit_per_minute: int = Field(100, ge=1, description="Requests per minute per device key (seed 000) "
                                                               "and per address for registration")
     operator_rate_limit_per_minute: int = Field(100_000, ge=1, description="Requests per minute per operator key")

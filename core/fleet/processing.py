@@ -8,10 +8,9 @@ heartbeats are monotonic upserts, and FedAvg's checkpoint lists the updates it i
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, ParamSpec, TypeVar
 
@@ -31,7 +30,7 @@ from core.fleet.models import (
 )
 from core.fleet.service import OFFLINE_AFTER_INTERVALS, FleetService, freshness_of, iso
 from core.fleet.store import FleetStore
-from core.fleet.weights import FedAvgAccumulator, StateDict, dump_state_dict, load_state_dict
+from core.fleet.weights import FedAvgAccumulator, StateDict, dump_state_dict, load_state_dict_file, spooled
 from schemas.clock import as_utc, utcnow
 from settings import Settings
 from topology.messages import MessageType
@@ -157,7 +156,12 @@ class AggregationLost(Exception):
 
 class RoundProcessor:
     """Counts updates, folds them into a streaming FedAvg, closes rounds on time and finishes their
-    aggregation: also one that a crash or an outage interrupted (``tick`` resumes it)."""
+    aggregation: also one that a crash or an outage interrupted (``tick`` resumes it).
+
+    The running sum lives in memory. The updates it folds are already in S3, so a restarted processor
+    rebuilds the sum from them (starting from the last checkpoint, if one was written): checkpoints
+    are an optimisation by count or time (``fedavg_checkpoint_every``, ``fedavg_checkpoint_interval_s``),
+    never what makes the result exact."""
 
     def __init__(self, settings: Settings, store: FleetStore, artifacts: ArtifactStore, events: EventSink,
                  fleet: FleetService, clock: Callable[[], datetime] = utcnow) -> None:
@@ -168,28 +172,81 @@ class RoundProcessor:
         self.fleet = fleet
         self.clock = clock
         self._accumulators: dict[str, FedAvgAccumulator] = {}
-        self._failed: dict[str, set[str]] = {}  # updates this process rejected, by round
+        self._failed: dict[str, dict[str, str]] = {}  # updates this process rejected, by round: id -> reason
+        self._checkpointed: dict[str, tuple[int, datetime]] = {}  # by round: updates included at the last write, when
         self._lock = asyncio.Lock()
 
     @staticmethod
     def checkpoint_key(round_id: str) -> str:
         return f"rounds/{round_id}/fedavg.ckpt"
 
-    async def _accumulator(self, round_id: str, fresh: bool = False) -> FedAvgAccumulator:
-        """The round's running FedAvg; ``fresh`` re-reads the checkpoint, which another
-        replica (the one owning the round's partition) may have advanced."""
-        if fresh or round_id not in self._accumulators:
+    async def _accumulator(self, round_id: str) -> tuple[FedAvgAccumulator, bool]:
+        """The round's running FedAvg and whether it was just restored: then it holds only what the
+        checkpoint had (or nothing), and the caller folds the stored updates it lacks."""
+        acc = self._accumulators.get(round_id)
+        if acc is not None:
+            return acc, False
+        acc = FedAvgAccumulator(precision=self.settings.fedavg_sum_precision)
+        try:
+            data = await _io(self.artifacts.get, self.checkpoint_key(round_id))
+        except ArtifactNotFound:
+            pass
+        else:
             try:
-                data = await _io(self.artifacts.get, self.checkpoint_key(round_id))
+                acc = await _io(FedAvgAccumulator.from_bytes, data)
+            except Exception:  # only a cache of stored updates: start over from them
+                log.warning("unreadable FedAvg checkpoint of round %s; folding its updates again", round_id)
+            del data
+        self._accumulators[round_id] = acc
+        self._checkpointed[round_id] = (len(acc.included), self.clock())
+        return acc, True
+
+    async def _fold_one(self, acc: FedAvgAccumulator, update_id: str, artifact_key: str, sha256: str | None,
+                        num_samples: int) -> str | None:
+        """Stream one update from S3 to a spool file, check its sha256, map it and add it into the sum
+        (off the event loop); the reason when it is refused. S3 being down raises."""
+        def fold() -> str | None:
+            try:
+                with spooled(self.artifacts.stream(artifact_key)) as (path, digest):
+                    if sha256 and digest != sha256:
+                        return "sha256 mismatch"
+                    acc.add(update_id, load_state_dict_file(path), num_samples)
             except ArtifactNotFound:
-                self._accumulators[round_id] = FedAvgAccumulator()
+                return "update file missing"
+            except (DomainError, ValueError) as exc:
+                return str(exc)
+            return None
+
+        return await _io(fold)
+
+    async def _fold_stored(self, round_: Round, acc: FedAvgAccumulator,
+                           renew: Callable[[], Awaitable[None]] | None = None) -> list[ModelUpdate]:
+        """Fold every stored update of the round that the sum lacks (and this process did not refuse);
+        returns the stored updates. This is how a restarted processor rebuilds the sum."""
+        failed = self._failed.setdefault(round_.id, {})
+        updates = await _io(self.store.list_updates, round_.id)
+        for update in updates:
+            if update.id in acc.included or update.id in failed:
+                continue
+            if renew is not None:
+                await renew()
+            reason = await self._fold_one(acc, update.id, update.artifact_key, update.sha256, update.num_samples)
+            if reason is None:
+                await self._checkpoint_if_due(round_.id, acc)
             else:
-                try:
-                    self._accumulators[round_id] = FedAvgAccumulator.from_bytes(data)
-                except Exception:  # only a cache of stored updates: start over from them
-                    log.warning("unreadable FedAvg checkpoint of round %s; folding its updates again", round_id)
-                    self._accumulators[round_id] = FedAvgAccumulator()
-        return self._accumulators[round_id]
+                failed[update.id] = reason
+                await self._lifecycle("update_rejected", round_.id, update_id=update.id, reason=reason)
+        return updates
+
+    async def _checkpoint_if_due(self, round_id: str, acc: FedAvgAccumulator) -> None:
+        every, interval = self.settings.fedavg_checkpoint_every, self.settings.fedavg_checkpoint_interval_s
+        count, at = self._checkpointed.get(round_id, (0, self.clock()))
+        if not ((every and len(acc.included) - count >= every)
+                or (interval and (self.clock() - at).total_seconds() >= interval)):
+            return
+        data = await _io(acc.to_bytes)  # sum and included ids in one object: always consistent
+        await _io(self.artifacts.put, self.checkpoint_key(round_id), data)
+        self._checkpointed[round_id] = (len(acc.included), self.clock())
 
     async def on_update(self, record: dict[str, Any]) -> None:
         async with self._lock:
@@ -204,24 +261,21 @@ class RoundProcessor:
         if round_.status is not RoundStatus.ACTIVE:
             log.info("update %s arrived after round %s left active (%s)", update_id, round_id, round_.status)
             return
-        acc = await self._accumulator(round_id)
-        failed = self._failed.setdefault(round_id, set())
+        acc, restored = await self._accumulator(round_id)
+        if restored:  # after a restart: the updates folded before it (and this one) are read again
+            await self._fold_stored(round_, acc)
+        failed = self._failed.setdefault(round_id, {})
         if update_id in acc.included or update_id in failed:
-            return  # redelivered: already counted
-        data = await _io(self.artifacts.get, record["artifact_key"])
-        if hashlib.sha256(data).hexdigest() != record["sha256"]:
-            failed.add(update_id)
-            await self._lifecycle("update_rejected", round_id, update_id=update_id, reason="sha256 mismatch")
+            if not restored:
+                return  # redelivered: already counted
         else:
-            try:
-                acc.add(update_id, load_state_dict(data), int(record["num_samples"]))
-            except (DomainError, ValueError) as exc:
-                failed.add(update_id)
-                await self._lifecycle("update_rejected", round_id, update_id=update_id, reason=str(exc))
+            reason = await self._fold_one(acc, update_id, record["artifact_key"], record["sha256"],
+                                          int(record["num_samples"]))
+            if reason is None:
+                await self._checkpoint_if_due(round_id, acc)
             else:
-                # The checkpoint is written before counters and offsets: a crash after this
-                # point redelivers the update, which the included set then skips.
-                await _io(self.artifacts.put, self.checkpoint_key(round_id), acc.to_bytes())
+                failed[update_id] = reason
+                await self._lifecycle("update_rejected", round_id, update_id=update_id, reason=reason)
         await _io(self.store.update_round_counters, round_id,
                   participated=len(acc.included) + len(failed), completed=len(acc.included), failed=len(failed))
 
@@ -229,9 +283,11 @@ class RoundProcessor:
         """Move the active round along (on each update and by a timer): close it when its policy says
         so, and finish its aggregation, including one a crash or an outage left unfinished."""
         round_id = await _io(self.store.active_round_id)
-        if round_id is None:
-            return
         async with self._lock:
+            for other in (set(self._accumulators) | set(self._failed)) - {round_id}:  # finished, cancelled
+                self._forget(other)
+            if round_id is None:
+                return
             round_ = await _io(self.store.get_round, round_id)
             if round_ is None:
                 return
@@ -247,7 +303,7 @@ class RoundProcessor:
         aggregate when the target is reached, or min_devices and the grace window, or min_devices at
         the timeout; fail at the timeout with fewer than min_devices."""
         now = self.clock()
-        rejected = self._failed.get(round_.id, set())
+        rejected = self._failed.get(round_.id, {})
         updates = [u for u in await _io(self.store.list_updates, round_.id) if u.id not in rejected]
         timed_out = round_.timeout_at is not None and now >= _parse_ts(round_.timeout_at, now)
         if len(updates) >= round_.min_devices and (
@@ -306,39 +362,28 @@ class RoundProcessor:
             except Exception:  # Cassandra down too: the lease runs out by itself
                 log.warning("could not record the failure of round %s's aggregation", round_.id)
         finally:
-            self._accumulators.pop(round_.id, None)
+            self._accumulators.pop(round_.id, None)  # spent or suspect: a next attempt rebuilds it
+            self._checkpointed.pop(round_.id, None)
 
     async def _renew(self, round_: Round, attempt: int) -> None:
         if not await _io(self.store.extend_aggregation, round_.id, attempt, self._lease_end()):
             raise AggregationLost(f"attempt {attempt} no longer holds the round")
 
     async def _aggregate(self, round_: Round, attempt: int) -> None:
-        """FedAvg of the round's stored updates, idempotently: the checkpoint holds those already
-        folded, the rest are read from S3; the aggregate's catalog id is derived from the round."""
-        acc = await self._accumulator(round_.id, fresh=True)
-        rejected: dict[str, str] = {}
+        """FedAvg of the round's stored updates, idempotently: the sum in memory (or rebuilt from the
+        checkpoint) holds those already folded, the rest are read from S3; the aggregate's catalog id
+        is derived from the round."""
         renew_at = self.clock() + timedelta(seconds=self.settings.aggregation_lease_s / 2)
-        updates = await _io(self.store.list_updates, round_.id)
-        for update in updates:
-            if update.id in acc.included:
-                continue
-            if self.clock() >= renew_at:  # a long fold keeps the round, so no one takes it over meanwhile
+
+        async def renew() -> None:  # a long fold keeps the round, so no one takes it over meanwhile
+            nonlocal renew_at
+            if self.clock() >= renew_at:
                 await self._renew(round_, attempt)
                 renew_at = self.clock() + timedelta(seconds=self.settings.aggregation_lease_s / 2)
-            try:
-                data = await _io(self.artifacts.get, update.artifact_key)
-            except ArtifactNotFound:
-                rejected[update.id] = "update file missing"
-                continue
-            if update.sha256 and hashlib.sha256(data).hexdigest() != update.sha256:
-                rejected[update.id] = "sha256 mismatch"
-                continue
-            try:
-                acc.add(update.id, load_state_dict(data), update.num_samples)
-            except (DomainError, ValueError) as exc:
-                rejected[update.id] = str(exc)
-        for update_id, reason in rejected.items():
-            await self._lifecycle("update_rejected", round_.id, update_id=update_id, reason=reason)
+
+        acc, _ = await self._accumulator(round_.id)
+        updates = await self._fold_stored(round_, acc, renew)
+        rejected: dict[str, str] = self._failed.get(round_.id, {})
         included = len(acc.included)
         await _io(self.store.update_round_counters, round_.id, participated=included + len(rejected),
                   completed=included, failed=len(rejected))
@@ -347,7 +392,7 @@ class RoundProcessor:
                                      f"{round_.min_devices} required")
             return
         await self._renew(round_, attempt)
-        averaged: StateDict = acc.average(await self._reference_state(round_.id, acc))
+        averaged: StateDict = await _io(acc.take_average)  # in place: the sum becomes the average
         version = await self._store_aggregate(round_, acc, averaged)
         if await _io(self.store.transition_round, round_.id, RoundStatus.AGGREGATING, RoundStatus.COMPLETED,
                      completed_at=self.clock(), aggregated_model_id=version.model_id,
@@ -379,20 +424,17 @@ class RoundProcessor:
         return await self.fleet.add_version(ACTOR, stored, dump_state_dict(averaged), "pytorch",
                                             stored.description, round_id=round_.id)
 
-    async def _reference_state(self, round_id: str, acc: FedAvgAccumulator) -> StateDict | None:
-        """One included update, to cast the average back to the parameters' own dtypes."""
-        for update in await _io(self.store.list_updates, round_id):
-            if update.id in acc.included:
-                return load_state_dict(await _io(self.artifacts.get, update.artifact_key))
-        return None
-
     async def _fail(self, round_: Round, reason: str) -> None:
         if await _io(self.store.transition_round, round_.id, round_.status, RoundStatus.FAILED,
                      completed_at=self.clock(), failure_reason=reason, aggregation_lease_until=None):
             round_.status, round_.failure_reason = RoundStatus.FAILED, reason
             await self.fleet.round_event(round_, "round_failed", ACTOR)
-        self._accumulators.pop(round_.id, None)
-        self._failed.pop(round_.id, None)
+        self._forget(round_.id)
+
+    def _forget(self, round_id: str) -> None:
+        self._accumulators.pop(round_id, None)
+        self._failed.pop(round_id, None)
+        self._checkpointed.pop(round_id, None)
 
     async def _lifecycle(self, event_type: str, round_id: str, **data: Any) -> None:
         await self.events.publish(MessageType.FLEET_EVENT, fleet_record(event_type, "round", round_id, **data))

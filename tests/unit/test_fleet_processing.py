@@ -206,7 +206,7 @@ def test_fedavg_is_the_sample_weighted_mean_and_redelivery_does_not_double_count
         records = [f.submit(i, seed=i, samples=n) for i, n in enumerate(samples)]
         await f.processor.on_update(records[0])
         await f.processor.on_update(records[0])  # redelivered
-        # A restarted processor (fresh memory) resumes from the S3 checkpoint.
+        # A restarted processor (fresh memory) rebuilds its sum from the stored updates.
         f.processor._accumulators.clear()
         await f.processor.on_update(records[1])
         await f.processor.on_update(records[1])
