@@ -91,7 +91,8 @@ def tributary_run(name: str, ready_timeout_s: float = 180.0) -> Iterator[Tributa
 def py_spy(pids: dict[str, int], out_dir: Path | None, label: str) -> Iterator[None]:
     """``py-spy record`` each named process while the block runs: collapsed stacks (flame graph input,
     one ``frame;frame;... count`` line per stack) in ``out_dir/<label>-<name>.txt``, of the thread
-    holding the GIL only, in the process and its children (uvicorn workers) (``--gil``: where Python code spends CPU; a thread blocked in C, e.g. in a
+    holding the GIL only, in the process and its children (uvicorn workers) (``--gil``: where Python
+    code spends CPU; a thread blocked in C, e.g. in a
     Kafka poll, would otherwise look busy); nothing when ``out_dir`` is None.
     ``python -m bench.profile_summary FILE`` reads one."""
     if out_dir is None:
