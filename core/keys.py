@@ -24,7 +24,7 @@ from core.api_keys import hash_api_key, key_id, new_api_key
 from core.auth import Action, Authenticator, KeyEvent, KeyEventBus, Principal, Propagation
 from core.errors import DomainError, ErrorKind, conflict, invalid, not_found, unavailable
 from core.events import EventSink, EventsUnavailable, fleet_record
-from core.fleet.models import ApiKeyRecord, SubjectType
+from core.fleet.models import ApiKeyRecord, RoundStatus, SubjectType
 from core.fleet.store import FleetStore
 from schemas.clock import utcnow
 from settings import Settings
@@ -119,9 +119,11 @@ class KeyService:
         return revocation
 
     async def delete_device(self, actor: Principal, device_id: str) -> Revocation:
-        """The device's row goes and every key of it is revoked on every replica; a ``device_deleted``
-        fleet event says so. Its submitted updates stay with their rounds (they are the rounds' record,
-        and an active round's running average already holds them)."""
+        """The device's row goes, every key of it is revoked on every replica, and its update to the
+        round in progress (not yet aggregating) is withdrawn: the round processor, which may already
+        have folded it into its running sum, sees at aggregation that the stored updates no longer
+        include it and rebuilds the sum from those that remain. Updates to rounds already aggregated
+        stay, as those rounds' record. A ``device_deleted`` fleet event says what was done."""
         actor.require(Action.FLEET_ADMIN)
         device = await self._io(self.store.get_device, device_id)
         keys = await self._io(self.store.list_api_keys, device_id)
@@ -130,10 +132,11 @@ class KeyService:
             raise not_found("DEVICE_NOT_FOUND", f"Device '{device_id}' not found.")
         revocation = await self._revoke(keys)  # first: a half-done delete never leaves a working key
         await self._io(self.store.delete_device, device_id)
+        withdrawn = await self._withdraw_pending_update(device_id)
         try:
             await self.events.publish(MessageType.FLEET_EVENT, fleet_record(
                 "device_deleted", "device", device_id, deleted_by=actor.key_id,
-                revoked_key_ids=[k.key_id for k in keys]))
+                revoked_key_ids=[k.key_id for k in keys], withdrawn_update_ids=withdrawn))
         except EventsUnavailable as exc:
             raise unavailable("EVENTS_UNAVAILABLE", "The device is deleted but its event could not be published; "
                                                     "repeat the call.", exc.retry_after_s) from exc
@@ -143,6 +146,14 @@ class KeyService:
                           outcome="confirmed" if revocation.propagation.confirmed else "unconfirmed")
         self._raise_unconfirmed(revocation)
         return revocation
+
+    async def _withdraw_pending_update(self, device_id: str) -> list[str]:
+        round_id = await self._io(self.store.active_round_id)
+        round_ = await self._io(self.store.get_round, round_id) if round_id else None
+        if round_ is None or round_.status not in (RoundStatus.PENDING, RoundStatus.ACTIVE):
+            return []
+        update_id = await self._io(self.store.withdraw_update, round_.id, device_id)
+        return [update_id] if update_id else []
 
     # --- what a device does ------------------------------------------------------------
     async def rotate_device_key(self, actor: Principal, device_id: str) -> tuple[IssuedKey, Revocation]:

@@ -289,6 +289,16 @@ def test_one_update_per_device_per_round(store: FleetStore) -> None:
     assert sorted(u.device_id for u in store.list_updates(round_id)) == ["d1", "d2"]
 
 
+def test_a_withdrawn_update_leaves_the_round_and_only_once(store: FleetStore) -> None:
+    round_id = str(uuid.uuid4())
+    first, second = make_update(round_id, "d1"), make_update(round_id, "d2")
+    assert store.add_update(first) and store.add_update(second)
+    assert store.withdraw_update(round_id, "d1") == first.id
+    assert store.withdraw_update(round_id, "d1") is None
+    assert store.withdraw_update(round_id, "d3") is None
+    assert [u.id for u in store.list_updates(round_id)] == [second.id]
+
+
 def test_catalog_versions_listing_and_pagination(store: FleetStore) -> None:
     tag = uuid.uuid4().hex[:6]
     ids = []

@@ -367,6 +367,16 @@ class CassandraFleetStore(CassandraRepository, FleetStore):
             for r in self._run("SELECT * FROM round_updates WHERE round_id = ?", round_id)
         ]
 
+    def withdraw_update(self, round_id: str, device_id: str) -> str | None:
+        # A compare-and-set like add_update's: a plain delete could lose to that Paxos write's timestamp.
+        found = self._run("SELECT update_id FROM round_updates WHERE round_id = ? AND device_id = ?",
+                          round_id, device_id).one()
+        if found is None:
+            return None
+        applied = self._run("DELETE FROM round_updates WHERE round_id = ? AND device_id = ? IF EXISTS",
+                            round_id, device_id).one().applied
+        return str(found.update_id) if applied else None
+
     # --- catalog ----------------------------------------------------------------------
     def _model_values(self, m: CatalogModel) -> list[Any]:
         return [m.id, m.is_baseline, m.created_at, m.updated_at, m.round_id, m.framework, m.framework_version,

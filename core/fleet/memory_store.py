@@ -223,6 +223,11 @@ class InMemoryFleetStore(FleetStore):
         with self._lock:
             return [u for (r, _), u in self.updates.items() if r == round_id]
 
+    def withdraw_update(self, round_id: str, device_id: str) -> str | None:
+        with self._lock:
+            update = self.updates.pop((round_id, device_id), None)
+            return update.id if update is not None else None
+
     def create_model(self, model: CatalogModel) -> bool:
         with self._lock:
             if model.id in self.models:

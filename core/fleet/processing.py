@@ -383,6 +383,13 @@ class RoundProcessor:
 
         acc, _ = await self._accumulator(round_.id)
         updates = await self._fold_stored(round_, acc, renew)
+        if acc.included - {u.id for u in updates}:
+            # An update folded earlier was withdrawn (its device deleted): the sum cannot give it back
+            # exactly, so it is rebuilt from the updates that remain.
+            log.info("round %s: %d folded update(s) withdrawn; rebuilding the sum from the stored ones",
+                     round_.id, len(acc.included - {u.id for u in updates}))
+            acc = self._accumulators[round_.id] = FedAvgAccumulator(precision=self.settings.fedavg_sum_precision)
+            updates = await self._fold_stored(round_, acc, renew)
         rejected: dict[str, str] = self._failed.get(round_.id, {})
         included = len(acc.included)
         await _io(self.store.update_round_counters, round_.id, participated=included + len(rejected),

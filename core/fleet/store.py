@@ -143,6 +143,11 @@ class FleetStore(ABC):
     @abstractmethod
     def list_updates(self, round_id: str) -> list[ModelUpdate]: ...
 
+    @abstractmethod
+    def withdraw_update(self, round_id: str, device_id: str) -> str | None:
+        """Remove the device's update from a round that has not aggregated yet (the device was
+        deleted); the withdrawn update's id, or None when it had none."""
+
     # --- catalog ----------------------------------------------------------------------
     @abstractmethod
     def create_model(self, model: CatalogModel) -> bool:

@@ -347,3 +347,22 @@ def test_the_sum_of_a_round_that_left_the_slot_is_dropped_at_the_next_tick() -> 
 
     asyncio.run(scenario())
     assert processor._accumulators == {} and processor._failed == {}
+
+
+def test_an_update_withdrawn_after_it_was_folded_is_left_out_of_the_mean() -> None:
+    r = Round(target=3, fedavg_checkpoint_interval_s=0, fedavg_checkpoint_every=0)
+
+    async def scenario() -> None:
+        processor = r.processor()
+        await processor.on_update(r.submit(0))
+        await processor.on_update(r.submit(1))  # folded into the running sum
+        assert r.store.withdraw_update(r.round.id, "d1")  # its device was deleted
+        r.states.pop(), r.samples.pop()
+        await processor.on_update(r.submit(2))
+        r.clock.now += timedelta(hours=2)  # past the timeout: min_devices is met by what remains
+        await processor.tick()
+
+    r.round.min_devices = 2
+    r.store.rounds[r.round.id].min_devices = 2
+    asyncio.run(scenario())
+    r.assert_completed_with_the_exact_mean()  # d0 and d2 only

@@ -19,12 +19,13 @@ from api.forwarded import ForwardedHeader, TrustedProxies, forwarded_for
 from core.api_keys import new_api_key
 from core.auth import Authenticator, KeyEvent, Propagation
 from core.fleet.memory_store import InMemoryFleetStore
-from core.fleet.models import SubjectType
+from core.fleet.models import RoundStatus, SubjectType
 from core.keys import KeyService
 from schemas.clock import utcnow
 from settings import Settings
 from tests.memory_app import app_client, memory_context
 from tests.recording_sink import RecordingSink
+from tests.store_contract import make_round, make_update
 
 pytestmark = pytest.mark.unit
 
@@ -170,6 +171,24 @@ def test_deleting_a_device_removes_it_and_its_keys_and_announces_it(app: tuple[A
     (event,) = [e for e in sink.of_type("fleet_event") if e["event_type"] == "device_deleted"]
     assert event["subject_id"] == device_id
     assert client.post("/api/v1/devices/register", json={"device_id": device_id}).status_code == 201
+
+
+def test_deleting_a_device_withdraws_its_update_from_the_round_in_progress(
+        app: tuple[AppContext, TestClient]) -> None:
+    ctx, client = app
+    device_id, _ = register(client)
+    round_ = make_round(target_devices=2, min_devices=1)
+    ctx.store.create_active_round(round_)
+    ctx.store.transition_round(round_.id, RoundStatus.PENDING, RoundStatus.ACTIVE, selected_devices=[device_id])
+    update = make_update(round_.id, device_id)
+    kept = make_update(round_.id, "another-device")
+    assert ctx.store.add_update(update) and ctx.store.add_update(kept)
+    assert client.delete(f"/api/v1/devices/{device_id}", headers=ADMIN).status_code == 200
+    assert [u.id for u in ctx.store.list_updates(round_.id)] == [kept.id]
+    sink = ctx.events
+    assert isinstance(sink, RecordingSink)
+    (event,) = [e for e in sink.of_type("fleet_event") if e["event_type"] == "device_deleted"]
+    assert event["details"]["withdrawn_update_ids"] == [update.id]
 
 
 def test_every_management_action_is_audited_with_the_actor_s_key_id_and_never_a_key(
