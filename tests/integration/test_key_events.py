@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+import pytest_asyncio
 from cassandra.cluster import Session
 from confluent_kafka import Consumer
 from pydantic import SecretStr
@@ -50,7 +51,7 @@ class Replica:
         self.consumer = KeyEventConsumer(settings, self.authenticator)
 
 
-@pytest.fixture(scope="module")
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def wired(keyed: Settings, session: Session) -> AsyncIterator[tuple[Publisher, KafkaEventSink, KafkaKeyEventBus]]:
     publisher = Publisher(keyed)
     sink = KafkaEventSink(keyed, publisher, service="keys-test")
