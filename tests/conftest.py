@@ -43,10 +43,10 @@ def settings(stack: LocalStack, base_settings: Settings) -> Iterator[Settings]:
     isolated = base_settings.model_copy(update={"topic_prefix": f"t{run}.", "cassandra_keyspace": f"test_{run}"})
     yield isolated
     if os.environ.get("TRIBUTARY_TEST_KEEP_DATA") != "1":
-        _drop_session_data(isolated)
+        drop_session_data(isolated)
 
 
-def _drop_session_data(settings: Settings) -> None:
+def drop_session_data(settings: Settings) -> None:
     from core.cassandra.session import connect
     from topology.admin import admin_client
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 
 import pytest
@@ -10,6 +11,19 @@ from cassandra.cluster import Session
 from core.cassandra.migrate import migrate
 from core.cassandra.session import connect
 from settings import Settings
+from tests.conftest import drop_session_data
+
+
+@pytest.fixture(scope="session")
+def settings(settings: Settings) -> Iterator[Settings]:
+    """A topic prefix and keyspace of their own, beside the session's: the e2e system's services run
+    for the whole session on the session's, and its round processor acted on a round the store
+    suite had just created (a full run saw a pending round moved on under the contract test)."""
+    own = settings.model_copy(update={"topic_prefix": f"{settings.topic_prefix}it.",
+                                      "cassandra_keyspace": f"{settings.cassandra_keyspace}_it"})
+    yield own
+    if os.environ.get("TRIBUTARY_TEST_KEEP_DATA") != "1":
+        drop_session_data(own)
 
 
 @pytest.fixture(scope="module")
