@@ -238,6 +238,7 @@ class RateLimiter:
         self._lock = threading.Lock()
         # (subject, window_start) -> [tokens left here, shared count last seen]
         self._leases: dict[tuple[str, int], list[int]] = {}
+        self._leasing: dict[tuple[str, int], threading.Lock] = {}  # (subject, window_start) -> its lease's lock
 
     def try_spend(self, subject: str) -> bool:
         """Spend a token this replica already leased, without I/O (safe on the event loop);
@@ -264,6 +265,17 @@ class RateLimiter:
         window_start = int(now // self.WINDOW_S) * self.WINDOW_S
         key = (subject, window_start)
         with self._lock:
+            leasing = self._leasing.setdefault(key, threading.Lock())
+        # One lease per key at a time: requests that arrive together (a gRPC stream's messages, a
+        # burst) would each lease a block and, between them, claim the whole limit; they wait for
+        # the one lease in flight and spend from it.
+        with leasing:
+            self._lease(subject, limit, now, window_start, key)
+
+    def _lease(self, subject: str, limit: int, now: float, window_start: int, key: tuple[str, int]) -> None:
+        if self.try_spend(subject):
+            return
+        with self._lock:
             lease = self._leases.get(key)
             seen = lease[1] if lease is not None else 0
         block = max(1, min(self.MAX_BLOCK, (limit - seen) // self.BLOCK_SHARE))
@@ -272,6 +284,7 @@ class RateLimiter:
         with self._lock:
             if len(self._leases) > 10_000:  # old windows: drop everything not of this window
                 self._leases = {k: v for k, v in self._leases.items() if k[1] == window_start}
+                self._leasing = {k: v for k, v in self._leasing.items() if k[1] == window_start}
             lease = self._leases.setdefault(key, [0, 0])
             lease[1] = max(lease[1], total)
             if granted > 0:

@@ -71,3 +71,33 @@ def test_an_operator_key_has_its_own_higher_limit() -> None:
         limiter.check(device.key_id, limiter.limit_for(device))
     with pytest.raises(DomainError):
         limiter.check(device.key_id, limiter.limit_for(device))
+
+
+def test_concurrent_first_requests_of_a_key_are_not_refused_below_its_limit() -> None:
+    """A gRPC stream's messages (or a burst of REST calls) reach the limiter together; each used to
+    lease its own block from the store, so 21 requests leased 252 of 100 tokens and most were
+    refused. One lease per key at a time: the others wait for it and spend from it."""
+    import threading
+    import time
+
+    class SlowStore(CountingStore):
+        def hit(self, subject: str, window_start: int, count: int = 1) -> int:
+            time.sleep(0.02)  # a Cassandra round trip: long enough for every thread to arrive
+            return super().hit(subject, window_start, count)
+
+    store = SlowStore()
+    limiter = RateLimiter(store, Settings(rate_limit_per_minute=100), clock=lambda: 600.0)
+    start = threading.Barrier(40)
+    outcomes: list[bool] = []
+
+    def request() -> None:
+        start.wait()
+        outcomes.append(admitted(limiter))
+
+    threads = [threading.Thread(target=request) for _ in range(40)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert outcomes.count(True) == 40
+    assert admitted(limiter) and store.round_trips <= 10
