@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from core.api_keys import key_id
-from tests.e2e.conftest import RunningSystem, client_address, ingress_replica
+from tests.e2e.conftest import RunningSystem, client_address
 from tests.e2e.serving import HTTP_TIMEOUT, infer, records_until
 from topology.topics import AUDIT_EVENTS, FLEET_EVENTS
 
@@ -166,26 +166,3 @@ def test_key_and_device_management_through_the_cli_is_on_the_audit_topic_with_th
     assert {(r["action"], r["subject"]) for r in records} == wanted
     assert {r["actor"] for r in records} == {key_id(system.admin_key)}
     assert "sk_live_" not in json.dumps(records, default=str)
-
-
-def _registrations(url: str, count: int) -> list[int]:
-    codes = []
-    for _ in range(count):
-        claimed = f"198.18.{uuid.uuid4().int % 250}.{uuid.uuid4().int % 250 + 1}"  # RFC 2544: never real
-        response = httpx.post(f"{url}/api/v1/devices/register", json={"device_id": f"fwd-{uuid.uuid4().hex[:10]}"},
-                              headers={"Forwarded": f'for="{claimed}";proto=http'}, timeout=30)
-        codes.append(response.status_code)
-    return codes
-
-
-@pytest.mark.parametrize("trusted", ["", "127.0.0.1"])
-def test_the_forwarded_header_is_believed_only_from_a_trusted_proxy(system: RunningSystem, trusted: str) -> None:
-    """As for X-Forwarded-For (test_rate_limit_replicas.py): registration is limited per client
-    address; untrusted, every registration from here shares the peer's 3 a minute."""
-    with ingress_replica(system, f"fwd-{trusted or 'none'}", TRIBUTARY_TRUSTED_PROXIES=trusted,
-                         TRIBUTARY_RATE_LIMIT_PER_MINUTE="3") as url:
-        codes = _registrations(url, 4)
-    if trusted:
-        assert codes == [201] * 4
-    else:
-        assert 429 in codes and set(codes) <= {201, 429}, codes

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Callable
 
 import httpx
 import pytest
@@ -37,25 +38,34 @@ def test_limit_is_shared_by_two_replicas(system: RunningSystem, second_replica: 
     assert all(1 <= int(value) <= 60 for value in retry_after)
 
 
-def _registrations(url: str, count: int) -> list[int]:
-    """``count`` registrations, each claiming a client address of its own in X-Forwarded-For."""
+# How a proxy names the client: X-Forwarded-For (uvicorn) and RFC 7239 Forwarded (api/forwarded.py).
+CLIENT_ADDRESS_HEADERS: dict[str, Callable[[str], dict[str, str]]] = {
+    "x-forwarded-for": lambda address: {"X-Forwarded-For": address},
+    "forwarded": lambda address: {"Forwarded": f'for="{address}";proto=http'},
+}
+
+
+def _registrations(url: str, count: int, header: str) -> list[int]:
+    """``count`` registrations, each claiming a client address of its own in ``header``."""
     codes = []
     for _ in range(count):
-        forwarded = f"198.18.{uuid.uuid4().int % 250}.{uuid.uuid4().int % 250 + 1}"  # RFC 2544: never real
+        claimed = f"198.18.{uuid.uuid4().int % 250}.{uuid.uuid4().int % 250 + 1}"  # RFC 2544: never real
         response = httpx.post(f"{url}/api/v1/devices/register", json={"device_id": f"xff-{uuid.uuid4().hex[:10]}"},
-                              headers={"X-Forwarded-For": forwarded}, timeout=30)
+                              headers=CLIENT_ADDRESS_HEADERS[header](claimed), timeout=30)
         codes.append(response.status_code)
     return codes
 
 
+@pytest.mark.parametrize("header", sorted(CLIENT_ADDRESS_HEADERS))
 @pytest.mark.parametrize("trusted", ["", "127.0.0.1"])
-def test_x_forwarded_for_is_believed_only_from_a_trusted_proxy(system: RunningSystem, trusted: str) -> None:
+def test_a_client_address_header_is_believed_only_from_a_trusted_proxy(system: RunningSystem, trusted: str,
+                                                                        header: str) -> None:
     """Registration is limited per client address. Untrusted, the header is ignored and every
     registration from this host shares the peer's budget (3 a minute here); trusted, each claimed
     address has its own."""
-    with ingress_replica(system, f"xff-{trusted or 'none'}", TRIBUTARY_TRUSTED_PROXIES=trusted,
+    with ingress_replica(system, f"{header}-{trusted or 'none'}", TRIBUTARY_TRUSTED_PROXIES=trusted,
                          TRIBUTARY_RATE_LIMIT_PER_MINUTE="3") as url:
-        codes = _registrations(url, 4)
+        codes = _registrations(url, 4, header)
     if trusted:
         assert codes == [201] * 4
     else:
