@@ -12,6 +12,7 @@ from fastapi import FastAPI
 from api.context import AppContext
 from api.errors import install_error_handlers
 from api.forwarded import ForwardedHeader
+from api.hot_path import HeartbeatFastPath
 from api.limits import BodySizeLimit
 from api.middleware import TraceAndMeasure
 from api.routers import fleet, health, inference, jobs, keys, learning, lifecycle, pipelines
@@ -65,7 +66,9 @@ def create_app(settings: Settings | None = None, context: AppContext | None = No
     )
     app.state.settings = settings
     install_error_handlers(app)
-    # Added first, so it runs inside the trace and metrics middlewares (its 413 carries the trace id).
+    if settings.api_heartbeat_fast_path:  # innermost: the body limit, trace id and metrics still apply
+        app.add_middleware(HeartbeatFastPath)
+    # Added early, so it runs inside the trace and metrics middlewares (its 413 carries the trace id).
     app.add_middleware(BodySizeLimit, max_request_bytes=settings.max_request_bytes,
                        max_upload_bytes=settings.max_upload_bytes)
     app.add_middleware(TraceAndMeasure)

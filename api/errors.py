@@ -89,22 +89,27 @@ def _trace_id(request: Request) -> str | None:
     return value if isinstance(value, str) else None
 
 
+def domain_error_response(exc: DomainError, trace_id: str | None) -> JSONResponse:
+    """A domain error in the envelope, with Retry-After when the error gives one."""
+    status = HTTP_STATUS[exc.kind]
+    headers = {}
+    if exc.retry_after_s is not None:
+        headers["Retry-After"] = str(max(1, round(exc.retry_after_s)))
+    job_status = (exc.details or {}).get("status") if exc.code.startswith("JOB_") else None
+    # Field errors of a domain 400 also go where seed 001's ValidationError list is expected.
+    field_errors = (exc.details or {}).get("errors") if exc.kind is ErrorKind.INVALID else None
+    body = envelope(
+        status, exc.code, exc.message, details=exc.details, hint=exc.hint, trace_id=trace_id,
+        status=job_status if isinstance(job_status, str) else None,
+        validation_errors=_field_errors(field_errors),
+    )
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(DomainError)
     async def _domain_error(request: Request, exc: DomainError) -> JSONResponse:
-        status = HTTP_STATUS[exc.kind]
-        headers = {}
-        if exc.retry_after_s is not None:
-            headers["Retry-After"] = str(max(1, round(exc.retry_after_s)))
-        job_status = (exc.details or {}).get("status") if exc.code.startswith("JOB_") else None
-        # Field errors of a domain 400 also go where seed 001's ValidationError list is expected.
-        field_errors = (exc.details or {}).get("errors") if exc.kind is ErrorKind.INVALID else None
-        body = envelope(
-            status, exc.code, exc.message, details=exc.details, hint=exc.hint, trace_id=_trace_id(request),
-            status=job_status if isinstance(job_status, str) else None,
-            validation_errors=_field_errors(field_errors),
-        )
-        return JSONResponse(body, status_code=status, headers=headers)
+        return domain_error_response(exc, _trace_id(request))
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:

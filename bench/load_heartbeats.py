@@ -39,12 +39,13 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import aiohttp
+import orjson
 from confluent_kafka import Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from bench.bench_inference_inprocess import percentile
 from bench.environment import isolated_settings, py_spy
+from bench.rawhttp import HttpProtocolError, RawHttpPool
 from cli.services import system_services
 from cli.supervisor import Supervisor
 from core.cassandra.session import connect
@@ -60,40 +61,47 @@ from topology.messages import MessageType
 from topology.topics import DEVICE_HEARTBEATS
 
 
-async def register(client: aiohttp.ClientSession, url: str, count: int,
-                   concurrency: int = 1) -> list[tuple[str, str]]:
+async def register(client: RawHttpPool, count: int, concurrency: int = 1) -> list[tuple[str, str]]:
     """``count`` devices over REST, ``concurrency`` registrations in flight at a time."""
     gate = asyncio.Semaphore(concurrency)
     run = uuid.uuid4().hex[:4]
 
     async def one(i: int) -> tuple[str, str]:
         device_id = f"load-{run}-{i:06d}"
-        async with gate, client.post(f"{url}/api/v1/devices/register", json={"device_id": device_id}) as response:
-            response.raise_for_status()
-            return device_id, (await response.json())["api_key"]
+        async with gate:
+            answer = await client.send(client.format("POST", "/api/v1/devices/register",
+                                                     orjson.dumps({"device_id": device_id})))
+        if answer.status != 201:
+            raise RuntimeError(f"registering {device_id}: {answer.status} {answer.body[:200]!r}")
+        return device_id, orjson.loads(answer.body)["api_key"]
 
     return list(await asyncio.gather(*(one(i) for i in range(count))))
 
 
-async def warm_up(client: aiohttp.ClientSession, url: str, devices: list[tuple[str, str]], concurrency: int) -> None:
+def heartbeat_request(client: RawHttpPool, device_id: str, key: str, body: dict[str, Any]) -> bytes:
+    return client.format("PUT", f"/api/v1/devices/{device_id}/heartbeat", orjson.dumps(body),
+                         {"Authorization": f"Bearer {key}"})
+
+
+async def warm_up(client: RawHttpPool, devices: list[tuple[str, str]], concurrency: int) -> None:
     """One heartbeat per device, so the measured load is a fleet already online: a device's first
     heartbeat is a freshness change (a compare-and-set, a fleet event and an audit record in the
     processor), which a fleet pays once, not at every beat."""
     gate = asyncio.Semaphore(concurrency)
 
     async def one(device_id: str, key: str) -> None:
-        async with gate, client.put(f"{url}/api/v1/devices/{device_id}/heartbeat", json={"status": "active"},
-                                    headers={"Authorization": f"Bearer {key}"}) as response:
-            response.raise_for_status()
+        async with gate:
+            answer = await client.send(heartbeat_request(client, device_id, key, {"status": "active"}))
+        if answer.status != 200:
+            raise RuntimeError(f"warm-up heartbeat of {device_id}: {answer.status} {answer.body[:200]!r}")
 
     await asyncio.gather(*(one(device_id, key) for device_id, key in devices))
 
 
-async def drive(client: aiohttp.ClientSession, url: str, devices: list[tuple[str, str]], rate: float,
+async def drive(client: RawHttpPool, devices: list[tuple[str, str]], rate: float,
                 seconds: float, closed: int = 0) -> dict[str, Any]:
-    """Open loop: request i is sent at start + i/rate whatever the answers do (aiohttp: httpx's async
-    client saturated near 40 req/s here). How late each send was against that schedule is recorded:
-    it is the generator's own capacity showing."""
+    """Open loop: request i is sent at start + i/rate whatever the answers do. How late each send was
+    against that schedule is recorded: it is the generator's own capacity showing."""
     latencies: list[float] = []
     lateness: list[float] = []
     codes: dict[int, int] = {}
@@ -103,18 +111,15 @@ async def drive(client: aiohttp.ClientSession, url: str, devices: list[tuple[str
 
     async def one(index: int) -> None:
         device_id, key = devices[index % len(devices)]
+        request = heartbeat_request(client, device_id, key, {"status": "active", "metrics": {"seq": index}})
         sent = time.perf_counter()
         stamp = None
         try:
-            async with client.put(f"{url}/api/v1/devices/{device_id}/heartbeat",
-                                  json={"status": "active", "metrics": {"seq": index}},
-                                  headers={"Authorization": f"Bearer {key}"}) as response:
-                status = response.status
-                if 200 <= status < 300:
-                    stamp = (await response.json())["last_heartbeat"]
-                else:
-                    await response.read()
-        except (TimeoutError, aiohttp.ClientError):
+            answer = await client.send(request)
+            status = answer.status
+            if 200 <= status < 300:
+                stamp = orjson.loads(answer.body)["last_heartbeat"]
+        except (TimeoutError, OSError, asyncio.IncompleteReadError, HttpProtocolError):
             status = 0
         latencies.append((time.perf_counter() - sent) * 1000.0)
         codes[status] = codes.get(status, 0) + 1
@@ -329,15 +334,13 @@ def main() -> None:
         wait_http(f"{url}/api/v1/health", timeout_s=120)
 
         async def run() -> dict[str, Any]:
-            connector = aiohttp.TCPConnector(limit=args.connections)
-            timeout = aiohttp.ClientTimeout(total=30)
-            async with aiohttp.ClientSession(connector=connector, timeout=timeout) as client:
+            async with RawHttpPool("127.0.0.1", settings.api_port, args.connections) as client:
                 began = time.monotonic()
-                devices = await register(client, url, args.devices, args.register_concurrency)
+                devices = await register(client, args.devices, args.register_concurrency)
                 registered_s = time.monotonic() - began
                 began = time.monotonic()
                 if args.warm_up:
-                    await warm_up(client, url, devices, args.register_concurrency)
+                    await warm_up(client, devices, args.register_concurrency)
                     await asyncio.to_thread(wait_drained, sampler, supervisor, args.drain_timeout)
                 warm_s = time.monotonic() - began
                 await asyncio.sleep(2.0)  # let the processor's group settle before the clock starts
@@ -352,12 +355,16 @@ def main() -> None:
                     if args.direct:
                         out = await publish_direct(settings, devices, args.rate, args.seconds)
                     else:
-                        out = await drive(client, url, devices, args.rate, args.seconds, args.closed)
+                        out = await drive(client, devices, args.rate, args.seconds, args.closed)
                 load_s = out["elapsed_s"]
                 used = {name: cpu_seconds(pid) - cpu_before[name] for name, pid in watched.items()}
                 used["generator"] = sum(os.times()[:2]) - cpu_before["generator"]
                 # Share of one core each used while the load ran (the machine has os.cpu_count() cores).
                 out["cpu_share_of_a_core"] = {name: round(seconds / load_s, 3) for name, seconds in used.items()}
+                # CPU per accepted heartbeat: what each part costs, which holds when the cores are shared
+                # (a rate does not).
+                out["cpu_ms_per_heartbeat"] = {name: round(seconds * 1000.0 / max(1, out["accepted"]), 3)
+                                               for name, seconds in used.items()}
                 out["register_s"], out["warm_up_s"] = registered_s, warm_s
                 return out
 
@@ -407,6 +414,8 @@ def main() -> None:
         print(f"ingress p50 {report['p50_ms']:.1f} ms, p99 {report['p99_ms']:.1f} ms")
     shares = ", ".join(f"{k} {v:.0%}" for k, v in report["cpu_share_of_a_core"].items())
     print(f"CPU while loaded, share of one core (the machine has {os.cpu_count()}): {shares}")
+    costs = ", ".join(f"{k} {v:.2f}" for k, v in report["cpu_ms_per_heartbeat"].items())
+    print(f"CPU ms per accepted heartbeat: {costs} (total {sum(report['cpu_ms_per_heartbeat'].values()):.2f})")
     every = max(1, int(5 / args.lag_every))
     print("processor lag (s, lag): " + " ".join(f"{t:g}:{lag}" for t, lag in sampler.samples[::every]))
     print(f"processor lag peak {report['processor_lag_peak']}, at stop {lag_at_stop}, drained in {drain_s:.1f}s "

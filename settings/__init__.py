@@ -98,6 +98,9 @@ class Settings(BaseSettings):
     api_workers: int = Field(
         1, ge=1, le=64, description="Ingress processes (uvicorn workers) sharing the REST and gRPC ports; each is a "
                                     "replica of its own (reply-group member, rate-limit leases, audit chain)")
+    api_heartbeat_fast_path: bool = Field(
+        True, description="Serve well-formed heartbeats without FastAPI's per-request machinery (api/hot_path.py); "
+                          "false sends them through the FastAPI route like every other call")
     trusted_proxies: str = Field(
         "", description="Comma-separated proxy addresses or networks whose X-Forwarded-For is believed; "
                         "empty = none: the connection's peer is the client")

@@ -134,6 +134,13 @@ async def get_device(device_id: DeviceId, ctx: Ctx, caller: Caller) -> DeviceOut
 @router.put("/devices/{device_id}/heartbeat", response_model=HeartbeatResponse, tags=["Devices"], responses=ERRORS)
 async def heartbeat(device_id: DeviceId, ctx: Ctx, caller: Caller,
                     body: HeartbeatRequest | None = None) -> HeartbeatResponse:
+    return await answer_heartbeat(ctx, caller, device_id, body)
+
+
+async def answer_heartbeat(ctx: AppContext, caller: Principal, device_id: str,
+                           body: HeartbeatRequest | None) -> HeartbeatResponse:
+    """The heartbeat's answer; also called by ``api.hot_path.HeartbeatFastPath``, which serves this
+    route's well-formed requests without FastAPI's per-request machinery."""
     body = body or HeartbeatRequest()
     return HeartbeatResponse(**await ctx.fleet.heartbeat(caller, device_id, body.status, body.metrics))
 
