@@ -18,6 +18,7 @@ handler; anything unexpected propagates to the app's server-error handler, as fr
 from __future__ import annotations
 
 import re
+
 import orjson
 from pydantic import ValidationError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send

@@ -68,8 +68,8 @@ def test_a_well_formed_heartbeat_is_served_by_the_fast_path_with_the_routes_answ
         clients: tuple[TestClient, TestClient], served: list[str]) -> None:
     fast, route = clients
     key = register(fast, "dev-a")
-    for body in ({"status": "active", "metrics": {"battery_level": 80, "nested": {"a": [1, 2]}}}, {"status": "inactive"},
-                 {}, None):
+    for body in ({"status": "active", "metrics": {"battery_level": 80, "nested": {"a": [1, 2]}}},
+                 {"status": "inactive"}, {}, None):
         kwargs: dict[str, Any] = {"headers": {"Authorization": f"Bearer {key}"}}
         if body is not None:
             kwargs["json"] = body
