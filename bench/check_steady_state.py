@@ -20,12 +20,13 @@ import sys
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
-import aiohttp
 import httpx
 
 from bench.environment import tributary_run
 from bench.load_heartbeats import drive, register
+from bench.rawhttp import RawHttpPool
 
 
 def health(url: str) -> dict[str, Any]:
@@ -62,10 +63,10 @@ def main() -> None:
         before_health, before_lag, settled_s = settle(system.url, system.env, 120)
 
         async def load() -> dict[str, Any]:
-            async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=64),
-                                             timeout=aiohttp.ClientTimeout(total=30)) as client:
-                devices = await register(client, system.url, args.devices)
-                return await drive(client, system.url, devices, args.rate, args.seconds)
+            address = urlsplit(system.url)
+            async with RawHttpPool(address.hostname or "127.0.0.1", address.port or 80, 64) as client:
+                devices = await register(client, args.devices)
+                return await drive(client, devices, args.rate, args.seconds)
 
         traffic = asyncio.run(load())
         traffic.pop("last_accepted")
