@@ -13,8 +13,8 @@ from confluent_kafka.admin import AdminClient
 from api.context import AppContext
 from core.artifacts import S3ArtifactStore
 from core.cassandra.session import connect
-from core.claimcheck import ClaimCheck, sweep_periodically
 from core.cassandra_carbon import CassandraCarbonStore
+from core.claimcheck import ClaimCheck, sweep_periodically
 from core.fleet.cassandra_store import CassandraFleetStore
 from core.probes import component_probes
 from core.registry import seed_builtins
