@@ -17,6 +17,7 @@ from pydantic import BaseModel, Field
 from api.context import AppContext, authenticated, context
 from api.errors import ErrorEnvelope
 from api.routers.fleet import CatalogId, validate_catalog_id
+from api.schemas_fleet import CarbonEmissions
 from core.auth import Principal
 from core.carbon import SubjectKind, job_details, model_emissions, summarize
 from core.errors import DomainError, ErrorKind
@@ -77,15 +78,10 @@ class JobCarbonDetails(BaseModel):
     timeline: list[CarbonTimepoint]
 
 
-class CarbonEmissions(BaseModel):
+class ModelCarbonEmissions(CarbonEmissions):
     """Seed 003 ``CarbonEmissions`` of one model (plus its id)."""
 
     model_id: str
-    training_kg: float = Field(0.0, ge=0)
-    training_duration_hours: float = Field(0.0, ge=0)
-    training_energy_kwh: float = Field(0.0, ge=0)
-    inference_kg: float = Field(0.0, ge=0)
-    inference_requests: int = Field(0, ge=0)
 
 
 def _invalid(message: str, **details: Any) -> DomainError:
@@ -130,13 +126,13 @@ async def job_carbon(job_id: Annotated[str, Path(pattern=JOB_ID)], ctx: Ctx, _: 
     return JobCarbonDetails.model_validate(details)
 
 
-@router.get("/models/{model_id:path}", response_model=CarbonEmissions, responses=ERRORS,
+@router.get("/models/{model_id:path}", response_model=ModelCarbonEmissions, responses=ERRORS,
             summary="Model carbon emissions")
-async def model_carbon(model_id: CatalogId, ctx: Ctx, _: Caller) -> CarbonEmissions:
+async def model_carbon(model_id: CatalogId, ctx: Ctx, _: Caller) -> ModelCarbonEmissions:
     """The model's ``CarbonEmissions``: training jobs that produced it and every inference batch it ran."""
     validate_catalog_id(model_id)
     records = await asyncio.to_thread(ctx.carbon.for_model, model_id)
     if not records and await asyncio.to_thread(ctx.store.get_model, model_id) is None:
         raise DomainError(ErrorKind.NOT_FOUND, "MODEL_NOT_FOUND", f"Model {model_id!r} not found.",
                           details={"model_id": model_id})
-    return CarbonEmissions(model_id=model_id, **model_emissions(records))
+    return ModelCarbonEmissions(model_id=model_id, **model_emissions(records))

@@ -99,3 +99,12 @@ def test_bad_periods_are_400_in_the_envelope(app: tuple[AppContext, TestClient],
     response = client.get(f"/api/v1/carbon/summary?{query}", headers=ADMIN)
     assert response.status_code == 400, response.text
     assert response.json()["status_code"] == 400
+
+
+def test_the_model_entity_carries_its_carbon_emissions(app: tuple[AppContext, TestClient]) -> None:
+    ctx, client = app
+    ctx.carbon.record([CarbonRecord(SubjectKind.INFERENCE_BATCH, "b-9", MODEL, utcnow(), _m(0.002), requests=3)])
+    body = client.get(f"/api/v1/models/{MODEL}", headers=ADMIN).json()
+    assert body["carbon_emissions"]["inference_requests"] == 3
+    assert body["carbon_emissions"]["inference_kg"] == pytest.approx(0.0008)
+    assert body["carbon_emissions"]["training_kg"] == 0.0
