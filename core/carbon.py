@@ -400,12 +400,18 @@ class CarbonMeter:
     """A training job's meter on codecarbon's ``OfflineEmissionsTracker`` (see the module docstring).
 
     ``tracker_factory`` builds the tracker from codecarbon's keyword arguments (tests pass a fake).
-    ``sample()`` flushes the tracker and appends a ``CarbonTimepoint``; call it as often as a
-    timeline needs (each flush measures power, a few ms)."""
+    ``sample()`` flushes the tracker and appends a ``CarbonTimepoint`` (each flush measures power,
+    a few ms). With ``auto_sample`` (the default) a thread of the meter samples every
+    ``TRIBUTARY_CARBON_TRACKING_INTERVAL_S``, so a job's timeline fills without the trainer's help."""
 
     def __init__(self, settings: Settings, *, tracker_factory: Callable[..., Any] | None = None,
-                 clock: Callable[[], datetime] = utcnow, monotonic: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], datetime] = utcnow, monotonic: Callable[[], float] = time.monotonic,
+                 auto_sample: bool = True) -> None:
         self.settings = settings
+        self.auto_sample = auto_sample
+        self._lock = threading.Lock()
+        self._stop_sampling = threading.Event()
+        self._sampler: threading.Thread | None = None
         self.clock, self.monotonic = clock, monotonic
         self._factory = tracker_factory
         self._tracker: Any = None
@@ -415,6 +421,12 @@ class CarbonMeter:
         self._last = (0.0, 0.0)  # (monotonic, energy kWh) at the last sample
         self.intensity, self.location = 0.0, settings.carbon_country_iso
         self.measurement: CarbonMeasurement | None = None
+
+    @property
+    def timeline(self) -> tuple[CarbonTimepoint, ...]:
+        """The points sampled so far (the job's timeline while it runs)."""
+        with self._lock:
+            return tuple(self._timeline)
 
     def __enter__(self) -> CarbonMeter:
         self.start()
@@ -438,15 +450,28 @@ class CarbonMeter:
         self._tracker.start()
         self._started = self.monotonic()
         self._last = (self._started, 0.0)
+        if self.auto_sample:
+            self._stop_sampling.clear()
+            self._sampler = threading.Thread(target=self._sample_periodically, name="carbon-meter", daemon=True)
+            self._sampler.start()
+
+    def _sample_periodically(self) -> None:
+        while not self._stop_sampling.wait(self.settings.carbon_tracking_interval_s):
+            try:
+                self.sample()
+            except Exception:  # never let the meter take the job down
+                log.exception("carbon sample failed")
 
     def sample(self) -> CarbonTimepoint | None:
         """Flush the tracker and add a timepoint; None when codecarbon could not measure."""
-        if self._tracker is None:
-            raise RuntimeError("CarbonMeter not started")
-        emissions_kg = self._tracker.flush()  # codecarbon returns None when it swallowed an error
-        if emissions_kg is None:
-            return None
-        return self._point(float(emissions_kg), self.monotonic())
+        with self._lock:
+            tracker = self._tracker
+            if tracker is None:
+                raise RuntimeError("CarbonMeter not started")
+            emissions_kg = tracker.flush()  # codecarbon returns None when it swallowed an error
+            if emissions_kg is None:
+                return None
+            return self._point(float(emissions_kg), self.monotonic())
 
     def _point(self, emissions_kg: float, now: float) -> CarbonTimepoint:
         energy = emissions_kg * 1000.0 / self.intensity if self.intensity > 0 else 0.0
@@ -459,15 +484,20 @@ class CarbonMeter:
 
     def stop(self) -> CarbonMeasurement | None:
         """Stop the tracker; the measurement, or None when codecarbon measured nothing."""
-        if self._tracker is None:
-            return self.measurement
-        tracker, self._tracker = self._tracker, None
-        try:
-            tracker.stop()
-            data = getattr(tracker, "final_emissions_data", None)
-        finally:
-            if self._dir is not None:
-                self._dir.cleanup()
+        self._stop_sampling.set()
+        if self._sampler is not None:
+            self._sampler.join()
+            self._sampler = None
+        with self._lock:
+            if self._tracker is None:
+                return self.measurement
+            tracker, self._tracker = self._tracker, None
+            try:
+                tracker.stop()
+                data = getattr(tracker, "final_emissions_data", None)
+            finally:
+                if self._dir is not None:
+                    self._dir.cleanup()
         if data is None:
             log.warning("codecarbon produced no measurement")
             return None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
 from typing import Any
@@ -118,7 +119,8 @@ class FakeTracker:
 def test_carbon_meter_runs_codecarbon_offline_without_files_and_builds_a_timeline() -> None:
     ticks = iter([0.0, 10.0, 20.0, 30.0])
     settings = Settings(carbon_country_iso="DEU", carbon_intensity_g_per_kwh=400.0, carbon_tracking_interval_s=10)
-    meter = CarbonMeter(settings, tracker_factory=FakeTracker, clock=lambda: T0, monotonic=lambda: next(ticks))
+    meter = CarbonMeter(settings, tracker_factory=FakeTracker, clock=lambda: T0, monotonic=lambda: next(ticks),
+                        auto_sample=False)
     with meter:
         first = meter.sample()
         second = meter.sample()
@@ -207,3 +209,15 @@ def test_model_emissions_split_training_and_inference() -> None:
     e = model_emissions(records)
     assert e == {"training_kg": 0.45, "training_duration_hours": 2.5, "training_energy_kwh": 0.8,
                  "inference_kg": 0.05, "inference_requests": 4}
+
+
+def test_carbon_meter_samples_on_its_own_every_tracking_interval() -> None:
+    settings = Settings(carbon_country_iso="FRA", carbon_tracking_interval_s=0.2)
+    with CarbonMeter(settings) as meter:
+        deadline = time.monotonic() + 10
+        while len(meter.timeline) < 3 and time.monotonic() < deadline:
+            sum(i * i for i in range(20_000))
+    m = meter.measurement
+    assert m is not None and len(m.timeline) >= 4  # three or more samples, then the final point
+    emissions = [p.emissions_kg for p in m.timeline]
+    assert emissions == sorted(emissions) and emissions[-1] == m.emissions_kg
