@@ -49,6 +49,10 @@ ROUTE_ACTIONS: dict[tuple[str, str], Action] = {
     ("GET", "/api/v1/jobs/{job_id}/result"): A.INFERENCE,
     ("DELETE", "/api/v1/jobs/{job_id}"): A.INFERENCE,
     ("POST", "/api/v1/jobs/{job_id}/cancel"): A.INFERENCE,
+    # carbon accounting (seed 003 §5)
+    ("GET", "/api/v1/carbon/summary"): A.CARBON_READ,
+    ("GET", "/api/v1/carbon/jobs/{job_id}"): A.CARBON_READ,
+    ("GET", "/api/v1/carbon/models/{model_id}"): A.CARBON_READ,
     # keys
     ("POST", "/api/v1/keys"): A.KEYS,
     ("GET", "/api/v1/keys"): A.KEYS,

@@ -15,7 +15,7 @@ from api.forwarded import ForwardedHeader
 from api.hot_path import HeartbeatFastPath
 from api.limits import BodySizeLimit
 from api.middleware import TraceAndMeasure
-from api.routers import fleet, health, inference, jobs, keys, learning, lifecycle, pipelines
+from api.routers import carbon, fleet, health, inference, jobs, keys, learning, lifecycle, pipelines
 from api.routers.health import API_VERSION
 from settings import Settings, get_settings
 
@@ -84,4 +84,5 @@ def create_app(settings: Settings | None = None, context: AppContext | None = No
     app.include_router(inference.router)
     app.include_router(jobs.router)
     app.include_router(pipelines.router)
+    app.include_router(carbon.router)
     return app

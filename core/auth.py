@@ -38,6 +38,7 @@ class Action(StrEnum):
     TRAINING = "training"  # round reads, update and learning-graph submission
     FLEET_ADMIN = "fleet.admin"  # list and delete devices, start and cancel rounds
     KEYS = "keys"  # create, list, rotate and revoke keys
+    CARBON_READ = "carbon.read"  # carbon summary, per-job and per-model emissions (seed 003 §5)
 
 
 ROLE_ACTIONS: dict[SubjectType, frozenset[Action]] = {
@@ -46,7 +47,7 @@ ROLE_ACTIONS: dict[SubjectType, frozenset[Action]] = {
     SubjectType.DEVICE: frozenset({Action.STATUS, Action.INFERENCE, Action.CATALOG_READ, Action.OWN_DEVICE,
                                    Action.TRAINING}),
     # an application: serving and reads, nothing that changes the fleet, the registry or keys
-    SubjectType.SERVICE: frozenset({Action.STATUS, Action.INFERENCE, Action.CATALOG_READ}),
+    SubjectType.SERVICE: frozenset({Action.STATUS, Action.INFERENCE, Action.CATALOG_READ, Action.CARBON_READ}),
     SubjectType.OPERATOR: frozenset(Action),
 }
 

@@ -15,8 +15,10 @@ counted the same way, so ``total_tokens = prompt_tokens + completion_tokens`` al
 the prompt is every message's content. These are not the model's subword tokens: they are
 stable across models, which is what quotas and bills need.
 
-``carbon_emissions_g`` is required by seed 003 but nothing measures energy on a CPU worker;
-it is reported as 0.0 rather than an invented estimate.
+``carbon_emissions_g`` (generate, chat) and ``total_carbon_emissions_g`` (batch) are not set here:
+the worker measures the whole batch of requests it ran (``consumers/inference/carbon.py``) and
+``attach_carbon`` puts each request's share into its output. Outputs built without the worker
+(these functions called directly) carry no carbon field rather than a made-up one.
 """
 
 from __future__ import annotations
@@ -152,7 +154,7 @@ def generate(fn: TextFn, item: JsonDict) -> JsonDict:
     params = request.parameters
     text, finish, latency_ms = _complete(fn, request.prompt, _options(item), params.max_tokens, params.stop)
     return {"generated_text": text, "usage": usage(count_tokens(request.prompt), count_tokens(text)),
-            "carbon_emissions_g": 0.0, "latency_ms": latency_ms, "finish_reason": finish}
+            "latency_ms": latency_ms, "finish_reason": finish}
 
 
 def chat_completion(fn: TextFn, item: JsonDict, model_id: str) -> JsonDict:
@@ -171,7 +173,6 @@ def chat_completion(fn: TextFn, item: JsonDict, model_id: str) -> JsonDict:
         "model": request.model or model_id,
         "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish}],
         "usage": usage(prompt_tokens, count_tokens(text)),
-        "carbon_emissions_g": 0.0,
     }
 
 
@@ -189,8 +190,7 @@ def batch(fn: TextFn, item: JsonDict) -> JsonDict:
             continue
         results.append({"prompt": prompt, "generated_text": text,
                         "usage": usage(count_tokens(prompt), count_tokens(text)), "error": None})
-    return {"results": results, "total_carbon_emissions_g": 0.0,
-            "total_latency_ms": (time.perf_counter() - start) * 1000.0}
+    return {"results": results, "total_latency_ms": (time.perf_counter() - start) * 1000.0}
 
 
 def plain_text(fn: TextFn, item: JsonDict) -> JsonDict:
@@ -204,6 +204,17 @@ def plain_text(fn: TextFn, item: JsonDict) -> JsonDict:
                                     details={"field": "text", "count": len(value)})
         return {"texts": [fn(v, options) if v.strip() else "" for v in value]}
     raise InvalidInputError("'text' must be a string or a non-empty list of strings", details={"field": "text"})
+
+
+def attach_carbon(output: JsonDict, grams: float) -> JsonDict:
+    """``output`` with its measured emissions in the field its seed 003 shape names: batch
+    (``results``) -> ``total_carbon_emissions_g``; generate/chat (``usage``) -> ``carbon_emissions_g``;
+    other shapes (seed 001 ``text``, embeddings) have no such field and are returned unchanged."""
+    if "results" in output and "total_latency_ms" in output:
+        return {**output, "total_carbon_emissions_g": grams}
+    if "usage" in output and ("generated_text" in output or "choices" in output):
+        return {**output, "carbon_emissions_g": grams}
+    return output
 
 
 def run_txt2txt(fn: TextFn, item: JsonDict, model_id: str) -> JsonDict:
