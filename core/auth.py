@@ -38,6 +38,8 @@ class Action(StrEnum):
     TRAINING = "training"  # round reads, update and learning-graph submission
     FLEET_ADMIN = "fleet.admin"  # list and delete devices, start and cancel rounds
     KEYS = "keys"  # create, list, rotate and revoke keys
+    DATASETS_READ = "datasets.read"  # list and fetch dataset records (seed 003 §4)
+    DATASETS_WRITE = "datasets.write"  # upload and delete datasets
 
 
 ROLE_ACTIONS: dict[SubjectType, frozenset[Action]] = {
@@ -46,7 +48,9 @@ ROLE_ACTIONS: dict[SubjectType, frozenset[Action]] = {
     SubjectType.DEVICE: frozenset({Action.STATUS, Action.INFERENCE, Action.CATALOG_READ, Action.OWN_DEVICE,
                                    Action.TRAINING}),
     # an application: serving and reads, nothing that changes the fleet, the registry or keys
-    SubjectType.SERVICE: frozenset({Action.STATUS, Action.INFERENCE, Action.CATALOG_READ}),
+    # and its own datasets for fine-tuning (an application prepares them; devices never see them)
+    SubjectType.SERVICE: frozenset({Action.STATUS, Action.INFERENCE, Action.CATALOG_READ, Action.DATASETS_READ,
+                                    Action.DATASETS_WRITE}),
     SubjectType.OPERATOR: frozenset(Action),
 }
 
