@@ -17,6 +17,7 @@ from core.auth import Action, Authenticator, KeyEventBus, LocalKeyEventBus, Prin
 from core.errors import unavailable
 from core.events import EventSink
 from core.fleet.service import FleetService
+from core.datasets.store import DatasetStore, InMemoryDatasetStore
 from core.fleet.store import FleetStore
 from core.keys import KeyService
 from core.onboarding.fetch import FetchPolicy
@@ -25,6 +26,8 @@ from core.serving.jobs_service import JobService
 from core.serving.lifecycle import ModelLifecycleService
 from core.serving.residency import InMemoryResidencyStore, ResidencyStore
 from core.serving.service import InferenceService, builtin_models
+from core.training.service import TrainingJobService
+from core.training.store import InMemoryTrainingJobStore, TrainingJobStore
 from settings import Settings
 
 
@@ -55,6 +58,10 @@ class AppContext:
     queue_depth: Callable[[], dict[str, int]] | None = None
     # when this replica started (time.monotonic): uptime for REST and gRPC status
     started: float = field(default_factory=time.monotonic)
+    # seed 003: dataset records and LoRA training jobs (Cassandra in production)
+    datasets: DatasetStore = field(default_factory=InMemoryDatasetStore)
+    training_jobs: TrainingJobStore = field(default_factory=InMemoryTrainingJobStore)
+    training: TrainingJobService = field(init=False)
 
     @property
     def uptime_seconds(self) -> int:
@@ -69,6 +76,8 @@ class AppContext:
         self.registry = RegistryService(self.store, self.events, residency=self.residency,
                                         policy=FetchPolicy.from_settings(self.settings),
                                         download_stale_s=2 * self.settings.model_fetch_timeout_s)
+        self.training = TrainingJobService(self.training_jobs, self.datasets, self.artifacts, self.events,
+                                           bucket=self.settings.s3_bucket, catalog=self.store)
         self.lifecycle = ModelLifecycleService(self.store, self.residency, self.events, builtins=self.served_builtins,
                                                wait_s=self.settings.model_load_wait_s)
 

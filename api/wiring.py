@@ -14,6 +14,7 @@ from api.context import AppContext
 from core.artifacts import S3ArtifactStore
 from core.cassandra.session import connect
 from core.claimcheck import ClaimCheck, sweep_periodically
+from core.datasets.cassandra_store import CassandraDatasetStore
 from core.fleet.cassandra_store import CassandraFleetStore
 from core.probes import component_probes
 from core.registry import seed_builtins
@@ -22,6 +23,7 @@ from core.serving.cassandra_residency import CassandraResidencyStore
 from core.serving.jobs_service import JobService
 from core.serving.metrics import register_queue_depth
 from core.serving.service import InferenceService
+from core.training.cassandra_store import CassandraTrainingJobStore
 from messaging.dead_letter import DeadLetterRouter
 from messaging.key_events import KafkaKeyEventBus, KeyEventConsumer
 from messaging.reply_consumer import REPLY_GROUP, ReplyConsumer
@@ -78,6 +80,8 @@ async def build_context(settings: Settings, service: str = "api") -> AppContext:
         residency=CassandraResidencyStore(session),
         queue_depth=depth,
         key_events=KafkaKeyEventBus(settings, events),
+        datasets=CassandraDatasetStore(session),
+        training_jobs=CassandraTrainingJobStore(session),
     )
     # Key events: this replica caches key lookups only because it applies every revocation before the
     # revoking call returns; it joins before it serves.

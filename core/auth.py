@@ -40,6 +40,7 @@ class Action(StrEnum):
     KEYS = "keys"  # create, list, rotate and revoke keys
     DATASETS_READ = "datasets.read"  # list and fetch dataset records (seed 003 §4)
     DATASETS_WRITE = "datasets.write"  # upload and delete datasets
+    TRAINING_JOBS = "training.jobs"  # create, list, read and cancel LoRA training jobs (seed 003 §2)
 
 
 ROLE_ACTIONS: dict[SubjectType, frozenset[Action]] = {

@@ -32,13 +32,15 @@ from pathlib import Path
 from typing import Any
 
 from core.artifacts import ArtifactStore
+from core.datasets import open_dataset_rows
+from core.datasets.store import DatasetStore
 from core.events import fleet_record
 from core.fleet.store import FleetStore
 from core.training.base_models import check_base_model
-from core.training.data import pairs_from_rows, read_rows, retain
+from core.training.data import pairs_from_rows, retain
 from core.training.output import register_trained_model
 from core.training.schemas import TrainingCheckpoint, TrainingJob, TrainingJobStatus, TrainingMetrics
-from core.training.service import DatasetLookup, checkpoint_key, training_event
+from core.training.service import checkpoint_key, training_event
 from core.training.store import TrainingJobStore
 from schemas.clock import utcnow
 from topology.messages import MessageType
@@ -97,7 +99,7 @@ class _Hooks:
 
 
 class TrainingJobRunner:
-    def __init__(self, store: TrainingJobStore, datasets: DatasetLookup, artifacts: ArtifactStore,
+    def __init__(self, store: TrainingJobStore, datasets: DatasetStore, artifacts: ArtifactStore,
                  catalog: FleetStore, publish: Publish, *, bucket: str, work_dir: Path, worker: str,
                  onnx_builder: OnnxBuilder, cancel_poll_s: float = 0.5,
                  clock: Callable[[], datetime] = utcnow) -> None:
@@ -115,8 +117,7 @@ class TrainingJobRunner:
         dataset = self.datasets.get(dataset_id)
         if dataset is None:
             raise ValueError(f"dataset {dataset_id} no longer exists")
-        fmt = getattr(dataset.format, "value", dataset.format)
-        return pairs_from_rows(read_rows(self.artifacts.get(dataset.s3_key), str(fmt)))
+        return pairs_from_rows(list(open_dataset_rows(self.artifacts, dataset)))
 
     def _resume_state(self, job: TrainingJob) -> tuple[bytes | None, str | None]:
         path = job.checkpoints[-1].path if job.checkpoints else job.resume_from_checkpoint

@@ -28,11 +28,11 @@ from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
 
 from core.artifacts import S3ArtifactStore
 from core.cassandra.session import connect
+from core.datasets.cassandra_store import CassandraDatasetStore
 from core.fleet.cassandra_store import CassandraFleetStore
 from core.logs import configure
 from core.shutdown import arm_shutdown_deadline
 from core.training.cassandra_store import CassandraTrainingJobStore
-from core.training.service import DatasetLookup
 from messaging.dead_letter import DeadLetterRouter, from_confluent
 from producers.events import KafkaEventSink, instance_name
 from producers.publisher import Publisher
@@ -44,13 +44,6 @@ from topology.messages import MessageType
 log = logging.getLogger(__name__)
 GROUP = BY_GROUP[Group.TRAINERS.value]
 PUBLISH_TIMEOUT_S = 30.0
-
-
-def dataset_lookup(session: Any) -> DatasetLookup:
-    """The dataset store the ingress validated against (issue 19 item 1)."""
-    from core.datasets.cassandra_store import CassandraDatasetStore
-
-    return CassandraDatasetStore(session)
 
 
 class Trainer:
@@ -70,7 +63,7 @@ class Trainer:
         self.codec = Codec()
         self.session = connect(settings, settings.cassandra_keyspace)
         self.runner = TrainingJobRunner(
-            CassandraTrainingJobStore(self.session), dataset_lookup(self.session), S3ArtifactStore(settings),
+            CassandraTrainingJobStore(self.session), CassandraDatasetStore(self.session), S3ArtifactStore(settings),
             CassandraFleetStore(self.session), self._publish, bucket=settings.s3_bucket,
             work_dir=settings.data_dir / "training", worker=self.instance, onnx_builder=build_onnx,
             cancel_poll_s=settings.trainer_cancel_poll_s)

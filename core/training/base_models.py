@@ -44,7 +44,7 @@ def module_paths(weights: Path) -> tuple[str, ...]:
 
     paths = []
     with safe_open(str(weights), framework="numpy") as f:
-        for key in f.keys():
+        for key in f.keys():  # noqa: SIM118 (safe_open is not iterable)
             if not key.endswith(".weight") or key.startswith("pooler."):
                 continue
             if len(f.get_slice(key).get_shape()) == 2:  # Linear and Embedding: what LoRA wraps

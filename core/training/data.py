@@ -9,9 +9,6 @@ columns: ``instruction`` (with ``input`` appended when non-empty) as anchor and 
 
 from __future__ import annotations
 
-import csv
-import io
-import json
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -54,28 +51,6 @@ def pairs_from_rows(rows: list[Mapping[str, Any]]) -> list[tuple[str, str]]:
     if len(pairs) < 2:
         raise DatasetUnusable("multiple-negatives ranking needs at least 2 non-empty (anchor, positive) pairs")
     return pairs
-
-
-def read_rows(data: bytes, fmt: str) -> list[dict[str, Any]]:
-    """Rows of a dataset file in seed 003's formats (csv, json, jsonl, parquet)."""
-    if fmt == "parquet":
-        import pyarrow.parquet as pq
-
-        return list(pq.read_table(io.BytesIO(data)).to_pylist())
-    text = data.decode("utf-8-sig")
-    if fmt == "csv":
-        return [dict(r) for r in csv.DictReader(io.StringIO(text))]
-    if fmt == "json":
-        value = json.loads(text)
-        if not isinstance(value, list) or not all(isinstance(r, dict) for r in value):
-            raise DatasetUnusable("a json dataset must be an array of objects")
-        return value
-    if fmt == "jsonl":
-        rows = [json.loads(line) for line in text.splitlines() if line.strip()]
-        if not all(isinstance(r, dict) for r in rows):
-            raise DatasetUnusable("every jsonl line must be an object")
-        return rows
-    raise DatasetUnusable(f"unsupported dataset format {fmt!r}")
 
 
 def retain(checkpoints: list[TrainingCheckpoint], limit: int | None) -> tuple[list[TrainingCheckpoint],

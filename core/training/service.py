@@ -17,15 +17,19 @@ import math
 import uuid
 from collections.abc import Callable
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Any
 
 from core.artifacts import ArtifactNotFound, ArtifactStore
 from core.auth import Principal
-from core.errors import DomainError, ErrorKind, invalid, not_found, unavailable
+from core.datasets.models import Dataset
+from core.datasets.store import DatasetStore
+from core.errors import DomainError, ErrorKind, conflict, invalid, not_found, unavailable
 from core.events import EventSink, EventsUnavailable, fleet_record
+from core.fleet.store import FleetStore
 from core.registry import validate_model_id
 from core.serving.builtin_specs import BUILTIN_SPECS
 from core.training.base_models import check_base_model, check_cpu_only, check_target_modules, module_paths
+from core.training.data import DatasetUnusable, pair_columns
 from core.training.schemas import (
     TrainingJob,
     TrainingJobCreate,
@@ -38,25 +42,6 @@ from topology.messages import MessageType
 
 S = TrainingJobStatus
 CHECKPOINT_PREFIX = "training/"
-
-
-class DatasetRecord(Protocol):
-    """What a training job needs of a dataset (``core.datasets.models.Dataset`` has it)."""
-
-    @property
-    def dataset_id(self) -> str: ...
-
-    @property
-    def s3_key(self) -> str: ...
-
-    @property
-    def num_samples(self) -> int: ...
-
-
-class DatasetLookup(Protocol):
-    """Finds datasets by id (``core.datasets.store.DatasetStore`` is one)."""
-
-    def get(self, dataset_id: str) -> Any: ...
 
 
 def checkpoint_key(path: str, bucket: str) -> str:
@@ -77,8 +62,10 @@ def planned_steps(num_samples: int, batch_size: int, accumulation: int, epochs: 
 
 
 class TrainingJobService:
-    def __init__(self, store: TrainingJobStore, datasets: DatasetLookup, artifacts: ArtifactStore,
-                 events: EventSink, *, bucket: str, clock: Callable[[], datetime] = utcnow) -> None:
+    def __init__(self, store: TrainingJobStore, datasets: DatasetStore, artifacts: ArtifactStore,
+                 events: EventSink, *, bucket: str, catalog: FleetStore | None = None,
+                 clock: Callable[[], datetime] = utcnow) -> None:
+        self.catalog = catalog
         self.store = store
         self.datasets = datasets
         self.artifacts = artifacts
@@ -87,14 +74,14 @@ class TrainingJobService:
         self.clock = clock
 
     # --- validation ---------------------------------------------------------------------
-    async def _dataset(self, dataset_id: str, field: str) -> Any:
+    async def _dataset(self, dataset_id: str, field: str) -> Dataset:
         dataset = await asyncio.to_thread(self.datasets.get, dataset_id)
         if dataset is None:
             raise DomainError(ErrorKind.NOT_FOUND, "DATASET_NOT_FOUND", f"Dataset '{dataset_id[:200]}' not found.",
                               details={"field": field}, hint="Upload it with POST /api/v1/datasets first.")
         return dataset
 
-    async def validate(self, body: TrainingJobCreate) -> Any:
+    async def validate(self, body: TrainingJobCreate) -> Dataset:
         """Everything checkable before queueing; returns the training dataset."""
         spec = check_base_model(body.base_model)
         check_cpu_only(body.quantization, body.hyperparameters)
@@ -107,9 +94,19 @@ class TrainingJobService:
         if body.hyperparameters.eval_steps is not None and body.eval_dataset_id is None:
             raise invalid("VALIDATION_ERROR", "hyperparameters.eval_steps needs an eval_dataset_id.",
                           field="hyperparameters.eval_steps")
+        if body.hyperparameters.batch_size < 2:
+            raise invalid("VALIDATION_ERROR", "The objective (multiple-negatives ranking) contrasts each pair with the "
+                                              "others of its batch: batch_size must be at least 2.",
+                          field="hyperparameters.batch_size")
+        if self.catalog is not None:
+            existing = await asyncio.to_thread(self.catalog.get_model, body.output_dir)
+            if existing is not None and "trained_from" not in existing.extra:
+                raise conflict("MODEL_ALREADY_EXISTS", f"output_dir '{body.output_dir}' is a registry model no "
+                                                       "training job made; name a new one.", field="output_dir")
         dataset = await self._dataset(body.dataset_id, "dataset_id")
+        self._check_pairs(dataset, "dataset_id")
         if body.eval_dataset_id is not None:
-            await self._dataset(body.eval_dataset_id, "eval_dataset_id")
+            self._check_pairs(await self._dataset(body.eval_dataset_id, "eval_dataset_id"), "eval_dataset_id")
         if body.resume_from_checkpoint is not None:
             key = checkpoint_key(body.resume_from_checkpoint, self.bucket)
             try:
@@ -118,6 +115,15 @@ class TrainingJobService:
                 raise invalid("CHECKPOINT_NOT_FOUND", f"No checkpoint at '{body.resume_from_checkpoint[:300]}'.",
                               field="resume_from_checkpoint") from None
         return dataset
+
+    @staticmethod
+    def _check_pairs(dataset: Dataset, field: str) -> None:
+        if dataset.schema is None:
+            return
+        try:
+            pair_columns(dataset.schema.columns)
+        except DatasetUnusable as exc:
+            raise invalid("DATASET_UNUSABLE", f"Dataset '{dataset.dataset_id}': {exc}.", field=field) from None
 
     # --- commands -----------------------------------------------------------------------
     async def create(self, principal: Principal, body: TrainingJobCreate) -> TrainingJob:

@@ -57,6 +57,10 @@ EXPECTED: dict[tuple[str, str], set[str] | str] = {
     ("GET", "/api/v1/training/rounds/{round_id}/status"): {D, OP},
     ("POST", "/api/v1/training/rounds/{round_id}/updates"): {D},
     ("POST", "/api/v1/learning-graphs/submit"): {D, OP},
+    # LoRA training jobs make registry models: operators only
+    ("POST", "/api/v1/training/jobs"): {OP}, ("GET", "/api/v1/training/jobs"): {OP},
+    ("GET", "/api/v1/training/jobs/{job_id}"): {OP}, ("GET", "/api/v1/training/jobs/{job_id}/metrics"): {OP},
+    ("POST", "/api/v1/training/jobs/{job_id}/cancel"): {OP},
     # catalog reads for everyone; registry writes for operators
     ("GET", "/api/v1/models"): ALL,
     ("GET", "/api/v1/models/latest"): ALL,

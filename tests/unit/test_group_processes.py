@@ -15,6 +15,7 @@ import pytest
 
 from cli.services import GROUP_ARGS, MEMBER_ARGS, system_services
 from consumers.inference.worker import InferenceWorker
+from consumers.training.worker import Trainer
 from consumers.processors import fleet
 from consumers.processors.kinds import PROCESSORS
 from core.artifacts import MemoryArtifactStore
@@ -78,6 +79,8 @@ def subscription(args: tuple[str, ...], settings: Settings) -> tuple[str | None,
     if command == "processor":
         group_id, topics, _ = processor_subscription(args[1], settings)
         return group_id, topics
+    if command == "trainer":
+        return None, set(Trainer.subscriptions(settings))
     raise AssertionError(f"no subscription reader for `tributary {' '.join(args)}`")
 
 
