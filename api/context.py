@@ -14,10 +14,10 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from api.access import route_action
 from core.artifacts import ArtifactStore
 from core.auth import Action, Authenticator, KeyEventBus, LocalKeyEventBus, Principal, RateLimiter, forbidden
+from core.datasets.store import DatasetStore, InMemoryDatasetStore
 from core.errors import unavailable
 from core.events import EventSink
 from core.fleet.service import FleetService
-from core.datasets.store import DatasetStore, InMemoryDatasetStore
 from core.fleet.store import FleetStore
 from core.keys import KeyService
 from core.onboarding.fetch import FetchPolicy

@@ -55,7 +55,7 @@ async def create_training_job(body: TrainingJobCreate, ctx: Ctx, caller: Caller)
 @router.get("", response_model=TrainingJobList, responses=_errors(), summary="List training jobs")
 async def list_training_jobs(ctx: Ctx, caller: Caller, page: Annotated[int, Query(ge=1, le=100_000)] = 1,
                              page_size: Annotated[int, Query(ge=1, le=100)] = 20) -> TrainingJobList:
-    return TrainingJobList.model_validate(await ctx.training.list(page, page_size))
+    return TrainingJobList.model_validate(await ctx.training.list_jobs(page, page_size))
 
 
 @router.get("/{job_id}", response_model=TrainingJob, responses=_errors(404), summary="Get a training job")

@@ -189,7 +189,7 @@ class LoraRun:
             if self.hooks.should_stop():
                 raise Stopped()
             loss, batch_tokens = self._loss(model, batch)
-            (loss / accumulation).backward()
+            (loss / accumulation).backward()  # type: ignore[no-untyped-call]
             step_loss, step_batches, tokens = step_loss + float(loss.detach()), step_batches + 1, tokens + batch_tokens
             if not closes:
                 continue

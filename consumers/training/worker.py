@@ -33,7 +33,7 @@ from core.fleet.cassandra_store import CassandraFleetStore
 from core.logs import configure
 from core.shutdown import arm_shutdown_deadline
 from core.training.cassandra_store import CassandraTrainingJobStore
-from messaging.dead_letter import DeadLetterRouter, from_confluent
+from messaging.dead_letter import DeadLetterRouter, RawMessage, from_confluent
 from producers.events import KafkaEventSink, instance_name
 from producers.publisher import Publisher
 from schemas.codec import Codec
@@ -121,9 +121,8 @@ class Trainer:
     def _resume_all(self) -> None:
         self.consumer.resume(self.consumer.assignment())
 
-    def _commit(self, message: Message) -> None:
-        self.consumer.commit(offsets=[TopicPartition(message.topic(), message.partition(), message.offset() + 1)],
-                             asynchronous=False)
+    def _commit(self, raw: RawMessage) -> None:
+        self.consumer.commit(offsets=[TopicPartition(raw.topic, raw.partition, raw.offset + 1)], asynchronous=False)
 
     # --- event loop -----------------------------------------------------------------------
     async def _kafka_call(self, fn: Any, *args: Any) -> Any:
@@ -138,7 +137,7 @@ class Trainer:
             job_id = str(decoded.record["job_id"])
         except Exception as exc:
             await self.dead_letters.send(raw, exc, 1)
-            await self._kafka_call(self._commit, message)
+            await self._kafka_call(self._commit, raw)
             return
         self._current, stop = (raw.topic, raw.partition), threading.Event()
         self._job_stop = stop
@@ -154,7 +153,7 @@ class Trainer:
             self._current = None
         log.info("training job %s: %s", job_id, outcome)
         if outcome != "interrupted":
-            await self._kafka_call(self._commit, message)
+            await self._kafka_call(self._commit, raw)
         if not self.stopping.is_set():
             await self._kafka_call(self._resume_all)
 

@@ -6,6 +6,7 @@ Listing reads every job row and sorts (training jobs are few: operators start th
 
 from __future__ import annotations
 
+import json
 from datetime import datetime
 from typing import Any
 
@@ -32,8 +33,9 @@ def _doc(job: TrainingJob) -> str:
 class CassandraTrainingJobStore(CassandraRepository, TrainingJobStore):
     @staticmethod
     def _row(row: Any) -> JobRow:
-        job = TrainingJob.model_validate_json(row.doc).model_copy(update={"status": S(row.status)})
-        return JobRow(TrainingJob.model_validate(job.model_dump()), row.attempt or 0, row.worker)
+        doc = json.loads(row.doc)
+        doc["status"] = row.status  # the column is authoritative: transitions compare-and-set on it
+        return JobRow(TrainingJob.model_validate(doc), row.attempt or 0, row.worker)
 
     def create(self, job: TrainingJob) -> bool:
         return bool(self._run(
@@ -45,7 +47,7 @@ class CassandraTrainingJobStore(CassandraRepository, TrainingJobStore):
         row = self._run("SELECT * FROM training_jobs WHERE job_id = ?", job_id).one()
         return self._row(row) if row else None
 
-    def list(self, page: int, page_size: int) -> JobPage:
+    def list_jobs(self, page: int, page_size: int) -> JobPage:
         jobs = [self._row(r).job for r in self._run("SELECT * FROM training_jobs")]
         return newest_first(jobs, page, page_size)
 

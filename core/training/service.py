@@ -192,8 +192,8 @@ class TrainingJobService:
             raise not_found("TRAINING_JOB_NOT_FOUND", f"Training job '{job_id}' not found.")
         return row.job
 
-    async def list(self, page: int, page_size: int) -> dict[str, Any]:
-        result = await asyncio.to_thread(self.store.list, page, page_size)
+    async def list_jobs(self, page: int, page_size: int) -> dict[str, Any]:
+        result = await asyncio.to_thread(self.store.list_jobs, page, page_size)
         return {"items": result.items, "total": result.total, "page": page, "page_size": page_size,
                 "pages": math.ceil(result.total / page_size) if result.total else 0}
 

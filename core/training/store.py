@@ -42,7 +42,7 @@ class TrainingJobStore(ABC):
     def get(self, job_id: str) -> JobRow | None: ...
 
     @abstractmethod
-    def list(self, page: int, page_size: int) -> JobPage:
+    def list_jobs(self, page: int, page_size: int) -> JobPage:
         """Newest first; ``page`` counts from 1."""
 
     @abstractmethod
@@ -106,7 +106,7 @@ class InMemoryTrainingJobStore(TrainingJobStore):
             row = self._rows.get(job_id)
             return None if row is None else replace(row, job=row.job.model_copy(deep=True))
 
-    def list(self, page: int, page_size: int) -> JobPage:
+    def list_jobs(self, page: int, page_size: int) -> JobPage:
         with self._lock:
             jobs = [r.job.model_copy(deep=True) for r in self._rows.values()]
         return newest_first(jobs, page, page_size)

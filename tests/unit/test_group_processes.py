@@ -15,9 +15,9 @@ import pytest
 
 from cli.services import GROUP_ARGS, MEMBER_ARGS, system_services
 from consumers.inference.worker import InferenceWorker
-from consumers.training.worker import Trainer
 from consumers.processors import fleet
 from consumers.processors.kinds import PROCESSORS
+from consumers.training.worker import Trainer
 from core.artifacts import MemoryArtifactStore
 from core.fleet.memory_store import InMemoryFleetStore
 from messaging.dead_letter import DeadLetterRouter
