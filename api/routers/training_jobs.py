@@ -31,7 +31,7 @@ JobId = Annotated[uuid.UUID, Path(description="The job_id returned by POST /api/
 
 
 def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
-    return {code: {"model": ErrorEnvelope} for code in (400, 401, 403, 422, 429, 503, *codes)}
+    return {code: {"model": ErrorEnvelope} for code in (400, 401, 403, 429, 503, *codes)}
 
 
 class TrainingCancellationResponse(BaseModel):

@@ -78,6 +78,8 @@ class _Hooks:
         job.metrics, job.current_step, job.current_epoch = metrics, metrics.step, epoch
         job.progress = round(min(1.0, progress), 6)
         self._save()
+        if self.lost:  # cancelled or superseded: this attempt's numbers are no longer the job's
+            return
         self.runner.store.add_metrics(job.job_id, metrics)
         self.runner.emit(training_event("training_job_progress", job, step=metrics.step,
                                         total_steps=job.total_steps, progress=job.progress,
