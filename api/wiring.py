@@ -14,6 +14,7 @@ from api.context import AppContext
 from core.artifacts import S3ArtifactStore
 from core.cassandra.session import connect
 from core.claimcheck import ClaimCheck, sweep_periodically
+from core.datasets.cassandra_store import CassandraDatasetStore
 from core.fleet.cassandra_store import CassandraFleetStore
 from core.probes import component_probes
 from core.registry import seed_builtins
@@ -76,6 +77,7 @@ async def build_context(settings: Settings, service: str = "api") -> AppContext:
         inference=inference,
         jobs=JobService(settings, inference, CassandraJobStore(session), events),
         residency=CassandraResidencyStore(session),
+        dataset_store=CassandraDatasetStore(session),
         queue_depth=depth,
         key_events=KafkaKeyEventBus(settings, events),
     )
