@@ -14,7 +14,18 @@ from api.errors import install_error_handlers
 from api.forwarded import ForwardedHeader
 from api.limits import BodySizeLimit
 from api.middleware import TraceAndMeasure
-from api.routers import datasets, fleet, health, inference, jobs, keys, learning, lifecycle, pipelines
+from api.routers import (
+    datasets,
+    fleet,
+    health,
+    inference,
+    jobs,
+    keys,
+    learning,
+    lifecycle,
+    openai_compat,
+    pipelines,
+)
 from api.routers.health import API_VERSION
 from settings import Settings, get_settings
 
@@ -82,4 +93,5 @@ def create_app(settings: Settings | None = None, context: AppContext | None = No
     app.include_router(jobs.router)
     app.include_router(pipelines.router)
     app.include_router(datasets.router)
+    app.include_router(openai_compat.router)
     return app

@@ -78,6 +78,9 @@ EXPECTED: dict[tuple[str, str], set[str] | str] = {
     ("GET", "/api/v1/jobs/{job_id}/result"): ALL,
     ("DELETE", "/api/v1/jobs/{job_id}"): ALL,
     ("POST", "/api/v1/jobs/{job_id}/cancel"): ALL,
+    ("POST", "/api/v1/generate"): ALL,
+    ("POST", "/v1/chat/completions"): ALL,
+    ("POST", "/v1/completions"): ALL,
     # datasets: applications and operators prepare fine-tuning data; devices never see it
     ("POST", "/api/v1/datasets"): {S, OP},
     ("GET", "/api/v1/datasets"): {S, OP},
