@@ -55,6 +55,14 @@ ROUTE_ACTIONS: dict[tuple[str, str], Action] = {
     ("GET", "/api/v1/jobs/{job_id}/result"): A.INFERENCE,
     ("DELETE", "/api/v1/jobs/{job_id}"): A.INFERENCE,
     ("POST", "/api/v1/jobs/{job_id}/cancel"): A.INFERENCE,
+    ("POST", "/api/v1/generate"): A.INFERENCE,
+    ("POST", "/v1/chat/completions"): A.INFERENCE,
+    ("POST", "/v1/completions"): A.INFERENCE,
+    # datasets (seed 003 §4)
+    ("POST", "/api/v1/datasets"): A.DATASETS_WRITE,
+    ("GET", "/api/v1/datasets"): A.DATASETS_READ,
+    ("GET", "/api/v1/datasets/{dataset_id}"): A.DATASETS_READ,
+    ("DELETE", "/api/v1/datasets/{dataset_id}"): A.DATASETS_WRITE,
     # keys
     ("POST", "/api/v1/keys"): A.KEYS,
     ("GET", "/api/v1/keys"): A.KEYS,

@@ -14,6 +14,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from api.access import route_action
 from core.artifacts import ArtifactStore
 from core.auth import Action, Authenticator, KeyEventBus, LocalKeyEventBus, Principal, RateLimiter, forbidden
+from core.datasets.service import DatasetService
 from core.datasets.store import DatasetStore, InMemoryDatasetStore
 from core.errors import unavailable
 from core.events import EventSink
@@ -56,10 +57,12 @@ class AppContext:
     residency: ResidencyStore = field(default_factory=InMemoryResidencyStore)
     # priority -> requests waiting in its topic (consumer lag); None where no broker is wired
     queue_depth: Callable[[], dict[str, int]] | None = None
+    # dataset records (Cassandra in production); their files live in ``artifacts``
+    dataset_store: DatasetStore = field(default_factory=InMemoryDatasetStore)
+    datasets: DatasetService = field(init=False)
     # when this replica started (time.monotonic): uptime for REST and gRPC status
     started: float = field(default_factory=time.monotonic)
-    # seed 003: dataset records and LoRA training jobs (Cassandra in production)
-    datasets: DatasetStore = field(default_factory=InMemoryDatasetStore)
+    # seed 003 LoRA training jobs (Cassandra in production)
     training_jobs: TrainingJobStore = field(default_factory=InMemoryTrainingJobStore)
     training: TrainingJobService = field(init=False)
 
@@ -76,8 +79,11 @@ class AppContext:
         self.registry = RegistryService(self.store, self.events, residency=self.residency,
                                         policy=FetchPolicy.from_settings(self.settings),
                                         download_stale_s=2 * self.settings.model_fetch_timeout_s)
-        self.training = TrainingJobService(self.training_jobs, self.datasets, self.artifacts, self.events,
+        self.training = TrainingJobService(self.training_jobs, self.dataset_store, self.artifacts, self.events,
                                            bucket=self.settings.s3_bucket, catalog=self.store)
+        s3 = getattr(self.artifacts, "client", None)  # s3:// dataset sources read our own S3
+        self.datasets = DatasetService(self.settings, self.dataset_store, self.artifacts, self.events,
+                                       s3_client=(lambda: s3) if s3 is not None else None)
         self.lifecycle = ModelLifecycleService(self.store, self.residency, self.events, builtins=self.served_builtins,
                                                wait_s=self.settings.model_load_wait_s)
 
@@ -91,6 +97,9 @@ class AppContext:
         if self.jobs is None:
             raise unavailable("SERVICE_UNAVAILABLE", "Async inference is not wired on this ingress.", 5.0)
         return self.jobs
+
+    def dataset_service(self) -> DatasetService:
+        return self.datasets
 
     def served_builtins(self) -> Mapping[str, str]:
         return self.inference.models if self.inference is not None else builtin_models()

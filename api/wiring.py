@@ -78,9 +78,9 @@ async def build_context(settings: Settings, service: str = "api") -> AppContext:
         inference=inference,
         jobs=JobService(settings, inference, CassandraJobStore(session), events),
         residency=CassandraResidencyStore(session),
+        dataset_store=CassandraDatasetStore(session),
         queue_depth=depth,
         key_events=KafkaKeyEventBus(settings, events),
-        datasets=CassandraDatasetStore(session),
         training_jobs=CassandraTrainingJobStore(session),
     )
     # Key events: this replica caches key lookups only because it applies every revocation before the

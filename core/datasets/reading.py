@@ -15,7 +15,7 @@ from __future__ import annotations
 import io
 import json
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
@@ -44,10 +44,12 @@ def malformed(message: str, *, row: int | None = None, column: str | None = None
 
 @dataclass(frozen=True)
 class Declared:
-    """What the uploader declares: the columns every row must hold, and optionally their types."""
+    """What the uploader declares: the columns every row must hold, optionally their types, and
+    optionally the columns the file must have (a value may be missing in some rows)."""
 
     required_columns: list[str]
     column_types: dict[str, ColumnType]
+    columns: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -227,9 +229,9 @@ def check_schema(table: pa.Table, declared: Declared, fmt: DatasetFormat, data: 
     if table.num_rows == 0:
         raise malformed("the dataset has no rows", row=None)
     names = set(table.column_names)
-    for column in declared.required_columns:
+    for column in dict.fromkeys([*declared.columns, *declared.required_columns]):
         if column not in names:
-            raise malformed(f"required column {column!r} is missing (the file has {sorted(names)})", row=1,
+            raise malformed(f"declared column {column!r} is missing (the file has {sorted(names)})", row=1,
                             line=_line(fmt, data, 1), column=column, columns=sorted(names))
     for column in declared.required_columns:
         values = table.column(column)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+from collections.abc import Callable
 from typing import Any
 
 import pyarrow as pa
@@ -41,8 +42,10 @@ def parquet(rows: list[dict[str, Any]]) -> bytes:
     return out.getvalue()
 
 
-ENCODERS = {DatasetFormat.JSONL: jsonl, DatasetFormat.CSV: csv, DatasetFormat.PARQUET: parquet,
-            DatasetFormat.JSON: lambda rows: json.dumps(rows).encode()}
+Encoder = Callable[[list[dict[str, Any]]], bytes]
+ENCODERS: dict[DatasetFormat, Encoder] = {
+    DatasetFormat.JSONL: jsonl, DatasetFormat.CSV: csv, DatasetFormat.PARQUET: parquet,
+    DatasetFormat.JSON: lambda rows: json.dumps(rows).encode()}
 
 
 def refusal(data: bytes, fmt: DatasetFormat, declared: Declared = TRIPLE) -> dict[str, Any]:
@@ -110,7 +113,7 @@ def test_a_missing_required_column_is_named(fmt: DatasetFormat) -> None:
 
 @pytest.mark.parametrize("fmt", [DatasetFormat.JSONL, DatasetFormat.JSON, DatasetFormat.PARQUET])
 def test_a_row_without_a_required_value_is_named(fmt: DatasetFormat) -> None:
-    rows = [dict(r) for r in ROWS]
+    rows: list[dict[str, Any]] = [dict(r) for r in ROWS]
     del rows[2]["output"]
     if fmt is DatasetFormat.PARQUET:
         rows[2]["output"] = None

@@ -65,7 +65,7 @@ def dataset(dataset_id: str = "ds-faq", columns: tuple[str, ...] = ("instruction
 @pytest.fixture
 def ctx() -> AppContext:
     context = memory_context(Settings(admin_api_key=SecretStr(ADMIN_KEY)))
-    context.datasets.create(dataset())
+    context.dataset_store.create(dataset())
     return context
 
 
@@ -222,7 +222,7 @@ def test_invalid_requests_are_refused_and_nothing_is_queued(api: TestClient, ctx
 
 
 def test_a_dataset_without_pair_columns_is_refused(api: TestClient, ctx: AppContext) -> None:
-    ctx.datasets.create(dataset("ds-text", columns=("text",)))
+    ctx.dataset_store.create(dataset("ds-text", columns=("text",)))
     refused = api.post("/api/v1/training/jobs", json={**CPU_JOB, "dataset_id": "ds-text"}, headers=ADMIN)
     assert refused.status_code == 400 and refused.json()["error_code"] == "DATASET_UNUSABLE"
 
