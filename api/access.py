@@ -63,6 +63,10 @@ ROUTE_ACTIONS: dict[tuple[str, str], Action] = {
     ("GET", "/api/v1/datasets"): A.DATASETS_READ,
     ("GET", "/api/v1/datasets/{dataset_id}"): A.DATASETS_READ,
     ("DELETE", "/api/v1/datasets/{dataset_id}"): A.DATASETS_WRITE,
+    # carbon accounting (seed 003 §5)
+    ("GET", "/api/v1/carbon/summary"): A.CARBON_READ,
+    ("GET", "/api/v1/carbon/jobs/{job_id}"): A.CARBON_READ,
+    ("GET", "/api/v1/carbon/models/{model_id}"): A.CARBON_READ,
     # keys
     ("POST", "/api/v1/keys"): A.KEYS,
     ("GET", "/api/v1/keys"): A.KEYS,

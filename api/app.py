@@ -15,6 +15,7 @@ from api.forwarded import ForwardedHeader
 from api.limits import BodySizeLimit
 from api.middleware import TraceAndMeasure
 from api.routers import (
+    carbon,
     datasets,
     fleet,
     health,
@@ -96,4 +97,5 @@ def create_app(settings: Settings | None = None, context: AppContext | None = No
     app.include_router(training_jobs.router)
     app.include_router(datasets.router)
     app.include_router(openai_compat.router)
+    app.include_router(carbon.router)
     return app

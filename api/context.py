@@ -16,6 +16,7 @@ from core.artifacts import ArtifactStore
 from core.auth import Action, Authenticator, KeyEventBus, LocalKeyEventBus, Principal, RateLimiter, forbidden
 from core.datasets.service import DatasetService
 from core.datasets.store import DatasetStore, InMemoryDatasetStore
+from core.carbon import CarbonStore, InMemoryCarbonStore
 from core.errors import unavailable
 from core.events import EventSink
 from core.fleet.service import FleetService
@@ -55,6 +56,8 @@ class AppContext:
     jobs: JobService | None = None
     # where inference workers report loaded models (Cassandra in production)
     residency: ResidencyStore = field(default_factory=InMemoryResidencyStore)
+    # carbon records of training jobs and inference batches (Cassandra in production)
+    carbon: CarbonStore = field(default_factory=InMemoryCarbonStore)
     # priority -> requests waiting in its topic (consumer lag); None where no broker is wired
     queue_depth: Callable[[], dict[str, int]] | None = None
     # dataset records (Cassandra in production); their files live in ``artifacts``

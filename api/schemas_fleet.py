@@ -233,8 +233,21 @@ class ModelVersionSummary(BaseModel):
     uploaded_at: datetime
 
 
+class CarbonEmissions(BaseModel):
+    """Seed 003 ``CarbonEmissions`` of a model, from the carbon records (docs/operations.md)."""
+
+    training_kg: float = Field(0.0, ge=0)
+    training_duration_hours: float = Field(0.0, ge=0)
+    training_energy_kwh: float = Field(0.0, ge=0)
+    inference_kg: float = Field(0.0, ge=0)
+    inference_requests: int = Field(0, ge=0)
+
+
 class ModelDetail(ModelOut):
     versions: list[ModelVersionSummary] = []
+    carbon_emissions: CarbonEmissions | None = Field(
+        None, description="Seed 003: energy and emissions of the training jobs that made it and of every "
+                          "inference batch it ran")
 
     @classmethod
     def with_versions(cls, m: CatalogModel, versions: list[ModelVersion]) -> ModelDetail:

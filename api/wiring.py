@@ -13,6 +13,7 @@ from confluent_kafka.admin import AdminClient
 from api.context import AppContext
 from core.artifacts import S3ArtifactStore
 from core.cassandra.session import connect
+from core.cassandra_carbon import CassandraCarbonStore
 from core.claimcheck import ClaimCheck, sweep_periodically
 from core.datasets.cassandra_store import CassandraDatasetStore
 from core.fleet.cassandra_store import CassandraFleetStore
@@ -79,6 +80,7 @@ async def build_context(settings: Settings, service: str = "api") -> AppContext:
         jobs=JobService(settings, inference, CassandraJobStore(session), events),
         residency=CassandraResidencyStore(session),
         dataset_store=CassandraDatasetStore(session),
+        carbon=CassandraCarbonStore(session),
         queue_depth=depth,
         key_events=KafkaKeyEventBus(settings, events),
         training_jobs=CassandraTrainingJobStore(session),

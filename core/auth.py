@@ -41,6 +41,7 @@ class Action(StrEnum):
     DATASETS_READ = "datasets.read"  # list and fetch dataset records (seed 003 §4)
     DATASETS_WRITE = "datasets.write"  # upload and delete datasets
     TRAINING_JOBS = "training.jobs"  # create, list, read and cancel LoRA training jobs (seed 003 §2)
+    CARBON_READ = "carbon.read"  # carbon summary, per-job and per-model emissions (seed 003 §5)
 
 
 ROLE_ACTIONS: dict[SubjectType, frozenset[Action]] = {
@@ -51,7 +52,7 @@ ROLE_ACTIONS: dict[SubjectType, frozenset[Action]] = {
     # an application: serving and reads, nothing that changes the fleet, the registry or keys
     # and its own datasets for fine-tuning (an application prepares them; devices never see them)
     SubjectType.SERVICE: frozenset({Action.STATUS, Action.INFERENCE, Action.CATALOG_READ, Action.DATASETS_READ,
-                                    Action.DATASETS_WRITE}),
+                                    Action.DATASETS_WRITE, Action.CARBON_READ}),
     SubjectType.OPERATOR: frozenset(Action),
 }
 

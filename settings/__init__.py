@@ -215,6 +215,19 @@ class Settings(BaseSettings):
         30.0, gt=0, description="How long an ingress waits at start-up for its first reply partition"
     )
 
+    # --- carbon accounting (seed 003 §5; method in docs/operations.md "Carbon accounting") ---
+    carbon_country_iso: str = Field(
+        "USA", min_length=3, max_length=3, pattern="^[A-Z]{3}$",
+        description="ISO 3166-1 alpha-3 country whose grid mix (codecarbon's offline data) prices a kWh in CO2")
+    carbon_intensity_g_per_kwh: float | None = Field(
+        None, ge=0, le=2000,
+        description="Grid carbon intensity in g CO2e/kWh; set = used instead of the country's average")
+    carbon_tracking_interval_s: float = Field(
+        15.0, gt=0, le=3600, description="How often a training job's tracker samples power (seed: "
+                                         "carbon_tracking_interval); also the spacing of its timeline")
+    carbon_flush_interval_s: float = Field(
+        2.0, gt=0, le=300, description="How often an inference worker writes its batches' carbon records")
+
     # --- derived ---------------------------------------------------------------------
     @property
     def kafka_bootstrap_servers(self) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 from datetime import datetime
 from typing import Annotated, Any, Literal
@@ -14,6 +15,7 @@ from api.context import AppContext, authenticated, context
 from api.errors import ErrorEnvelope
 from api.routers.health import API_VERSION
 from api.schemas_fleet import (
+    CarbonEmissions,
     DeviceList,
     DeviceOut,
     DeviceRegisterRequest,
@@ -37,6 +39,7 @@ from api.schemas_fleet import (
     UpdateModelRequest,
 )
 from core.auth import Principal
+from core.carbon import model_emissions
 from core.errors import DomainError, ErrorKind
 from core.fleet.models import DeviceStatus, Platform
 from core.health import ComponentHealth, run_probes
@@ -269,7 +272,10 @@ async def download_model(model_id: CatalogId, ctx: Ctx, caller: Caller) -> Downl
 async def get_model(model_id: CatalogId, ctx: Ctx, _: Caller) -> ModelDetail:
     validate_catalog_id(model_id)
     model, versions = await ctx.fleet.get_model(model_id)
-    return ModelDetail.with_versions(model, versions)
+    detail = ModelDetail.with_versions(model, versions)
+    records = await asyncio.to_thread(ctx.carbon.for_model, model.id)
+    detail.carbon_emissions = CarbonEmissions(**model_emissions(records))
+    return detail
 
 
 @router.put("/models/{model_id:path}", response_model=ModelOut, tags=["Registry"], responses=ERRORS)

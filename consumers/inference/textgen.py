@@ -18,8 +18,10 @@ counted on its own. ``total_tokens = prompt_tokens + completion_tokens`` always.
 the worker answers once with the whole result: streaming is the ingress's business (it sends the
 finished answer as server-sent events, see ``core/serving/openai_compat.py``).
 
-``carbon_emissions_g`` is required by seed 003 but nothing measures energy on a CPU worker;
-it is reported as 0.0 rather than an invented estimate.
+``carbon_emissions_g`` (generate, chat) and ``total_carbon_emissions_g`` (batch) are not set here:
+the worker measures the whole batch of requests it ran (``consumers/inference/carbon.py``) and
+``attach_carbon`` puts each request's share into its output. Outputs built without the worker
+(these functions called directly) carry no carbon field rather than a made-up one.
 """
 
 from __future__ import annotations
@@ -165,7 +167,7 @@ def generate(fn: TextFn, tokens: Tokens, item: JsonDict) -> JsonDict:
     text, finish, latency_ms = _complete(fn, tokens, request.prompt, _options(item), params.max_tokens,
                                          params.stop)
     return {"generated_text": text, "usage": usage(tokens.count(request.prompt), tokens.count(text)),
-            "carbon_emissions_g": 0.0, "latency_ms": latency_ms, "finish_reason": finish}
+            "latency_ms": latency_ms, "finish_reason": finish}
 
 
 def chat_completion(fn: TextFn, tokens: Tokens, item: JsonDict, model_id: str) -> JsonDict:
@@ -184,7 +186,6 @@ def chat_completion(fn: TextFn, tokens: Tokens, item: JsonDict, model_id: str) -
         "model": request.model or model_id,
         "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish}],
         "usage": usage(prompt_tokens, tokens.count(text)),
-        "carbon_emissions_g": 0.0,
     }
 
 
@@ -202,8 +203,7 @@ def batch(fn: TextFn, tokens: Tokens, item: JsonDict) -> JsonDict:
             continue
         results.append({"prompt": prompt, "generated_text": text,
                         "usage": usage(tokens.count(prompt), tokens.count(text)), "error": None})
-    return {"results": results, "total_carbon_emissions_g": 0.0,
-            "total_latency_ms": (time.perf_counter() - start) * 1000.0}
+    return {"results": results, "total_latency_ms": (time.perf_counter() - start) * 1000.0}
 
 
 def plain_text(fn: TextFn, item: JsonDict) -> JsonDict:
@@ -217,6 +217,17 @@ def plain_text(fn: TextFn, item: JsonDict) -> JsonDict:
                                     details={"field": "text", "count": len(value)})
         return {"texts": [fn(v, options) if v.strip() else "" for v in value]}
     raise InvalidInputError("'text' must be a string or a non-empty list of strings", details={"field": "text"})
+
+
+def attach_carbon(output: JsonDict, grams: float) -> JsonDict:
+    """``output`` with its measured emissions in the field its seed 003 shape names: batch
+    (``results``) -> ``total_carbon_emissions_g``; generate/chat (``usage``) -> ``carbon_emissions_g``;
+    other shapes (seed 001 ``text``, embeddings) have no such field and are returned unchanged."""
+    if "results" in output and "total_latency_ms" in output:
+        return {**output, "total_carbon_emissions_g": grams}
+    if "usage" in output and ("generated_text" in output or "choices" in output):
+        return {**output, "carbon_emissions_g": grams}
+    return output
 
 
 def run_txt2txt(fn: TextFn, tokens: Tokens, item: JsonDict, model_id: str) -> JsonDict:

@@ -44,14 +44,18 @@ from prometheus_client import start_http_server
 from consumers.inference.batching import DynamicBatcher
 from consumers.inference.builtin import BuiltinModels
 from consumers.inference.cache import ModelCache
+from consumers.inference.carbon import BatchCarbon, CarbonRecorder
 from consumers.inference.catalog import CatalogModels, ModelFactory
 from consumers.inference.commands import ModelCommandHandler
 from consumers.inference.errors import InferenceError
 from consumers.inference.jobs import JobRunner
 from consumers.inference.residency import ResidencyReporter
 from consumers.inference.runtime import JsonDict, ModelRuntime
+from consumers.inference.textgen import attach_carbon
 from core.artifacts import ArtifactStore, S3ArtifactStore
+from core.carbon import PowerModel
 from core.cassandra.session import connect
+from core.cassandra_carbon import CassandraCarbonStore
 from core.claimcheck import INPUT_REFERENCE_INVALID, ClaimCheck, ClaimCheckError
 from core.events import lifecycle_record
 from core.fleet.cassandra_store import CassandraFleetStore
@@ -95,12 +99,15 @@ class Runner(Protocol):
 
 
 class TimedRuntime(ModelRuntime):
-    """Delegates to a loaded runtime and tags each output with its batch size and inference time."""
+    """Delegates to a loaded runtime and tags each output with its batch size and inference time,
+    and, with ``carbon``, the energy and emissions of the batch split evenly over its requests
+    (``carbon_emissions_g`` in the seed 003 shapes, ``energy_kwh``/``carbon_emissions_g`` in metadata)."""
 
-    def __init__(self, inner: ModelRuntime) -> None:
+    def __init__(self, inner: ModelRuntime, carbon: BatchCarbon | None = None) -> None:
         super().__init__(inner.model_id)
         self.inner = inner
         self.task_type = inner.task_type
+        self.carbon = carbon
 
     @property
     def loaded(self) -> bool:
@@ -117,10 +124,22 @@ class TimedRuntime(ModelRuntime):
         self.inner.close()
 
     def infer_batch(self, inputs: list[JsonDict]) -> list[JsonDict]:
+        token = self.carbon.start() if self.carbon is not None else None
         started = time.perf_counter()
-        outputs = self.inner.infer_batch(inputs)
-        meta = {"batch_size": len(inputs), "inference_time_ms": round((time.perf_counter() - started) * 1000.0, 3)}
-        return [{**output, BATCH_META: meta} for output in outputs]
+        try:
+            outputs = self.inner.infer_batch(inputs)
+        except BaseException:
+            if self.carbon is not None and token is not None:  # the energy was spent all the same
+                self.carbon.finish(token, self.model_id, requests=0)
+            raise
+        meta: dict[str, Any] = {"batch_size": len(inputs),
+                                "inference_time_ms": round((time.perf_counter() - started) * 1000.0, 3)}
+        if self.carbon is None or token is None or not outputs:
+            return [{**output, BATCH_META: meta} for output in outputs]
+        measurement = self.carbon.finish(token, self.model_id, requests=len(outputs))
+        grams, kwh = measurement.emissions_g / len(outputs), measurement.energy_kwh / len(outputs)
+        meta = {**meta, "energy_kwh": kwh, "carbon_emissions_g": grams}
+        return [{**attach_carbon(output, grams), BATCH_META: meta} for output in outputs]
 
 
 def _aware(ts: datetime) -> datetime:
@@ -205,6 +224,7 @@ class InferenceRequestHandler:
         meta = output.pop(BATCH_META, None) or {}
         metadata = {"inference_time_ms": meta.get("inference_time_ms", 0.0), "batch_size": meta.get("batch_size", 1),
                     "device": self.device, "worker": self.worker, "queue_time_ms": queued_ms}
+        metadata.update({k: meta[k] for k in ("energy_kwh", "carbon_emissions_g") if k in meta})
         return self._reply(request, status="success", output_data=output, metadata=metadata)
 
 
@@ -291,6 +311,10 @@ class InferenceWorker:
         self.factory = ModelFactory(self.models, self.catalog)
         self.residency = ResidencyReporter(self._residency_store, worker=self.instance,
                                            ttl_s=settings.model_residency_ttl_s, loaded=self._loaded)
+        # every batch is measured; its record reaches Cassandra from the recorder's thread
+        self.carbon_records = CarbonRecorder(lambda: CassandraCarbonStore(self._session()),
+                                             settings.carbon_flush_interval_s)
+        self.carbon = BatchCarbon(lambda: PowerModel.from_codecarbon(settings), self.carbon_records)
         self.cache = ModelCache(settings.inference_memory_budget_mb * 1024 * 1024, self.factory,
                                 on_event=self._lifecycle)
         self.commands_topic = MODEL_COMMANDS.full_name(settings)
@@ -371,7 +395,7 @@ class InferenceWorker:
         return self.cache.loaded()
 
     def _resolve(self, model_id: str) -> ModelRuntime:
-        return TimedRuntime(self.cache.get_or_load(model_id))
+        return TimedRuntime(self.cache.get_or_load(model_id), self.carbon)
 
     def _lifecycle(self, event_type: str, model_id: str, details: dict[str, Any]) -> None:
         """Model cache events (batcher threads) -> residency rows, and the lifecycle topic (fire and forget)."""
@@ -556,6 +580,9 @@ class InferenceWorker:
         """Serve until ``stopping`` is set; returns the process exit code."""
         loop = self._loop = asyncio.get_running_loop()
         self._serve_metrics()
+        # codecarbon's hardware probe takes seconds: before the first request, not inside it
+        await asyncio.to_thread(self.carbon.ready)
+        self.carbon_records.start()
         preload = asyncio.create_task(self._preload())
         background = [asyncio.create_task(self._command_loop()), asyncio.create_task(self._refresh_residency())]
         await loop.run_in_executor(self._kafka, lambda: self.consumer.subscribe(
@@ -592,6 +619,7 @@ class InferenceWorker:
         self._commands_kafka.shutdown(wait=True)
         await asyncio.to_thread(self.residency.clear)  # graceful: this worker's rows go at once
         self.batcher.close(drain=False, timeout=5)
+        await asyncio.to_thread(self.carbon_records.close)  # the last batches' records
         await asyncio.to_thread(self.publisher.close)
         self.cache.close()
         if self._cassandra is not None:

@@ -91,6 +91,10 @@ EXPECTED: dict[tuple[str, str], set[str] | str] = {
     ("GET", "/api/v1/datasets/{dataset_id}"): {S, OP},
     ("DELETE", "/api/v1/datasets/{dataset_id}"): {S, OP},
     # key management
+    # carbon accounting (seed 003 §5): operators and applications read it, devices do not
+    ("GET", "/api/v1/carbon/summary"): {S, OP},
+    ("GET", "/api/v1/carbon/jobs/{job_id}"): {S, OP},
+    ("GET", "/api/v1/carbon/models/{model_id}"): {S, OP},
     ("POST", "/api/v1/keys"): {OP},
     ("GET", "/api/v1/keys"): {OP},
     ("POST", "/api/v1/keys/{key_id}/rotate"): {OP},

@@ -276,13 +276,14 @@ def test_txt2txt_translates_both_directions(translator: FastTranslateModel) -> N
 def test_txt2txt_generate_shape(translator: FastTranslateModel) -> None:
     prompt = "Where is the train station?"
     [out] = translator.infer_batch([{"prompt": prompt, "parameters": {"max_tokens": 100}}])
-    assert set(out) == {"generated_text", "usage", "carbon_emissions_g", "latency_ms", "finish_reason"}
+    # carbon_emissions_g is the worker's to attach (it measures the whole batch): see test_batch_carbon.py
+    assert set(out) == {"generated_text", "usage", "latency_ms", "finish_reason"}
     assert out["generated_text"] and out["generated_text"] != prompt
     spm = SentencePieceTokens(translate_vocab_path("en-pt"))
     assert out["usage"] == {"prompt_tokens": spm.count(prompt),
                             "completion_tokens": spm.count(out["generated_text"]),
                             "total_tokens": spm.count(prompt) + spm.count(out["generated_text"])}
-    assert out["finish_reason"] == "stop" and out["latency_ms"] >= 0 and out["carbon_emissions_g"] == 0.0
+    assert out["finish_reason"] == "stop" and out["latency_ms"] >= 0
 
 
 def test_txt2txt_chat_completion_shape_and_usage(translator: FastTranslateModel) -> None:
@@ -305,7 +306,7 @@ def test_txt2txt_chat_completion_shape_and_usage(translator: FastTranslateModel)
     assert usage["prompt_tokens"] == sum(spm.count(m["content"]) for m in messages)
     assert usage["completion_tokens"] == spm.count(content)
     assert usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]
-    assert out["carbon_emissions_g"] == 0.0
+    assert "carbon_emissions_g" not in out  # attached by the worker from its measurement
 
 
 def test_txt2txt_max_tokens_and_stop(translator: FastTranslateModel) -> None:
@@ -327,7 +328,7 @@ def test_txt2txt_batch_shape(translator: FastTranslateModel) -> None:
         assert result["usage"]["total_tokens"] == result["usage"]["prompt_tokens"] + result["usage"][
             "completion_tokens"]
     assert out["results"][0]["generated_text"] and out["results"][2]["generated_text"] == ""
-    assert out["total_latency_ms"] >= 0 and out["total_carbon_emissions_g"] == 0.0
+    assert out["total_latency_ms"] >= 0 and "total_carbon_emissions_g" not in out
 
 
 @pytest.mark.parametrize("item", [
