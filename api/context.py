@@ -14,9 +14,9 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from api.access import route_action
 from core.artifacts import ArtifactStore
 from core.auth import Action, Authenticator, KeyEventBus, LocalKeyEventBus, Principal, RateLimiter, forbidden
+from core.carbon import CarbonStore, InMemoryCarbonStore
 from core.datasets.service import DatasetService
 from core.datasets.store import DatasetStore, InMemoryDatasetStore
-from core.carbon import CarbonStore, InMemoryCarbonStore
 from core.errors import unavailable
 from core.events import EventSink
 from core.fleet.service import FleetService

@@ -6,8 +6,9 @@
    finished or unknown is skipped.
 2. Read the dataset file from S3 and turn it into (anchor, positive) pairs (``core/training/data.py``).
 3. Resume from the job's newest checkpoint (a redelivery), else from ``resume_from_checkpoint``.
-4. Train (``consumers/training/lora.py``). Each log is ``TrainingMetrics`` on the row, in the metrics
-   history and a ``training_job_progress`` event; each checkpoint goes to S3 under
+4. Train (``consumers/training/lora.py``), measured by a ``core.carbon.CarbonMeter`` (codecarbon): each
+   run (segment) is a carbon record of the job, and ``carbon`` is their sum. Each log is
+   ``TrainingMetrics`` on the row, in the metrics history and a ``training_job_progress`` event; each checkpoint goes to S3 under
    ``training/<job_id>/checkpoints/step-<n>.pt``, the oldest beyond ``save_total_limit`` are deleted
    from S3 and from the job's list. Between batches the row is read (at most every
    ``cancel_poll_s``): cancelled, or claimed by another attempt, stops the run.
@@ -32,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from core.artifacts import ArtifactStore
+from core.carbon import CarbonMeter, CarbonRecord, CarbonStore, SubjectKind, job_metrics
 from core.datasets import open_dataset_rows
 from core.datasets.store import DatasetStore
 from core.events import fleet_record
@@ -39,7 +41,7 @@ from core.fleet.store import FleetStore
 from core.training.base_models import check_base_model
 from core.training.data import pairs_from_rows, retain
 from core.training.output import register_trained_model
-from core.training.schemas import TrainingCheckpoint, TrainingJob, TrainingJobStatus, TrainingMetrics
+from core.training.schemas import CarbonMetrics, TrainingCheckpoint, TrainingJob, TrainingJobStatus, TrainingMetrics
 from core.training.service import checkpoint_key, training_event
 from core.training.store import TrainingJobStore
 from schemas.clock import utcnow
@@ -104,7 +106,9 @@ class TrainingJobRunner:
     def __init__(self, store: TrainingJobStore, datasets: DatasetStore, artifacts: ArtifactStore,
                  catalog: FleetStore, publish: Publish, *, bucket: str, work_dir: Path, worker: str,
                  onnx_builder: OnnxBuilder, cancel_poll_s: float = 0.5,
+                 carbon: CarbonStore | None = None, meter_factory: Callable[[], CarbonMeter] | None = None,
                  clock: Callable[[], datetime] = utcnow) -> None:
+        self.carbon, self.meter_factory = carbon, meter_factory
         self.store, self.datasets, self.artifacts, self.catalog = store, datasets, artifacts, catalog
         self.publish, self.bucket, self.work_dir, self.worker = publish, bucket, work_dir, worker
         self.onnx_builder, self.cancel_poll_s, self.clock = onnx_builder, cancel_poll_s, clock
@@ -149,10 +153,16 @@ class TrainingJobRunner:
                                      resumed_from=resumed_from, total_steps=run.total_steps))
             log.info("training job %s attempt %d: %d pairs, %d steps, resuming from %s", job_id, attempt,
                      len(pairs), run.total_steps, resumed_from)
+            meter = self._start_meter()
             try:
                 result = run.run(state)
             except Stopped:
+                self._record_carbon(meter, job, job.base_model)
                 return self._stopped(job, hooks, stopping)
+            except Exception:
+                self._record_carbon(meter, job, job.base_model)
+                raise
+            self._record_carbon(meter, job, job.output_dir)
             onnx_path = work / "model.onnx"
             self.onnx_builder("bert-mean-pooling", result.merged_dir, onnx_path)
             version = register_trained_model(self.catalog, self.artifacts, self.bucket, job, onnx_path,
@@ -176,6 +186,32 @@ class TrainingJobRunner:
             return self._stopped(job, hooks, stopping)
         finally:
             shutil.rmtree(work, ignore_errors=True)
+
+    def _start_meter(self) -> CarbonMeter | None:
+        if self.meter_factory is None:
+            return None
+        try:
+            meter = self.meter_factory()
+            meter.start()
+            return meter
+        except Exception:  # no measurement is better than no training: carbon stays null
+            log.exception("the carbon meter did not start; this run's carbon is not measured")
+            return None
+
+    def _record_carbon(self, meter: CarbonMeter | None, job: TrainingJob, model_id: str) -> None:
+        """This run's energy as a record of the job (one per segment: a resumed job has several), and the
+        job's ``carbon`` as the sum of its records. Nothing measured: ``carbon`` stays as it was (null)."""
+        if meter is None or self.carbon is None:
+            return
+        try:
+            measurement = meter.stop()
+            if measurement is None:
+                return
+            self.carbon.record([CarbonRecord.of(SubjectKind.TRAINING_JOB, job.job_id, model_id, measurement)])
+            total = job_metrics(self.carbon.for_subject(SubjectKind.TRAINING_JOB, job.job_id))
+            job.carbon = CarbonMetrics.model_validate(total) if total is not None else None
+        except Exception:
+            log.exception("recording the carbon of training job %s failed", job.job_id)
 
     def _stopped(self, job: TrainingJob, hooks: _Hooks, stopping: threading.Event) -> str:
         row = self.store.get(job.job_id)

@@ -27,7 +27,9 @@ from typing import Any
 from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
 
 from core.artifacts import S3ArtifactStore
+from core.carbon import CarbonMeter
 from core.cassandra.session import connect
+from core.cassandra_carbon import CassandraCarbonStore
 from core.datasets.cassandra_store import CassandraDatasetStore
 from core.fleet.cassandra_store import CassandraFleetStore
 from core.logs import configure
@@ -66,7 +68,8 @@ class Trainer:
             CassandraTrainingJobStore(self.session), CassandraDatasetStore(self.session), S3ArtifactStore(settings),
             CassandraFleetStore(self.session), self._publish, bucket=settings.s3_bucket,
             work_dir=settings.data_dir / "training", worker=self.instance, onnx_builder=build_onnx,
-            cancel_poll_s=settings.trainer_cancel_poll_s)
+            cancel_poll_s=settings.trainer_cancel_poll_s, carbon=CassandraCarbonStore(self.session),
+            meter_factory=lambda: CarbonMeter(settings))
         self.stopping = threading.Event()  # SIGTERM: stop the run, commit nothing, leave
         self._job_stop = threading.Event()  # this job's partition was revoked
         self._current: tuple[str, int] | None = None

@@ -9,7 +9,7 @@ columns: ``instruction`` (with ``input`` appended when non-empty) as anchor and 
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from core.training.schemas import TrainingCheckpoint
@@ -34,7 +34,7 @@ def _text(value: Any) -> str:
     return "" if value is None else str(value).strip()
 
 
-def pairs_from_rows(rows: list[Mapping[str, Any]]) -> list[tuple[str, str]]:
+def pairs_from_rows(rows: Sequence[Mapping[str, Any]]) -> list[tuple[str, str]]:
     """(anchor, positive) per row; rows with an empty side are skipped."""
     if not rows:
         raise DatasetUnusable("the dataset has no rows")
