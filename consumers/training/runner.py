@@ -9,8 +9,8 @@
 4. Train (``consumers/training/lora.py``), measured by a ``core.carbon.CarbonMeter`` (codecarbon): each
    run (segment) is a carbon record of the job, and ``carbon`` is their sum. Each log is
    ``TrainingMetrics`` on the row, in the metrics history and a ``training_job_progress`` event; each
-   checkpoint goes to S3 under ``training/<job_id>/checkpoints/step-<n>.pt``, the oldest beyond ``save_total_limit`` are deleted
-   from S3 and from the job's list. Between batches the row is read (at most every
+   checkpoint goes to S3 under ``training/<job_id>/checkpoints/step-<n>.pt``, the oldest beyond
+   ``save_total_limit`` are deleted from S3 and from the job's list. Between batches the row is read (at most every
    ``cancel_poll_s``): cancelled, or claimed by another attempt, stops the run.
 5. Merge the adapter, export ONNX, register it as a version of the ``output_dir`` model, finish
    ``completed`` with ``model_id``. Any error finishes it ``failed`` with the message.
