@@ -219,7 +219,8 @@ class TrainingJobRunner:
             log.info("training job %s cancelled; stopped at step %d", job.job_id, job.current_step)
             return "cancelled"  # the ingress published training_job_cancelled with the row's change
         log.info("training job %s interrupted at step %d (%s)", job.job_id, job.current_step,
-                 "shutting down" if stopping.is_set() else "another attempt holds it")
+                 "the trainer is stopping or lost the partition" if stopping.is_set()
+                 else "another attempt holds it")
         return "interrupted"
 
     def _work_root(self) -> Path:

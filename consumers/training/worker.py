@@ -71,13 +71,18 @@ class Trainer:
             cancel_poll_s=settings.trainer_cancel_poll_s, carbon=CassandraCarbonStore(self.session),
             meter_factory=lambda: CarbonMeter(settings))
         self.stopping = threading.Event()  # SIGTERM: stop the run, commit nothing, leave
-        self._job_stop = threading.Event()  # this job's partition was revoked
+        self._job_stop = threading.Event()  # the running job's stop flag: SIGTERM or its partition revoked
         self._current: tuple[str, int] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         # Every consumer call on one thread (librdkafka callbacks included); training on another.
         self._kafka = ThreadPoolExecutor(1, thread_name_prefix="kafka-consumer")
         self._train = ThreadPoolExecutor(1, thread_name_prefix="training")
         self.consumer = Consumer(self.consumer_config())
+
+    def stop(self) -> None:
+        """Stop the running job at its next batch (uncommitted: it resumes on redelivery) and leave."""
+        self.stopping.set()
+        self._job_stop.set()
 
     @staticmethod
     def subscriptions(settings: Settings) -> list[str]:
@@ -142,11 +147,12 @@ class Trainer:
             await self.dead_letters.send(raw, exc, 1)
             await self._kafka_call(self._commit, raw)
             return
+        if self.stopping.is_set():  # shutting down: leave it uncommitted for the next owner
+            return
         self._current, stop = (raw.topic, raw.partition), threading.Event()
         self._job_stop = stop
         await self._kafka_call(self._pause_all)
-        combined = _Either(self.stopping, stop)
-        future: Future[str] = self._train.submit(self.runner.run, job_id, combined)
+        future: Future[str] = self._train.submit(self.runner.run, job_id, stop)
         try:
             while not future.done():
                 await self._kafka_call(self._poll, 0.2)  # paused: keeps the membership, serves callbacks
@@ -186,17 +192,6 @@ class Trainer:
         return 0
 
 
-class _Either(threading.Event):
-    """Set when either event is (the runner's ``stopping``: shutdown or a revoked partition)."""
-
-    def __init__(self, *events: threading.Event) -> None:
-        super().__init__()
-        self.events = events
-
-    def is_set(self) -> bool:
-        return any(e.is_set() for e in self.events)
-
-
 def main(settings: Settings) -> int:
     """Train until SIGTERM/SIGINT; returns the process exit code."""
     configure("trainer")
@@ -207,7 +202,7 @@ def main(settings: Settings) -> int:
 
         def stop() -> None:
             arm_shutdown_deadline(settings.shutdown_timeout_s)
-            trainer.stopping.set()
+            trainer.stop()
 
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop)
