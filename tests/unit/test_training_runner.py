@@ -35,6 +35,11 @@ T0 = datetime(2026, 11, 1, 12, 0, tzinfo=UTC)
 ROWS = [{"instruction": f"question {i} about topic {i % 3}", "input": "", "output": f"answer {i}"} for i in range(8)]
 
 
+def fake_onnx(architecture: str, weights: Path, out: Path) -> None:
+    assert architecture == "bert-mean-pooling" and (weights / "model.safetensors").is_file()
+    out.write_bytes(b"onnx")
+
+
 class World:
     def __init__(self, tmp: Path) -> None:
         self.jobs, self.datasets = InMemoryTrainingJobStore(), InMemoryDatasetStore()
@@ -48,7 +53,7 @@ class World:
                                      sha256=hashlib.sha256(data).hexdigest(), created_at=T0, created_by="k"))
         self.runner = TrainingJobRunner(self.jobs, self.datasets, self.artifacts, self.catalog, self.publish,
                                         bucket="b", work_dir=tmp, worker="trainer-test",
-                                        onnx_builder=lambda _arch, _src, out: out.write_bytes(b"onnx"),
+                                        onnx_builder=fake_onnx,
                                         cancel_poll_s=0.0)
 
     def publish(self, message_type: MessageType, record: dict[str, Any]) -> None:
