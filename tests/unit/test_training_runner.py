@@ -62,9 +62,9 @@ class World:
         if self.on_event is not None:
             self.on_event(record)
 
-    def queue(self, **hp: Any) -> str:
+    def queue(self, eval_dataset_id: str | None = None, **hp: Any) -> str:
         job = TrainingJob(job_id="job-1", name="n", status=TrainingJobStatus.QUEUED, base_model=MINILM_ID,
-                          dataset_id="ds", created_at=T0, output_dir="tuned-minilm", total_epochs=hp["num_epochs"],
+                          dataset_id="ds", eval_dataset_id=eval_dataset_id, created_at=T0, output_dir="tuned-minilm", total_epochs=hp["num_epochs"],
                           hyperparameters=TrainingHyperparameters(optimizer="adamw", batch_size=4, max_seq_length=128,
                                                                   gradient_accumulation_steps=1, logging_steps=1,
                                                                   warmup_steps=0, **hp),
@@ -130,3 +130,18 @@ def test_a_stopped_run_resumes_at_the_step_after_its_checkpoint(tmp_path: Path) 
     assert running[1]["details"]["resumed_from"] == "s3://b/training/job-1/checkpoints/step-00000002.pt"
     steps = [e["details"]["step"] for e in world.events if e["event_type"] == "training_job_progress"]
     assert steps == [1, 2, 3, 3, 4, 5, 6]  # step 3 trained again from the step-2 checkpoint, not from 1
+
+
+def test_eval_loss_is_logged_every_eval_steps_on_the_eval_dataset(tmp_path: Path) -> None:
+    world = World(tmp_path)
+    rows = [{"instruction": f"held-out question {i}", "input": "", "output": f"held-out answer {i}"} for i in range(4)]
+    data = b"".join(json.dumps(r).encode() + b"\n" for r in rows)
+    world.artifacts.put("datasets/eval/data.jsonl", data)
+    world.datasets.create(Dataset(dataset_id="eval", name="eval", format=DatasetFormat.JSONL, size_bytes=len(data),
+                                  num_samples=len(rows), s3_key="datasets/eval/data.jsonl",
+                                  sha256=hashlib.sha256(data).hexdigest(), created_at=T0, created_by="k"))
+    job_id = world.queue(eval_dataset_id="eval", num_epochs=2, eval_steps=2)
+    assert world.runner.run(job_id, threading.Event()) == "completed"
+    logged = {m.step: m.eval_loss for m in world.jobs.metrics_history(job_id)}
+    assert logged[1] is None and logged[3] is None
+    assert logged[2] is not None and logged[4] is not None and logged[2] > 0
