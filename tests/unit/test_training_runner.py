@@ -64,7 +64,8 @@ class World:
 
     def queue(self, eval_dataset_id: str | None = None, **hp: Any) -> str:
         job = TrainingJob(job_id="job-1", name="n", status=TrainingJobStatus.QUEUED, base_model=MINILM_ID,
-                          dataset_id="ds", eval_dataset_id=eval_dataset_id, created_at=T0, output_dir="tuned-minilm", total_epochs=hp["num_epochs"],
+                          dataset_id="ds", eval_dataset_id=eval_dataset_id, created_at=T0,
+                          output_dir="tuned-minilm", total_epochs=hp["num_epochs"],
                           hyperparameters=TrainingHyperparameters(optimizer="adamw", batch_size=4, max_seq_length=128,
                                                                   gradient_accumulation_steps=1, logging_steps=1,
                                                                   warmup_steps=0, **hp),
