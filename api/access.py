@@ -28,6 +28,12 @@ ROUTE_ACTIONS: dict[tuple[str, str], Action] = {
     ("GET", "/api/v1/training/rounds/{round_id}/status"): A.TRAINING,
     ("POST", "/api/v1/training/rounds/{round_id}/updates"): A.TRAINING,
     ("POST", "/api/v1/learning-graphs/submit"): A.TRAINING,
+    # LoRA training jobs (seed 003 §2): they make registry models, so operators only
+    ("POST", "/api/v1/training/jobs"): A.TRAINING_JOBS,
+    ("GET", "/api/v1/training/jobs"): A.TRAINING_JOBS,
+    ("GET", "/api/v1/training/jobs/{job_id}"): A.TRAINING_JOBS,
+    ("GET", "/api/v1/training/jobs/{job_id}/metrics"): A.TRAINING_JOBS,
+    ("POST", "/api/v1/training/jobs/{job_id}/cancel"): A.TRAINING_JOBS,
     # the catalog and registry
     ("GET", "/api/v1/models"): A.CATALOG_READ,
     ("GET", "/api/v1/models/latest"): A.CATALOG_READ,
@@ -49,6 +55,14 @@ ROUTE_ACTIONS: dict[tuple[str, str], Action] = {
     ("GET", "/api/v1/jobs/{job_id}/result"): A.INFERENCE,
     ("DELETE", "/api/v1/jobs/{job_id}"): A.INFERENCE,
     ("POST", "/api/v1/jobs/{job_id}/cancel"): A.INFERENCE,
+    ("POST", "/api/v1/generate"): A.INFERENCE,
+    ("POST", "/v1/chat/completions"): A.INFERENCE,
+    ("POST", "/v1/completions"): A.INFERENCE,
+    # datasets (seed 003 §4)
+    ("POST", "/api/v1/datasets"): A.DATASETS_WRITE,
+    ("GET", "/api/v1/datasets"): A.DATASETS_READ,
+    ("GET", "/api/v1/datasets/{dataset_id}"): A.DATASETS_READ,
+    ("DELETE", "/api/v1/datasets/{dataset_id}"): A.DATASETS_WRITE,
     # carbon accounting (seed 003 §5)
     ("GET", "/api/v1/carbon/summary"): A.CARBON_READ,
     ("GET", "/api/v1/carbon/jobs/{job_id}"): A.CARBON_READ,

@@ -15,7 +15,20 @@ from api.forwarded import ForwardedHeader
 from api.hot_path import HeartbeatFastPath
 from api.limits import BodySizeLimit
 from api.middleware import TraceAndMeasure
-from api.routers import carbon, fleet, health, inference, jobs, keys, learning, lifecycle, pipelines
+from api.routers import (
+    carbon,
+    datasets,
+    fleet,
+    health,
+    inference,
+    jobs,
+    keys,
+    learning,
+    lifecycle,
+    openai_compat,
+    pipelines,
+    training_jobs,
+)
 from api.routers.health import API_VERSION
 from settings import Settings, get_settings
 
@@ -70,7 +83,7 @@ def create_app(settings: Settings | None = None, context: AppContext | None = No
         app.add_middleware(HeartbeatFastPath)
     # Added early, so it runs inside the trace and metrics middlewares (its 413 carries the trace id).
     app.add_middleware(BodySizeLimit, max_request_bytes=settings.max_request_bytes,
-                       max_upload_bytes=settings.max_upload_bytes)
+                       max_upload_bytes=settings.max_upload_bytes, max_dataset_bytes=settings.dataset_max_bytes)
     app.add_middleware(TraceAndMeasure)
     if settings.trusted_proxies.strip():  # RFC 7239 Forwarded from trusted proxies (uvicorn reads X-Forwarded-For)
         app.add_middleware(ForwardedHeader, trusted=settings.trusted_proxies)
@@ -84,5 +97,8 @@ def create_app(settings: Settings | None = None, context: AppContext | None = No
     app.include_router(inference.router)
     app.include_router(jobs.router)
     app.include_router(pipelines.router)
+    app.include_router(training_jobs.router)
+    app.include_router(datasets.router)
+    app.include_router(openai_compat.router)
     app.include_router(carbon.router)
     return app

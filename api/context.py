@@ -15,6 +15,8 @@ from api.access import route_action
 from core.artifacts import ArtifactStore
 from core.auth import Action, Authenticator, KeyEventBus, LocalKeyEventBus, Principal, RateLimiter, forbidden
 from core.carbon import CarbonStore, InMemoryCarbonStore
+from core.datasets.service import DatasetService
+from core.datasets.store import DatasetStore, InMemoryDatasetStore
 from core.errors import unavailable
 from core.events import EventSink
 from core.fleet.service import FleetService
@@ -26,6 +28,8 @@ from core.serving.jobs_service import JobService
 from core.serving.lifecycle import ModelLifecycleService
 from core.serving.residency import InMemoryResidencyStore, ResidencyStore
 from core.serving.service import InferenceService, builtin_models
+from core.training.service import TrainingJobService
+from core.training.store import InMemoryTrainingJobStore, TrainingJobStore
 from settings import Settings
 
 
@@ -56,8 +60,14 @@ class AppContext:
     carbon: CarbonStore = field(default_factory=InMemoryCarbonStore)
     # priority -> requests waiting in its topic (consumer lag); None where no broker is wired
     queue_depth: Callable[[], dict[str, int]] | None = None
+    # dataset records (Cassandra in production); their files live in ``artifacts``
+    dataset_store: DatasetStore = field(default_factory=InMemoryDatasetStore)
+    datasets: DatasetService = field(init=False)
     # when this replica started (time.monotonic): uptime for REST and gRPC status
     started: float = field(default_factory=time.monotonic)
+    # seed 003 LoRA training jobs (Cassandra in production)
+    training_jobs: TrainingJobStore = field(default_factory=InMemoryTrainingJobStore)
+    training: TrainingJobService = field(init=False)
 
     @property
     def uptime_seconds(self) -> int:
@@ -72,6 +82,11 @@ class AppContext:
         self.registry = RegistryService(self.store, self.events, residency=self.residency,
                                         policy=FetchPolicy.from_settings(self.settings),
                                         download_stale_s=2 * self.settings.model_fetch_timeout_s)
+        self.training = TrainingJobService(self.training_jobs, self.dataset_store, self.artifacts, self.events,
+                                           bucket=self.settings.s3_bucket, catalog=self.store)
+        s3 = getattr(self.artifacts, "client", None)  # s3:// dataset sources read our own S3
+        self.datasets = DatasetService(self.settings, self.dataset_store, self.artifacts, self.events,
+                                       s3_client=(lambda: s3) if s3 is not None else None)
         self.lifecycle = ModelLifecycleService(self.store, self.residency, self.events, builtins=self.served_builtins,
                                                wait_s=self.settings.model_load_wait_s)
 
@@ -85,6 +100,9 @@ class AppContext:
         if self.jobs is None:
             raise unavailable("SERVICE_UNAVAILABLE", "Async inference is not wired on this ingress.", 5.0)
         return self.jobs
+
+    def dataset_service(self) -> DatasetService:
+        return self.datasets
 
     def served_builtins(self) -> Mapping[str, str]:
         return self.inference.models if self.inference is not None else builtin_models()

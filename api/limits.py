@@ -21,6 +21,7 @@ from api.errors import envelope
 
 MULTIPART_OVERHEAD_BYTES = 1024 * 1024
 INFERENCE_PREFIX = "/api/v1/infer/"
+DATASETS_PATH = "/api/v1/datasets"
 
 
 class _BodyTooLarge(Exception):
@@ -28,17 +29,23 @@ class _BodyTooLarge(Exception):
 
 
 class BodySizeLimit:
-    def __init__(self, app: ASGIApp, max_request_bytes: int, max_upload_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, max_request_bytes: int, max_upload_bytes: int,
+                 max_dataset_bytes: int | None = None) -> None:
         self.app = app
         self.max_request_bytes = max_request_bytes
         self.max_multipart_bytes = max_upload_bytes + MULTIPART_OVERHEAD_BYTES
         # Images sent as files instead of base64 JSON: the JSON request's bound (they are smaller).
         self.max_inference_multipart_bytes = max_request_bytes + MULTIPART_OVERHEAD_BYTES
+        # Dataset uploads have their own bound (TRIBUTARY_DATASET_MAX_BYTES); the route answers the
+        # exact 413 FILE_TOO_LARGE for a file between it and this cut-off.
+        self.max_dataset_multipart_bytes = (max_dataset_bytes or max_upload_bytes) + MULTIPART_OVERHEAD_BYTES
 
     def limit_for(self, content_type: str, path: str = "") -> int:
         if content_type.lower().startswith("multipart/form-data"):
             if path.startswith(INFERENCE_PREFIX):
                 return self.max_inference_multipart_bytes
+            if path.rstrip("/") == DATASETS_PATH:
+                return self.max_dataset_multipart_bytes
             return self.max_multipart_bytes
         return self.max_request_bytes
 

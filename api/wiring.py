@@ -15,6 +15,7 @@ from core.artifacts import S3ArtifactStore
 from core.cassandra.session import connect
 from core.cassandra_carbon import CassandraCarbonStore
 from core.claimcheck import ClaimCheck, sweep_periodically
+from core.datasets.cassandra_store import CassandraDatasetStore
 from core.fleet.cassandra_store import CassandraFleetStore
 from core.probes import component_probes
 from core.registry import seed_builtins
@@ -23,6 +24,7 @@ from core.serving.cassandra_residency import CassandraResidencyStore
 from core.serving.jobs_service import JobService
 from core.serving.metrics import register_queue_depth
 from core.serving.service import InferenceService
+from core.training.cassandra_store import CassandraTrainingJobStore
 from messaging.dead_letter import DeadLetterRouter
 from messaging.key_events import KafkaKeyEventBus, KeyEventConsumer
 from messaging.reply_consumer import REPLY_GROUP, ReplyConsumer
@@ -77,9 +79,11 @@ async def build_context(settings: Settings, service: str = "api") -> AppContext:
         inference=inference,
         jobs=JobService(settings, inference, CassandraJobStore(session), events),
         residency=CassandraResidencyStore(session),
+        dataset_store=CassandraDatasetStore(session),
         carbon=CassandraCarbonStore(session),
         queue_depth=depth,
         key_events=KafkaKeyEventBus(settings, events),
+        training_jobs=CassandraTrainingJobStore(session),
     )
     # Key events: this replica caches key lookups only because it applies every revocation before the
     # revoking call returns; it joins before it serves.

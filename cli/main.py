@@ -100,6 +100,18 @@ def worker(priority: str) -> None:
     sys.exit(serve(get_settings(), Priority(priority)))
 
 
+@main.command(short_help="Run one trainer (LoRA training jobs).")
+def trainer() -> None:
+    """Run one trainer: a member of the `trainers` group, running one seed 003 training job at a time.
+
+    Commits a job's message only when the job ends, so a killed trainer's job is redelivered and
+    resumes from its newest checkpoint. SIGTERM stops the run at the next batch and leaves the group.
+    """
+    from consumers.training.worker import main as serve
+
+    sys.exit(serve(get_settings()))
+
+
 def _processor_help() -> str:
     rows = "\n".join(f"  {k.name:<16} group {k.group.group_id}, reads {k.topic.name}\n  {'':<16} {k.summary}"
                      for k in PROCESSORS.values())

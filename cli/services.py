@@ -1,6 +1,6 @@
 """The processes that make up the system, as ``tributary run`` starts them (one of each).
 
-Every process is a ``tributary`` subcommand (``api``, ``worker``, ``processor``); compose,
+Every process is a ``tributary`` subcommand (``api``, ``worker``, ``processor``, ``trainer``); compose,
 Kubernetes and the Dockerfile run the same subcommands (tests/unit/test_manifests.py checks it).
 """
 
@@ -20,6 +20,7 @@ API_ARGS: tuple[str, ...] = ("api",)
 GROUP_ARGS: dict[str, tuple[str, ...]] = {
     **{kind.group.group_id: ("processor", name) for name, kind in PROCESSORS.items()},
     **{Group.inference(p).value: ("worker", "--priority", p.value) for p in Priority},
+    Group.TRAINERS.value: ("trainer",),
 }
 
 # The subcommand whose process is a member of each declared group: the ingress reads its own replies.
@@ -49,4 +50,5 @@ def system_services(settings: Settings, extra_env: dict[str, str] | None = None)
         # One inference worker per priority: each priority is its own group, scaled on its own.
         *(ServiceSpec(f"inference-worker-{p.value}", GROUP_COMMANDS[Group.inference(p).value], env)
           for p in Priority),
+        ServiceSpec("trainer", GROUP_COMMANDS[Group.TRAINERS.value], env),
     ]

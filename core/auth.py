@@ -38,6 +38,9 @@ class Action(StrEnum):
     TRAINING = "training"  # round reads, update and learning-graph submission
     FLEET_ADMIN = "fleet.admin"  # list and delete devices, start and cancel rounds
     KEYS = "keys"  # create, list, rotate and revoke keys
+    DATASETS_READ = "datasets.read"  # list and fetch dataset records (seed 003 §4)
+    DATASETS_WRITE = "datasets.write"  # upload and delete datasets
+    TRAINING_JOBS = "training.jobs"  # create, list, read and cancel LoRA training jobs (seed 003 §2)
     CARBON_READ = "carbon.read"  # carbon summary, per-job and per-model emissions (seed 003 §5)
 
 
@@ -47,7 +50,9 @@ ROLE_ACTIONS: dict[SubjectType, frozenset[Action]] = {
     SubjectType.DEVICE: frozenset({Action.STATUS, Action.INFERENCE, Action.CATALOG_READ, Action.OWN_DEVICE,
                                    Action.TRAINING}),
     # an application: serving and reads, nothing that changes the fleet, the registry or keys
-    SubjectType.SERVICE: frozenset({Action.STATUS, Action.INFERENCE, Action.CATALOG_READ, Action.CARBON_READ}),
+    # and its own datasets for fine-tuning (an application prepares them; devices never see them)
+    SubjectType.SERVICE: frozenset({Action.STATUS, Action.INFERENCE, Action.CATALOG_READ, Action.DATASETS_READ,
+                                    Action.DATASETS_WRITE, Action.CARBON_READ}),
     SubjectType.OPERATOR: frozenset(Action),
 }
 

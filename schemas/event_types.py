@@ -24,7 +24,11 @@ FLEET_EVENT_TYPES: tuple[str, ...] = (
     "round_completed", "round_failed", "round_cancelled", "round_aggregation_retried",
     # seed 002's retraining trigger
     "retraining_requested", "retraining_started", "retraining_not_started",
+    # seed 003 LoRA training jobs: every status change, and progress (TrainingMetrics) and checkpoints
+    "training_job_pending", "training_job_queued", "training_job_running", "training_job_progress",
+    "training_job_checkpoint", "training_job_completed", "training_job_failed", "training_job_cancelled",
 )
 
-# What a fleet event is about: its subject_id is a model id (or a model version), a device id or a round id.
-FLEET_SUBJECT_KINDS: tuple[str, ...] = ("model", "device", "round")
+# What a fleet event is about: its subject_id is a model id (or a model version), a device id, a round id
+# or a training job id.
+FLEET_SUBJECT_KINDS: tuple[str, ...] = ("model", "device", "round", "training_job")

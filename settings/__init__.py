@@ -201,6 +201,19 @@ class Settings(BaseSettings):
         "", description="Directory file:// source_urls must lie under; empty = file:// refused")
     model_source_s3_buckets: str = Field(
         "", description="Comma-separated buckets of our S3 that s3:// source_urls may name (besides s3_bucket)")
+    # --- trainers (seed 003 §2 LoRA training jobs: `tributary trainer`) ---
+    trainer_torch_threads: int = Field(
+        default_factory=default_intra_op_threads, ge=1,
+        description="Torch intra-op threads of one trainer; unset = half the usable CPUs")
+    trainer_cancel_poll_s: float = Field(
+        0.5, gt=0, le=30, description="How often a running trainer reads its job row for a cancel (between batches)")
+    # --- datasets (seed 003 §4: POST /api/v1/datasets, multipart or source_url) ---
+    dataset_max_bytes: int = Field(
+        100 * 1024 * 1024, ge=1024,
+        description="Largest dataset file (upload or source_url fetch); 413 beyond it. The ingress reads it "
+                    "into memory to check it, so this bounds an ingress's memory per upload")
+    dataset_fetch_timeout_s: float = Field(
+        60.0, gt=0, description="Longest a dataset source_url fetch may take (the request waits for it)")
     reply_assignment_timeout_s: float = Field(
         30.0, gt=0, description="How long an ingress waits at start-up for its first reply partition"
     )

@@ -53,6 +53,7 @@ def sample(message_type: str) -> dict[str, Any]:
         "learning_graph_submitted": {"graph_id": uid, "device_id_hash": "ab" * 32, "app_version": "1.2.0",
                                      "model_version": "granite-3b-v1", "pending_count": 3,
                                      "retraining_requested": False},
+        "training_job_requested": {"job_id": uid, "base_model": "sentence-transformers/all-MiniLM-L6-v2"},
         "key_event": {"key_id": "key_0123456789abcdef", "event": "revoked", "subject_type": "device",
                       "subject_id": "laptop-001", "at": now},
     }

@@ -17,6 +17,7 @@ from topology.topics import (
     INFERENCE_RESPONSES,
     LEARNING_GRAPHS,
     MODEL_DOWNLOADS,
+    TRAINING_JOBS,
     TRAINING_UPDATES,
     Priority,
     TopicSpec,
@@ -44,6 +45,7 @@ class Group(StrEnum):
     LEARNING_GRAPH_PROCESSOR = "learning-graph-processor"
     MODEL_DOWNLOAD_PROCESSOR = "model-download-processor"
     INGRESS_REPLIES = "ingress-replies"
+    TRAINERS = "trainers"
 
     @classmethod
     def inference(cls, priority: Priority) -> Group:
@@ -93,6 +95,8 @@ GROUPS: tuple[ConsumerGroupSpec, ...] = (
                       "retraining requests (seed 002) start a training round"),
     ConsumerGroupSpec(Group.MODEL_DOWNLOAD_PROCESSOR.value, (MODEL_DOWNLOADS,),
                       "fetches registry models from their source_url, checks and stores them"),
+    ConsumerGroupSpec(Group.TRAINERS.value, (TRAINING_JOBS,),
+                      "trainers: run LoRA training jobs, one at a time per member"),
     ConsumerGroupSpec(Group.INGRESS_REPLIES.value, (INFERENCE_RESPONSES,),
                       "ingress replicas awaiting synchronous inference replies"),
 )

@@ -27,6 +27,7 @@ from topology.topics import (
     LIFECYCLE_EVENTS,
     MODEL_COMMANDS,
     MODEL_DOWNLOADS,
+    TRAINING_JOBS,
     TRAINING_ROUNDS,
     TRAINING_UPDATES,
     Priority,
@@ -52,6 +53,7 @@ class MessageType(StrEnum):
     MODEL_UPDATE_SUBMITTED = "model_update_submitted"
     LEARNING_GRAPH_SUBMITTED = "learning_graph_submitted"
     KEY_EVENT = "key_event"  # an API key stopped working: every ingress replica forgets it
+    TRAINING_JOB_REQUESTED = "training_job_requested"  # a LoRA training job for the trainers
 
 
 @dataclass(frozen=True)
@@ -101,4 +103,5 @@ MESSAGES: dict[MessageType, MessageRoute] = {
     MessageType.MODEL_UPDATE_SUBMITTED: MessageRoute(TRAINING_UPDATES, "round_id"),
     MessageType.LEARNING_GRAPH_SUBMITTED: MessageRoute(LEARNING_GRAPHS, "device_id_hash"),
     MessageType.KEY_EVENT: MessageRoute(KEY_EVENTS, "key_id"),
+    MessageType.TRAINING_JOB_REQUESTED: MessageRoute(TRAINING_JOBS, "job_id"),
 }

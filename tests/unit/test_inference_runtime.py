@@ -26,6 +26,7 @@ from consumers.inference.builtin import (
     FastTranslateModel,
     MiniLMEmbedder,
     RapidOcrReader,
+    translate_vocab_path,
 )
 from consumers.inference.cache import MODEL_LOAD_FAILED, ModelCache
 from consumers.inference.errors import (
@@ -36,7 +37,7 @@ from consumers.inference.errors import (
     ModelUnavailableError,
 )
 from consumers.inference.runtime import JsonDict, OnnxRuntimeModel, TensorContract, TorchScriptModel
-from consumers.inference.textgen import count_tokens, truncate_to_tokens
+from consumers.inference.textgen import SentencePieceTokens
 from core.serving.builtin_specs import (
     BUILTIN_SPECS,
     EFFICIENTNET_ID,
@@ -278,9 +279,10 @@ def test_txt2txt_generate_shape(translator: FastTranslateModel) -> None:
     # carbon_emissions_g is the worker's to attach (it measures the whole batch): see test_batch_carbon.py
     assert set(out) == {"generated_text", "usage", "latency_ms", "finish_reason"}
     assert out["generated_text"] and out["generated_text"] != prompt
-    assert out["usage"] == {"prompt_tokens": count_tokens(prompt),
-                            "completion_tokens": count_tokens(out["generated_text"]),
-                            "total_tokens": count_tokens(prompt) + count_tokens(out["generated_text"])}
+    spm = SentencePieceTokens(translate_vocab_path("en-pt"))
+    assert out["usage"] == {"prompt_tokens": spm.count(prompt),
+                            "completion_tokens": spm.count(out["generated_text"]),
+                            "total_tokens": spm.count(prompt) + spm.count(out["generated_text"])}
     assert out["finish_reason"] == "stop" and out["latency_ms"] >= 0
 
 
@@ -300,8 +302,9 @@ def test_txt2txt_chat_completion_shape_and_usage(translator: FastTranslateModel)
     content = choice["message"]["content"]
     assert content and content != messages[-1]["content"]
     usage = out["usage"]
-    assert usage["prompt_tokens"] == sum(count_tokens(m["content"]) for m in messages)
-    assert usage["completion_tokens"] == count_tokens(content)
+    spm = SentencePieceTokens(translate_vocab_path("en-pt"))
+    assert usage["prompt_tokens"] == sum(spm.count(m["content"]) for m in messages)
+    assert usage["completion_tokens"] == spm.count(content)
     assert usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]
     assert "carbon_emissions_g" not in out  # attached by the worker from its measurement
 
@@ -333,7 +336,6 @@ def test_txt2txt_batch_shape(translator: FastTranslateModel) -> None:
     {"messages": [{"role": "robot", "content": "hi"}]},
     {"messages": [{"role": "system", "content": "only a system prompt"}]},
     {"prompt": ""},
-    {"prompt": "hi", "stream": True},
     {"prompts": []},
     {"text": "hello", "parameters": {"direction": "en-fr"}},
     {"nothing": "useful"},
@@ -353,12 +355,26 @@ def test_pt_en_model_defaults_to_its_direction(models: BuiltinModels) -> None:
         runtime.close()
 
 
-def test_token_counting_rule() -> None:
-    assert count_tokens("Hello, world!") == 4
-    assert count_tokens("  ") == 0
-    assert count_tokens("não é? 3.5kg") == 6  # não é ? 3 . 5kg
-    assert truncate_to_tokens("one two, three", 3) == ("one two,", True)
-    assert truncate_to_tokens("one two", 5) == ("one two", False)
+def test_tokens_are_the_models_sentencepiece_pieces() -> None:
+    import sentencepiece
+
+    path = translate_vocab_path("en-pt")
+    assert path.name == "vocab.enpt.spm" and translate_vocab_path("pt-en").name == "vocab.pten.spm"
+    spm = SentencePieceTokens(path)
+    reference = sentencepiece.SentencePieceProcessor(model_file=str(path))
+    for text in ("Hello, world!", "não é? 3.5kg", "The children were playing."):
+        assert spm.count(text) == len(reference.encode(text, out_type=str))
+    assert spm.count("") == 0
+    pieces = reference.encode("Olá, mundo bonito", out_type=str)
+    cut, was_cut = spm.truncate("Olá, mundo bonito", 2)
+    assert was_cut and reference.encode(cut, out_type=str) == pieces[:2]  # the text of exactly two pieces
+    assert spm.truncate("Olá", 5) == ("Olá", False)
+
+
+def test_stream_is_accepted_and_answered_whole(translator: FastTranslateModel) -> None:
+    [streamed, whole] = translator.infer_batch([{"prompt": "Good morning", "stream": True},
+                                                {"prompt": "Good morning"}])
+    assert streamed["generated_text"] == whole["generated_text"] and streamed["usage"] == whole["usage"]
 
 
 # -- txt2img -----------------------------------------------------------------------------------
