@@ -56,7 +56,7 @@ def sample(message_type: str) -> dict[str, Any]:
         "key_event": {"key_id": "key_0123456789abcdef", "event": "revoked", "subject_type": "device",
                       "subject_id": "laptop-001", "at": now},
         "rollout_command": {"rollout_id": uid, "command": "pause", "actor": "key_0123456789abcdef",
-                            "expected_revision": 2, "reason": "p95 looks high on android"},
+                            "reason": "p95 looks high on android"},
         "device_telemetry": {"device_id": "laptop-001", "window_start": now - timedelta(seconds=60),
                              "window_end": now, "models": [
                                  {"model_id": "org/m1", "version": 3, "inference_count": 120, "error_count": 1,
