@@ -51,6 +51,8 @@ ROUTE_ACTIONS: dict[tuple[str, str], Action] = {
     ("POST", "/api/v1/models/{model_id}/download"): A.REGISTRY_WRITE,
     ("POST", "/api/v1/models/{model_id}/load"): A.REGISTRY_WRITE,
     ("POST", "/api/v1/models/{model_id}/unload"): A.REGISTRY_WRITE,
+    ("GET", "/api/v1/models/{model_id}/routing-policy"): A.CATALOG_READ,
+    ("PUT", "/api/v1/models/{model_id}/routing-policy"): A.REGISTRY_WRITE,
     # serving
     ("POST", "/api/v1/infer/{model_id}"): A.INFERENCE,
     ("POST", "/api/v1/infer/{model_id}/async"): A.INFERENCE,

@@ -14,7 +14,7 @@ from api.errors import install_error_handlers
 from api.forwarded import ForwardedHeader
 from api.limits import BodySizeLimit
 from api.middleware import TraceAndMeasure
-from api.routers import fleet, health, inference, jobs, keys, learning, lifecycle, pipelines, rollouts
+from api.routers import fleet, health, inference, jobs, keys, learning, lifecycle, pipelines, rollouts, routing
 from api.routers.health import API_VERSION
 from settings import Settings, get_settings
 
@@ -76,6 +76,7 @@ def create_app(settings: Settings | None = None, context: AppContext | None = No
     app.include_router(learning.router)
     # /models/{id}/load|unload before fleet's /models/{model_id:path} catch-all routes
     app.include_router(lifecycle.router)
+    app.include_router(routing.router)  # /models/{id}/routing-policy, likewise
     app.include_router(fleet.router)
     app.include_router(keys.router)
     app.include_router(rollouts.router)

@@ -231,6 +231,16 @@ def decide(device: DeviceConditions, model: ModelRequirements, assignment: Assig
     return RoutingDecision(Route.ON_DEVICE, RoutingReason.OK, "The device can run it and has it.")
 
 
+def decide_for(settings: Settings, model_extra: Mapping[str, Any], fmt: str | None, platform: str | None,
+               capabilities: Mapping[str, Any] | None, metrics: Mapping[str, Any] | None, version: str | int | None,
+               downloaded: bool) -> RoutingDecision:
+    """``decide`` from what the callers hold: a catalog model's ``extra`` (its policy and resource
+    requirements), the assigned version's format, the device's platform and capabilities
+    (registration) and its latest heartbeat metrics."""
+    return decide(DeviceConditions.of(platform, capabilities, metrics), ModelRequirements.of(model_extra, fmt),
+                  AssignmentState(version, downloaded), policy_of(model_extra, settings))
+
+
 def is_downloaded(installed: Iterable[Any] | None, model_id: str, version: str | int, sha256: str | None) -> bool:
     """Whether heartbeat ``metrics.installed_models`` lists this model at this version (and, when the
     assignment names one, with this sha256: a corrupted or different file is not the assignment)."""

@@ -80,6 +80,8 @@ EXPECTED: dict[tuple[str, str], set[str] | str] = {
     ("POST", "/api/v1/models/{model_id}/download"): {OP},
     ("POST", "/api/v1/models/{model_id}/load"): {OP},
     ("POST", "/api/v1/models/{model_id}/unload"): {OP},
+    ("GET", "/api/v1/models/{model_id}/routing-policy"): ALL,
+    ("PUT", "/api/v1/models/{model_id}/routing-policy"): {OP},
     # serving: services are what it is for; devices may fall back to the cloud
     ("POST", "/api/v1/infer/{model_id}"): ALL,
     ("POST", "/api/v1/infer/{model_id}/async"): ALL,

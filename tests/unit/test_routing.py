@@ -19,6 +19,7 @@ from core.routing import (
     RoutingReason,
     cloud_url,
     decide,
+    decide_for,
     is_downloaded,
     policy_of,
 )
@@ -196,3 +197,14 @@ def test_is_downloaded_matches_model_version_and_sha(installed: Any, expected: b
 
 def test_is_downloaded_without_an_expected_sha_matches_model_and_version() -> None:
     assert is_downloaded([{"model_id": "m", "version": 2}], "m", 2, None)
+
+
+def test_decide_for_reads_catalog_registration_and_heartbeat() -> None:
+    extra = {"resource_requirements": {"memory_mb": 200}, "routing_policy": {"mode": "auto", "min_battery_pct": 50}}
+    small = decide_for(SETTINGS, extra, "onnx", "android", {"memory_mb": 256}, {"network": "wifi"}, 1, True)
+    assert small.reason is R.INSUFFICIENT_MEMORY  # 200 x 1.5 > 256
+    weak = decide_for(SETTINGS, extra, "onnx", "android", {"memory_mb": 512}, {"battery_level": 45}, 1, True)
+    assert weak.reason is R.LOW_BATTERY  # the model's own minimum (50), not the default (20)
+    fine = decide_for(SETTINGS, extra, "onnx", "android", {"memory_mb": 512}, {"battery_level": 45,
+                                                                             "charging": True}, 1, True)
+    assert fine.decision is ON
