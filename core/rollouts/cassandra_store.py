@@ -65,7 +65,7 @@ class CassandraRolloutStore(CassandraRepository, RolloutStore):
         row = self._run("SELECT * FROM rollouts WHERE rollout_id = ?", rollout_id).one()
         return self._rollout(row) if row else None
 
-    def list(self, model_id: str | None = None) -> list[Rollout]:
+    def list_rollouts(self, model_id: str | None = None) -> list[Rollout]:
         # A scan of a small table (one row per rollout ever made), for operators' listings only.
         found = [self._rollout(r) for r in self._run("SELECT * FROM rollouts")]
         return sorted((r for r in found if model_id in (None, r.model_id)), key=lambda r: r.created_at,

@@ -35,7 +35,7 @@ class InMemoryRolloutStore(RolloutStore):
             found = self._rollouts.get(rollout_id)
             return copy.deepcopy(found) if found else None
 
-    def list(self, model_id: str | None = None) -> list[Rollout]:
+    def list_rollouts(self, model_id: str | None = None) -> list[Rollout]:
         with self._lock:
             found = [copy.deepcopy(r) for r in self._rollouts.values() if model_id in (None, r.model_id)]
         return sorted(found, key=lambda r: r.created_at, reverse=True)

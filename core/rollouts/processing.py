@@ -116,7 +116,8 @@ class RolloutProcessor:
         elif command is Command.ROLLBACK:
             after.status = RolloutStatus.ROLLED_BACK
         elif rollout.current_stage + 1 < len(rollout.stages):
-            after.status, after.current_stage, after.stage_started_at = RolloutStatus.ACTIVE, rollout.current_stage + 1, now
+            after.status, after.current_stage = RolloutStatus.ACTIVE, rollout.current_stage + 1
+            after.stage_started_at = now
         else:
             after.status, event = RolloutStatus.COMPLETED, "rollout_completed"
         if not await self._io(self.store.update, after, rollout.revision):

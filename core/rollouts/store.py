@@ -25,7 +25,7 @@ class RolloutStore(ABC):
     def get(self, rollout_id: str) -> Rollout | None: ...
 
     @abstractmethod
-    def list(self, model_id: str | None = None) -> list[Rollout]:
+    def list_rollouts(self, model_id: str | None = None) -> list[Rollout]:
         """Every rollout (of one model), newest first."""
 
     @abstractmethod
