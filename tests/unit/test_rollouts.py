@@ -345,7 +345,7 @@ def test_heartbeat_metrics_that_assignments_read_are_validated(api: TestClient, 
 
 def test_telemetry_is_validated_and_published(api: TestClient, ctx: AppContext) -> None:
     device_id, key = register(api)
-    body = {"window_start": "2026-11-01T12:00:00Z", "window_end": "2026-11-01T12:01:00Z",
+    body: dict[str, Any] = {"window_start": "2026-11-01T12:00:00Z", "window_end": "2026-11-01T12:01:00Z",
             "models": [{"model_id": "org/rolled", "version": 2, "inference_count": 40, "error_count": 1,
                         "crash_count": 0, "cloud_fallback_count": 3,
                         "latency_ms": {"p50": 10, "p95": 30, "p99": 60}}]}
