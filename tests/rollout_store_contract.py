@@ -50,6 +50,9 @@ def test_one_active_rollout_per_model_until_it_ends(rollout_store: RolloutStore)
     assert rollout_store.update(done, 0)
     assert rollout_store.create(second) is None  # the slot is free once the first ended
     assert [r.id for r in rollout_store.current() if r.model_id == first.model_id] == [second.id]
+    latest = rollout_store.latest(first.model_id)
+    assert latest is not None and latest.id == second.id
+    assert rollout_store.latest("org/never-rolled-out") is None
 
 
 def test_update_is_a_compare_and_set_on_the_revision(rollout_store: RolloutStore) -> None:

@@ -76,6 +76,10 @@ class CassandraRolloutStore(CassandraRepository, RolloutStore):
         found = (self.get(i) for i in ids)
         return [r for r in found if r is not None]
 
+    def latest(self, model_id: str) -> Rollout | None:
+        row = self._run("SELECT rollout_id FROM rollout_latest WHERE model_id = ?", model_id).one()
+        return self.get(row.rollout_id) if row else None
+
     def update(self, rollout: Rollout, expected_revision: int) -> bool:
         applied = self._run(
             "UPDATE rollouts SET status = ?, current_stage = ?, stage_started_at = ?, updated_at = ?, reason = ?, "

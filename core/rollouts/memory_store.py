@@ -44,6 +44,11 @@ class InMemoryRolloutStore(RolloutStore):
         with self._lock:
             return [copy.deepcopy(self._rollouts[i]) for i in self._latest.values()]
 
+    def latest(self, model_id: str) -> Rollout | None:
+        with self._lock:
+            rollout_id = self._latest.get(model_id)
+            return copy.deepcopy(self._rollouts[rollout_id]) if rollout_id else None
+
     def update(self, rollout: Rollout, expected_revision: int) -> bool:
         with self._lock:
             stored = self._rollouts.get(rollout.id)

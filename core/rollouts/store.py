@@ -33,6 +33,10 @@ class RolloutStore(ABC):
         """The latest rollout of each model that has one: what assignments follow."""
 
     @abstractmethod
+    def latest(self, model_id: str) -> Rollout | None:
+        """The model's latest rollout (one read), or None when it never had one."""
+
+    @abstractmethod
     def update(self, rollout: Rollout, expected_revision: int) -> bool:
         """Write the rollout's status, stage, stage start, reason and ``updated_at`` with ``revision =
         expected_revision + 1`` if the stored revision is still ``expected_revision`` (False: another
