@@ -47,6 +47,7 @@ class AssignmentService:
         self.clock = clock
         self._lock = threading.Lock()  # the caches are filled from worker threads
         self._current: tuple[float, list[Rollout]] | None = None
+        self._reading = asyncio.Lock()  # one read of the rollouts at a time, however many heartbeats wait
         self._devices: TTLCache[str, tuple[str | None, dict[str, Any]]] = TTLCache(
             settings.rollout_device_cache_size, settings.rollout_device_cache_s)
         self._models: TTLCache[str, CatalogModel | None] = TTLCache(MODEL_CACHE_SIZE, settings.rollout_cache_s)
@@ -59,13 +60,23 @@ class AssignmentService:
         """Drop the cached rollouts (this replica just changed one): the next answer reads them afresh."""
         self._current = None
 
-    async def current_rollouts(self) -> list[Rollout]:
+    def _fresh(self) -> list[Rollout] | None:
         cached = self._current
         if cached is not None and time.monotonic() - cached[0] < self.settings.rollout_cache_s:
             return cached[1]
-        rollouts: list[Rollout] = await self._io(self.rollouts.current)
-        self._current = (time.monotonic(), rollouts)
-        return rollouts
+        return None
+
+    async def current_rollouts(self) -> list[Rollout]:
+        fresh = self._fresh()
+        if fresh is not None:
+            return fresh
+        async with self._reading:  # the heartbeats that found it stale together share one read
+            fresh = self._fresh()
+            if fresh is not None:
+                return fresh
+            rollouts: list[Rollout] = await self._io(self.rollouts.current)
+            self._current = (time.monotonic(), rollouts)
+            return rollouts
 
     async def _device(self, device_id: str) -> tuple[str | None, dict[str, Any]]:
         with self._lock:

@@ -3,18 +3,22 @@ in-memory store, and the REST routes (rollouts, assignments in heartbeats, telem
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from cassandra.cluster import NoHostAvailable
 from fastapi.testclient import TestClient
 from pydantic import SecretStr
 
 from api.context import AppContext
 from core.api_keys import new_api_key
+from core.fleet.memory_store import InMemoryFleetStore
 from core.fleet.models import CatalogModel, ModelVersion
+from core.rollouts.assignments import AssignmentService
 from core.rollouts.memory_store import InMemoryRolloutStore
 from core.rollouts.models import (
     Cohort,
@@ -360,3 +364,57 @@ def test_telemetry_is_validated_and_published(api: TestClient, ctx: AppContext) 
                 {**body, "models": [{**body["models"][0], "error_count": 41}]},
                 {**body, "models": []}, {**body, "extra": 1}):
         assert api.post(f"/api/v1/devices/{device_id}/telemetry", json=bad, headers=key).status_code == 400
+
+
+# --- the heartbeat path's reads ----------------------------------------------------------------
+class CountingRollouts(InMemoryRolloutStore):
+    def __init__(self) -> None:
+        super().__init__()
+        self.reads = 0
+        self.fail: Exception | None = None
+
+    def current(self) -> list[Rollout]:
+        self.reads += 1
+        if self.fail is not None:
+            raise self.fail
+        return super().current()
+
+
+def test_heartbeats_share_one_rollout_read_per_cache_period_and_read_no_device_row() -> None:
+    store = CountingRollouts()
+    ctx = memory_context(Settings(admin_api_key=SecretStr(ADMIN), rate_limit_per_minute=1000,
+                                  rollout_cache_s=3600), rollout_store=store)
+    with app_client(ctx) as client:
+        device_id, key = register(client)
+        device_reads: list[str] = []
+        original = ctx.store.get_device
+
+        def get_device(device_id: str) -> Any:
+            device_reads.append(device_id)
+            return original(device_id)
+
+        ctx.store.get_device = get_device  # type: ignore[method-assign]
+        for _ in range(20):
+            beat = client.put(f"/api/v1/devices/{device_id}/heartbeat", json={"metrics": {"cpu": 1}}, headers=key)
+            assert beat.status_code == 200 and beat.json()["assignments"] == []
+        assert store.reads == 1 and device_reads == []  # no rollout, no installed model: nothing else read
+
+
+async def test_concurrent_stale_readers_share_one_read() -> None:
+    store = CountingRollouts()
+    service = AssignmentService(Settings(rollout_cache_s=3600), store, InMemoryFleetStore())
+    await asyncio.gather(*(service.current_rollouts() for _ in range(50)))
+    assert store.reads == 1
+
+
+def test_a_store_outage_leaves_assignments_out_of_an_accepted_heartbeat() -> None:
+    store = CountingRollouts()
+    ctx = memory_context(Settings(admin_api_key=SecretStr(ADMIN), rate_limit_per_minute=1000), rollout_store=store)
+    with app_client(ctx) as client:
+        device_id, key = register(client)
+        store.fail = NoHostAvailable("cassandra is down", {})
+        beat = client.put(f"/api/v1/devices/{device_id}/heartbeat", json={}, headers=key)
+        assert beat.status_code == 200, beat.text
+        assert beat.json()["assignments"] is None
+        sink: RecordingSink = ctx.events  # type: ignore[assignment]
+        assert [k for _, k, _, _ in sink.events].count(MessageType.DEVICE_HEARTBEAT) == 1
