@@ -180,7 +180,8 @@ class Telemetry:
             return None
         models = []
         for (model_id, version), c in sorted(counts.items()):
-            entry: dict[str, Any] = {"model_id": model_id, "version": version, "inference_count": c.inference_count,
+            entry: dict[str, Any] = {"model_id": model_id, "version": wire_version(version),
+                                     "inference_count": c.inference_count,
                                      "error_count": c.error_count, "crash_count": c.crash_count,
                                      "cloud_fallback_count": c.cloud_fallback_count}
             if c.latencies_ms:  # no answered request, no latency: left out rather than made up
@@ -349,8 +350,8 @@ class DeviceAgent:
         reported = {k: v for k, v in dict(self.conditions()).items() if v is not None}
         if reported.get("network") is not None and reported["network"] not in NETWORKS:
             reported.pop("network")
-        return {**reported, "installed_models": [{"model_id": m.model_id, "version": m.version, "sha256": m.sha256}
-                                                 for m in self.store.installed()]}
+        return {**reported, "installed_models": [{"model_id": m.model_id, "version": wire_version(m.version),
+                                                  "sha256": m.sha256} for m in self.store.installed()]}
 
     def step(self) -> str | None:
         """One heartbeat; follows the assignments in its answer, reports telemetry when a window is due,
@@ -508,6 +509,11 @@ def _format_of(download_url: str, filename: str | None) -> str:
         return query["format"][0]
     suffix = (filename or urlparse(download_url).path).rsplit(".", 1)[-1].lower()
     return {v: k for k, v in SUFFIX.items()}.get(suffix, "")
+
+
+def wire_version(version: str) -> int | str:
+    """A catalog version as the server spells it (an integer), kept as text only if it is not one."""
+    return int(version) if version.isdigit() else version
 
 
 def _safe(name: str) -> str:

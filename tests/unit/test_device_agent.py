@@ -126,7 +126,7 @@ def test_heartbeat_reports_conditions_and_installed_models(api: FakeApi, agent: 
     api.assignments = [entry(1, V1)]
     agent.step()  # downloads v1
     agent.step()
-    assert api.heartbeats[-1]["metrics"]["installed_models"] == [{"model_id": MODEL, "version": "1", "sha256": sha(V1)}]
+    assert api.heartbeats[-1]["metrics"]["installed_models"] == [{"model_id": MODEL, "version": 1, "sha256": sha(V1)}]
 
 
 def test_an_assigned_version_is_downloaded_verified_and_runs_on_device(api: FakeApi, agent: DeviceAgent,
@@ -200,7 +200,7 @@ def test_installed_models_survive_a_restart(api: FakeApi, tmp_path: Path) -> Non
     again = make_agent(api, tmp_path / "models")
     local = again.store.get(MODEL)
     assert local is not None and local.version == "1"
-    assert again.metrics()["installed_models"] == [{"model_id": MODEL, "version": "1", "sha256": sha(V1)}]
+    assert again.metrics()["installed_models"] == [{"model_id": MODEL, "version": 1, "sha256": sha(V1)}]
 
 
 def test_a_download_answered_503_is_retried(api: FakeApi, agent: DeviceAgent) -> None:
@@ -296,7 +296,7 @@ def test_telemetry_window_counts_every_route_and_reports_measured_latencies(api:
     [model] = window["models"]
     assert {k: model[k] for k in ("model_id", "version", "inference_count", "error_count", "crash_count",
                                   "cloud_fallback_count")} == {
-        "model_id": MODEL, "version": "1", "inference_count": 4, "error_count": 0, "crash_count": 0,
+        "model_id": MODEL, "version": 1, "inference_count": 4, "error_count": 0, "crash_count": 0,
         "cloud_fallback_count": 1}
     latency = model["latency_ms"]
     assert set(latency) == {"p50", "p95", "p99"} and 0 < latency["p50"] <= latency["p95"] <= latency["p99"]
