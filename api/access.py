@@ -21,6 +21,16 @@ ROUTE_ACTIONS: dict[tuple[str, str], Action] = {
     ("PUT", "/api/v1/devices/{device_id}/heartbeat"): A.OWN_DEVICE,
     ("POST", "/api/v1/devices/{device_id}/keys/rotate"): A.OWN_DEVICE,
     ("DELETE", "/api/v1/devices/{device_id}"): A.FLEET_ADMIN,
+    ("GET", "/api/v1/devices/{device_id}/assignment"): A.OWN_DEVICE,
+    ("POST", "/api/v1/devices/{device_id}/telemetry"): A.OWN_DEVICE,
+    # staged rollouts (issue 20)
+    ("POST", "/api/v1/rollouts"): A.FLEET_ADMIN,
+    ("GET", "/api/v1/rollouts"): A.FLEET_ADMIN,
+    ("GET", "/api/v1/rollouts/{rollout_id}"): A.FLEET_ADMIN,
+    ("POST", "/api/v1/rollouts/{rollout_id}/pause"): A.FLEET_ADMIN,
+    ("POST", "/api/v1/rollouts/{rollout_id}/resume"): A.FLEET_ADMIN,
+    ("POST", "/api/v1/rollouts/{rollout_id}/advance"): A.FLEET_ADMIN,
+    ("POST", "/api/v1/rollouts/{rollout_id}/rollback"): A.FLEET_ADMIN,
     # training
     ("POST", "/api/v1/training/rounds/start"): A.FLEET_ADMIN,
     ("POST", "/api/v1/training/rounds/{round_id}/cancel"): A.FLEET_ADMIN,

@@ -14,7 +14,7 @@ from api.errors import install_error_handlers
 from api.forwarded import ForwardedHeader
 from api.limits import BodySizeLimit
 from api.middleware import TraceAndMeasure
-from api.routers import fleet, health, inference, jobs, keys, learning, lifecycle, pipelines, routing
+from api.routers import fleet, health, inference, jobs, keys, learning, lifecycle, pipelines, rollouts, routing
 from api.routers.health import API_VERSION
 from settings import Settings, get_settings
 
@@ -79,6 +79,7 @@ def create_app(settings: Settings | None = None, context: AppContext | None = No
     app.include_router(routing.router)  # /models/{id}/routing-policy, likewise
     app.include_router(fleet.router)
     app.include_router(keys.router)
+    app.include_router(rollouts.router)
     app.include_router(inference.router)
     app.include_router(jobs.router)
     app.include_router(pipelines.router)

@@ -21,6 +21,10 @@ from core.fleet.store import FleetStore
 from core.keys import KeyService
 from core.onboarding.fetch import FetchPolicy
 from core.registry import RegistryService
+from core.rollouts.assignments import AssignmentService
+from core.rollouts.memory_store import InMemoryRolloutStore
+from core.rollouts.service import RolloutService
+from core.rollouts.store import RolloutStore
 from core.serving.jobs_service import JobService
 from core.serving.lifecycle import ModelLifecycleService
 from core.serving.residency import InMemoryResidencyStore, ResidencyStore
@@ -53,6 +57,10 @@ class AppContext:
     residency: ResidencyStore = field(default_factory=InMemoryResidencyStore)
     # priority -> requests waiting in its topic (consumer lag); None where no broker is wired
     queue_depth: Callable[[], dict[str, int]] | None = None
+    # rollouts (Cassandra in production), and what answers devices' assignments from per-replica caches
+    rollout_store: RolloutStore = field(default_factory=InMemoryRolloutStore)
+    rollouts: RolloutService = field(init=False)
+    assignments: AssignmentService = field(init=False)
     # when this replica started (time.monotonic): uptime for REST and gRPC status
     started: float = field(default_factory=time.monotonic)
 
@@ -69,6 +77,8 @@ class AppContext:
         self.registry = RegistryService(self.store, self.events, residency=self.residency,
                                         policy=FetchPolicy.from_settings(self.settings),
                                         download_stale_s=2 * self.settings.model_fetch_timeout_s)
+        self.rollouts = RolloutService(self.rollout_store, self.store, self.events)
+        self.assignments = AssignmentService(self.settings, self.rollout_store, self.store)
         self.lifecycle = ModelLifecycleService(self.store, self.residency, self.events, builtins=self.served_builtins,
                                                wait_s=self.settings.model_load_wait_s)
 

@@ -17,6 +17,7 @@ from core.claimcheck import ClaimCheck, sweep_periodically
 from core.fleet.cassandra_store import CassandraFleetStore
 from core.probes import component_probes
 from core.registry import seed_builtins
+from core.rollouts.cassandra_store import CassandraRolloutStore
 from core.serving.cassandra_jobs import CassandraJobStore
 from core.serving.cassandra_residency import CassandraResidencyStore
 from core.serving.jobs_service import JobService
@@ -78,6 +79,7 @@ async def build_context(settings: Settings, service: str = "api") -> AppContext:
         residency=CassandraResidencyStore(session),
         queue_depth=depth,
         key_events=KafkaKeyEventBus(settings, events),
+        rollout_store=CassandraRolloutStore(session),
     )
     # Key events: this replica caches key lookups only because it applies every revocation before the
     # revoking call returns; it joins before it serves.

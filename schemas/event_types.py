@@ -24,7 +24,11 @@ FLEET_EVENT_TYPES: tuple[str, ...] = (
     "round_completed", "round_failed", "round_cancelled", "round_aggregation_retried",
     # seed 002's retraining trigger
     "retraining_requested", "retraining_started", "retraining_not_started",
+    # staged rollouts of model versions (core/rollouts/)
+    "rollout_created", "rollout_stage_advanced", "rollout_paused", "rollout_resumed", "rollout_completed",
+    "rollout_rolled_back",
 )
 
-# What a fleet event is about: its subject_id is a model id (or a model version), a device id or a round id.
-FLEET_SUBJECT_KINDS: tuple[str, ...] = ("model", "device", "round")
+# What a fleet event is about: its subject_id is a model id (or a model version), a device id, a round id
+# or a rollout id.
+FLEET_SUBJECT_KINDS: tuple[str, ...] = ("model", "device", "round", "rollout")

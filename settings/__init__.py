@@ -164,6 +164,16 @@ class Settings(BaseSettings):
         1.2, ge=1.0, le=10.0, description="A device runs a model itself only with resource_requirements.memory_mb "
                                           "x this much memory")
 
+    # --- staged rollouts (core/rollouts/) ----------------------------------------------------
+    rollout_cache_s: float = Field(
+        2.0, gt=0, description="How stale an ingress replica's (and the rollouts processor's) view of rollouts "
+                               "and catalog models may be: assignments change within this of a rollout change")
+    rollout_device_cache_s: float = Field(
+        300.0, gt=0, description="How long an ingress replica keeps a device's registered platform and "
+                                 "capabilities for its assignments (one Cassandra read per device per this)")
+    rollout_device_cache_size: int = Field(100_000, ge=1, description="Devices each ingress replica caches so")
+    rollout_tick_s: float = Field(2.0, gt=0, description="How often the rollouts processor judges stage gates")
+
     # --- model serving -----------------------------------------------------------------
     worker_metrics_port: int = Field(
         0, ge=0, le=65533, description="Prometheus port of inference workers (+0/+1/+2 by priority); 0 = off"

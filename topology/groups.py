@@ -17,6 +17,7 @@ from topology.topics import (
     INFERENCE_RESPONSES,
     LEARNING_GRAPHS,
     MODEL_DOWNLOADS,
+    ROLLOUTS,
     TRAINING_UPDATES,
     Priority,
     TopicSpec,
@@ -43,6 +44,7 @@ class Group(StrEnum):
     ROUND_PROCESSOR = "round-processor"
     LEARNING_GRAPH_PROCESSOR = "learning-graph-processor"
     MODEL_DOWNLOAD_PROCESSOR = "model-download-processor"
+    ROLLOUT_PROCESSOR = "rollout-processor"
     INGRESS_REPLIES = "ingress-replies"
 
     @classmethod
@@ -93,6 +95,8 @@ GROUPS: tuple[ConsumerGroupSpec, ...] = (
                       "retraining requests (seed 002) start a training round"),
     ConsumerGroupSpec(Group.MODEL_DOWNLOAD_PROCESSOR.value, (MODEL_DOWNLOADS,),
                       "fetches registry models from their source_url, checks and stores them"),
+    ConsumerGroupSpec(Group.ROLLOUT_PROCESSOR.value, (ROLLOUTS,),
+                      "rollout commands and telemetry; a timer judges stage gates"),
     ConsumerGroupSpec(Group.INGRESS_REPLIES.value, (INFERENCE_RESPONSES,),
                       "ingress replicas awaiting synchronous inference replies"),
 )

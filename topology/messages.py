@@ -27,6 +27,7 @@ from topology.topics import (
     LIFECYCLE_EVENTS,
     MODEL_COMMANDS,
     MODEL_DOWNLOADS,
+    ROLLOUTS,
     TRAINING_ROUNDS,
     TRAINING_UPDATES,
     Priority,
@@ -52,6 +53,8 @@ class MessageType(StrEnum):
     MODEL_UPDATE_SUBMITTED = "model_update_submitted"
     LEARNING_GRAPH_SUBMITTED = "learning_graph_submitted"
     KEY_EVENT = "key_event"  # an API key stopped working: every ingress replica forgets it
+    ROLLOUT_COMMAND = "rollout_command"  # pause, resume, advance or roll back a rollout
+    DEVICE_TELEMETRY = "device_telemetry"  # a device's per-model inference counts and latencies
 
 
 @dataclass(frozen=True)
@@ -101,4 +104,6 @@ MESSAGES: dict[MessageType, MessageRoute] = {
     MessageType.MODEL_UPDATE_SUBMITTED: MessageRoute(TRAINING_UPDATES, "round_id"),
     MessageType.LEARNING_GRAPH_SUBMITTED: MessageRoute(LEARNING_GRAPHS, "device_id_hash"),
     MessageType.KEY_EVENT: MessageRoute(KEY_EVENTS, "key_id"),
+    MessageType.ROLLOUT_COMMAND: MessageRoute(ROLLOUTS, "rollout_id"),
+    MessageType.DEVICE_TELEMETRY: MessageRoute(ROLLOUTS, "device_id"),
 }

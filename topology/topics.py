@@ -20,6 +20,7 @@ seed 001 §4.1                                 declared here
 ``modelmora.audit.events``                    same name
 (not in the seeds)                            ``tributary.*``: jobs, model commands, devices,
                                               training rounds and updates, learning graphs,
+                                              rollout commands and device telemetry,
                                               fleet events (catalog, device, round, update
                                               and retraining events: the lifecycle topic's
                                               schema refuses them), and
@@ -113,6 +114,10 @@ TRAINING_UPDATES = _spec("tributary.training.updates", 3, 30,
 LEARNING_GRAPHS = _spec("tributary.learning.graphs", 3, 30, "accepted learning graphs and retraining requests")
 FLEET_EVENTS = _spec("tributary.fleet.events", 3, 30,
                      "catalog, device, round, update and retraining events, keyed by subject, for other services")
+# One topic for the rollouts processor's input (a processor reads one topic): operators' rollout
+# commands, keyed by rollout id, and devices' inference telemetry, keyed by device id.
+ROLLOUTS = _spec("tributary.rollouts", 6, 7,
+                 "rollout commands (keyed by rollout id) and device telemetry (keyed by device id) that gate them")
 # Compacted: the latest event per key is kept for good (a key never becomes valid again). One
 # partition: revocations are rare, and one offset tells a revoker how far each replica has read.
 KEY_EVENTS = TopicSpec("tributary.keys.events", 1, -1,
@@ -122,7 +127,7 @@ KEY_EVENTS = TopicSpec("tributary.keys.events", 1, -1,
 DATA_TOPICS: tuple[TopicSpec, ...] = (
     *INFERENCE_REQUESTS.values(), INFERENCE_RESPONSES, LIFECYCLE_EVENTS, AUDIT_EVENTS, JOB_EVENTS,
     MODEL_COMMANDS, MODEL_DOWNLOADS, DEVICE_EVENTS, DEVICE_HEARTBEATS, TRAINING_ROUNDS, TRAINING_UPDATES,
-    LEARNING_GRAPHS, FLEET_EVENTS, KEY_EVENTS,
+    LEARNING_GRAPHS, FLEET_EVENTS, KEY_EVENTS, ROLLOUTS,
 )
 
 

@@ -135,7 +135,11 @@ async def get_device(device_id: DeviceId, ctx: Ctx, caller: Caller) -> DeviceOut
 async def heartbeat(device_id: DeviceId, ctx: Ctx, caller: Caller,
                     body: HeartbeatRequest | None = None) -> HeartbeatResponse:
     body = body or HeartbeatRequest()
-    return HeartbeatResponse(**await ctx.fleet.heartbeat(caller, device_id, body.status, body.metrics))
+    metrics = body.metrics_sent()
+    answer = await ctx.fleet.heartbeat(caller, device_id, body.status, metrics)
+    # What the device should run, from caches and this heartbeat's own metrics (no store read per beat).
+    answer["assignments"] = await ctx.assignments.for_device(device_id, metrics)
+    return HeartbeatResponse(**answer)
 
 
 @router.post("/training/rounds/start", status_code=201, response_model=RoundOut, tags=["Rounds"], responses=ERRORS)

@@ -50,6 +50,16 @@ EXPECTED: dict[tuple[str, str], set[str] | str] = {
     ("PUT", "/api/v1/devices/{device_id}/heartbeat"): {D, OP},
     ("POST", "/api/v1/devices/{device_id}/keys/rotate"): {D, OP},
     ("DELETE", "/api/v1/devices/{device_id}"): {OP},
+    ("GET", "/api/v1/devices/{device_id}/assignment"): {D, OP},
+    ("POST", "/api/v1/devices/{device_id}/telemetry"): {D, OP},
+    # staged rollouts: operators only
+    ("POST", "/api/v1/rollouts"): {OP},
+    ("GET", "/api/v1/rollouts"): {OP},
+    ("GET", "/api/v1/rollouts/{rollout_id}"): {OP},
+    ("POST", "/api/v1/rollouts/{rollout_id}/pause"): {OP},
+    ("POST", "/api/v1/rollouts/{rollout_id}/resume"): {OP},
+    ("POST", "/api/v1/rollouts/{rollout_id}/advance"): {OP},
+    ("POST", "/api/v1/rollouts/{rollout_id}/rollback"): {OP},
     # training: devices take part, operators run rounds; an update comes from a device only
     ("POST", "/api/v1/training/rounds/start"): {OP},
     ("POST", "/api/v1/training/rounds/{round_id}/cancel"): {OP},
@@ -143,7 +153,8 @@ def fresh_keys(ctx: AppContext, client: TestClient) -> Keys:
 
 def filled(path: str, device_id: str) -> str:
     fillers = {"device_id": device_id, "round_id": str(uuid.uuid4()), "model_id": str(uuid.uuid4()),
-               "version": "1", "job_id": str(uuid.uuid4()), "key_id": "key_" + uuid.uuid4().hex[:16]}
+               "version": "1", "job_id": str(uuid.uuid4()), "key_id": "key_" + uuid.uuid4().hex[:16],
+               "rollout_id": str(uuid.uuid4())}
     return re.sub(r"\{(\w+)\}", lambda m: fillers[m[1]], path)
 
 
