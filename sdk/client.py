@@ -466,6 +466,20 @@ class TributaryClient:
                 body[key] = dict(value) if isinstance(value, Mapping) else value
         return Model.of(self._json("POST", "/api/v1/models", json=body))
 
+    def update_model(self, model_id: str, **changes: Any) -> Model:
+        """Operators: change a registry entry (``display_name``, ``description``, ``config``,
+        ``resource_requirements``; what is not given stays)."""
+        return Model.of(self._json("PUT", f"/api/v1/models/{self._model_path(model_id)}", json=changes))
+
+    def routing_policy(self, model_id: str) -> dict[str, Any]:
+        """The model's routing policy: ``{"model_id", "policy" (effective), "overrides", "memory_mb"}``."""
+        return self._json("GET", f"/api/v1/models/{self._model_path(model_id)}/routing-policy")
+
+    def set_routing_policy(self, model_id: str, **policy: Any) -> dict[str, Any]:
+        """Operators: replace the model's routing policy (``mode``, ``min_battery_pct``,
+        ``download_networks``, ``memory_headroom``, ``platforms``; what is left out takes the default)."""
+        return self._json("PUT", f"/api/v1/models/{self._model_path(model_id)}/routing-policy", json=policy)
+
     def model(self, model_id: str) -> Model:
         return Model.of(self._json("GET", f"/api/v1/models/{self._model_path(model_id)}"))
 
