@@ -74,9 +74,12 @@ def two_version_model(admin: httpx.Client) -> str:
     return str(model_id)
 
 
-def create_rollout(admin: httpx.Client, model_id: str, stages: list[dict[str, Any]]) -> dict[str, Any]:
+def create_rollout(admin: httpx.Client, model_id: str, stages: list[dict[str, Any]],
+                   devices: list[Device]) -> dict[str, Any]:
+    # The cohort is these devices (all android): the session's other tests' devices get nothing from it.
+    cohort = {"platforms": ["android"], "device_ids": [d.device_id for d in devices]}
     created = admin.post("/api/v1/rollouts", json={"model_id": model_id, "version": 2, "stages": stages,
-                                                   "cohort": {"platforms": ["android"]}})
+                                                   "cohort": cohort})
     assert created.status_code == 201, created.text
     body: dict[str, Any] = created.json()
     return body
@@ -123,7 +126,7 @@ def test_a_10_percent_stage_assigns_about_10_percent_and_keeps_them_when_it_wide
         system: RunningSystem, admin: httpx.Client, devices: list[Device]) -> None:
     model_id = two_version_model(admin)
     created = create_rollout(admin, model_id, [{"percent": 10, "hold_s": 3600}, {"percent": 50, "hold_s": 3600},
-                                               {"percent": 100, "hold_s": 3600}])
+                                               {"percent": 100, "hold_s": 3600}], devices)
     rollout_id = created["rollout_id"]
     again = admin.post("/api/v1/rollouts", json={"model_id": model_id, "version": 2,
                                                   "stages": [{"percent": 100, "hold_s": 1}]})
@@ -155,7 +158,9 @@ def test_a_10_percent_stage_assigns_about_10_percent_and_keeps_them_when_it_wide
     assert abs(len(stage_1) - 0.5 * DEVICES) <= 3 * (DEVICES * 0.5 * 0.5) ** 0.5
 
     detail = rollout(admin, rollout_id)
-    assert detail["devices"]["assigned"]["2"] >= len(stage_1)  # ours and any other android device in the cohort
+    assert detail["devices"]["cohort"] == DEVICES
+    expected = {"1": DEVICES - len(stage_1), "2": len(stage_1)}
+    assert detail["devices"]["assigned"] == {version: n for version, n in expected.items() if n}
     own = httpx.get(f"{system.base_url}/api/v1/devices/{devices[0].device_id}/assignment",
                     headers=devices[0].headers, timeout=TIMEOUT)
     assert own.status_code == 200 and own.json()["assignments"][0]["version"] == widened[devices[0].device_id][
@@ -168,9 +173,10 @@ def test_bad_telemetry_from_the_new_version_pauses_and_rolls_back_on_its_own(
     # Judged once all four devices' reports are in (80 inferences), so the gate's numbers are exact.
     gates = {"min_inference_count": 80, "max_error_rate": 0.05, "max_p95_latency_ms": 200}
     slow_model, broken_model = two_version_model(admin), two_version_model(admin)
-    slow = create_rollout(admin, slow_model, [{"percent": 50, "hold_s": 3600, **gates}, {"percent": 100, "hold_s": 1}])
+    slow = create_rollout(admin, slow_model, [{"percent": 50, "hold_s": 3600, **gates}, {"percent": 100, "hold_s": 1}],
+                          devices)
     broken = create_rollout(admin, broken_model, [{"percent": 50, "hold_s": 3600, **gates},
-                                                  {"percent": 100, "hold_s": 1}])
+                                                  {"percent": 100, "hold_s": 1}], devices)
     slow_devices = [d for d in devices if bucket(d.device_id, slow["rollout_id"]) < 50][:4]
     broken_devices = [d for d in devices if bucket(d.device_id, broken["rollout_id"]) < 50][:4]
     for device in slow_devices:
@@ -199,8 +205,11 @@ def test_bad_telemetry_from_the_new_version_pauses_and_rolls_back_on_its_own(
     assert {e["version"] for e in back.values()} == {1} and {e["rollout_id"] for e in back.values()} == {None}
     # The model's slot is free again: a new rollout may start.
     retry = admin.post("/api/v1/rollouts", json={"model_id": broken_model, "version": 2,
+                                                  "cohort": {"device_ids": [devices[0].device_id]},
                                                   "stages": [{"percent": 5, "hold_s": 3600}]})
     assert retry.status_code == 201, retry.text
+    for rollout_id in (retry.json()["rollout_id"], slow["rollout_id"]):
+        assert admin.post(f"/api/v1/rollouts/{rollout_id}/rollback").status_code == 202
 
 
 def test_the_rollout_state_survives_a_processor_kill_mid_stage(
@@ -209,7 +218,7 @@ def test_the_rollout_state_survives_a_processor_kill_mid_stage(
     # Advances only once it has counted all 40 inferences below: none lost, none counted twice.
     created = create_rollout(admin, model_id, [
         {"percent": 30, "hold_s": 2, "min_inference_count": 40, "max_error_rate": 0.5},
-        {"percent": 100, "hold_s": 3600}])
+        {"percent": 100, "hold_s": 3600}], devices)
     rollout_id = created["rollout_id"]
     reporters = [d for d in devices if bucket(d.device_id, rollout_id) < 30][:2]
     assert len(reporters) == 2
