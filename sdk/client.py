@@ -343,6 +343,33 @@ class TributaryClient:
         """Operators: end a pending, active or aggregating round (409 once it has finished)."""
         return self._json("POST", f"/api/v1/training/rounds/{round_id}/cancel")
 
+    # --- rollouts (operators) ------------------------------------------------------------
+    def create_rollout(self, model_id: str, version: int, stages: list[Mapping[str, Any]],
+                       cohort: Mapping[str, Any] | None = None,
+                       baseline_version: int | None = None) -> dict[str, Any]:
+        """Roll a catalog version out in stages (``[{"percent", "hold_s", "min_inference_count",
+        "max_error_rate", "max_crash_rate", "max_p95_latency_ms"}]``); 409 while one is active."""
+        body: dict[str, Any] = {"model_id": model_id, "version": version, "stages": [dict(s) for s in stages]}
+        if cohort is not None:
+            body["cohort"] = dict(cohort)
+        if baseline_version is not None:
+            body["baseline_version"] = baseline_version
+        return self._json("POST", "/api/v1/rollouts", json=body)
+
+    def list_rollouts(self, model_id: str | None = None) -> list[dict[str, Any]]:
+        rollouts: list[dict[str, Any]] = self._json(
+            "GET", "/api/v1/rollouts", params={"model_id": model_id} if model_id else None)["rollouts"]
+        return rollouts
+
+    def get_rollout(self, rollout_id: str) -> dict[str, Any]:
+        """The rollout with its gates, current telemetry per version and device counts per version."""
+        return self._json("GET", f"/api/v1/rollouts/{rollout_id}")
+
+    def command_rollout(self, rollout_id: str, command: str, reason: str | None = None) -> dict[str, Any]:
+        """``pause``, ``resume``, ``advance`` or ``rollback`` (202: the rollouts processor applies it)."""
+        return self._json("POST", f"/api/v1/rollouts/{rollout_id}/{command}",
+                          json={"reason": reason} if reason else None)
+
     def submit_update(self, round_id: str, weights: bytes, num_samples: int, *, local_loss: float | None = None,
                       local_accuracy: float | None = None, training_time_seconds: int | None = None) -> dict[str, Any]:
         form = {"num_samples": str(num_samples)}

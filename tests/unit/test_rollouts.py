@@ -4,6 +4,7 @@ in-memory store, and the REST routes (rollouts, assignments in heartbeats, telem
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -11,10 +12,12 @@ from typing import Any
 
 import pytest
 from cassandra.cluster import NoHostAvailable
+from click.testing import CliRunner
 from fastapi.testclient import TestClient
 from pydantic import SecretStr
 
 from api.context import AppContext
+from cli import main as cli_main
 from core.api_keys import new_api_key
 from core.fleet.memory_store import InMemoryFleetStore
 from core.fleet.models import CatalogModel, ModelVersion
@@ -33,6 +36,7 @@ from core.rollouts.models import (
     judge,
 )
 from core.rollouts.processing import GATE_ACTOR, RolloutProcessor
+from sdk.client import TributaryClient
 from settings import Settings
 from tests.memory_app import app_client, memory_context
 from tests.recording_sink import RecordingSink
@@ -418,3 +422,22 @@ def test_a_store_outage_leaves_assignments_out_of_an_accepted_heartbeat() -> Non
         assert beat.json()["assignments"] is None
         sink: RecordingSink = ctx.events  # type: ignore[assignment]
         assert [k for _, k, _, _ in sink.events].count(MessageType.DEVICE_HEARTBEAT) == 1
+
+
+# --- the CLI -----------------------------------------------------------------------------------
+def test_the_cli_lists_shows_and_commands_rollouts_through_the_api(api: TestClient, ctx: AppContext,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    catalog_model(ctx)
+    rollout_id = create(api).json()["rollout_id"]
+    monkeypatch.setattr(cli_main, "_operator_client", lambda url, key: TributaryClient(
+        "http://testserver", ADMIN, transport=api._transport))  # the app in this process
+    runner = CliRunner()
+    listed = runner.invoke(cli_main.main, ["rollouts", "list", "--json"])
+    assert listed.exit_code == 0, listed.output
+    assert [r["rollout_id"] for r in json.loads(listed.output)] == [rollout_id]
+    shown = runner.invoke(cli_main.main, ["rollouts", "show", rollout_id])
+    assert shown.exit_code == 0 and "stages" in shown.output, shown.output
+    paused = runner.invoke(cli_main.main, ["rollouts", "command", rollout_id, "pause", "--reason", "check"])
+    assert paused.exit_code == 0 and "pause" in paused.output
+    refused = runner.invoke(cli_main.main, ["rollouts", "command", rollout_id, "resume"])
+    assert refused.exit_code == 1 and "ROLLOUT_STATE" in refused.output
