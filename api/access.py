@@ -21,6 +21,16 @@ ROUTE_ACTIONS: dict[tuple[str, str], Action] = {
     ("PUT", "/api/v1/devices/{device_id}/heartbeat"): A.OWN_DEVICE,
     ("POST", "/api/v1/devices/{device_id}/keys/rotate"): A.OWN_DEVICE,
     ("DELETE", "/api/v1/devices/{device_id}"): A.FLEET_ADMIN,
+    ("GET", "/api/v1/devices/{device_id}/assignment"): A.OWN_DEVICE,
+    ("POST", "/api/v1/devices/{device_id}/telemetry"): A.OWN_DEVICE,
+    # staged rollouts (issue 20)
+    ("POST", "/api/v1/rollouts"): A.FLEET_ADMIN,
+    ("GET", "/api/v1/rollouts"): A.FLEET_ADMIN,
+    ("GET", "/api/v1/rollouts/{rollout_id}"): A.FLEET_ADMIN,
+    ("POST", "/api/v1/rollouts/{rollout_id}/pause"): A.FLEET_ADMIN,
+    ("POST", "/api/v1/rollouts/{rollout_id}/resume"): A.FLEET_ADMIN,
+    ("POST", "/api/v1/rollouts/{rollout_id}/advance"): A.FLEET_ADMIN,
+    ("POST", "/api/v1/rollouts/{rollout_id}/rollback"): A.FLEET_ADMIN,
     # training
     ("POST", "/api/v1/training/rounds/start"): A.FLEET_ADMIN,
     ("POST", "/api/v1/training/rounds/{round_id}/cancel"): A.FLEET_ADMIN,
@@ -47,6 +57,8 @@ ROUTE_ACTIONS: dict[tuple[str, str], Action] = {
     ("POST", "/api/v1/models/{model_id}/download"): A.REGISTRY_WRITE,
     ("POST", "/api/v1/models/{model_id}/load"): A.REGISTRY_WRITE,
     ("POST", "/api/v1/models/{model_id}/unload"): A.REGISTRY_WRITE,
+    ("GET", "/api/v1/models/{model_id}/routing-policy"): A.CATALOG_READ,
+    ("PUT", "/api/v1/models/{model_id}/routing-policy"): A.REGISTRY_WRITE,
     # serving
     ("POST", "/api/v1/infer/{model_id}"): A.INFERENCE,
     ("POST", "/api/v1/infer/{model_id}/async"): A.INFERENCE,

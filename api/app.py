@@ -27,6 +27,8 @@ from api.routers import (
     lifecycle,
     openai_compat,
     pipelines,
+    rollouts,
+    routing,
     training_jobs,
 )
 from api.routers.health import API_VERSION
@@ -92,8 +94,10 @@ def create_app(settings: Settings | None = None, context: AppContext | None = No
     app.include_router(learning.router)
     # /models/{id}/load|unload before fleet's /models/{model_id:path} catch-all routes
     app.include_router(lifecycle.router)
+    app.include_router(routing.router)  # /models/{id}/routing-policy, likewise
     app.include_router(fleet.router)
     app.include_router(keys.router)
+    app.include_router(rollouts.router)
     app.include_router(inference.router)
     app.include_router(jobs.router)
     app.include_router(pipelines.router)

@@ -24,6 +24,10 @@ from core.fleet.store import FleetStore
 from core.keys import KeyService
 from core.onboarding.fetch import FetchPolicy
 from core.registry import RegistryService
+from core.rollouts.assignments import AssignmentService
+from core.rollouts.memory_store import InMemoryRolloutStore
+from core.rollouts.service import RolloutService
+from core.rollouts.store import RolloutStore
 from core.serving.jobs_service import JobService
 from core.serving.lifecycle import ModelLifecycleService
 from core.serving.residency import InMemoryResidencyStore, ResidencyStore
@@ -63,6 +67,10 @@ class AppContext:
     # dataset records (Cassandra in production); their files live in ``artifacts``
     dataset_store: DatasetStore = field(default_factory=InMemoryDatasetStore)
     datasets: DatasetService = field(init=False)
+    # rollouts (Cassandra in production), and what answers devices' assignments from per-replica caches
+    rollout_store: RolloutStore = field(default_factory=InMemoryRolloutStore)
+    rollouts: RolloutService = field(init=False)
+    assignments: AssignmentService = field(init=False)
     # when this replica started (time.monotonic): uptime for REST and gRPC status
     started: float = field(default_factory=time.monotonic)
     # seed 003 LoRA training jobs (Cassandra in production)
@@ -87,6 +95,8 @@ class AppContext:
         s3 = getattr(self.artifacts, "client", None)  # s3:// dataset sources read our own S3
         self.datasets = DatasetService(self.settings, self.dataset_store, self.artifacts, self.events,
                                        s3_client=(lambda: s3) if s3 is not None else None)
+        self.rollouts = RolloutService(self.rollout_store, self.store, self.events)
+        self.assignments = AssignmentService(self.settings, self.rollout_store, self.store)
         self.lifecycle = ModelLifecycleService(self.store, self.residency, self.events, builtins=self.served_builtins,
                                                wait_s=self.settings.model_load_wait_s)
 

@@ -94,9 +94,61 @@ class DeviceList(BaseModel):
     next_cursor: str | None = Field(None, description="Pass as `cursor` for the next page; null on the last page")
 
 
+INT32_MAX = 2**31 - 1
+SHA256 = r"^(sha256:)?[0-9a-fA-F]{64}$"
+MODEL_ID = r"^[^\x00-\x1f]{1,255}$"
+
+
+class RoutingOut(BaseModel):
+    decision: Literal["on_device", "cloud"]
+    reason: str
+    cloud_url: str
+
+
+class AssignmentOut(BaseModel):
+    model_id: str
+    version: int
+    rollout_id: str | None = Field(description="The rollout that assigns this version; null: no rollout does "
+                                               "(the catalog's current version, or a rollout's baseline)")
+    stage: int | None
+    download_url: str
+    size_bytes: int
+    sha256: str
+    downloaded: bool = Field(description="Whether the device's installed_models lists this version")
+    routing: RoutingOut
+
+
+class AssignmentResponse(BaseModel):
+    device_id: str
+    assignments: list[AssignmentOut]
+    generated_at: datetime
+
+
+class InstalledModel(StrictBody):
+    model_id: str = Field(pattern=MODEL_ID)
+    version: int = Field(ge=1, le=INT32_MAX)
+    sha256: str | None = Field(None, pattern=SHA256)
+
+
+class HeartbeatMetrics(BaseModel):
+    """Seed 000's free-form metrics, with the keys assignments and routing read checked (others pass)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    installed_models: list[InstalledModel] | None = Field(None, max_length=100)
+    memory_available_mb: int | None = Field(None, ge=0, le=INT32_MAX)
+    battery_level: int | float | None = Field(None, ge=0, le=100)
+    charging: bool | None = None
+    network: Literal["wifi", "cellular", "ethernet", "offline"] | None = None
+
+
 class HeartbeatRequest(StrictBody):
     status: Literal["active", "inactive"] | None = None
-    metrics: dict[str, Any] | None = None
+    metrics: HeartbeatMetrics | None = None
+
+    def metrics_sent(self) -> dict[str, Any] | None:
+        """The metrics as the device sent them (checked keys validated, other keys kept as they were)."""
+        return self.metrics.model_dump(exclude_unset=True) if self.metrics is not None else None
 
 
 class HeartbeatResponse(BaseModel):
@@ -104,6 +156,9 @@ class HeartbeatResponse(BaseModel):
     last_heartbeat: datetime
     pending_round_id: str | None = None
     message: str | None = None
+    assignments: list[AssignmentOut] | None = Field(None, description=(
+        "The model versions assigned to this device (as GET /devices/{id}/assignment), judged on this "
+        "heartbeat's metrics"))
 
 
 class RoundStartRequest(StrictBody):

@@ -19,6 +19,7 @@ from core.datasets.cassandra_store import CassandraDatasetStore
 from core.fleet.cassandra_store import CassandraFleetStore
 from core.probes import component_probes
 from core.registry import seed_builtins
+from core.rollouts.cassandra_store import CassandraRolloutStore
 from core.serving.cassandra_jobs import CassandraJobStore
 from core.serving.cassandra_residency import CassandraResidencyStore
 from core.serving.jobs_service import JobService
@@ -84,6 +85,7 @@ async def build_context(settings: Settings, service: str = "api") -> AppContext:
         queue_depth=depth,
         key_events=KafkaKeyEventBus(settings, events),
         training_jobs=CassandraTrainingJobStore(session),
+        rollout_store=CassandraRolloutStore(session),
     )
     # Key events: this replica caches key lookups only because it applies every revocation before the
     # revoking call returns; it joins before it serves.

@@ -303,6 +303,67 @@ def _print_key(title: str, body: dict[str, Any], as_json: bool) -> None:
         console.print(f"[yellow]not every replica confirmed the old key's revocation:[/yellow] {propagation}")
 
 
+ROLLOUT_COLUMNS = ("rollout_id", "model_id", "version", "baseline_version", "status", "current_stage",
+                   "current_percent", "reason", "updated_at")
+
+
+@main.group()
+def rollouts() -> None:
+    """Staged rollouts of model versions to devices, through the REST API."""
+
+
+@rollouts.command("list")
+@click.option("--model", "model_id", default=None, help="Only this model's rollouts.")
+@_URL
+@_KEY
+@_JSON
+def rollouts_list(model_id: str | None, url: str | None, api_key: str | None, as_json: bool) -> None:
+    """Every rollout, newest first."""
+    with _operator_client(url, api_key) as client:
+        rows = _call(client.list_rollouts, model_id)
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    _print_rows("rollouts", [{k: row.get(k) for k in ROLLOUT_COLUMNS} for row in rows])
+
+
+@rollouts.command("show")
+@click.argument("rollout_id")
+@_URL
+@_KEY
+@_JSON
+def rollouts_show(rollout_id: str, url: str | None, api_key: str | None, as_json: bool) -> None:
+    """One rollout: its stages, each stage's last gate judgement, telemetry and devices per version."""
+    with _operator_client(url, api_key) as client:
+        body = _call(client.get_rollout, rollout_id)
+    if as_json:
+        click.echo(json.dumps(body, indent=2))
+        return
+    _print_rows("rollout", [{k: body.get(k) for k in ROLLOUT_COLUMNS}])
+    _print_rows("stages", [{"stage": i, **stage, "gate": (body["gates"].get(str(i)) or {}).get("verdict"),
+                            "why": (body["gates"].get(str(i)) or {}).get("reason")}
+                           for i, stage in enumerate(body["stages"])])
+    _print_rows("telemetry of the current stage", [{"version": v, **t} for v, t in body["telemetry"].items()])
+    devices = body["devices"]
+    _print_rows(f"devices (cohort {devices['cohort']})", [
+        {"version": v, "assigned": devices["assigned"].get(v, 0), "installed": devices["installed"].get(v, 0)}
+        for v in sorted(set(devices["assigned"]) | set(devices["installed"]), key=int)])
+
+
+@rollouts.command("command")
+@click.argument("rollout_id")
+@click.argument("command", type=click.Choice(["pause", "resume", "advance", "rollback"]))
+@click.option("--reason", default=None, help="Why, for the event and the audit trail.")
+@_URL
+@_KEY
+def rollouts_command(rollout_id: str, command: str, reason: str | None, url: str | None,
+                     api_key: str | None) -> None:
+    """Pause, resume, advance or roll back a rollout (the rollouts processor applies it)."""
+    with _operator_client(url, api_key) as client:
+        body = _call(client.command_rollout, rollout_id, command, reason)
+    console.print(body["message"])
+
+
 @main.group()
 def keys() -> None:
     """API keys (device, service, operator), through the REST API: the key is shown once, never stored."""

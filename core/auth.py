@@ -36,7 +36,7 @@ class Action(StrEnum):
     REGISTRY_WRITE = "registry.write"  # register, change, delete, upload, fetch, load, unload models
     OWN_DEVICE = "device.self"  # a device's own row, heartbeat and key (operators: any device)
     TRAINING = "training"  # round reads, update and learning-graph submission
-    FLEET_ADMIN = "fleet.admin"  # list and delete devices, start and cancel rounds
+    FLEET_ADMIN = "fleet.admin"  # list and delete devices, start and cancel rounds, run rollouts
     KEYS = "keys"  # create, list, rotate and revoke keys
     DATASETS_READ = "datasets.read"  # list and fetch dataset records (seed 003 §4)
     DATASETS_WRITE = "datasets.write"  # upload and delete datasets

@@ -31,6 +31,7 @@ from core.events import EventSink, EventsUnavailable, fleet_record, lifecycle_re
 from core.fleet.models import CatalogModel, RegistryStatus
 from core.fleet.store import FleetStore
 from core.onboarding.fetch import FetchError, FetchPolicy, check_source_url, redact
+from core.routing import RoutingPolicy
 from core.serving.builtin_specs import BUILTIN_SPECS, BuiltinSpec
 from core.serving.residency import ResidencyStore, observe
 from core.task_types import TaskType
@@ -177,6 +178,27 @@ class RegistryService:
                                 after={"display_name": model.name, "description": model.description,
                                        "config": model.extra.get("config")})
         return model
+
+    async def routing_policy(self, model_id: str) -> tuple[CatalogModel, RoutingPolicy]:
+        """The model and its stored routing policy (overrides only; ``RoutingPolicy.effective`` fills
+        in the deployment's defaults)."""
+        model = await self.get(model_id)
+        return model, RoutingPolicy.of(model.extra.get("routing_policy"))
+
+    async def set_routing_policy(self, principal: Principal, model_id: str,
+                                 policy: RoutingPolicy) -> tuple[CatalogModel, RoutingPolicy]:
+        """Operators replace a model's routing policy (fields left out take the defaults). Audited:
+        it changes where every device runs the model from its next assignment on."""
+        principal.require_operator()
+        model = await self.get(model_id)
+        before = model.extra.get("routing_policy")
+        model.extra["routing_policy"] = policy.overrides()
+        model.updated_at = self.clock()
+        await asyncio.to_thread(self.store.update_model, model)
+        await self.events.audit(actor=principal.key_id, action="model.routing_policy.update",
+                                subject=f"model/{model_id}", outcome="accepted", before=before,
+                                after=model.extra["routing_policy"])
+        return model, policy
 
     async def delete(self, principal: Principal, model_id: str, force: bool) -> None:
         principal.require_operator()

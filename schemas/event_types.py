@@ -27,8 +27,11 @@ FLEET_EVENT_TYPES: tuple[str, ...] = (
     # seed 003 LoRA training jobs: every status change, and progress (TrainingMetrics) and checkpoints
     "training_job_pending", "training_job_queued", "training_job_running", "training_job_progress",
     "training_job_checkpoint", "training_job_completed", "training_job_failed", "training_job_cancelled",
+    # staged rollouts of model versions (core/rollouts/)
+    "rollout_created", "rollout_stage_advanced", "rollout_paused", "rollout_resumed", "rollout_completed",
+    "rollout_rolled_back",
 )
 
-# What a fleet event is about: its subject_id is a model id (or a model version), a device id, a round id
-# or a training job id.
-FLEET_SUBJECT_KINDS: tuple[str, ...] = ("model", "device", "round", "training_job")
+# What a fleet event is about: its subject_id is a model id (or a model version), a device id, a round id,
+# a training job id or a rollout id.
+FLEET_SUBJECT_KINDS: tuple[str, ...] = ("model", "device", "round", "training_job", "rollout")

@@ -11,13 +11,15 @@ Serving calls return typed results (``InferenceResult``, ``JobReference``, ``Job
 from __future__ import annotations
 
 import base64
+import hashlib
 import io
 import json
 import random
-import threading
+import re
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import quote
 
@@ -166,6 +168,15 @@ class ModelStatus:
         return cls(str(body["model_id"]), str(body["state"]), list(body.get("workers") or []), dict(body))
 
 
+@dataclass(frozen=True)
+class DownloadedFile:
+    """``download_file``: what was written (sha256 hex and size computed while streaming)."""
+
+    sha256: str
+    size_bytes: int
+    filename: str | None  # the server's Content-Disposition name (its suffix says the format)
+
+
 # --- retries ------------------------------------------------------------------------------------
 
 class WaitRetryAfter:
@@ -273,6 +284,15 @@ class TributaryClient:
         return self._json("PUT", f"/api/v1/devices/{device_id}/heartbeat",
                           json={"status": status, "metrics": dict(metrics or {})})
 
+    def assignment(self, device_id: str) -> dict[str, Any]:
+        """The models assigned to the device, each with where to download it and its routing decision:
+        ``{"device_id", "assignments": [...], "generated_at"}`` (the heartbeat answer carries the same)."""
+        return self._json("GET", f"/api/v1/devices/{device_id}/assignment")
+
+    def report_telemetry(self, device_id: str, window: Mapping[str, Any]) -> dict[str, Any]:
+        """One telemetry window: ``{"window_start", "window_end", "models": [...]}`` (202)."""
+        return self._json("POST", f"/api/v1/devices/{device_id}/telemetry", json=dict(window))
+
     def get_device(self, device_id: str) -> dict[str, Any]:
         return self._json("GET", f"/api/v1/devices/{device_id}")
 
@@ -323,6 +343,33 @@ class TributaryClient:
         """Operators: end a pending, active or aggregating round (409 once it has finished)."""
         return self._json("POST", f"/api/v1/training/rounds/{round_id}/cancel")
 
+    # --- rollouts (operators) ------------------------------------------------------------
+    def create_rollout(self, model_id: str, version: int, stages: list[Mapping[str, Any]],
+                       cohort: Mapping[str, Any] | None = None,
+                       baseline_version: int | None = None) -> dict[str, Any]:
+        """Roll a catalog version out in stages (``[{"percent", "hold_s", "min_inference_count",
+        "max_error_rate", "max_crash_rate", "max_p95_latency_ms"}]``); 409 while one is active."""
+        body: dict[str, Any] = {"model_id": model_id, "version": version, "stages": [dict(s) for s in stages]}
+        if cohort is not None:
+            body["cohort"] = dict(cohort)
+        if baseline_version is not None:
+            body["baseline_version"] = baseline_version
+        return self._json("POST", "/api/v1/rollouts", json=body)
+
+    def list_rollouts(self, model_id: str | None = None) -> list[dict[str, Any]]:
+        rollouts: list[dict[str, Any]] = self._json(
+            "GET", "/api/v1/rollouts", params={"model_id": model_id} if model_id else None)["rollouts"]
+        return rollouts
+
+    def get_rollout(self, rollout_id: str) -> dict[str, Any]:
+        """The rollout with its gates, current telemetry per version and device counts per version."""
+        return self._json("GET", f"/api/v1/rollouts/{rollout_id}")
+
+    def command_rollout(self, rollout_id: str, command: str, reason: str | None = None) -> dict[str, Any]:
+        """``pause``, ``resume``, ``advance`` or ``rollback`` (202: the rollouts processor applies it)."""
+        return self._json("POST", f"/api/v1/rollouts/{rollout_id}/{command}",
+                          json={"reason": reason} if reason else None)
+
     def submit_update(self, round_id: str, weights: bytes, num_samples: int, *, local_loss: float | None = None,
                       local_accuracy: float | None = None, training_time_seconds: int | None = None) -> dict[str, Any]:
         form = {"num_samples": str(num_samples)}
@@ -352,6 +399,40 @@ class TributaryClient:
     def download_version(self, model_id: str, version: int, fmt: str | None = None) -> httpx.Response:
         params = {"format": fmt} if fmt else None
         return self.request("GET", f"/api/v1/models/{model_id}/versions/{version}/download", params=params)
+
+    def download_file(self, url: str, dest: Path, chunk_bytes: int = 1 << 20) -> DownloadedFile:
+        """Stream ``url`` (a path of this API, e.g. an assignment's ``download_url``) into ``dest``
+        without holding it in memory; returns its sha256, size and the server's file name. Retried
+        like every call (a transport error or 429/502/503/504 starts the file again); other statuses
+        raise ``ApiError``."""
+        headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+
+        def attempt() -> httpx.Response | DownloadedFile:
+            digest, size = hashlib.sha256(), 0
+            with self._http.stream("GET", url, headers=headers) as response:
+                if response.status_code >= 400:
+                    response.read()
+                    return response
+                with open(dest, "wb") as out:
+                    for chunk in response.iter_bytes(chunk_bytes):
+                        digest.update(chunk)
+                        size += len(chunk)
+                        out.write(chunk)
+                disposition = re.search(r'filename="?([^";]+)"?', response.headers.get("Content-Disposition", ""))
+            return DownloadedFile(digest.hexdigest(), size, disposition.group(1) if disposition else None)
+
+        answer = Retrying(
+            retry=retry_if_exception_type(httpx.TransportError)
+            | retry_if_result(lambda r: isinstance(r, httpx.Response) and r.status_code in RETRYABLE),
+            stop=stop_after_attempt(self.retry.attempts), wait=WaitRetryAfter(self.retry), sleep=self._sleep,
+            retry_error_callback=_last_answer, reraise=True)(attempt)
+        if isinstance(answer, httpx.Response):
+            try:
+                body = answer.json()
+            except ValueError:
+                body = {"message": answer.text}
+            raise ApiError(answer.status_code, body)
+        return answer
 
     # --- model serving (seed 001 §6.1) ------------------------------------------------------
     @staticmethod
@@ -411,6 +492,20 @@ class TributaryClient:
             if value is not None:
                 body[key] = dict(value) if isinstance(value, Mapping) else value
         return Model.of(self._json("POST", "/api/v1/models", json=body))
+
+    def update_model(self, model_id: str, **changes: Any) -> Model:
+        """Operators: change a registry entry (``display_name``, ``description``, ``config``,
+        ``resource_requirements``; what is not given stays)."""
+        return Model.of(self._json("PUT", f"/api/v1/models/{self._model_path(model_id)}", json=changes))
+
+    def routing_policy(self, model_id: str) -> dict[str, Any]:
+        """The model's routing policy: ``{"model_id", "policy" (effective), "overrides", "memory_mb"}``."""
+        return self._json("GET", f"/api/v1/models/{self._model_path(model_id)}/routing-policy")
+
+    def set_routing_policy(self, model_id: str, **policy: Any) -> dict[str, Any]:
+        """Operators: replace the model's routing policy (``mode``, ``min_battery_pct``,
+        ``download_networks``, ``memory_headroom``, ``platforms``; what is left out takes the default)."""
+        return self._json("PUT", f"/api/v1/models/{self._model_path(model_id)}/routing-policy", json=policy)
 
     def model(self, model_id: str) -> Model:
         return Model.of(self._json("GET", f"/api/v1/models/{self._model_path(model_id)}"))
@@ -531,50 +626,3 @@ def _stream_result(response: Any) -> InferenceResult:
     metadata = {"inference_time_ms": meta.inference_time_ms, "total_time_ms": meta.total_time_ms,
                 "batch_size": meta.batch_size, "device": meta.device}
     return InferenceResult(response.model_id, data, metadata, request_id=request_id, error=error)
-
-
-
-class DeviceAgent:
-    """A device's loop: heartbeat, notice a pending round, train locally, submit once."""
-
-    def __init__(self, client: TributaryClient, device_id: str,
-                 train: Callable[[bytes | None], tuple[bytes, int, dict[str, Any]]],
-                 heartbeat_interval_s: float = 30.0) -> None:
-        self.client = client
-        self.device_id = device_id
-        self.train = train  # global model bytes (or None) -> (update bytes, num_samples, metrics)
-        self.heartbeat_interval_s = heartbeat_interval_s
-        self.submitted: set[str] = set()
-        self._stop = threading.Event()
-
-    def step(self) -> str | None:
-        """One heartbeat; trains and submits when a round awaits this device. Returns the round id."""
-        answer = self.client.heartbeat(self.device_id)
-        round_id = answer.get("pending_round_id")
-        if not round_id or round_id in self.submitted:
-            return None
-        round_ = self.client.round_status(round_id)
-        global_model = self._global_model(round_)
-        weights, num_samples, metrics = self.train(global_model)
-        self.client.submit_update(round_id, weights, num_samples, **metrics)
-        self.submitted.add(round_id)
-        return str(round_id)
-
-    def _global_model(self, round_: dict[str, Any]) -> bytes | None:
-        path = round_.get("global_model_path")
-        if not path:
-            return None
-        # s3://bucket/models/<id>/v<N>/model.pt → download through the API, not S3.
-        parts = str(path).split("/")
-        if "models" in parts and len(parts) >= parts.index("models") + 3:
-            model_id, version = parts[parts.index("models") + 1], parts[parts.index("models") + 2].lstrip("v")
-            return self.client.download_version(model_id, int(version)).content
-        return None
-
-    def run(self) -> None:
-        while not self._stop.is_set():
-            self.step()
-            self._stop.wait(self.heartbeat_interval_s)
-
-    def stop(self) -> None:
-        self._stop.set()

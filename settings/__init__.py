@@ -156,6 +156,27 @@ class Settings(BaseSettings):
         2, ge=1, le=2**31 - 1, description="Updates a retraining round needs; fewer eligible devices: not started")
     retraining_round_timeout_s: int = Field(600, ge=60, le=3600, description="Timeout of a retraining round")
 
+    # --- routing decisions (core/routing.py): defaults of every model's routing policy ---------
+    routing_min_battery_pct: int = Field(
+        20, ge=0, le=100, description="Below this battery level a device that is not charging is routed to the "
+                                      "cloud; 0 = battery never counts")
+    routing_download_networks: str = Field(
+        "wifi,ethernet", description="Comma-separated networks (wifi, cellular, ethernet) devices may download "
+                                     "assigned models on; on others they use the cloud until they can")
+    routing_memory_headroom: float = Field(
+        1.2, ge=1.0, le=10.0, description="A device runs a model itself only with resource_requirements.memory_mb "
+                                          "x this much memory")
+
+    # --- staged rollouts (core/rollouts/) ----------------------------------------------------
+    rollout_cache_s: float = Field(
+        2.0, gt=0, description="How stale an ingress replica's (and the rollouts processor's) view of rollouts "
+                               "and catalog models may be: assignments change within this of a rollout change")
+    rollout_device_cache_s: float = Field(
+        300.0, gt=0, description="How long an ingress replica keeps a device's registered platform and "
+                                 "capabilities for its assignments (one Cassandra read per device per this)")
+    rollout_device_cache_size: int = Field(100_000, ge=1, description="Devices each ingress replica caches so")
+    rollout_tick_s: float = Field(2.0, gt=0, description="How often the rollouts processor judges stage gates")
+
     # --- model serving -----------------------------------------------------------------
     worker_metrics_port: int = Field(
         0, ge=0, le=65533, description="Prometheus port of inference workers (+0/+1/+2 by priority); 0 = off"

@@ -56,5 +56,14 @@ def sample(message_type: str) -> dict[str, Any]:
         "training_job_requested": {"job_id": uid, "base_model": "sentence-transformers/all-MiniLM-L6-v2"},
         "key_event": {"key_id": "key_0123456789abcdef", "event": "revoked", "subject_type": "device",
                       "subject_id": "laptop-001", "at": now},
+        "rollout_command": {"rollout_id": uid, "command": "pause", "actor": "key_0123456789abcdef",
+                            "reason": "p95 looks high on android"},
+        "device_telemetry": {"device_id": "laptop-001", "window_start": now - timedelta(seconds=60),
+                             "window_end": now, "models": [
+                                 {"model_id": "org/m1", "version": 3, "inference_count": 120, "error_count": 1,
+                                  "crash_count": 0, "cloud_fallback_count": 4,
+                                  "latency_ms": {"p50": 11.5, "p95": 30.25, "p99": 52.0}},
+                                 {"model_id": "org/m2", "version": 1, "inference_count": 0, "error_count": 0,
+                                  "crash_count": 0, "cloud_fallback_count": 0, "latency_ms": None}]},
     }
     return {**env, **bodies[message_type]}

@@ -17,6 +17,7 @@ from topology.topics import (
     INFERENCE_RESPONSES,
     LEARNING_GRAPHS,
     MODEL_DOWNLOADS,
+    ROLLOUTS,
     TRAINING_JOBS,
     TRAINING_UPDATES,
     Priority,
@@ -44,6 +45,7 @@ class Group(StrEnum):
     ROUND_PROCESSOR = "round-processor"
     LEARNING_GRAPH_PROCESSOR = "learning-graph-processor"
     MODEL_DOWNLOAD_PROCESSOR = "model-download-processor"
+    ROLLOUT_PROCESSOR = "rollout-processor"
     INGRESS_REPLIES = "ingress-replies"
     TRAINERS = "trainers"
 
@@ -97,6 +99,8 @@ GROUPS: tuple[ConsumerGroupSpec, ...] = (
                       "fetches registry models from their source_url, checks and stores them"),
     ConsumerGroupSpec(Group.TRAINERS.value, (TRAINING_JOBS,),
                       "trainers: run LoRA training jobs, one at a time per member"),
+    ConsumerGroupSpec(Group.ROLLOUT_PROCESSOR.value, (ROLLOUTS,),
+                      "rollout commands and telemetry; a timer judges stage gates"),
     ConsumerGroupSpec(Group.INGRESS_REPLIES.value, (INFERENCE_RESPONSES,),
                       "ingress replicas awaiting synchronous inference replies"),
 )

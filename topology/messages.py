@@ -27,6 +27,7 @@ from topology.topics import (
     LIFECYCLE_EVENTS,
     MODEL_COMMANDS,
     MODEL_DOWNLOADS,
+    ROLLOUTS,
     TRAINING_JOBS,
     TRAINING_ROUNDS,
     TRAINING_UPDATES,
@@ -54,6 +55,8 @@ class MessageType(StrEnum):
     LEARNING_GRAPH_SUBMITTED = "learning_graph_submitted"
     KEY_EVENT = "key_event"  # an API key stopped working: every ingress replica forgets it
     TRAINING_JOB_REQUESTED = "training_job_requested"  # a LoRA training job for the trainers
+    ROLLOUT_COMMAND = "rollout_command"  # pause, resume, advance or roll back a rollout
+    DEVICE_TELEMETRY = "device_telemetry"  # a device's per-model inference counts and latencies
 
 
 @dataclass(frozen=True)
@@ -104,4 +107,6 @@ MESSAGES: dict[MessageType, MessageRoute] = {
     MessageType.LEARNING_GRAPH_SUBMITTED: MessageRoute(LEARNING_GRAPHS, "device_id_hash"),
     MessageType.KEY_EVENT: MessageRoute(KEY_EVENTS, "key_id"),
     MessageType.TRAINING_JOB_REQUESTED: MessageRoute(TRAINING_JOBS, "job_id"),
+    MessageType.ROLLOUT_COMMAND: MessageRoute(ROLLOUTS, "rollout_id"),
+    MessageType.DEVICE_TELEMETRY: MessageRoute(ROLLOUTS, "device_id"),
 }

@@ -20,7 +20,7 @@ seed 001 §4.1                                 declared here
 ``modelmora.audit.events``                    same name
 (not in the seeds)                            ``tributary.*``: jobs, model commands, devices,
                                               training rounds and updates, learning graphs,
-                                              LoRA training jobs,
+                                              LoRA training jobs, rollout commands and device telemetry,
                                               fleet events (catalog, device, round, update
                                               and retraining events: the lifecycle topic's
                                               schema refuses them), and
@@ -118,6 +118,10 @@ FLEET_EVENTS = _spec("tributary.fleet.events", 3, 30,
 # the job ends), so this bounds the trainers that run at once.
 TRAINING_JOBS = _spec("tributary.training.jobs", 3, 7,
                       "LoRA training jobs (seed 003) to run, keyed by job id; committed when the job ends")
+# One topic for the rollouts processor's input (a processor reads one topic): operators' rollout
+# commands, keyed by rollout id, and devices' inference telemetry, keyed by device id.
+ROLLOUTS = _spec("tributary.rollouts", 6, 7,
+                 "rollout commands (keyed by rollout id) and device telemetry (keyed by device id) that gate them")
 # Compacted: the latest event per key is kept for good (a key never becomes valid again). One
 # partition: revocations are rare, and one offset tells a revoker how far each replica has read.
 KEY_EVENTS = TopicSpec("tributary.keys.events", 1, -1,
@@ -127,7 +131,7 @@ KEY_EVENTS = TopicSpec("tributary.keys.events", 1, -1,
 DATA_TOPICS: tuple[TopicSpec, ...] = (
     *INFERENCE_REQUESTS.values(), INFERENCE_RESPONSES, LIFECYCLE_EVENTS, AUDIT_EVENTS, JOB_EVENTS,
     MODEL_COMMANDS, MODEL_DOWNLOADS, DEVICE_EVENTS, DEVICE_HEARTBEATS, TRAINING_ROUNDS, TRAINING_UPDATES,
-    LEARNING_GRAPHS, FLEET_EVENTS, KEY_EVENTS, TRAINING_JOBS,
+    LEARNING_GRAPHS, FLEET_EVENTS, KEY_EVENTS, TRAINING_JOBS, ROLLOUTS,
 )
 
 

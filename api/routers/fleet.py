@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 from datetime import datetime
 from typing import Annotated, Any, Literal
@@ -40,12 +41,13 @@ from api.schemas_fleet import (
 )
 from core.auth import Principal
 from core.carbon import model_emissions
-from core.errors import DomainError, ErrorKind
+from core.errors import DomainError, ErrorKind, is_transient_infrastructure_error
 from core.fleet.models import DeviceStatus, Platform
 from core.health import ComponentHealth, run_probes
 from core.registry import validate_model_id
 from core.task_types import TaskType
 
+log = logging.getLogger(__name__)
 router = APIRouter(prefix="/api/v1")
 Ctx = Annotated[AppContext, Depends(context)]
 Caller = Annotated[Principal, Depends(authenticated)]
@@ -146,7 +148,18 @@ async def answer_heartbeat(ctx: AppContext, caller: Principal, device_id: str,
     """The heartbeat's answer; also called by ``api.hot_path.HeartbeatFastPath``, which serves this
     route's well-formed requests without FastAPI's per-request machinery."""
     body = body or HeartbeatRequest()
-    return HeartbeatResponse(**await ctx.fleet.heartbeat(caller, device_id, body.status, body.metrics))
+    metrics = body.metrics_sent()
+    answer = await ctx.fleet.heartbeat(caller, device_id, body.status, metrics)
+    # What the device should run, from caches and this heartbeat's own metrics (no store read per beat).
+    # The heartbeat is accepted by now: a store outage on a cache miss leaves the assignments out
+    # (null: ask again) rather than failing a heartbeat the device would resend.
+    try:
+        answer["assignments"] = await ctx.assignments.for_device(device_id, metrics)
+    except Exception as exc:
+        if not is_transient_infrastructure_error(exc):
+            raise
+        log.warning("assignments of %s left out of its heartbeat answer: %s", device_id, exc)
+    return HeartbeatResponse(**answer)
 
 
 @router.post("/training/rounds/start", status_code=201, response_model=RoundOut, tags=["Rounds"], responses=ERRORS)

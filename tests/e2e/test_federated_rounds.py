@@ -16,7 +16,8 @@ from cli.supervisor import ServiceSpec
 from core.cassandra.session import connect
 from core.fleet.cassandra_store import CassandraFleetStore
 from core.fleet.models import Round
-from sdk.client import ApiError, DeviceAgent, TributaryClient
+from sdk.agent import DeviceAgent
+from sdk.client import ApiError, TributaryClient
 from tests.e2e.conftest import RunningSystem, free_port
 from tests.e2e.s3_proxy import HangingS3Proxy
 

@@ -32,7 +32,8 @@ from core.fleet.models import RoundStatus
 from schemas.base import JSON_DIR, SchemaValidationError
 from schemas.codec import Codec, new_envelope
 from schemas.json_views import FORMAT_CHECKER, validate_json_view
-from sdk.client import DeviceAgent, TributaryClient
+from sdk.agent import DeviceAgent
+from sdk.client import TributaryClient
 from settings import Settings
 from tests.e2e.conftest import RunningSystem, client_address
 from tests.e2e.serving import ENCODED_MINILM, HTTP_TIMEOUT, messages_in

@@ -50,6 +50,16 @@ EXPECTED: dict[tuple[str, str], set[str] | str] = {
     ("PUT", "/api/v1/devices/{device_id}/heartbeat"): {D, OP},
     ("POST", "/api/v1/devices/{device_id}/keys/rotate"): {D, OP},
     ("DELETE", "/api/v1/devices/{device_id}"): {OP},
+    ("GET", "/api/v1/devices/{device_id}/assignment"): {D, OP},
+    ("POST", "/api/v1/devices/{device_id}/telemetry"): {D, OP},
+    # staged rollouts: operators only
+    ("POST", "/api/v1/rollouts"): {OP},
+    ("GET", "/api/v1/rollouts"): {OP},
+    ("GET", "/api/v1/rollouts/{rollout_id}"): {OP},
+    ("POST", "/api/v1/rollouts/{rollout_id}/pause"): {OP},
+    ("POST", "/api/v1/rollouts/{rollout_id}/resume"): {OP},
+    ("POST", "/api/v1/rollouts/{rollout_id}/advance"): {OP},
+    ("POST", "/api/v1/rollouts/{rollout_id}/rollback"): {OP},
     # training: devices take part, operators run rounds; an update comes from a device only
     ("POST", "/api/v1/training/rounds/start"): {OP},
     ("POST", "/api/v1/training/rounds/{round_id}/cancel"): {OP},
@@ -74,6 +84,8 @@ EXPECTED: dict[tuple[str, str], set[str] | str] = {
     ("POST", "/api/v1/models/{model_id}/download"): {OP},
     ("POST", "/api/v1/models/{model_id}/load"): {OP},
     ("POST", "/api/v1/models/{model_id}/unload"): {OP},
+    ("GET", "/api/v1/models/{model_id}/routing-policy"): ALL,
+    ("PUT", "/api/v1/models/{model_id}/routing-policy"): {OP},
     # serving: services are what it is for; devices may fall back to the cloud
     ("POST", "/api/v1/infer/{model_id}"): ALL,
     ("POST", "/api/v1/infer/{model_id}/async"): ALL,
@@ -158,7 +170,7 @@ def fresh_keys(ctx: AppContext, client: TestClient) -> Keys:
 def filled(path: str, device_id: str) -> str:
     fillers = {"device_id": device_id, "round_id": str(uuid.uuid4()), "model_id": str(uuid.uuid4()),
                "version": "1", "job_id": str(uuid.uuid4()), "key_id": "key_" + uuid.uuid4().hex[:16],
-               "dataset_id": f"ds-{uuid.uuid4().hex}"}
+               "dataset_id": f"ds-{uuid.uuid4().hex}", "rollout_id": str(uuid.uuid4())}
     return re.sub(r"\{(\w+)\}", lambda m: fillers[m[1]], path)
 
 
