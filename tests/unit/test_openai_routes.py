@@ -39,6 +39,7 @@ class LoopbackWorker:
 
     def __init__(self) -> None:
         self.futures: dict[str, asyncio.Future[dict[str, Any]]] = {}
+        self.partials: dict[str, asyncio.Queue[dict[str, Any]]] = {}
         self.requests: list[dict[str, Any]] = []
 
     # ReplySource
@@ -53,6 +54,9 @@ class LoopbackWorker:
         self.futures[correlation_id] = future
         return future
 
+    def watch_partials(self, correlation_id: str, partials: asyncio.Queue[dict[str, Any]]) -> None:
+        self.partials[correlation_id] = partials
+
     def discard(self, correlation_id: str) -> None:
         self.futures.pop(correlation_id, None)
 
@@ -62,7 +66,14 @@ class LoopbackWorker:
         self.requests.append(record)
         item = {**record["input_data"], "parameters": record["parameters"]} if record["parameters"] else dict(
             record["input_data"])
-        output = run_txt2txt(reverse_words, TOKENS, item, record["model_id"])
+        queue = self.partials.pop(record["correlation_id"], None)
+
+        def on_delta(text: str) -> None:  # what the worker publishes per sentence, delivered at once
+            if queue is not None:
+                queue.put_nowait({"output_data": {"delta": text}, "metadata": {"partial": True,
+                                                                               "sequence": queue.qsize()}})
+
+        output = run_txt2txt(reverse_words, TOKENS, item, record["model_id"], on_delta)
         self.futures.pop(record["correlation_id"]).set_result(
             {"status": "success", "model_id": record["model_id"], "output_data": output, "metadata": {}})
 
@@ -88,9 +99,10 @@ def test_the_openai_client_chats_and_streams_through_the_request_path(
         "one two three")
     assert loop.requests[-1]["priority"] == "medium" and loop.requests[-1]["input_data"]["messages"][0]["role"] == (
         "system")
-    streamed = "".join(c.choices[0].delta.content or "" for c in ai.chat.completions.create(
-        model=MODEL, messages=[{"role": "user", "content": "one two three"}], stream=True) if c.choices)
-    assert streamed == "three two one"
+    stream = ai.chat.completions.create(model=MODEL, stream=True,
+                                        messages=[{"role": "user", "content": "one two. three four."}])
+    deltas = [c.choices[0].delta.content for c in stream if c.choices and c.choices[0].delta.content]
+    assert deltas == ["two. one", " four. three"]  # a delta per sentence
     completion = ai.completions.create(model=MODEL, prompt=["a b", "c d e"], max_tokens=1)
     assert [c.text for c in completion.choices] == ["b", "e"]
     assert [c.finish_reason for c in completion.choices] == ["length", "length"]
