@@ -41,7 +41,9 @@ JsonDict = dict[str, Any]
 TextFn = Callable[[str, JsonDict], str]
 
 MAX_PROMPTS = 100
-Delta = Callable[[str], None]
+# (sequence, text): the n-th piece of a streamed answer; a re-run (a batch retried item by item)
+# repeats the same sequence numbers, so the ingress can skip what it already has.
+Delta = Callable[[int, str], None]
 # The key under which the worker puts a streamed request's ``Delta`` into the item it hands the
 # model (in process only: never serialised).
 ON_DELTA = "_on_delta"
@@ -164,13 +166,14 @@ def _complete_streamed(fn: TextFn, tokens: Tokens, text: str, options: JsonDict,
                        stop: list[str] | None, on_delta: Delta) -> tuple[str, str, float]:
     """``_complete`` one sentence at a time, passing each sentence's new text to ``on_delta``."""
     start = time.perf_counter()
-    done, finish = "", "stop"
+    done, finish, sequence = "", "stop", 0
     for sentence in sentences(text):
         candidate = f"{done} {fn(sentence, options)}" if done else fn(sentence, options)
         candidate, stopped = apply_stop(candidate, stop)
         candidate, cut = tokens.truncate(candidate, max_tokens)
         if len(candidate) > len(done) and candidate.startswith(done):
-            on_delta(candidate[len(done):])
+            on_delta(sequence, candidate[len(done):])
+            sequence += 1
             done = candidate
         if stopped or cut:
             finish = "length" if cut and not stopped else "stop"

@@ -166,15 +166,15 @@ class InferenceRequestHandler:
         return self._reply(request, status="failure", error={"code": code, "message": message[:2000]},
                            metadata={"worker": self.worker, "device": self.device, **metadata})
 
-    def _deltas(self, request: dict[str, Any], on_partial: Callable[[dict[str, Any]], None]) -> Callable[[str], None]:
+    def _deltas(self, request: dict[str, Any],
+                on_partial: Callable[[dict[str, Any]], None]) -> Callable[[int, str], None]:
         """What a streamed txt2txt request's model calls with each finished sentence (on the batcher's
-        thread): a partial reply (``metadata.partial``, ``sequence`` 0, 1, ...) handed to the loop."""
+        thread): a partial reply (``metadata.partial``, ``metadata.sequence``) handed to the loop."""
         loop = asyncio.get_running_loop()
-        sequence = itertools.count()
 
-        def on_delta(text: str) -> None:
+        def on_delta(sequence: int, text: str) -> None:
             record = self._reply(request, status="success", output_data={"delta": text},
-                                 metadata={"partial": True, "sequence": next(sequence), "worker": self.worker,
+                                 metadata={"partial": True, "sequence": sequence, "worker": self.worker,
                                            "device": self.device})
             loop.call_soon_threadsafe(on_partial, record)
 

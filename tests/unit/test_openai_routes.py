@@ -68,10 +68,10 @@ class LoopbackWorker:
             record["input_data"])
         queue = self.partials.pop(record["correlation_id"], None)
 
-        def on_delta(text: str) -> None:  # what the worker publishes per sentence, delivered at once
+        def on_delta(sequence: int, text: str) -> None:  # what the worker publishes per sentence, at once
             if queue is not None:
                 queue.put_nowait({"output_data": {"delta": text}, "metadata": {"partial": True,
-                                                                               "sequence": queue.qsize()}})
+                                                                               "sequence": sequence}})
 
         output = run_txt2txt(reverse_words, TOKENS, item, record["model_id"], on_delta)
         self.futures.pop(record["correlation_id"]).set_result(

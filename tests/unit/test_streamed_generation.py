@@ -73,7 +73,7 @@ class SentenceRunner:
         self.items.append(item)
         on_delta = item.get(ON_DELTA)
         if callable(on_delta):
-            await asyncio.to_thread(lambda: [on_delta("Olá."), on_delta(" Tchau.")])
+            await asyncio.to_thread(lambda: [on_delta(0, "Olá."), on_delta(1, " Tchau.")])
         return {"generated_text": "Olá. Tchau."}
 
 
