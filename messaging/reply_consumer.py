@@ -49,7 +49,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Topic
 from prometheus_client import Counter
 
 from core.health import ProbeResult, degraded
-from core.serving.replies import NoReplyPartition, ReplyConsumerClosed, ReplyPartitionRevoked
+from core.serving.replies import NoReplyPartition, ReplyConsumerClosed, ReplyPartitionRevoked, is_partial
 from messaging.dead_letter import DeadLetterRouter, from_confluent
 from schemas.codec import Codec, DecodeError
 from settings import Settings
@@ -76,6 +76,7 @@ UNDECODABLE_REPLIES = Counter("tributary_inference_undecodable_replies_total",
 class _Waiter:
     partition: int
     future: asyncio.Future[Reply]
+    partials: asyncio.Queue[Reply] | None = None  # a streamed request's partial replies, in arrival order
 
 
 class ReplyTable:
@@ -154,6 +155,13 @@ class ReplyTable:
         self._waiters[correlation_id] = _Waiter(partition, future)
         return future
 
+    def watch_partials(self, correlation_id: str, partials: asyncio.Queue[Reply]) -> None:
+        """Deliver the partial replies of an expected request (``metadata.partial``) to ``partials``."""
+        waiter = self._waiters.get(correlation_id)
+        if waiter is None:
+            raise KeyError(f"not waiting for {correlation_id}")
+        waiter.partials = partials
+
     def discard(self, correlation_id: str) -> None:
         """Stop waiting (deadline passed, publish failed); a reply arriving later counts as late."""
         waiter = self._waiters.pop(correlation_id, None)
@@ -161,7 +169,14 @@ class ReplyTable:
             waiter.future.cancel()
 
     def resolve(self, correlation_id: str, reply: Reply) -> bool:
-        """Hand a reply to its waiter; False (and counted as late) when nobody waits for it."""
+        """Hand a reply to its waiter; False (and counted as late) when nobody waits for it. A partial
+        reply goes to the waiter's partials queue and leaves the waiter waiting for the final one."""
+        if is_partial(reply):
+            streaming = self._waiters.get(correlation_id)
+            if streaming is None or streaming.partials is None or streaming.future.done():
+                return False  # nobody streams it: the final reply carries the whole result anyway
+            streaming.partials.put_nowait(reply)
+            return True
         waiter = self._waiters.pop(correlation_id, None)
         if waiter is None or waiter.future.done():
             self.late_replies += 1

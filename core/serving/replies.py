@@ -7,7 +7,7 @@ The core owns it, so the consumer implements it from above and the service never
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 Reply = dict[str, Any]
 
@@ -38,3 +38,16 @@ class ReplySource(Protocol):
     def expect(self, correlation_id: str, partition: int) -> asyncio.Future[Reply]: ...
 
     def discard(self, correlation_id: str) -> None: ...
+
+
+@runtime_checkable
+class PartialReplies(Protocol):
+    """A reply source that can also hand over a streamed request's partial replies (replies whose
+    ``metadata.partial`` is true, each with a ``sequence``) before its final one."""
+
+    def watch_partials(self, correlation_id: str, partials: asyncio.Queue[Reply]) -> None: ...
+
+
+def is_partial(reply: Reply) -> bool:
+    metadata = reply.get("metadata")
+    return isinstance(metadata, dict) and metadata.get("partial") is True

@@ -33,7 +33,7 @@ import asyncio
 import json
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
@@ -45,7 +45,14 @@ from core.fleet.models import CatalogModel, not_ready_reason, served_task_type
 from core.logs import trace_id_var
 from core.serving.builtin_specs import BUILTIN_SPECS
 from core.serving.metrics import observe_reply
-from core.serving.replies import NoReplyPartition, Reply, ReplyConsumerClosed, ReplyPartitionRevoked, ReplySource
+from core.serving.replies import (
+    NoReplyPartition,
+    PartialReplies,
+    Reply,
+    ReplyConsumerClosed,
+    ReplyPartitionRevoked,
+    ReplySource,
+)
 from core.serving.validation import validate_request
 from schemas.clock import utcnow
 from settings import Settings
@@ -231,9 +238,11 @@ class InferenceService:
         timeout_seconds: int = 60,
         *,
         within_s: float | None = None,
+        partials: asyncio.Queue[Reply] | None = None,
     ) -> dict[str, Any]:
         """``within_s``: the caller's own deadline, in seconds from now (a gRPC call's); the request
-        then expires at the earlier of it and ``timeout_seconds``, at the worker too."""
+        then expires at the earlier of it and ``timeout_seconds``, at the worker too. ``partials``:
+        where the partial replies of a streamed request go (``infer_stream``)."""
         started = time.perf_counter()
         parameters = parameters or {}
         task_type, level = await self.check_async(model_id, input_data, parameters, priority, timeout_seconds)
@@ -254,6 +263,8 @@ class InferenceService:
                 reply_partition=partition, input_ref=input_ref)
             # Wait first: the reply may arrive before the broker's acknowledgement does.
             reply_future = self.replies.expect(correlation_id, partition)
+            if partials is not None and isinstance(self.replies, PartialReplies):
+                self.replies.watch_partials(correlation_id, partials)
             try:
                 await self.sink.publish(MessageType.INFERENCE_REQUEST, record)
                 reply = await asyncio.wait_for(reply_future, max(0.0, expires - time.monotonic()))
@@ -280,6 +291,41 @@ class InferenceService:
                 raise
             return self._render(model_id, level, await self._resolve_output(reply), started)
         raise AssertionError("unreachable")  # pragma: no cover
+
+    async def infer_stream(self, principal: Principal, model_id: str, input_data: dict[str, Any],
+                           parameters: dict[str, Any] | None = None, priority: str = "medium",
+                           timeout_seconds: int = 60) -> AsyncIterator[tuple[str, Any]]:
+        """``infer`` for a streamed request: ``("partial", output_data)`` for each partial reply the
+        worker publishes (in ``sequence`` order; a re-sent request's repeats are skipped), then
+        ``("result", infer's result)``. Errors raise as ``infer``'s do."""
+        queue: asyncio.Queue[Reply] = asyncio.Queue()
+        task = asyncio.ensure_future(self.infer(principal, model_id, input_data, parameters, priority,
+                                                timeout_seconds, partials=queue))
+        seen = [-1]
+
+        def fresh(reply: Reply) -> bool:
+            sequence = int((reply.get("metadata") or {}).get("sequence", seen[0] + 1))
+            if sequence <= seen[0]:
+                return False
+            seen[0] = sequence
+            return True
+
+        try:
+            while True:
+                getter = asyncio.ensure_future(queue.get())
+                await asyncio.wait({task, getter}, return_when=asyncio.FIRST_COMPLETED)
+                if not getter.done():
+                    getter.cancel()  # the final reply is in; what is still queued is read below
+                    break
+                if fresh(reply := getter.result()):
+                    yield "partial", reply.get("output_data") or {}
+            while not queue.empty():
+                if fresh(reply := queue.get_nowait()):
+                    yield "partial", reply.get("output_data") or {}
+            yield "result", task.result()
+        finally:
+            if not task.done():
+                task.cancel()
 
     async def _reply_partition(self, expires: float) -> int:
         try:

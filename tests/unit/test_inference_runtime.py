@@ -37,7 +37,7 @@ from consumers.inference.errors import (
     ModelUnavailableError,
 )
 from consumers.inference.runtime import JsonDict, OnnxRuntimeModel, TensorContract, TorchScriptModel
-from consumers.inference.textgen import SentencePieceTokens
+from consumers.inference.textgen import ON_DELTA, SentencePieceTokens
 from core.serving.builtin_specs import (
     BUILTIN_SPECS,
     EFFICIENTNET_ID,
@@ -371,10 +371,32 @@ def test_tokens_are_the_models_sentencepiece_pieces() -> None:
     assert spm.truncate("Olá", 5) == ("Olá", False)
 
 
-def test_stream_is_accepted_and_answered_whole(translator: FastTranslateModel) -> None:
-    [streamed, whole] = translator.infer_batch([{"prompt": "Good morning", "stream": True},
-                                                {"prompt": "Good morning"}])
-    assert streamed["generated_text"] == whole["generated_text"] and streamed["usage"] == whole["usage"]
+def test_a_streamed_request_reports_each_sentence_as_it_is_translated(translator: FastTranslateModel) -> None:
+    prompt = "Good morning. The children were playing in the garden. Where is the station?"
+    deltas: list[str] = []
+    sequences: list[int] = []
+
+    def on_delta(sequence: int, text: str) -> None:
+        sequences.append(sequence)
+        deltas.append(text)
+
+    [streamed] = translator.infer_batch([{"prompt": prompt, "stream": True, ON_DELTA: on_delta}])
+    assert sequences == [0, 1, 2]
+    assert len(deltas) == 3 and "".join(deltas) == streamed["generated_text"]
+    assert deltas[0] == translator.translate("Good morning.", {})  # one sentence per delta, in order
+    assert streamed["usage"]["completion_tokens"] == SentencePieceTokens(translate_vocab_path("en-pt")).count(
+        streamed["generated_text"])
+    cut: list[str] = []
+
+    def on_cut(sequence: int, text: str) -> None:
+        cut.append(text)
+
+    [short] = translator.infer_batch([{"prompt": prompt, "stream": True, "parameters": {"max_tokens": 4},
+                                       ON_DELTA: on_cut}])
+    assert short["finish_reason"] == "length" and "".join(cut) == short["generated_text"]
+    assert short["usage"]["completion_tokens"] == 4 and len(cut) == 2  # cut inside the second sentence
+    [unstreamed] = translator.infer_batch([{"prompt": prompt, "stream": False, ON_DELTA: on_cut}])
+    assert len(cut) == 2 and unstreamed["generated_text"]  # stream=false: the callback is not used
 
 
 # -- txt2img -----------------------------------------------------------------------------------
