@@ -42,7 +42,7 @@ async def create_rollout(body: RolloutCreateRequest, ctx: Ctx, caller: Caller) -
 @router.get("/rollouts", response_model=RolloutList, tags=["Rollouts"], responses=ERRORS)
 async def list_rollouts(ctx: Ctx, caller: Caller,
                         model_id: Annotated[str | None, Query(max_length=255)] = None) -> RolloutList:
-    return RolloutList(rollouts=[RolloutOut.of(r) for r in await ctx.rollouts.list(caller, model_id)])
+    return RolloutList(rollouts=[RolloutOut.of(r) for r in await ctx.rollouts.list_rollouts(caller, model_id)])
 
 
 @router.get("/rollouts/{rollout_id}", response_model=RolloutDetail, tags=["Rollouts"], responses=ERRORS)

@@ -4,6 +4,7 @@
     tributary processor rounds            # updates → counters, streaming FedAvg, round closing
     tributary processor learning-graphs   # retraining requests → a training round (or why not)
     tributary processor model-downloads   # registry download requests → fetched, checked, stored versions
+    tributary processor rollouts          # rollout commands and telemetry → rollout state; gates on a timer
 
 ``consumers/processors/kinds.py`` names them, with the group and topic of each. Events are
 decoded with the project codec (faust sees raw bytes); failures go through the shared
@@ -30,6 +31,8 @@ from core.fleet.service import FleetService
 from core.logs import configure, correlation_id_var, trace_id_var
 from core.onboarding.downloads import ModelDownloads
 from core.onboarding.fetch import FetchPolicy, SourceFetcher
+from core.rollouts.cassandra_store import CassandraRolloutStore
+from core.rollouts.processing import RolloutProcessor
 from core.shutdown import arm_shutdown_deadline
 from messaging.dead_letter import PERMANENT, DeadLetterRouter, RawMessage
 from producers.events import KafkaEventSink
@@ -107,6 +110,18 @@ def build(kind: str, settings: Settings) -> ProcessorSpec:
             await downloads.on_requested(record)
 
         return ProcessorSpec(group, topic, {MessageType.MODEL_DOWNLOAD_REQUESTED: on_download}, closers)
+    if kind == "rollouts":
+        rollouts = RolloutProcessor(settings, CassandraRolloutStore(session), events)
+
+        async def on_command(_: str, record: dict[str, Any]) -> None:
+            await rollouts.on_command(record)
+
+        async def on_telemetry(_: str, record: dict[str, Any]) -> None:
+            await rollouts.on_telemetry(record)
+
+        return ProcessorSpec(group, topic, {MessageType.ROLLOUT_COMMAND: on_command,
+                                            MessageType.DEVICE_TELEMETRY: on_telemetry},
+                             closers, settings.rollout_tick_s, rollouts.tick)
     raise AssertionError(f"processor {kind!r} is listed but not built")
 
 

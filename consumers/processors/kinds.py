@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from topology.groups import BY_GROUP, ConsumerGroupSpec, Group
-from topology.topics import DEVICE_HEARTBEATS, LEARNING_GRAPHS, MODEL_DOWNLOADS, TRAINING_UPDATES, TopicSpec
+from topology.topics import DEVICE_HEARTBEATS, LEARNING_GRAPHS, MODEL_DOWNLOADS, ROLLOUTS, TRAINING_UPDATES, TopicSpec
 
 
 @dataclass(frozen=True)
@@ -29,4 +29,6 @@ PROCESSORS: dict[str, ProcessorKind] = {kind.name: kind for kind in (
                   "retraining requests (seed 002) -> a training round, or an event saying why not"),
     ProcessorKind("model-downloads", BY_GROUP[Group.MODEL_DOWNLOAD_PROCESSOR], MODEL_DOWNLOADS,
                   "registry download requests -> fetch source_url, check the artifact, store a version"),
+    ProcessorKind("rollouts", BY_GROUP[Group.ROLLOUT_PROCESSOR], ROLLOUTS,
+                  "rollout commands and device telemetry -> rollout state; a timer judges stage gates"),
 )}

@@ -63,7 +63,7 @@ class AssignmentService:
         cached = self._current
         if cached is not None and time.monotonic() - cached[0] < self.settings.rollout_cache_s:
             return cached[1]
-        rollouts = await self._io(self.rollouts.current)
+        rollouts: list[Rollout] = await self._io(self.rollouts.current)
         self._current = (time.monotonic(), rollouts)
         return rollouts
 
@@ -105,6 +105,7 @@ class AssignmentService:
         rollouts = await self.current_rollouts()
         if not rollouts and not installed:
             return []  # the common heartbeat: nothing to assign, nothing read
+        platform: str | None
         if device is not None:
             platform, capabilities = device.platform.value, dict(device.capabilities)
         else:
@@ -122,8 +123,9 @@ class AssignmentService:
             if model is not None and model.latest_version:
                 wanted[model_id] = (model.latest_version, None, None)  # the catalog's current version
         entries = []
-        for model_id, (version, rollout, stage) in sorted(wanted.items()):
-            entry = await self._entry(model_id, version, rollout, stage, platform, capabilities, metrics, installed)
+        for model_id, (version, assigning, stage) in sorted(wanted.items()):
+            entry = await self._entry(model_id, version, assigning, stage, platform, capabilities, metrics,
+                                      installed)
             if entry is not None:
                 entries.append(entry)
         return entries

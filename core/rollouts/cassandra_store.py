@@ -65,7 +65,7 @@ class CassandraRolloutStore(CassandraRepository, RolloutStore):
         row = self._run("SELECT * FROM rollouts WHERE rollout_id = ?", rollout_id).one()
         return self._rollout(row) if row else None
 
-    def list(self, model_id: str | None = None) -> list[Rollout]:
+    def list_rollouts(self, model_id: str | None = None) -> list[Rollout]:
         # A scan of a small table (one row per rollout ever made), for operators' listings only.
         found = [self._rollout(r) for r in self._run("SELECT * FROM rollouts")]
         return sorted((r for r in found if model_id in (None, r.model_id)), key=lambda r: r.created_at,
@@ -75,6 +75,10 @@ class CassandraRolloutStore(CassandraRepository, RolloutStore):
         ids = [r.rollout_id for r in self._run("SELECT rollout_id FROM rollout_latest")]
         found = (self.get(i) for i in ids)
         return [r for r in found if r is not None]
+
+    def latest(self, model_id: str) -> Rollout | None:
+        row = self._run("SELECT rollout_id FROM rollout_latest WHERE model_id = ?", model_id).one()
+        return self.get(row.rollout_id) if row else None
 
     def update(self, rollout: Rollout, expected_revision: int) -> bool:
         applied = self._run(

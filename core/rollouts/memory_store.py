@@ -35,7 +35,7 @@ class InMemoryRolloutStore(RolloutStore):
             found = self._rollouts.get(rollout_id)
             return copy.deepcopy(found) if found else None
 
-    def list(self, model_id: str | None = None) -> list[Rollout]:
+    def list_rollouts(self, model_id: str | None = None) -> list[Rollout]:
         with self._lock:
             found = [copy.deepcopy(r) for r in self._rollouts.values() if model_id in (None, r.model_id)]
         return sorted(found, key=lambda r: r.created_at, reverse=True)
@@ -43,6 +43,11 @@ class InMemoryRolloutStore(RolloutStore):
     def current(self) -> list[Rollout]:
         with self._lock:
             return [copy.deepcopy(self._rollouts[i]) for i in self._latest.values()]
+
+    def latest(self, model_id: str) -> Rollout | None:
+        with self._lock:
+            rollout_id = self._latest.get(model_id)
+            return copy.deepcopy(self._rollouts[rollout_id]) if rollout_id else None
 
     def update(self, rollout: Rollout, expected_revision: int) -> bool:
         with self._lock:

@@ -17,6 +17,8 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any, ParamSpec, TypeVar
 
+from cachetools import TTLCache
+
 from core.events import EventSink, fleet_record
 from core.rollouts.models import (
     COMMAND_FROM,
@@ -35,6 +37,10 @@ from settings import Settings
 from topology.messages import MessageType
 
 log = logging.getLogger(__name__)
+# How long "this model has no running rollout" is believed for telemetry: a report about such a model
+# reads the model's latest rollout at most this often, and one that arrives within this of the
+# rollout's creation, right after a report that found none, is not filed (documented).
+NO_ROLLOUT_CACHE_S = 1.0
 P = ParamSpec("P")
 T = TypeVar("T")
 GATE_ACTOR = "processor:rollout-gate"  # who the audit trail names for an automatic gate decision
@@ -57,6 +63,7 @@ class RolloutProcessor:
         self.events = events
         self.clock = clock
         self._current: tuple[float, dict[str, Rollout]] | None = None  # (monotonic read, model_id -> rollout)
+        self._none: TTLCache[str, bool] = TTLCache(10_000, NO_ROLLOUT_CACHE_S)  # models found without one
 
     async def _io(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         return await asyncio.to_thread(fn, *args, **kwargs)
@@ -66,15 +73,30 @@ class RolloutProcessor:
             self._current = (time.monotonic(), {r.model_id: r for r in await self._io(self.store.current)})
         return self._current[1]
 
+    async def _running(self, model_id: str) -> Rollout | None:
+        """The model's running rollout: from the cached view, else (a rollout created since the view
+        was read) from the store, at most every NO_ROLLOUT_CACHE_S per model."""
+        rollouts = await self._rollouts_by_model()
+        rollout = rollouts.get(model_id)
+        if rollout is not None and not rollout.status.terminal:
+            return rollout
+        if model_id in self._none:
+            return None
+        rollout = await self._io(self.store.latest, model_id)
+        if rollout is None or rollout.status.terminal:
+            self._none[model_id] = True
+            return None
+        rollouts[model_id] = rollout
+        return rollout
+
     # --- telemetry --------------------------------------------------------------------------
     async def on_telemetry(self, record: dict[str, Any]) -> None:
         """File each model's report under its model's rollout and the stage it is at (reports about a
         model without a running rollout gate nothing and are not kept)."""
-        rollouts = await self._rollouts_by_model()
         rows = []
         for item in record.get("models") or ():
-            rollout = rollouts.get(item["model_id"])
-            if rollout is None or rollout.status.terminal:
+            rollout = await self._running(str(item["model_id"]))
+            if rollout is None:
                 continue
             latency = item.get("latency_ms") or {}
             rows.append(TelemetryRow(
@@ -116,7 +138,8 @@ class RolloutProcessor:
         elif command is Command.ROLLBACK:
             after.status = RolloutStatus.ROLLED_BACK
         elif rollout.current_stage + 1 < len(rollout.stages):
-            after.status, after.current_stage, after.stage_started_at = RolloutStatus.ACTIVE, rollout.current_stage + 1, now
+            after.status, after.current_stage = RolloutStatus.ACTIVE, rollout.current_stage + 1
+            after.stage_started_at = now
         else:
             after.status, event = RolloutStatus.COMPLETED, "rollout_completed"
         if not await self._io(self.store.update, after, rollout.revision):

@@ -9,6 +9,7 @@ does not allow them) and published on the rollouts topic for the rollouts proces
 from __future__ import annotations
 
 import asyncio
+import itertools
 import uuid
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -67,7 +68,7 @@ class RolloutService:
         if not stages:
             raise invalid("INVALID_STAGES", "A rollout needs at least one stage.")
         percents = [s.percent for s in stages]
-        if any(b <= a for a, b in zip(percents, percents[1:], strict=False)):
+        if any(b <= a for a, b in itertools.pairwise(percents)):
             raise invalid("INVALID_STAGES", "Stage percents must increase (a stage never takes devices back).",
                           percents=percents)
         model = await self._io(self.fleet.get_model, model_id)
@@ -136,9 +137,9 @@ class RolloutService:
             raise not_found("ROLLOUT_NOT_FOUND", f"Rollout '{rollout_id}' not found.")
         return rollout
 
-    async def list(self, principal: Principal, model_id: str | None = None) -> list[Rollout]:
+    async def list_rollouts(self, principal: Principal, model_id: str | None = None) -> list[Rollout]:
         principal.require_operator()
-        return await self._io(self.store.list, model_id)
+        return await self._io(self.store.list_rollouts, model_id)
 
     async def details(self, rollout: Rollout) -> dict[str, Any]:
         """What operators see beside the rollout: the gate judgements of each stage, the current stage's

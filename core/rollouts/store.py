@@ -25,12 +25,16 @@ class RolloutStore(ABC):
     def get(self, rollout_id: str) -> Rollout | None: ...
 
     @abstractmethod
-    def list(self, model_id: str | None = None) -> list[Rollout]:
+    def list_rollouts(self, model_id: str | None = None) -> list[Rollout]:
         """Every rollout (of one model), newest first."""
 
     @abstractmethod
     def current(self) -> list[Rollout]:
         """The latest rollout of each model that has one: what assignments follow."""
+
+    @abstractmethod
+    def latest(self, model_id: str) -> Rollout | None:
+        """The model's latest rollout (one read), or None when it never had one."""
 
     @abstractmethod
     def update(self, rollout: Rollout, expected_revision: int) -> bool:

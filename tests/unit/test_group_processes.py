@@ -19,6 +19,7 @@ from consumers.processors import fleet
 from consumers.processors.kinds import PROCESSORS
 from core.artifacts import MemoryArtifactStore
 from core.fleet.memory_store import InMemoryFleetStore
+from core.rollouts.memory_store import InMemoryRolloutStore
 from messaging.dead_letter import DeadLetterRouter
 from messaging.reply_consumer import ReplyConsumer
 from settings import Settings
@@ -54,6 +55,7 @@ def offline(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(fleet, "Publisher", lambda *_, **__: FakePublisher())
     monkeypatch.setattr(fleet, "KafkaEventSink", lambda *_, **__: RecordingSink())
     monkeypatch.setattr(fleet, "S3ArtifactStore", lambda _: MemoryArtifactStore())
+    monkeypatch.setattr(fleet, "CassandraRolloutStore", lambda _: InMemoryRolloutStore())
 
 
 def processor_subscription(name: str, settings: Settings) -> tuple[str, set[str], set[str]]:
