@@ -83,7 +83,7 @@ def conditions(memory_available_mb: int) -> Callable[[], dict[str, Any]]:
 def test_a_device_below_the_memory_requirement_is_answered_by_the_serving_plane_with_its_own_key(
         system: RunningSystem, operator: TributaryClient, served_model: str, tmp_path: Path) -> None:
     small, small_id = register(system, "small", memory_mb=256)
-    roll_out(operator, served_model, [small_id])
+    rollout_id = roll_out(operator, served_model, [small_id])["rollout_id"]
     # The small device's calls go with a key of its own whose limit this test can reach: every call
     # it makes (heartbeats, cloud inference, telemetry) spends from the same per-minute budget.
     limit = 12
@@ -102,8 +102,12 @@ def test_a_device_below_the_memory_requirement_is_answered_by_the_serving_plane_
     assert answer.metadata["served_by"] == "cloud"
     np.testing.assert_allclose(answer.output_data["outputs"], expected(ROWS), rtol=1e-5)
 
-    assert agent.report_telemetry()  # request 3: the fallback is in the device's telemetry
+    assert agent.report_telemetry()  # request 3: the fallback is in the device's telemetry...
     spent = 3
+    # ...and in the rollout's, once the rollouts processor has aggregated it.
+    telemetry = wait_for(lambda: operator.request("GET", f"/api/v1/rollouts/{rollout_id}").json()["telemetry"],
+                         lambda seen: "1" in seen)
+    assert telemetry["1"]["cloud_fallback_count"] == 1 and telemetry["1"]["inference_count"] == 1
     with pytest.raises(ApiError) as limited:
         for _ in range(limit):
             agent.infer(served_model, {"inputs": ROWS}, priority="high")

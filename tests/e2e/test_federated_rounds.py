@@ -141,7 +141,8 @@ def test_three_rounds(system: RunningSystem, fleet: dict[str, TributaryClient]) 
             state, n, metrics = train_locally(100 + seed, model)
             return to_bytes(state), n, metrics
 
-        assert DeviceAgent(client, device_id, train).step() == round2["id"]
+        agent = DeviceAgent(client, device_id, train, models_dir=system.log_dir / "device-models" / device_id)
+        assert agent.step() == round2["id"]
     assert received == [global_model] * 16
     started = time.monotonic()
     done2 = wait_for(lambda: (r := operator.round_status(round2["id"]))["status"] == "completed" and r, 60,

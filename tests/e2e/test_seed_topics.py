@@ -169,7 +169,7 @@ def drive_fleet(system: RunningSystem, admin: httpx.Client) -> str | None:
     assert producer.flush(30) == 0
 
     for device_id, client in devices:  # a selected device trains and submits (update_accepted)
-        DeviceAgent(client, device_id, train).step()
+        DeviceAgent(client, device_id, train, models_dir=system.log_dir / "device-models" / device_id).step()
 
     # Seed 002's learning-graph submission through the ingress (below the retraining threshold).
     settings = system.settings
