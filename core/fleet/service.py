@@ -13,6 +13,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import asdict, replace
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
 from core.api_keys import hash_api_key, key_id, new_api_key
@@ -522,8 +523,10 @@ class FleetService:
         if size == 0:
             raise invalid("EMPTY_FILE", "The uploaded file is empty.")
 
-    async def _store_artifact(self, key: str, data: bytes) -> Any:
+    async def _store_artifact(self, key: str, data: bytes | Path) -> Any:
         try:
+            if isinstance(data, Path):  # streamed from the file, never read into memory whole
+                return await self._io(self.artifacts.put_path, key, data)
             return await self._io(self.artifacts.put, key, data)
         except ArtifactStoreUnavailable as exc:
             raise unavailable("STORAGE_UNAVAILABLE", "Object storage is unavailable; nothing was stored.",
@@ -585,17 +588,18 @@ class FleetService:
         return await self.add_version(principal.key_id, model, data, fmt, description, convert_to_onnx)
 
     async def add_version(
-        self, actor: str, model: CatalogModel, data: bytes, fmt: str, description: str | None,
+        self, actor: str, model: CatalogModel, data: bytes | Path, fmt: str, description: str | None,
         convert: Callable[[str, bytes], bytes | None] | None = None, round_id: str | None = None,
     ) -> ModelVersion:
-        """Store an artifact (and its ONNX form when convertible) as the model's next version."""
+        """Store an artifact (and its ONNX form when convertible) as the model's next version; ``data``
+        may be a local file (a round's aggregate), which is streamed and not converted."""
         version = await self._io(self.store.next_version, model.id)
         key = f"models/{model.id}/v{version}/model.{FILE_SUFFIX.get(fmt, 'bin')}"
         stored = await self._store_artifact(key, data)
         onnx_key = onnx_stored = None
         if fmt == "onnx":
             onnx_key, onnx_stored = key, stored
-        elif convert is not None:
+        elif convert is not None and isinstance(data, bytes):
             onnx_bytes = await self._io(convert, fmt, data)
             if onnx_bytes is not None:
                 onnx_key = f"models/{model.id}/v{version}/model.onnx"

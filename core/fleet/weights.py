@@ -9,12 +9,15 @@ the page cache, not a second copy), then added into the sum in place.
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import hashlib
 import io
 import os
+import sys
 import tempfile
 import zipfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
@@ -65,6 +68,37 @@ def load_state_dict_file(path: Path) -> StateDict:
     return _load(path, mmap=zipfile.is_zipfile(path))
 
 
+def load_update_file(path: Path) -> tuple[StateDict, Callable[[torch.Tensor], None] | None]:
+    """``load_state_dict_file`` for a fold: also the function that gives a folded tensor's pages back
+    (``release_mapped_pages``) when the tensors are mapped from the file, None when they were read."""
+    state = load_state_dict_file(path)
+    return state, release_mapped_pages if zipfile.is_zipfile(path) and sys.platform == "linux" else None
+
+
+_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+_MADV_DONTNEED = 4  # Linux
+
+
+def release_mapped_pages(tensor: torch.Tensor) -> None:
+    """Drop this process's pages of a tensor mapped read-only from a file (``madvise(MADV_DONTNEED)``).
+
+    A mapped update's pages stay in the process's memory until the whole mapping goes, so a fold held
+    the sum plus the entire update (2.05 models at peak). Releasing each tensor once it is added keeps
+    the sum plus one tensor. Only whole pages inside the tensor are released, and clean pages of a
+    private file mapping are only dropped, never lost: touched again, they are read back from the file.
+    Never call it on memory that is not such a mapping: there it would discard data."""
+    size = tensor.numel() * tensor.element_size()
+    start = tensor.untyped_storage().data_ptr() + tensor.storage_offset() * tensor.element_size()
+    first, last = -(-start // _PAGE) * _PAGE, (start + size) // _PAGE * _PAGE
+    if last > first:
+        _libc().madvise(ctypes.c_void_p(first), ctypes.c_size_t(last - first), _MADV_DONTNEED)
+
+
+@functools.cache
+def _libc() -> ctypes.CDLL:
+    return ctypes.CDLL(None, use_errno=True)
+
+
 def _load(source: io.BytesIO | Path, *, mmap: bool) -> StateDict:
     try:
         obj = torch.load(source, map_location="cpu", weights_only=True, mmap=mmap)
@@ -89,6 +123,21 @@ def dump_state_dict(state: StateDict) -> bytes:
     return buffer.getvalue()
 
 
+
+
+@contextmanager
+def saved_state_dict(state: StateDict, directory: str | None = None) -> Iterator[Path]:
+    """``torch.save`` ``state`` to a temporary file, then empty ``state`` (its tensors are freed unless
+    referenced elsewhere) and yield the file's path; the file is removed after."""
+    fd, name = tempfile.mkstemp(prefix="tributary-model-", suffix=".pt", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            torch.save(state, out)
+        state.clear()
+        yield Path(name)
+    finally:
+        with suppress(FileNotFoundError):
+            os.unlink(name)
 
 
 _HASHER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sha256")
@@ -149,9 +198,11 @@ class FedAvgAccumulator:
             return torch.float32
         return torch.float64
 
-    def add(self, update_id: str, state: StateDict, num_samples: int) -> bool:
+    def add(self, update_id: str, state: StateDict, num_samples: int,
+            release: Callable[[torch.Tensor], None] | None = None) -> bool:
         """Fold one update in; False (and no change) when it was already included. An incompatible
-        update is refused before anything is added, so the sum stays that of ``included``."""
+        update is refused before anything is added, so the sum stays that of ``included``.
+        ``release`` is called with each tensor once it is added (``load_update_file``'s)."""
         if update_id in self.included:
             return False
         if num_samples <= 0:
@@ -165,6 +216,8 @@ class FedAvgAccumulator:
                 self.dtypes[name] = tensor.dtype
             else:
                 total.add_(tensor.detach(), alpha=num_samples)  # in place: no temporary of the parameter's size
+            if release is not None:
+                release(tensor)
         self.total_samples += num_samples
         self.included.add(update_id)
         return True

@@ -21,7 +21,7 @@ from core.fleet.memory_store import InMemoryFleetStore
 from core.fleet.models import RoundStatus
 from core.fleet.processing import RoundProcessor
 from core.fleet.service import FleetService
-from core.fleet.weights import FedAvgAccumulator, load_state_dict_file, spooled
+from core.fleet.weights import FedAvgAccumulator, dump_state_dict, load_state_dict_file, load_update_file, spooled
 from settings import Settings
 from tests.recording_sink import RecordingSink
 from tests.store_contract import make_round, make_update
@@ -138,6 +138,34 @@ def test_a_spooled_update_is_hashed_while_written_and_its_tensors_are_mapped_fro
     with spooled([b"not a state dict"]) as (path, _), pytest.raises(DomainError) as bad:
         load_state_dict_file(path)
     assert bad.value.code == "INVALID_MODEL_FILE"
+
+
+def resident_bytes(path: Path) -> int:
+    """How much of the mappings of ``path`` is in this process's memory (/proc/self/smaps Rss)."""
+    total, inside = 0, False
+    for line in Path("/proc/self/smaps").read_text().splitlines():
+        if "-" in line.split(" ", 1)[0] and len(line.split()) >= 5:  # a mapping's header line
+            inside = line.endswith(str(path))
+        elif inside and line.startswith("Rss:"):
+            total += int(line.split()[1]) * 1024
+    return total
+
+
+def test_a_folded_tensors_mapped_pages_are_given_back_and_the_sum_is_unchanged() -> None:
+    update = {"a": torch.randn(1024, 1024), "b": torch.randn(512, 1024), "bias": torch.randn(7)}
+    with spooled([dump_state_dict(update)]) as (path, _):
+        loaded, release = load_update_file(path)
+        assert release is not None  # a zip archive: mapped
+        for tensor in loaded.values():
+            tensor.sum()  # touch every page, as a fold does
+        touched = resident_bytes(path)
+        kept, released = FedAvgAccumulator(), FedAvgAccumulator()
+        kept.add("u", {k: v.clone() for k, v in update.items()}, 3)
+        released.add("u", loaded, 3, release)
+        assert touched >= 6 * 1024 * 1024 and resident_bytes(path) < touched // 8  # ~6 MB back
+        assert all(torch.equal(released.weighted_sum[k], kept.weighted_sum[k]) for k in update)
+        # Touched again after release, the pages come back from the file: nothing was lost.
+        assert all(torch.equal(loaded[k], update[k]) for k in update)
 
 
 # --- the round processor: no per-update write, and a restart that rebuilds the sum --------------
