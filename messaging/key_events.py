@@ -83,7 +83,9 @@ class KeyEventConsumer:
             "auto.offset.reset": "latest",
             "session.timeout.ms": KEY_SESSION_TIMEOUT_MS,
             "heartbeat.interval.ms": 1000,
-            "fetch.wait.max.ms": 100,
+            # One member with every partition from its start: a parked fetch is answered as soon as an
+            # event arrives, so a long wait delays nothing and spares the broker idle fetches.
+            "fetch.wait.max.ms": self.settings.idle_fetch_max_wait_ms,
         }
 
     async def start(self, timeout_s: float = 30.0) -> None:

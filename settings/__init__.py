@@ -63,6 +63,10 @@ class Settings(BaseSettings):
     )
     # Kafka answers a waiting fetch as soon as data arrives, so this bounds only idle polling.
     fetch_max_wait_ms: int = Field(500, ge=0, description="Consumer fetch max wait (idle cost, not latency)")
+    idle_fetch_max_wait_ms: int = Field(
+        5000, ge=0, description="Fetch max wait of consumers whose partitions do not move while they run (each "
+                                "worker's model-commands reader, each ingress's key-events reader) and of trainers "
+                                "(jobs of minutes): fewer idle fetches for the broker, no added latency")
     producer_linger_ms: float = Field(
         0, ge=0, description="Producer linger; 0 sends at once (batches still form behind in-flight requests)"
     )

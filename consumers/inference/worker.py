@@ -388,7 +388,7 @@ class InferenceWorker:
             "client.id": f"{self.instance}-commands-{socket.gethostname()}",
             "enable.auto.commit": False,
             "enable.auto.offset.store": False,
-            "fetch.wait.max.ms": self.settings.fetch_max_wait_ms,
+            "fetch.wait.max.ms": self.settings.idle_fetch_max_wait_ms,  # assigned, never rebalanced
         }
 
     def _session(self) -> Any:
@@ -557,7 +557,7 @@ class InferenceWorker:
             return
         log.info("listening to model commands on %s%s", self.commands_topic, partitions)
         while not self.stopping.is_set():
-            message = await loop.run_in_executor(self._commands_kafka, self.commands_consumer.poll, 0.2)
+            message = await loop.run_in_executor(self._commands_kafka, self.commands_consumer.poll, 1.0)
             if message is None:
                 continue
             error = message.error()

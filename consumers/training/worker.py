@@ -99,6 +99,7 @@ class Trainer:
             "session.timeout.ms": session,
             "heartbeat.interval.ms": max(100, min(1000, session // 3)),
             "partition.assignment.strategy": "roundrobin",
+            "fetch.wait.max.ms": self.settings.idle_fetch_max_wait_ms,  # jobs are rare and last minutes
         }
 
     # --- publishing from the training thread ----------------------------------------------
