@@ -80,7 +80,9 @@ def test_rows_expire_unless_refreshed(residency: Fixture) -> None:
     store.put(loaded(model, "w-dead"), ttl_s=3)
     store.put(loaded(model, "w-alive"), ttl_s=3)
     wait(1.5)
-    store.put(loaded(model, "w-alive"), ttl_s=3)  # the refresh timer of a live worker
+    # The refresh timer of a live worker; a longer TTL this time, so the window in which only the dead
+    # row has expired is 3.5 s wide, not 1.5 s (a loaded run read after both had expired).
+    store.put(loaded(model, "w-alive"), ttl_s=5)
     wait(2.0)
     assert store.loaded_on(model) == ["w-alive"]
     assert [r.worker for r in store.all() if r.model_id == model] == ["w-alive"]

@@ -167,7 +167,12 @@ READERS = {DatasetFormat.JSONL: _read_jsonl, DatasetFormat.JSON: _read_json_arra
 
 def read_table(data: bytes, fmt: DatasetFormat) -> pa.Table:
     """The file as an Arrow table, or ``DATASET_INVALID``."""
-    return READERS[fmt](data)
+    try:
+        table = READERS[fmt](data)
+        table.column_names  # noqa: B018 - Arrow decodes the names only here; a CSV header may not be UTF-8
+    except UnicodeDecodeError as exc:
+        raise malformed(f"the file's column names are not UTF-8 text: {exc}") from exc
+    return table
 
 
 def _matches(arrow_type: pa.DataType, declared: ColumnType, fmt: DatasetFormat) -> bool:

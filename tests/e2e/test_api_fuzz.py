@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from urllib.parse import quote
 
 import httpx
 import pytest
@@ -48,6 +49,7 @@ def fuzz_replica(system: RunningSystem) -> Iterator[str]:
             yield url
     finally:
         release_active_round(system)
+        retire_active_devices(system)
 
 
 def release_active_round(system: RunningSystem) -> None:
@@ -59,6 +61,32 @@ def release_active_round(system: RunningSystem) -> None:
         cancelled = httpx.post(f"{system.base_url}/api/v1/training/rounds/{current.json()['id']}/cancel",
                                headers=admin, timeout=30)
         assert cancelled.status_code in (200, 409), cancelled.text  # 409: it finished meanwhile
+
+
+def retire_active_devices(system: RunningSystem) -> None:
+    """Devices the fuzzing registered and beat stay eligible for a round's start selection (active, recent)
+    and took the seats of the next test's own devices; an operator reports them inactive, as a
+    device leaving the fleet would, and waits until the device processor has applied it."""
+    admin = {"Authorization": f"Bearer {system.admin_key}"}
+
+    def active() -> list[str]:
+        found, cursor = [], None
+        while True:
+            params: dict[str, str | int] = {"status": "active", "limit": 500, **({"cursor": cursor} if cursor else {})}
+            page = httpx.get(f"{system.base_url}/api/v1/devices", params=params, headers=admin, timeout=30)
+            assert page.status_code == 200, page.text
+            found += [d["device_id"] for d in page.json()["devices"]]
+            if not (cursor := page.json()["next_cursor"]):
+                return found
+
+    deadline = time.monotonic() + 60
+    while remaining := active():
+        assert time.monotonic() < deadline, f"still active after 60 s: {remaining[:5]}"
+        for device_id in remaining:
+            beat = httpx.put(f"{system.base_url}/api/v1/devices/{quote(device_id, safe='')}/heartbeat",
+                             json={"status": "inactive"}, headers=admin, timeout=30)
+            assert beat.status_code in (200, 404), beat.text  # 404: the fuzzing deleted it meanwhile
+        time.sleep(1.0)
 
 
 def test_every_operation_as_device_and_operator(system: RunningSystem, fuzz_replica: str) -> None:

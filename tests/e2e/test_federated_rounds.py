@@ -81,7 +81,9 @@ def heartbeat_all(fleet: dict[str, TributaryClient]) -> dict[str, dict[str, Any]
 def test_three_rounds(system: RunningSystem, fleet: dict[str, TributaryClient]) -> None:
     operator = TributaryClient(system.base_url, system.admin_key)
     heartbeat_all(fleet)
-    wait_for(lambda: operator._json("GET", "/api/v1/status")["active_devices"] >= DEVICES, 30,
+    # Each of this fleet's own heartbeats applied (not just "enough active devices": the session's
+    # other tests leave devices too), so the start's selection, newest heartbeat first, seats them.
+    wait_for(lambda: all(operator.get_device(d)["last_heartbeat"] for d in fleet), 30,
              "heartbeats to reach Cassandra")
 
     # --- round 1: everyone submits; the aggregate is the sample-weighted mean ---------------

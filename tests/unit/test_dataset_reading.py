@@ -99,6 +99,12 @@ def test_a_ragged_csv_row_names_its_line() -> None:
     assert details["expected_columns"] == 3 and details["actual_columns"] == 2
 
 
+def test_a_csv_header_that_is_not_utf8_is_refused_not_a_500() -> None:
+    # found by the API fuzzer: Arrow decodes column names lazily and raised UnicodeDecodeError
+    details = refusal(b"\x89instruction,input,output\na,b,c\n", DatasetFormat.CSV)
+    assert details["row"] is None
+
+
 def test_unreadable_parquet_is_refused() -> None:
     details = refusal(b"PAR1 this is not parquet at all PAR1", DatasetFormat.PARQUET)
     assert details["row"] is None and details["column"] is None
