@@ -10,6 +10,7 @@ from typing import Any
 
 from fastapi import Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.security.utils import get_authorization_scheme_param
 
 from api.access import route_action
 from core.artifacts import ArtifactStore
@@ -125,6 +126,14 @@ async def context(request: Request) -> AppContext:
 
 
 bearer = HTTPBearer(auto_error=False, bearerFormat="sk_live_*", description="Authorization: Bearer sk_live_...")
+
+
+def bearer_key(authorization: str | None) -> str | None:
+    """The key of an ``Authorization: Bearer <key>`` value, read as ``HTTPBearer`` reads it (scheme in any
+    case, surrounding spaces dropped); None for any other scheme. For the transports that do not go
+    through FastAPI's dependency (the heartbeat fast path, gRPC metadata)."""
+    scheme, credentials = get_authorization_scheme_param(authorization)
+    return credentials or None if scheme.lower() == "bearer" else None
 
 
 async def admit(ctx: AppContext, key: str | None, action: Action | None) -> Principal:

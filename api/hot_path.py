@@ -24,7 +24,7 @@ from pydantic import ValidationError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.access import route_action
-from api.context import AppContext, admit
+from api.context import AppContext, admit, bearer_key
 from api.errors import domain_error_response
 from api.routers import fleet
 from api.routers.fleet import answer_heartbeat
@@ -93,10 +93,7 @@ def _parse(raw_id: str, headers: list[tuple[bytes, bytes]], body: bytes
             request = HeartbeatRequest.model_validate(orjson.loads(body))
         except (orjson.JSONDecodeError, ValidationError):
             return None
-    # HTTPBearer's reading: scheme "bearer" in any case, then the credentials.
-    scheme, _, credentials = authorization.decode("latin-1").partition(" ")
-    key = credentials if scheme.lower() == "bearer" and credentials else None
-    return raw_id, request, key
+    return raw_id, request, bearer_key(authorization.decode("latin-1"))
 
 
 async def _read_body(receive: Receive, limit: int = 64 * 1024) -> tuple[bytes, list[Message]]:

@@ -14,7 +14,7 @@ from typing import Any, NoReturn
 import grpc
 
 from api.access import GRPC_ACTIONS
-from api.context import AppContext, admit
+from api.context import AppContext, admit, bearer_key
 from api.grpc.errors import abort, failure
 from api.metrics import grpc_call_metrics
 from core.auth import Principal
@@ -44,10 +44,9 @@ def metadata_value(context: grpc.aio.ServicerContext, name: str) -> str | None:
     return None
 
 
-def bearer_key(context: grpc.aio.ServicerContext) -> str | None:
-    """The key of ``authorization: Bearer <key>``; no key for any other scheme (as REST's HTTPBearer)."""
-    scheme, _, key = (metadata_value(context, "authorization") or "").partition(" ")
-    return key.strip() or None if scheme.lower() == "bearer" else None
+def metadata_key(context: grpc.aio.ServicerContext) -> str | None:
+    """The key of ``authorization: Bearer <key>`` metadata, read as REST reads the header."""
+    return bearer_key(metadata_value(context, "authorization"))
 
 
 def begin_call(context: grpc.aio.ServicerContext) -> str:
@@ -112,7 +111,7 @@ class CallInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             with grpc_call_metrics(name) as outcome:
                 try:
                     if authenticate:
-                        _caller.set(await admit(self.ctx, bearer_key(context), GRPC_ACTIONS.get(name)))
+                        _caller.set(await admit(self.ctx, metadata_key(context), GRPC_ACTIONS.get(name)))
                     return await behavior(request, context)
                 except Exception as exc:
                     await end_call(context, exc, trace_id, outcome)
@@ -125,7 +124,7 @@ class CallInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             with grpc_call_metrics(name) as outcome:
                 if authenticate:
                     try:
-                        _caller.set(await admit(self.ctx, bearer_key(context), GRPC_ACTIONS.get(name)))
+                        _caller.set(await admit(self.ctx, metadata_key(context), GRPC_ACTIONS.get(name)))
                     except Exception as exc:
                         await drain(requests)
                         await end_call(context, exc, trace_id, outcome)

@@ -81,6 +81,12 @@ def test_a_well_formed_heartbeat_is_served_by_the_fast_path_with_the_routes_answ
         assert set(answered.json()) == set(reference.json())
         assert answered.headers["x-trace-id"]  # the trace middleware still wraps it
     assert served == ["dev-a"] * 4
+    # HTTPBearer's reading of the header, spaces and scheme case included
+    for header in (f"Bearer  {key}", f"bearer {key} "):
+        answered = fast.put("/api/v1/devices/dev-a/heartbeat", json={}, headers={"Authorization": header})
+        reference = route.put("/api/v1/devices/dev-a/heartbeat", json={}, headers={"Authorization": header})
+        assert answered.status_code == reference.status_code == 200, answered.text
+    assert served == ["dev-a"] * 6
 
 
 @pytest.mark.parametrize(("label", "path", "content", "headers"), [
