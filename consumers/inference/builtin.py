@@ -192,17 +192,9 @@ def ensure_minilm_onnx(cache_dir: Path) -> Path:
                 "source_bytes": (model_dir / "model.safetensors").stat().st_size}
 
     def build(path: Path) -> None:
-        import torch
-
         from consumers.inference import torch_models
 
-        model = torch_models.load_minilm(model_dir)
-        example = (torch.ones(2, 8, dtype=torch.int64), torch.ones(2, 8, dtype=torch.int64))
-        torch_models.export_onnx(model, example, path, input_names=["input_ids", "attention_mask"],
-                                 output_name="sentence_embedding",
-                                 dynamic_axes={"input_ids": {0: "batch", 1: "sequence"},
-                                               "attention_mask": {0: "batch", 1: "sequence"},
-                                               "sentence_embedding": {0: "batch"}})
+        torch_models.export_sentence_embedder(torch_models.load_minilm(model_dir), path)
 
     return _cached_export(cache_dir, "all-minilm-l6-v2", identity, build)
 

@@ -163,3 +163,12 @@ def export_onnx(
             do_constant_folding=True,
             dynamo=False,
         )
+
+
+def export_sentence_embedder(model: nn.Module, path: Path) -> None:
+    """A MiniLM-style encoder as the txt2embed ONNX contract the workers serve: inputs ``input_ids`` and
+    ``attention_mask`` ([batch, sequence] int64), output ``sentence_embedding`` ([batch, dim])."""
+    example = (torch.ones(2, 8, dtype=torch.int64), torch.ones(2, 8, dtype=torch.int64))
+    export_onnx(model, example, path, input_names=["input_ids", "attention_mask"], output_name="sentence_embedding",
+                dynamic_axes={"input_ids": {0: "batch", 1: "sequence"}, "attention_mask": {0: "batch", 1: "sequence"},
+                              "sentence_embedding": {0: "batch"}})

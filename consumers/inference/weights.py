@@ -17,8 +17,6 @@ from core.onboarding.fetch import FetchError
 
 def build_onnx(architecture: str, directory: Path, out: Path) -> None:
     """Write ONNX for ``directory``'s ``model.safetensors`` + ``config.json`` of ``architecture``."""
-    import torch
-
     from consumers.inference import torch_models
 
     if architecture != "bert-mean-pooling":
@@ -29,9 +27,4 @@ def build_onnx(architecture: str, directory: Path, out: Path) -> None:
     except (KeyError, RuntimeError, ValueError, OSError) as exc:  # missing tensors, wrong shapes, bad config
         raise FetchError("INVALID_MODEL_FILE", f"the weights do not fit {architecture}: "
                                                f"{type(exc).__name__}: {str(exc)[:300]}") from exc
-    example = (torch.ones(2, 8, dtype=torch.int64), torch.ones(2, 8, dtype=torch.int64))
-    torch_models.export_onnx(model, example, out, input_names=["input_ids", "attention_mask"],
-                             output_name="sentence_embedding",
-                             dynamic_axes={"input_ids": {0: "batch", 1: "sequence"},
-                                           "attention_mask": {0: "batch", 1: "sequence"},
-                                           "sentence_embedding": {0: "batch"}})
+    torch_models.export_sentence_embedder(model, out)
