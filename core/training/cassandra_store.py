@@ -14,12 +14,11 @@ from core.cassandra.statements import CassandraRepository
 from core.training.schemas import TrainingJob, TrainingJobStatus, TrainingMetrics
 from core.training.store import (
     CLAIMABLE,
-    FINAL_FIELDS,
-    PROGRESS_FIELDS,
     JobPage,
     JobRow,
     TrainingJobStore,
     newest_first,
+    transitioned,
 )
 
 S = TrainingJobStatus
@@ -63,12 +62,8 @@ class CassandraTrainingJobStore(CassandraRepository, TrainingJobStore):
         row = self.get(job_id)
         if row is None or row.job.status is not expected:
             return False
-        job = row.job.model_copy(update={"status": new})
-        if error_message is not None:
-            job.error_message = error_message
-        if new.terminal:
-            job.completed_at = at
-        return self._write(row, job, status=new, attempt=row.attempt, worker=row.worker)
+        return self._write(row, transitioned(row.job, new, error_message, at), status=new, attempt=row.attempt,
+                           worker=row.worker)
 
     def claim(self, job_id: str, worker: str, at: datetime) -> JobRow | None:
         for _ in range(CAS_RETRIES):
@@ -80,24 +75,15 @@ class CassandraTrainingJobStore(CassandraRepository, TrainingJobStore):
                 return JobRow(job, row.attempt + 1, worker)
         raise RuntimeError(f"training job {job_id}: claim kept losing its compare-and-set")
 
-    def _held_update(self, job_id: str, attempt: int, job: TrainingJob, fields: tuple[str, ...],
-                     status: S) -> bool:
+    def _update_held(self, job_id: str, attempt: int, update: dict[str, Any]) -> bool:
         for _ in range(CAS_RETRIES):
             row = self.get(job_id)
             if row is None or row.attempt != attempt or row.job.status is not S.RUNNING:
                 return False
-            updated = row.job.model_copy(update={f: getattr(job, f) for f in fields} | {"status": status}, deep=True)
-            if self._write(row, updated, status=status, attempt=attempt, worker=row.worker):
+            updated = row.job.model_copy(update=update, deep=True)
+            if self._write(row, updated, status=updated.status, attempt=attempt, worker=row.worker):
                 return True
         raise RuntimeError(f"training job {job_id}: update kept losing its compare-and-set")
-
-    def save_progress(self, job_id: str, attempt: int, job: TrainingJob) -> bool:
-        return self._held_update(job_id, attempt, job, PROGRESS_FIELDS, S.RUNNING)
-
-    def finish(self, job_id: str, attempt: int, job: TrainingJob) -> bool:
-        if job.status not in (S.COMPLETED, S.FAILED):
-            raise ValueError(f"finish() ends a job as completed or failed, not {job.status}")
-        return self._held_update(job_id, attempt, job, FINAL_FIELDS, job.status)
 
     def cancel(self, job_id: str, at: datetime) -> tuple[TrainingJob, bool] | None:
         for _ in range(CAS_RETRIES):

@@ -13,6 +13,7 @@ import threading
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, replace
 from datetime import datetime
+from typing import Any
 
 from core.training.schemas import TrainingJob, TrainingJobStatus, TrainingMetrics
 
@@ -55,14 +56,20 @@ class TrainingJobStore(ABC):
         """Queued or running -> running with ``attempt + 1`` (``started_at`` keeps the first claim);
         None when the job is gone or already over (cancelled, completed, failed)."""
 
-    @abstractmethod
     def save_progress(self, job_id: str, attempt: int, job: TrainingJob) -> bool:
         """Write the progress fields of ``job`` (steps, epoch, progress, metrics, checkpoints, carbon)
         if ``attempt`` still holds the job and it is running."""
+        return self._update_held(job_id, attempt, {f: getattr(job, f) for f in PROGRESS_FIELDS})
 
-    @abstractmethod
     def finish(self, job_id: str, attempt: int, job: TrainingJob) -> bool:
         """``job.status`` (completed or failed) with its final fields, if ``attempt`` still holds it running."""
+        if job.status not in (S.COMPLETED, S.FAILED):
+            raise ValueError(f"finish() ends a job as completed or failed, not {job.status}")
+        return self._update_held(job_id, attempt, {f: getattr(job, f) for f in FINAL_FIELDS})
+
+    @abstractmethod
+    def _update_held(self, job_id: str, attempt: int, update: dict[str, Any]) -> bool:
+        """Apply ``update`` to the stored job if ``attempt`` still holds it and it is running."""
 
     @abstractmethod
     def cancel(self, job_id: str, at: datetime) -> tuple[TrainingJob, bool] | None:
@@ -80,6 +87,17 @@ class TrainingJobStore(ABC):
 PROGRESS_FIELDS = ("current_epoch", "current_step", "total_steps", "total_epochs", "progress", "metrics",
                    "checkpoints", "carbon")
 FINAL_FIELDS = (*PROGRESS_FIELDS, "status", "completed_at", "error_message", "model_id")
+
+
+def transitioned(job: TrainingJob, new: TrainingJobStatus, error_message: str | None,
+                 at: datetime | None) -> TrainingJob:
+    """``job`` moved to ``new`` as ``transition`` writes it (every store)."""
+    moved = job.model_copy(update={"status": new})
+    if error_message is not None:
+        moved.error_message = error_message
+    if new.terminal:
+        moved.completed_at = at
+    return moved
 
 
 def newest_first(jobs: list[TrainingJob], page: int, page_size: int) -> JobPage:
@@ -117,12 +135,7 @@ class InMemoryTrainingJobStore(TrainingJobStore):
             row = self._rows.get(job_id)
             if row is None or row.job.status is not expected:
                 return False
-            job = row.job.model_copy(update={"status": new})
-            if error_message is not None:
-                job.error_message = error_message
-            if new.terminal:
-                job.completed_at = at
-            self._rows[job_id] = replace(row, job=job)
+            self._rows[job_id] = replace(row, job=transitioned(row.job, new, error_message, at))
             return True
 
     def claim(self, job_id: str, worker: str, at: datetime) -> JobRow | None:
@@ -140,23 +153,11 @@ class InMemoryTrainingJobStore(TrainingJobStore):
             return None
         return row
 
-    def save_progress(self, job_id: str, attempt: int, job: TrainingJob) -> bool:
+    def _update_held(self, job_id: str, attempt: int, update: dict[str, Any]) -> bool:
         with self._lock:
             row = self._held(job_id, attempt)
             if row is None:
                 return False
-            update = {f: getattr(job, f) for f in PROGRESS_FIELDS}
-            self._rows[job_id] = replace(row, job=row.job.model_copy(update=update, deep=True))
-            return True
-
-    def finish(self, job_id: str, attempt: int, job: TrainingJob) -> bool:
-        if job.status not in (S.COMPLETED, S.FAILED):
-            raise ValueError(f"finish() ends a job as completed or failed, not {job.status}")
-        with self._lock:
-            row = self._held(job_id, attempt)
-            if row is None:
-                return False
-            update = {f: getattr(job, f) for f in FINAL_FIELDS}
             self._rows[job_id] = replace(row, job=row.job.model_copy(update=update, deep=True))
             return True
 
