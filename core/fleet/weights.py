@@ -126,18 +126,25 @@ def dump_state_dict(state: StateDict) -> bytes:
 
 
 @contextmanager
-def saved_state_dict(state: StateDict, directory: str | None = None) -> Iterator[Path]:
-    """``torch.save`` ``state`` to a temporary file, then empty ``state`` (its tensors are freed unless
-    referenced elsewhere) and yield the file's path; the file is removed after."""
-    fd, name = tempfile.mkstemp(prefix="tributary-model-", suffix=".pt", dir=directory)
+def _temporary_file(prefix: str, directory: str | None) -> Iterator[tuple[int, Path]]:
+    """A new temporary ``.pt`` file (its open descriptor and path), removed when the block ends."""
+    fd, name = tempfile.mkstemp(prefix=prefix, suffix=".pt", dir=directory)
     try:
-        with os.fdopen(fd, "wb") as out:
-            torch.save(state, out)
-        state.clear()
-        yield Path(name)
+        yield fd, Path(name)
     finally:
         with suppress(FileNotFoundError):
             os.unlink(name)
+
+
+@contextmanager
+def saved_state_dict(state: StateDict, directory: str | None = None) -> Iterator[Path]:
+    """``torch.save`` ``state`` to a temporary file, then empty ``state`` (its tensors are freed unless
+    referenced elsewhere) and yield the file's path; the file is removed after."""
+    with _temporary_file("tributary-model-", directory) as (fd, path):
+        with os.fdopen(fd, "wb") as out:
+            torch.save(state, out)
+        state.clear()
+        yield path
 
 
 _HASHER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sha256")
@@ -147,8 +154,7 @@ _HASHER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sha256")
 def spooled(chunks: Iterable[bytes], directory: str | None = None) -> Iterator[tuple[Path, str]]:
     """Write ``chunks`` to a temporary file and yield its path and sha256; the file is removed after.
     The chunks are never joined in memory (an update can be as large as the upload limit)."""
-    fd, name = tempfile.mkstemp(prefix="tributary-update-", suffix=".pt", dir=directory)
-    try:
+    with _temporary_file("tributary-update-", directory) as (fd, path):
         digest = hashlib.sha256()
         hashing: Future[None] | None = None
         with os.fdopen(fd, "wb") as out:
@@ -161,10 +167,7 @@ def spooled(chunks: Iterable[bytes], directory: str | None = None) -> Iterator[t
                 out.write(chunk)
             if hashing is not None:
                 hashing.result()
-        yield Path(name), digest.hexdigest()
-    finally:
-        with suppress(FileNotFoundError):
-            os.unlink(name)
+        yield path, digest.hexdigest()
 
 
 SumPrecision = Literal["float32", "float64"]
