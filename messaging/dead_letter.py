@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from confluent_kafka import Message
+from confluent_kafka import KafkaError, Message
 
 from core.errors import is_transient_infrastructure_error
 from producers.publisher import Publisher
@@ -54,6 +54,17 @@ def normalize_headers(headers: object) -> list[tuple[str, bytes]]:
 def from_confluent(msg: Message) -> RawMessage:
     return RawMessage(msg.topic() or "", msg.partition() or 0, msg.offset() or 0, msg.key(), msg.value(),
                       normalize_headers(msg.headers()))
+
+
+def is_record(msg: Message, logger: logging.Logger, consumer: str) -> bool:
+    """Whether a polled message is a record; a client event in its place (end of partition: nothing;
+    any other error: a warning on ``logger`` naming ``consumer``) is not."""
+    error = msg.error()
+    if error is None:
+        return True
+    if error.code() != KafkaError._PARTITION_EOF:
+        logger.warning("%s: %s", consumer, error.str())
+    return False
 
 
 class DeadLetterRouter:

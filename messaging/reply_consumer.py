@@ -50,7 +50,7 @@ from prometheus_client import Counter
 
 from core.health import ProbeResult, degraded
 from core.serving.replies import NoReplyPartition, ReplyConsumerClosed, ReplyPartitionRevoked, is_partial
-from messaging.dead_letter import DeadLetterRouter, from_confluent
+from messaging.dead_letter import DeadLetterRouter, from_confluent, is_record
 from schemas.codec import Codec, DecodeError
 from settings import Settings
 from topology.groups import BY_GROUP
@@ -388,10 +388,7 @@ class ReplyConsumer(ReplyTable):
             loop.call_soon_threadsafe(fn, *args)
 
     def _handle(self, message: Message) -> None:
-        error = message.error()
-        if error is not None:
-            if error.code() != KafkaError._PARTITION_EOF:
-                log.warning("reply consumer: %s", error.str())
+        if not is_record(message, log, "reply consumer"):
             return
         partition, offset = message.partition() or 0, message.offset() or 0
         self._positions[partition] = offset + 1

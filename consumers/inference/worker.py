@@ -67,7 +67,7 @@ from core.serving.jobs import JobStore
 from core.serving.metrics import MODEL_EVENTS, WORKER_REQUESTS, observe_batch
 from core.serving.residency import ResidencyStore
 from core.shutdown import arm_shutdown_deadline
-from messaging.dead_letter import DeadLetterRouter, RawMessage, from_confluent
+from messaging.dead_letter import DeadLetterRouter, RawMessage, from_confluent, is_record
 from producers.events import KafkaEventSink, instance_name
 from producers.publisher import Publisher
 from schemas.clock import utcnow
@@ -522,10 +522,7 @@ class InferenceWorker:
         self.tracker.finished(raw.topic, raw.partition, raw.offset)
 
     def _spawn(self, message: Message) -> None:
-        error = message.error()
-        if error is not None:
-            if error.code() != KafkaError._PARTITION_EOF:
-                log.warning("consumer: %s", error.str())
+        if not is_record(message, log, "consumer"):
             return
         raw = from_confluent(message)
         self.tracker.started(raw.topic, raw.partition, raw.offset)
@@ -558,12 +555,7 @@ class InferenceWorker:
         log.info("listening to model commands on %s%s", self.commands_topic, partitions)
         while not self.stopping.is_set():
             message = await loop.run_in_executor(self._commands_kafka, self.commands_consumer.poll, 1.0)
-            if message is None:
-                continue
-            error = message.error()
-            if error is not None:
-                if error.code() != KafkaError._PARTITION_EOF:
-                    log.warning("commands consumer: %s", error.str())
+            if message is None or not is_record(message, log, "commands consumer"):
                 continue
             raw = from_confluent(message)
 

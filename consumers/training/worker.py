@@ -24,7 +24,7 @@ import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
+from confluent_kafka import Consumer, Message, TopicPartition
 
 from core.artifacts import S3ArtifactStore
 from core.carbon import CarbonMeter
@@ -35,7 +35,7 @@ from core.fleet.cassandra_store import CassandraFleetStore
 from core.logs import configure
 from core.shutdown import arm_shutdown_deadline
 from core.training.cassandra_store import CassandraTrainingJobStore
-from messaging.dead_letter import DeadLetterRouter, RawMessage, from_confluent
+from messaging.dead_letter import DeadLetterRouter, RawMessage, from_confluent, is_record
 from producers.events import KafkaEventSink, instance_name
 from producers.publisher import Publisher
 from schemas.codec import Codec
@@ -175,12 +175,7 @@ class Trainer:
         try:
             while not self.stopping.is_set():
                 message = await self._kafka_call(self._poll, 0.5)
-                if message is None:
-                    continue
-                error = message.error()
-                if error is not None:
-                    if error.code() != KafkaError._PARTITION_EOF:
-                        log.warning("consumer: %s", error.str())
+                if message is None or not is_record(message, log, "consumer"):
                     continue
                 await self._handle(message)
         finally:
