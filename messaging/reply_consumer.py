@@ -51,6 +51,7 @@ from prometheus_client import Counter
 from core.health import ProbeResult, degraded
 from core.serving.replies import NoReplyPartition, ReplyConsumerClosed, ReplyPartitionRevoked, is_partial
 from messaging.dead_letter import DeadLetterRouter, from_confluent, is_record
+from messaging.group_member import group_member_config
 from schemas.codec import Codec, DecodeError
 from settings import Settings
 from topology.groups import BY_GROUP
@@ -292,22 +293,12 @@ class ReplyConsumer(ReplyTable):
         return [self.topic]
 
     def consumer_config(self) -> dict[str, Any]:
-        session = self.settings.session_timeout_ms
-        return {
-            "bootstrap.servers": self.settings.kafka_bootstrap_servers,
-            "group.id": self.group_id,
-            "client.id": self.client_id,
-            # The group only spreads partitions across replicas; positions are set on assignment.
-            "enable.auto.commit": False,
-            "auto.offset.reset": "latest",
-            "session.timeout.ms": session,
-            "heartbeat.interval.ms": max(100, min(1000, session // 3)),
-            "fetch.wait.max.ms": self.settings.fetch_max_wait_ms,
-            # Eager: the revoke/resume handling above is written for it (cooperative-sticky would
-            # need incremental assign callbacks).
-            "partition.assignment.strategy": "roundrobin",
-            "on_commit": self._on_commit,
-        }
+        # The group only spreads partitions across replicas; positions are set on assignment. Eager
+        # round-robin: the revoke/resume handling above is written for it (cooperative-sticky would need
+        # incremental assign callbacks).
+        return {**group_member_config(self.settings, self.group_id, self.client_id, offset_reset="latest",
+                                      fetch_wait_ms=self.settings.fetch_max_wait_ms),
+                "on_commit": self._on_commit}
 
     async def start(self, timeout_s: float | None = None) -> bool:
         """Join the group and wait for the first assignment; False if none came within the timeout."""

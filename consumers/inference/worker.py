@@ -68,6 +68,7 @@ from core.serving.metrics import MODEL_EVENTS, WORKER_REQUESTS, observe_batch
 from core.serving.residency import ResidencyStore
 from core.shutdown import arm_shutdown_deadline
 from messaging.dead_letter import DeadLetterRouter, RawMessage, from_confluent, is_record
+from messaging.group_member import group_member_config
 from producers.events import KafkaEventSink, instance_name
 from producers.publisher import Publisher
 from schemas.clock import utcnow
@@ -367,18 +368,10 @@ class InferenceWorker:
         return [INFERENCE_REQUESTS[priority].full_name(settings)]
 
     def consumer_config(self) -> dict[str, Any]:
-        session = self.settings.session_timeout_ms
-        return {
-            "bootstrap.servers": self.settings.kafka_bootstrap_servers,
-            "group.id": self.group_id,
-            "client.id": f"{self.instance}-{socket.gethostname()}",
-            "enable.auto.commit": False,  # committed after the reply is acknowledged
-            "auto.offset.reset": "earliest",  # a new group must not skip requests sent before it joined
-            "session.timeout.ms": session,
-            "heartbeat.interval.ms": max(100, min(1000, session // 3)),
-            "fetch.wait.max.ms": self.settings.fetch_max_wait_ms,
-            "partition.assignment.strategy": "roundrobin",
-        }
+        # Offsets committed after the reply is acknowledged; "earliest": a new group must not skip
+        # requests sent before it joined.
+        return group_member_config(self.settings, self.group_id, f"{self.instance}-{socket.gethostname()}",
+                                   offset_reset="earliest", fetch_wait_ms=self.settings.fetch_max_wait_ms)
 
     def commands_consumer_config(self) -> dict[str, Any]:
         return {

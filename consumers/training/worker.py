@@ -36,6 +36,7 @@ from core.logs import configure
 from core.shutdown import arm_shutdown_deadline
 from core.training.cassandra_store import CassandraTrainingJobStore
 from messaging.dead_letter import DeadLetterRouter, RawMessage, from_confluent, is_record
+from messaging.group_member import group_member_config
 from producers.events import KafkaEventSink, instance_name
 from producers.publisher import Publisher
 from schemas.codec import Codec
@@ -89,18 +90,9 @@ class Trainer:
         return GROUP.input_names(settings)
 
     def consumer_config(self) -> dict[str, Any]:
-        session = self.settings.session_timeout_ms
-        return {
-            "bootstrap.servers": self.settings.kafka_bootstrap_servers,
-            "group.id": self.group_id,
-            "client.id": f"{self.instance}-{socket.gethostname()}",
-            "enable.auto.commit": False,  # committed when the job ends
-            "auto.offset.reset": "earliest",
-            "session.timeout.ms": session,
-            "heartbeat.interval.ms": max(100, min(1000, session // 3)),
-            "partition.assignment.strategy": "roundrobin",
-            "fetch.wait.max.ms": self.settings.idle_fetch_max_wait_ms,  # jobs are rare and last minutes
-        }
+        # Offsets committed when the job ends; jobs are rare and last minutes, so the idle fetch wait.
+        return group_member_config(self.settings, self.group_id, f"{self.instance}-{socket.gethostname()}",
+                                   offset_reset="earliest", fetch_wait_ms=self.settings.idle_fetch_max_wait_ms)
 
     # --- publishing from the training thread ----------------------------------------------
     def _publish(self, message_type: MessageType, record: dict[str, Any]) -> None:
