@@ -46,6 +46,15 @@ class ApiError(Exception):
         self.status_code = status_code
         self.body = body
 
+    @classmethod
+    def of(cls, response: httpx.Response) -> ApiError:
+        """The error an answer of 400 or more is (its envelope, or its text when it is not JSON)."""
+        try:
+            body = response.json()
+        except ValueError:
+            body = {"message": response.text}
+        return cls(response.status_code, body)
+
     @property
     def code(self) -> str | None:
         value = self.body.get("error_code")
@@ -259,11 +268,7 @@ class TributaryClient:
 
         response: httpx.Response = self._retrying()(attempt)
         if response.status_code >= 400:
-            try:
-                body = response.json()
-            except ValueError:
-                body = {"message": response.text}
-            raise ApiError(response.status_code, body)
+            raise ApiError.of(response)
         return response
 
     def _json(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
@@ -427,11 +432,7 @@ class TributaryClient:
             stop=stop_after_attempt(self.retry.attempts), wait=WaitRetryAfter(self.retry), sleep=self._sleep,
             retry_error_callback=_last_answer, reraise=True)(attempt)
         if isinstance(answer, httpx.Response):
-            try:
-                body = answer.json()
-            except ValueError:
-                body = {"message": answer.text}
-            raise ApiError(answer.status_code, body)
+            raise ApiError.of(answer)
         return answer
 
     # --- model serving (seed 001 §6.1) ------------------------------------------------------
